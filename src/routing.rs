@@ -1,0 +1,629 @@
+//! The per-request decision: which cohort, which bucket, and the header edits that
+//! carry it to Envoy's router and the backend. Pure: the glue hands in the request
+//! headers and applies the edits.
+
+use crate::cohort::{bucket, cohort_for, sha256_hex, Cohort, BUCKETS};
+use crate::config::{MissingSession, PluginConfig, RouteTable, INTERNAL_HEADERS};
+use std::borrow::Cow;
+
+/// A header as Envoy hands it over: lowercase name, raw value bytes.
+pub type Header = (String, Vec<u8>);
+
+/// Bucket written for a sessionless request sent to stable: the last bucket, which
+/// only a 100% canary weight routes to the canary in runtime mode.
+pub const STABLE_BUCKET: u16 = BUCKETS - 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub cohort: Cohort,
+    pub bucket: u16,
+    /// An honoured `x-canary` chose the cohort.
+    pub forced: bool,
+    /// No session id was found.
+    pub sessionless: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit<'a> {
+    Remove(&'a str),
+    Set(&'a str, Cow<'a, str>),
+}
+
+/// Decides the cohort of one request and lists the header edits, removals first.
+///
+/// `random_bucket` is called only for a sessionless request under `missing: random`.
+pub fn route_request<'a>(
+    config: &'a PluginConfig,
+    table: &'a RouteTable,
+    headers: &[Header],
+    random_bucket: impl FnOnce() -> u16,
+) -> (Decision, Vec<HeaderEdit<'a>>) {
+    let mut edits = Vec::new();
+    let present = |name: &str| headers.iter().any(|(n, _)| n == name);
+
+    // Never trust the client with the headers the filter writes.
+    let internal = INTERNAL_HEADERS.into_iter().chain([
+        config.cluster_header.as_str(),
+        config.version_header.as_str(),
+        config.bucket_header.as_str(),
+    ]);
+    for name in internal {
+        if present(name) && !edits.contains(&HeaderEdit::Remove(name)) {
+            edits.push(HeaderEdit::Remove(name));
+        }
+    }
+
+    let force = forced_cohort(config, table, headers);
+    if present(&config.force.token_header) {
+        edits.push(HeaderEdit::Remove(&config.force.token_header));
+    }
+    match force {
+        ForceHeader::Absent => {}
+        ForceHeader::Ignored => edits.push(HeaderEdit::Remove(&config.force.header)),
+        ForceHeader::Honoured(cohort) => {
+            // Canonical value, so that runtime-mode routes can match it exactly.
+            let canonical = match cohort {
+                Cohort::Canary => "true",
+                Cohort::Stable => "false",
+            };
+            edits.push(HeaderEdit::Remove(&config.force.header));
+            edits.push(HeaderEdit::Set(
+                &config.force.header,
+                Cow::Borrowed(canonical),
+            ));
+        }
+    }
+
+    let session = session_id(config, headers);
+    let weight = if table.canary.is_some() {
+        segment_weight(table, headers).unwrap_or(table.canary_weight_bp)
+    } else {
+        0
+    };
+    let session_bucket = session.map(|id| bucket(id, table.salt.as_bytes()));
+    let decision = match (force, session_bucket) {
+        (ForceHeader::Honoured(cohort), b) => Decision {
+            cohort,
+            bucket: b.unwrap_or(match cohort {
+                Cohort::Canary => 0,
+                Cohort::Stable => STABLE_BUCKET,
+            }),
+            forced: true,
+            sessionless: b.is_none(),
+        },
+        (_, Some(b)) => Decision {
+            cohort: cohort_for(b, weight),
+            bucket: b,
+            forced: false,
+            sessionless: false,
+        },
+        (_, None) => {
+            let b = match config.session.missing {
+                MissingSession::Stable => STABLE_BUCKET,
+                MissingSession::Random => random_bucket() % BUCKETS,
+            };
+            let cohort = match config.session.missing {
+                MissingSession::Stable => Cohort::Stable,
+                MissingSession::Random => cohort_for(b, weight),
+            };
+            Decision {
+                cohort,
+                bucket: b,
+                forced: false,
+                sessionless: true,
+            }
+        }
+    };
+
+    let backend = table.backend(decision.cohort);
+    edits.push(HeaderEdit::Set(
+        &config.cluster_header,
+        Cow::Borrowed(&backend.cluster),
+    ));
+    edits.push(HeaderEdit::Set(
+        &config.version_header,
+        Cow::Borrowed(&backend.version),
+    ));
+    edits.push(HeaderEdit::Set(
+        &config.bucket_header,
+        Cow::Owned(decision.bucket.to_string()),
+    ));
+    (decision, edits)
+}
+
+/// The cohort whose version a finished stream is counted under: the cluster Envoy
+/// actually chose (`xds.cluster_name`) when it names exactly one of the table's
+/// backends, as in runtime mode where Envoy's weights pick the cluster; otherwise
+/// the filter's own decision (shared clusters, local replies, no cluster).
+pub fn served_cohort(table: &RouteTable, decided: Cohort, cluster: Option<&[u8]>) -> Cohort {
+    let Some(cluster) = cluster else {
+        return decided;
+    };
+    let is_stable = table.stable.cluster.as_bytes() == cluster;
+    let is_canary = table
+        .canary
+        .as_ref()
+        .is_some_and(|canary| canary.cluster.as_bytes() == cluster);
+    match (is_stable, is_canary) {
+        (true, false) => Cohort::Stable,
+        (false, true) => Cohort::Canary,
+        _ => decided,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForceHeader {
+    Absent,
+    /// Present but not honoured (bad value, bad token, no canary): removed.
+    Ignored,
+    Honoured(Cohort),
+}
+
+fn forced_cohort(config: &PluginConfig, table: &RouteTable, headers: &[Header]) -> ForceHeader {
+    let Some(value) = first_value(headers, &config.force.header) else {
+        return ForceHeader::Absent;
+    };
+    let Some(cohort) = parse_force(value) else {
+        return ForceHeader::Ignored;
+    };
+    if let Some(expected) = &config.force.token_sha256 {
+        let token_ok = first_value(headers, &config.force.token_header)
+            .is_some_and(|token| constant_time_eq_ignore_case(&sha256_hex(token), expected));
+        if !token_ok {
+            return ForceHeader::Ignored;
+        }
+    }
+    if cohort == Cohort::Canary && table.canary.is_none() {
+        return ForceHeader::Ignored;
+    }
+    ForceHeader::Honoured(cohort)
+}
+
+/// `true`, `1`, `canary` force the canary; `false`, `0`, `stable` force stable.
+pub fn parse_force(value: &[u8]) -> Option<Cohort> {
+    let value = value.trim_ascii();
+    const CANARY: [&[u8]; 3] = [b"true", b"1", b"canary"];
+    const STABLE: [&[u8]; 3] = [b"false", b"0", b"stable"];
+    if CANARY.iter().any(|c| c.eq_ignore_ascii_case(value)) {
+        Some(Cohort::Canary)
+    } else if STABLE.iter().any(|s| s.eq_ignore_ascii_case(value)) {
+        Some(Cohort::Stable)
+    } else {
+        None
+    }
+}
+
+fn constant_time_eq_ignore_case(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| {
+            acc | (x.to_ascii_lowercase() ^ y.to_ascii_lowercase())
+        }) == 0
+}
+
+fn first_value<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// The session id: the first non-empty session header, else the session cookie.
+pub fn session_id<'h>(config: &PluginConfig, headers: &'h [Header]) -> Option<&'h [u8]> {
+    let from_header = headers
+        .iter()
+        .filter(|(n, _)| *n == config.session.header)
+        .map(|(_, v)| v.trim_ascii())
+        .find(|v| !v.is_empty());
+    if from_header.is_some() {
+        return from_header;
+    }
+    let cookie_name = config.session.cookie.as_deref()?.as_bytes();
+    headers
+        .iter()
+        .filter(|(n, _)| n == "cookie")
+        .flat_map(|(_, v)| v.split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == cookie_name).then(|| pair[eq + 1..].trim_ascii())
+        })
+        .find(|v| !v.is_empty())
+}
+
+fn segment_weight(table: &RouteTable, headers: &[Header]) -> Option<u16> {
+    table
+        .segments
+        .iter()
+        .find(|segment| {
+            headers
+                .iter()
+                .any(|(n, v)| *n == segment.header && v.as_slice() == segment.value.as_bytes())
+        })
+        .map(|segment| segment.canary_weight_bp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Segment;
+
+    fn config() -> PluginConfig {
+        PluginConfig::from_json(
+            br#"{
+            "target": "support-agent",
+            "route": {
+                "salt": "salt-1",
+                "canary_weight_bp": 2500,
+                "stable": {"version": "v1", "cluster": "agent_stable"},
+                "canary": {"version": "v2", "cluster": "agent_canary"}
+            }
+        }"#,
+        )
+        .unwrap()
+    }
+
+    fn h(pairs: &[(&str, &[u8])]) -> Vec<Header> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_vec()))
+            .collect()
+    }
+
+    fn decide(config: &PluginConfig, headers: &[Header]) -> (Decision, Vec<HeaderEdit<'static>>) {
+        let (d, edits) = route_request(config, &config.route, headers, || 42);
+        let owned = edits
+            .into_iter()
+            .map(|e| match e {
+                HeaderEdit::Remove(n) => HeaderEdit::Remove(leak(n)),
+                HeaderEdit::Set(n, v) => HeaderEdit::Set(leak(n), Cow::Owned(v.into_owned())),
+            })
+            .collect();
+        (d, owned)
+    }
+
+    fn leak(s: &str) -> &'static str {
+        Box::leak(s.to_string().into_boxed_str())
+    }
+
+    fn set_value<'e>(edits: &'e [HeaderEdit<'_>], name: &str) -> Option<&'e str> {
+        edits.iter().rev().find_map(|e| match e {
+            HeaderEdit::Set(n, v) if *n == name => Some(v.as_ref()),
+            _ => None,
+        })
+    }
+
+    fn removes(edits: &[HeaderEdit<'_>], name: &str) -> bool {
+        edits.contains(&HeaderEdit::Remove(name))
+    }
+
+    /// Finds a session id whose bucket falls in the wanted cohort at weight 2500.
+    fn session_in(cohort: Cohort) -> String {
+        (0..)
+            .map(|i| format!("s{i}"))
+            .find(|s| cohort_for(bucket(s.as_bytes(), b"salt-1"), 2500) == cohort)
+            .unwrap()
+    }
+
+    #[test]
+    fn session_header_decides_by_the_formula() {
+        let c = config();
+        for i in 0..500 {
+            let s = format!("user-{i}");
+            let (d, edits) = decide(&c, &h(&[("x-session-id", s.as_bytes())]));
+            let b = bucket(s.as_bytes(), b"salt-1");
+            assert_eq!(d.bucket, b);
+            assert_eq!(d.cohort, cohort_for(b, 2500));
+            assert!(!d.forced && !d.sessionless);
+            let cluster = if d.cohort == Cohort::Canary {
+                "agent_canary"
+            } else {
+                "agent_stable"
+            };
+            assert_eq!(set_value(&edits, "x-policy-cluster"), Some(cluster));
+            assert_eq!(
+                set_value(&edits, "x-canary-bucket"),
+                Some(b.to_string().as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn force_values() {
+        let c = config();
+        let stable_session = session_in(Cohort::Stable);
+        for (value, expected) in [
+            (&b"true"[..], Some(Cohort::Canary)),
+            (b"1", Some(Cohort::Canary)),
+            (b"Canary", Some(Cohort::Canary)),
+            (b" TRUE ", Some(Cohort::Canary)),
+            (b"false", Some(Cohort::Stable)),
+            (b"0", Some(Cohort::Stable)),
+            (b"stable", Some(Cohort::Stable)),
+            (b"yes", None),
+            (b"", None),
+            (b"\xff\xfe", None),
+            (b"truex", None),
+        ] {
+            let (d, edits) = decide(
+                &c,
+                &h(&[
+                    ("x-session-id", stable_session.as_bytes()),
+                    ("x-canary", value),
+                ]),
+            );
+            match expected {
+                Some(cohort) => {
+                    assert_eq!(d.cohort, cohort);
+                    assert!(d.forced);
+                    let canonical = if cohort == Cohort::Canary {
+                        "true"
+                    } else {
+                        "false"
+                    };
+                    assert_eq!(set_value(&edits, "x-canary"), Some(canonical));
+                }
+                None => {
+                    assert_eq!(d.cohort, Cohort::Stable, "value {value:?}");
+                    assert!(!d.forced);
+                    assert!(removes(&edits, "x-canary"));
+                    assert_eq!(set_value(&edits, "x-canary"), None);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn token_gated_force() {
+        let mut c = config();
+        c.force.token_sha256 = Some(sha256_hex(b"s3cret").to_uppercase());
+        let s = session_in(Cohort::Stable);
+        let (d, edits) = decide(
+            &c,
+            &h(&[("x-session-id", s.as_bytes()), ("x-canary", b"true")]),
+        );
+        assert!(!d.forced && d.cohort == Cohort::Stable);
+        assert!(removes(&edits, "x-canary"));
+        let (d, edits) = decide(
+            &c,
+            &h(&[
+                ("x-session-id", s.as_bytes()),
+                ("x-canary", b"true"),
+                ("x-canary-token", b"wrong"),
+            ]),
+        );
+        assert!(!d.forced && d.cohort == Cohort::Stable);
+        assert!(removes(&edits, "x-canary") && removes(&edits, "x-canary-token"));
+        let (d, edits) = decide(
+            &c,
+            &h(&[
+                ("x-session-id", s.as_bytes()),
+                ("x-canary", b"true"),
+                ("x-canary-token", b"s3cret"),
+            ]),
+        );
+        assert!(d.forced && d.cohort == Cohort::Canary);
+        assert!(
+            removes(&edits, "x-canary-token"),
+            "the token never reaches the backend"
+        );
+    }
+
+    #[test]
+    fn forcing_the_canary_without_a_canary_is_ignored() {
+        let mut c = config();
+        c.route.canary = None;
+        c.route.canary_weight_bp = 0;
+        let (d, edits) = decide(&c, &h(&[("x-canary", b"true")]));
+        assert_eq!(d.cohort, Cohort::Stable);
+        assert!(!d.forced);
+        assert!(removes(&edits, "x-canary"));
+        assert_eq!(set_value(&edits, "x-policy-cluster"), Some("agent_stable"));
+    }
+
+    #[test]
+    fn segments_override_the_weight_first_match_wins() {
+        let mut c = config();
+        c.route.segments = vec![
+            Segment {
+                header: "x-user-group".into(),
+                value: "internal".into(),
+                canary_weight_bp: 10_000,
+            },
+            Segment {
+                header: "x-user-group".into(),
+                value: "vip".into(),
+                canary_weight_bp: 0,
+            },
+            Segment {
+                header: "x-tier".into(),
+                value: "free".into(),
+                canary_weight_bp: 10_000,
+            },
+        ];
+        let s = session_in(Cohort::Stable);
+        let c_s = session_in(Cohort::Canary);
+        let (d, _) = decide(
+            &c,
+            &h(&[
+                ("x-session-id", s.as_bytes()),
+                ("x-user-group", b"internal"),
+            ]),
+        );
+        assert_eq!(d.cohort, Cohort::Canary);
+        let (d, _) = decide(
+            &c,
+            &h(&[
+                ("x-session-id", c_s.as_bytes()),
+                ("x-user-group", b"vip"),
+                ("x-tier", b"free"),
+            ]),
+        );
+        assert_eq!(d.cohort, Cohort::Stable, "first matching segment wins");
+        let (d, _) = decide(
+            &c,
+            &h(&[("x-session-id", s.as_bytes()), ("x-user-group", b"other")]),
+        );
+        assert_eq!(d.cohort, Cohort::Stable);
+    }
+
+    #[test]
+    fn missing_session_policies() {
+        let mut c = config();
+        let (d, edits) = decide(&c, &h(&[]));
+        assert_eq!(
+            (d.cohort, d.bucket, d.sessionless),
+            (Cohort::Stable, STABLE_BUCKET, true)
+        );
+        assert_eq!(set_value(&edits, "x-canary-bucket"), Some("9999"));
+        c.session.missing = MissingSession::Random;
+        let (d, _) = route_request(&c, &c.route, &h(&[]), || 42);
+        assert_eq!(
+            (d.cohort, d.bucket, d.sessionless),
+            (Cohort::Canary, 42, true)
+        );
+        let (d, _) = route_request(&c, &c.route, &h(&[("x-session-id", b"   ")]), || 9000);
+        assert_eq!(
+            (d.cohort, d.bucket, d.sessionless),
+            (Cohort::Stable, 9000, true)
+        );
+        let (d, _) = route_request(&c, &c.route, &h(&[]), || 60_000);
+        assert!(d.bucket < BUCKETS);
+    }
+
+    #[test]
+    fn cookie_fallback() {
+        let mut c = config();
+        c.session.cookie = Some("sid".into());
+        let expected = bucket(b"abc", b"salt-1");
+        for cookie in [
+            &b"sid=abc"[..],
+            b"a=1; sid=abc",
+            b"a=1;sid=abc;b=2",
+            b"sidx=no; sid = abc",
+        ] {
+            let (d, _) = decide(&c, &h(&[("cookie", cookie)]));
+            assert_eq!((d.bucket, d.sessionless), (expected, false), "{cookie:?}");
+        }
+        let (d, _) = decide(&c, &h(&[("cookie", b"a=1"), ("cookie", b"sid=abc")]));
+        assert_eq!(d.bucket, expected);
+        let (d, _) = decide(
+            &c,
+            &h(&[("cookie", b"sid=; x=y"), ("cookie", b"garbage;;=;")]),
+        );
+        assert!(d.sessionless);
+        let (d, _) = decide(&c, &h(&[("x-session-id", b"hdr"), ("cookie", b"sid=abc")]));
+        assert_eq!(
+            d.bucket,
+            bucket(b"hdr", b"salt-1"),
+            "the header wins over the cookie"
+        );
+    }
+
+    #[test]
+    fn spoofed_internal_headers_are_removed_then_set() {
+        let c = config();
+        let s = session_in(Cohort::Stable);
+        let (_, edits) = decide(
+            &c,
+            &h(&[
+                ("x-session-id", s.as_bytes()),
+                ("x-policy-cluster", b"agent_canary"),
+                ("x-agent-policy", b"v2"),
+                ("x-canary-bucket", b"0"),
+                ("x-canary-bucket", b"1"),
+            ]),
+        );
+        for name in INTERNAL_HEADERS {
+            let remove = edits
+                .iter()
+                .position(|e| *e == HeaderEdit::Remove(name))
+                .unwrap();
+            let set = edits
+                .iter()
+                .position(|e| matches!(e, HeaderEdit::Set(n, _) if *n == name))
+                .unwrap();
+            assert!(remove < set);
+            assert_eq!(
+                edits
+                    .iter()
+                    .filter(|e| **e == HeaderEdit::Remove(name))
+                    .count(),
+                1
+            );
+        }
+        assert_eq!(set_value(&edits, "x-policy-cluster"), Some("agent_stable"));
+        assert_eq!(set_value(&edits, "x-agent-policy"), Some("v1"));
+    }
+
+    #[test]
+    fn custom_internal_header_names_are_also_protected() {
+        let mut c = config();
+        c.cluster_header = "x-my-cluster".into();
+        let (_, edits) = decide(
+            &c,
+            &h(&[("x-my-cluster", b"evil"), ("x-policy-cluster", b"evil")]),
+        );
+        assert!(removes(&edits, "x-my-cluster") && removes(&edits, "x-policy-cluster"));
+        assert_eq!(set_value(&edits, "x-my-cluster"), Some("agent_stable"));
+    }
+
+    #[test]
+    fn hostile_session_values_never_panic() {
+        let c = config();
+        let big = vec![b'a'; 30 * 1024];
+        let cases: Vec<Vec<Header>> = vec![
+            h(&[("x-session-id", &big)]),
+            h(&[("x-session-id", b"\xff\x00\xfe")]),
+            h(&[("x-session-id", b""), ("x-session-id", b"second")]),
+            h(&[("x-session-id", b"a"), ("x-session-id", b"b")]),
+        ];
+        for headers in cases {
+            let (d, _) = decide(&c, &headers);
+            assert!(d.bucket < BUCKETS);
+        }
+        let (d, _) = decide(
+            &c,
+            &h(&[("x-session-id", b""), ("x-session-id", b"second")]),
+        );
+        assert_eq!(d.bucket, bucket(b"second", b"salt-1"));
+    }
+
+    #[test]
+    fn stats_follow_the_cluster_envoy_chose() {
+        let mut c = config();
+        let t = &c.route;
+        assert_eq!(
+            served_cohort(t, Cohort::Stable, Some(b"agent_canary")),
+            Cohort::Canary
+        );
+        assert_eq!(
+            served_cohort(t, Cohort::Canary, Some(b"agent_stable")),
+            Cohort::Stable
+        );
+        assert_eq!(
+            served_cohort(t, Cohort::Canary, Some(b"other")),
+            Cohort::Canary
+        );
+        assert_eq!(served_cohort(t, Cohort::Stable, None), Cohort::Stable);
+        c.route.canary.as_mut().unwrap().cluster = "agent_stable".into();
+        assert_eq!(
+            served_cohort(&c.route, Cohort::Canary, Some(b"agent_stable")),
+            Cohort::Canary
+        );
+    }
+
+    #[test]
+    fn no_canary_means_everything_stable() {
+        let mut c = config();
+        c.route.canary = None;
+        c.route.canary_weight_bp = 0;
+        c.route.segments = vec![Segment {
+            header: "x-g".into(),
+            value: "i".into(),
+            canary_weight_bp: 10_000,
+        }];
+        let (d, edits) = decide(&c, &h(&[("x-session-id", b"x"), ("x-g", b"i")]));
+        assert_eq!(d.cohort, Cohort::Stable);
+        assert_eq!(set_value(&edits, "x-agent-policy"), Some("v1"));
+    }
+}

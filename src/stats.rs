@@ -1,0 +1,307 @@
+//! Per-version stats: names, and the per-worker counters a stream's end adds to.
+//!
+//! Stat names are `policy_canary.target.<target>.version.<version>.<suffix>`; with the
+//! `stats_tags` in the shipped Envoy configs, Prometheus shows them as
+//! `policy_canary_<suffix>{target="…",policy_version="…"}`.
+
+use crate::telemetry::{Outcome, TelemetryReport};
+
+/// Every counter the filter keeps per version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    RqTotal,
+    RqForced,
+    Rq2xx,
+    Rq4xx,
+    Rq5xx,
+    RqReset,
+    TasksTotal,
+    TasksCompleted,
+    TasksFailed,
+    TasksAbandoned,
+    TasksEscalated,
+    CostMicros,
+    Tokens,
+    ToolCalls,
+    ToolErrors,
+    GuardrailTriggers,
+    SafetyViolations,
+    TelemetryMalformed,
+    SessionlessRq,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 19] = [
+        Counter::RqTotal,
+        Counter::RqForced,
+        Counter::Rq2xx,
+        Counter::Rq4xx,
+        Counter::Rq5xx,
+        Counter::RqReset,
+        Counter::TasksTotal,
+        Counter::TasksCompleted,
+        Counter::TasksFailed,
+        Counter::TasksAbandoned,
+        Counter::TasksEscalated,
+        Counter::CostMicros,
+        Counter::Tokens,
+        Counter::ToolCalls,
+        Counter::ToolErrors,
+        Counter::GuardrailTriggers,
+        Counter::SafetyViolations,
+        Counter::TelemetryMalformed,
+        Counter::SessionlessRq,
+    ];
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Counter::RqTotal => "rq_total",
+            Counter::RqForced => "rq_forced",
+            Counter::Rq2xx => "rq_2xx",
+            Counter::Rq4xx => "rq_4xx",
+            Counter::Rq5xx => "rq_5xx",
+            Counter::RqReset => "rq_reset",
+            Counter::TasksTotal => "tasks_total",
+            Counter::TasksCompleted => "tasks_completed",
+            Counter::TasksFailed => "tasks_failed",
+            Counter::TasksAbandoned => "tasks_abandoned",
+            Counter::TasksEscalated => "tasks_escalated",
+            Counter::CostMicros => "cost_micros",
+            Counter::Tokens => "tokens",
+            Counter::ToolCalls => "tool_calls",
+            Counter::ToolErrors => "tool_errors",
+            Counter::GuardrailTriggers => "guardrail_triggers",
+            Counter::SafetyViolations => "safety_violations",
+            Counter::TelemetryMalformed => "telemetry_malformed",
+            Counter::SessionlessRq => "sessionless_rq",
+        }
+    }
+}
+
+/// Histogram of request latency in milliseconds.
+pub const LATENCY_SUFFIX: &str = "rq_latency_ms";
+
+pub fn stat_name(target: &str, version: &str, suffix: &str) -> String {
+    format!("policy_canary.target.{target}.version.{version}.{suffix}")
+}
+
+/// What the filter saw of one stream, gathered by the end of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamRecord {
+    pub forced: bool,
+    pub sessionless: bool,
+    /// `:status` of the response headers, if any reached the filter.
+    pub status: Option<u16>,
+    /// Envoy answered for an upstream that reset before responding.
+    pub upstream_reset: bool,
+    pub report: TelemetryReport,
+}
+
+/// One version's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterSet([u64; Counter::ALL.len()]);
+
+impl CounterSet {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+
+    pub fn add(&mut self, counter: Counter, value: u64) {
+        let slot = &mut self.0[counter as usize];
+        *slot = slot.saturating_add(value);
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|&v| v == 0)
+    }
+
+    /// Adds one finished stream.
+    pub fn record(&mut self, stream: &StreamRecord) {
+        self.add(Counter::RqTotal, 1);
+        if stream.forced {
+            self.add(Counter::RqForced, 1);
+        }
+        if stream.sessionless {
+            self.add(Counter::SessionlessRq, 1);
+        }
+        match stream.status {
+            Some(200..=299) => self.add(Counter::Rq2xx, 1),
+            Some(400..=499) => self.add(Counter::Rq4xx, 1),
+            Some(500..=599) => self.add(Counter::Rq5xx, 1),
+            _ => {}
+        }
+        if stream.status.is_none() || stream.upstream_reset {
+            self.add(Counter::RqReset, 1);
+        }
+        let report = &stream.report;
+        if let Some(outcome) = report.outcome {
+            self.add(Counter::TasksTotal, 1);
+            self.add(
+                match outcome {
+                    Outcome::Completed => Counter::TasksCompleted,
+                    Outcome::Failed => Counter::TasksFailed,
+                    Outcome::Abandoned => Counter::TasksAbandoned,
+                    Outcome::Escalated => Counter::TasksEscalated,
+                },
+                1,
+            );
+        }
+        for (counter, value) in [
+            (Counter::CostMicros, report.cost_micros),
+            (Counter::Tokens, report.tokens),
+            (Counter::ToolCalls, report.tool_calls),
+            (Counter::ToolErrors, report.tool_errors),
+            (Counter::GuardrailTriggers, report.guardrail_triggers),
+            (Counter::SafetyViolations, report.safety_violations),
+        ] {
+            self.add(counter, value.unwrap_or(0));
+        }
+        self.add(Counter::TelemetryMalformed, u64::from(report.malformed));
+    }
+}
+
+/// Counts not yet flushed to Envoy, per version. Versions are few (stable, canary,
+/// and briefly the previous ones after a route change), so a short list beats a map.
+#[derive(Debug, Default)]
+pub struct PendingCounts {
+    versions: Vec<(String, CounterSet)>,
+}
+
+impl PendingCounts {
+    pub fn counters_mut(&mut self, version: &str) -> &mut CounterSet {
+        let index = match self.versions.iter().position(|(v, _)| v == version) {
+            Some(index) => index,
+            None => {
+                self.versions
+                    .push((version.to_string(), CounterSet::default()));
+                self.versions.len() - 1
+            }
+        };
+        &mut self.versions[index].1
+    }
+
+    /// Hands every non-zero count to `flush`, which returns how much of it went out;
+    /// the rest stays pending, so a failed flush is retried on the next call.
+    pub fn flush(&mut self, mut flush: impl FnMut(&str, Counter, u64) -> u64) {
+        for (version, counters) in &mut self.versions {
+            for counter in Counter::ALL {
+                let value = counters.get(counter);
+                if value > 0 {
+                    let sent = flush(version, counter, value).min(value);
+                    counters.0[counter as usize] = value - sent;
+                }
+            }
+        }
+        // Forget versions that are gone from the table once their counts are out.
+        if self.versions.len() > 8 {
+            self.versions.retain(|(_, counters)| !counters.is_zero());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.versions.iter().all(|(_, c)| c.is_zero())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_suffixes() {
+        assert_eq!(
+            stat_name("support-agent", "v2.4.0", Counter::RqTotal.suffix()),
+            "policy_canary.target.support-agent.version.v2.4.0.rq_total"
+        );
+        let suffixes: Vec<&str> = Counter::ALL.iter().map(|c| c.suffix()).collect();
+        assert_eq!(suffixes.len(), 19);
+        for (i, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, i, "ALL is in declaration order");
+        }
+    }
+
+    #[test]
+    fn record_classes_and_telemetry() {
+        let mut set = CounterSet::default();
+        set.record(&StreamRecord {
+            status: Some(200),
+            forced: true,
+            ..Default::default()
+        });
+        set.record(&StreamRecord {
+            status: Some(404),
+            sessionless: true,
+            ..Default::default()
+        });
+        set.record(&StreamRecord {
+            status: Some(503),
+            upstream_reset: true,
+            ..Default::default()
+        });
+        set.record(&StreamRecord {
+            status: None,
+            ..Default::default()
+        });
+        set.record(&StreamRecord {
+            status: Some(200),
+            report: TelemetryReport {
+                outcome: Some(Outcome::Abandoned),
+                cost_micros: Some(7),
+                tokens: Some(100),
+                tool_calls: Some(2),
+                tool_errors: Some(1),
+                guardrail_triggers: Some(1),
+                safety_violations: Some(1),
+                malformed: 2,
+            },
+            ..Default::default()
+        });
+        let expect = [
+            (Counter::RqTotal, 5),
+            (Counter::RqForced, 1),
+            (Counter::Rq2xx, 2),
+            (Counter::Rq4xx, 1),
+            (Counter::Rq5xx, 1),
+            (Counter::RqReset, 2),
+            (Counter::SessionlessRq, 1),
+            (Counter::TasksTotal, 1),
+            (Counter::TasksAbandoned, 1),
+            (Counter::TasksCompleted, 0),
+            (Counter::CostMicros, 7),
+            (Counter::Tokens, 100),
+            (Counter::ToolCalls, 2),
+            (Counter::ToolErrors, 1),
+            (Counter::GuardrailTriggers, 1),
+            (Counter::SafetyViolations, 1),
+            (Counter::TelemetryMalformed, 2),
+        ];
+        for (counter, value) in expect {
+            assert_eq!(set.get(counter), value, "{counter:?}");
+        }
+    }
+
+    #[test]
+    fn failed_flush_is_retried() {
+        let mut pending = PendingCounts::default();
+        pending.counters_mut("v1").add(Counter::RqTotal, 3);
+        pending.counters_mut("v2").add(Counter::Tokens, 9);
+        let mut seen = Vec::new();
+        pending.flush(|v, c, n| {
+            seen.push((v.to_string(), c, n));
+            if v == "v1" {
+                n
+            } else {
+                4
+            }
+        });
+        assert_eq!(seen.len(), 2);
+        assert!(!pending.is_empty());
+        let mut again = Vec::new();
+        pending.flush(|v, c, n| {
+            again.push((v.to_string(), c, n));
+            n
+        });
+        assert_eq!(again, vec![("v2".to_string(), Counter::Tokens, 5)]);
+        assert!(pending.is_empty());
+    }
+}

@@ -1,0 +1,216 @@
+//! The agent's quality report, read from response headers and trailers.
+
+use crate::config::TelemetryHeaders;
+use crate::routing::Header;
+
+/// How the task that this response ends turned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Failed,
+    Abandoned,
+    Escalated,
+}
+
+impl Outcome {
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        let value = value.trim_ascii();
+        [
+            (&b"completed"[..], Outcome::Completed),
+            (b"failed", Outcome::Failed),
+            (b"abandoned", Outcome::Abandoned),
+            (b"escalated", Outcome::Escalated),
+        ]
+        .into_iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(value))
+        .map(|(_, outcome)| outcome)
+    }
+}
+
+/// The report of one response. Fields are `None` when absent or malformed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TelemetryReport {
+    pub outcome: Option<Outcome>,
+    pub cost_micros: Option<u64>,
+    pub tokens: Option<u64>,
+    pub tool_calls: Option<u64>,
+    pub tool_errors: Option<u64>,
+    pub guardrail_triggers: Option<u64>,
+    pub safety_violations: Option<u64>,
+    /// Telemetry values that could not be read (bad number, unknown outcome, repeated header).
+    pub malformed: u32,
+}
+
+const FIELDS: usize = 7;
+
+impl TelemetryReport {
+    /// Reads the telemetry fields present in `headers` (a header or trailer map).
+    /// A field present here replaces what an earlier map said: trailers are read after
+    /// headers and win, since a streamed answer knows its totals only at the end.
+    pub fn read(&mut self, names: &TelemetryHeaders, headers: &[Header]) {
+        let names = names.names();
+        let mut values: [Option<&[u8]>; FIELDS] = [None; FIELDS];
+        let mut repeated = [false; FIELDS];
+        for (name, value) in headers {
+            if let Some(field) = names.iter().position(|n| n == name) {
+                repeated[field] |= values[field].is_some();
+                values[field] = Some(value);
+            }
+        }
+        for field in 0..FIELDS {
+            let Some(value) = values[field] else { continue };
+            if repeated[field] {
+                self.malformed += 1;
+                self.clear(field);
+                continue;
+            }
+            let ok = if field == 0 {
+                self.outcome = Outcome::parse(value);
+                self.outcome.is_some()
+            } else {
+                let count = parse_count(value);
+                *self.count_mut(field) = count;
+                count.is_some()
+            };
+            if !ok {
+                self.malformed += 1;
+            }
+        }
+    }
+
+    fn clear(&mut self, field: usize) {
+        if field == 0 {
+            self.outcome = None;
+        } else {
+            *self.count_mut(field) = None;
+        }
+    }
+
+    fn count_mut(&mut self, field: usize) -> &mut Option<u64> {
+        match field {
+            1 => &mut self.cost_micros,
+            2 => &mut self.tokens,
+            3 => &mut self.tool_calls,
+            4 => &mut self.tool_errors,
+            5 => &mut self.guardrail_triggers,
+            _ => &mut self.safety_violations,
+        }
+    }
+}
+
+/// Whether `name` is one of the telemetry headers (to strip it from the response).
+pub fn is_telemetry_header(names: &TelemetryHeaders, name: &str) -> bool {
+    names.names().contains(&name)
+}
+
+/// A non-negative decimal integer that fits in u64, surrounding spaces allowed.
+pub fn parse_count(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &[u8])]) -> Vec<Header> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_every_field() {
+        let names = TelemetryHeaders::default();
+        let mut report = TelemetryReport::default();
+        report.read(
+            &names,
+            &h(&[
+                (":status", b"200"),
+                ("x-agent-outcome", b"Completed"),
+                ("x-agent-cost-micros", b"1250"),
+                ("x-agent-tokens", b" 812 "),
+                ("x-agent-tool-calls", b"3"),
+                ("x-agent-tool-errors", b"1"),
+                ("x-agent-guardrail-triggers", b"0"),
+                ("x-agent-safety-violations", b"2"),
+            ]),
+        );
+        assert_eq!(
+            report,
+            TelemetryReport {
+                outcome: Some(Outcome::Completed),
+                cost_micros: Some(1250),
+                tokens: Some(812),
+                tool_calls: Some(3),
+                tool_errors: Some(1),
+                guardrail_triggers: Some(0),
+                safety_violations: Some(2),
+                malformed: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_counted_and_dropped() {
+        let names = TelemetryHeaders::default();
+        let mut report = TelemetryReport::default();
+        report.read(
+            &names,
+            &h(&[
+                ("x-agent-outcome", b"maybe"),
+                ("x-agent-cost-micros", b"-5"),
+                ("x-agent-tokens", b"18446744073709551616"),
+                ("x-agent-tool-calls", b"1e3"),
+                ("x-agent-tool-errors", b""),
+                ("x-agent-guardrail-triggers", b"\xff"),
+                ("x-agent-safety-violations", b"1"),
+                ("x-agent-safety-violations", b"1"),
+            ]),
+        );
+        assert_eq!(report.malformed, 7);
+        assert_eq!(report.outcome, None);
+        assert_eq!(report.safety_violations, None);
+        assert_eq!(parse_count(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_count(b"007"), Some(7));
+    }
+
+    #[test]
+    fn trailers_replace_header_values() {
+        let names = TelemetryHeaders::default();
+        let mut report = TelemetryReport::default();
+        report.read(
+            &names,
+            &h(&[("x-agent-tokens", b"10"), ("x-agent-outcome", b"failed")]),
+        );
+        report.read(
+            &names,
+            &h(&[("x-agent-tokens", b"99"), ("x-agent-cost-micros", b"5")]),
+        );
+        assert_eq!(report.tokens, Some(99));
+        assert_eq!(report.cost_micros, Some(5));
+        assert_eq!(report.outcome, Some(Outcome::Failed));
+    }
+
+    #[test]
+    fn custom_names() {
+        let names = TelemetryHeaders {
+            outcome: "x-o".into(),
+            ..TelemetryHeaders::default()
+        };
+        let mut report = TelemetryReport::default();
+        report.read(
+            &names,
+            &h(&[("x-o", b"escalated"), ("x-agent-outcome", b"failed")]),
+        );
+        assert_eq!(report.outcome, Some(Outcome::Escalated));
+        assert!(is_telemetry_header(&names, "x-o"));
+        assert!(!is_telemetry_header(&names, "x-agent-outcome"));
+    }
+}

@@ -1,0 +1,172 @@
+//! A test backend for end-to-end tests and `make run`.
+//!
+//! `test-backend NAME [PORT]` serves HTTP/1.1 and h2c on 127.0.0.1 (port 0 = any free
+//! port) and prints `listening 127.0.0.1:PORT` once ready. Every answer is a JSON
+//! object with the backend's name and the request headers it received. The request
+//! drives the answer:
+//! - `x-reply-<name>: v` → response header `<name>: v` (e.g. `x-reply-x-agent-outcome`);
+//! - `x-trailer-<name>: v` → response trailer `<name>: v` (the body is streamed);
+//! - `x-test-status: N` → status N; `x-test-delay-ms: N` → answer after N ms;
+//! - `x-test-reset: 1` → reset the stream before any response header.
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::io::Write;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A body of one data frame, then trailers if any.
+struct Answer {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.data, &self.trailers) {
+            // Trailers need a streamed (chunked) body.
+            (_, Some(_)) => SizeHint::default(),
+            (Some(d), None) => SizeHint::with_exact(d.len() as u64),
+            (None, None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ResetRequested;
+
+impl std::fmt::Display for ResetRequested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reset requested by x-test-reset")
+    }
+}
+
+impl std::error::Error for ResetRequested {}
+
+fn header_str<'a>(request: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn answer(
+    name: &'static str,
+    request: Request<Incoming>,
+) -> Result<Response<Answer>, ResetRequested> {
+    if let Some(ms) = header_str(&request, "x-test-delay-ms").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if header_str(&request, "x-test-reset").is_some() {
+        return Err(ResetRequested);
+    }
+    let status = header_str(&request, "x-test-status")
+        .and_then(|v| v.parse().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut received = serde_json::Map::new();
+    let mut reply = HeaderMap::new();
+    let mut trailers = HeaderMap::new();
+    for (key, value) in request.headers() {
+        let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match received.get_mut(key.as_str()) {
+            Some(serde_json::Value::Array(values)) => values.push(text.into()),
+            _ => {
+                received.insert(key.to_string(), serde_json::Value::Array(vec![text.into()]));
+            }
+        }
+        for (prefix, map) in [("x-reply-", &mut reply), ("x-trailer-", &mut trailers)] {
+            if let Some(target) = key.as_str().strip_prefix(prefix) {
+                if let Ok(target) = HeaderName::from_bytes(target.as_bytes()) {
+                    map.append(target, value.clone());
+                }
+            }
+        }
+    }
+    let body = serde_json::json!({
+        "backend": name,
+        "method": request.method().as_str(),
+        "path": request.uri().path(),
+        "headers": received,
+    });
+    let mut response = Response::new(Answer {
+        data: Some(Bytes::from(body.to_string())),
+        trailers: (!trailers.is_empty()).then_some(trailers),
+    });
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("x-backend", HeaderValue::from_static(name));
+    for (key, value) in reply.iter() {
+        headers.append(key, value.clone());
+    }
+    Ok(response)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let name: &'static str = Box::leak(
+        args.next()
+            .unwrap_or_else(|| "backend".into())
+            .into_boxed_str(),
+    );
+    let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("test-backend: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("test-backend: cannot listen on 127.0.0.1:{port}: {e}");
+                std::process::exit(1);
+            }
+        };
+        if let Ok(address) = listener.local_addr() {
+            println!("listening {address}");
+            let _ = std::io::stdout().flush();
+        }
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| answer(name, request));
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // Envoy forwards up to 60 KiB of request headers; accept all of them.
+                builder.http1().max_buf_size(256 * 1024);
+                builder.http2().max_header_list_size(256 * 1024);
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}

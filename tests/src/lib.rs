@@ -1,0 +1,451 @@
+//! Harness for end-to-end tests and benchmarks: a real Envoy (from the project's
+//! virtual environment), test backends as child processes, loopback ports chosen by
+//! the kernel (port 0) and read back, readiness polled with a deadline, and every
+//! child stopped on drop.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else the project venv's (installed by `make`).
+pub fn envoy_bin() -> PathBuf {
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "no Envoy at {} — run the tests with `make test`, which installs it",
+        path.display()
+    );
+    path
+}
+
+/// The filter built by `make build`.
+pub fn wasm_path() -> PathBuf {
+    let path = repo_root().join("target/policy_canary.wasm");
+    assert!(
+        path.exists(),
+        "no {} — run the tests with `make test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("policy-canary-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed and reaped on drop.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A test backend (`test-backend`) on a free loopback port.
+pub struct Backend {
+    _child: ChildGuard,
+    pub port: u16,
+}
+
+impl Backend {
+    /// `binary` is `env!("CARGO_BIN_EXE_test-backend")` of the calling test.
+    pub fn start(binary: &str, name: &str) -> Backend {
+        let mut child = Command::new(binary)
+            .arg(name)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn test-backend");
+        let stdout = child.stdout.take().unwrap();
+        let child = ChildGuard(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("test-backend said {line:?}"));
+        Backend {
+            _child: child,
+            port,
+        }
+    }
+}
+
+/// A running Envoy. Its listener and admin ports are chosen by the kernel.
+pub struct Envoy {
+    child: ChildGuard,
+    pub admin: u16,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy from a config whose admin and listener ports are 0 and waits
+    /// until it is ready. The working directory is the repository root, so
+    /// relative paths in the config (`target/policy_canary.wasm`) resolve.
+    pub fn start(config: &str, concurrency: u32) -> Envoy {
+        Self::try_start(config, concurrency)
+            .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"))
+    }
+
+    /// Like `start`, but returns Envoy's log if it exits before it is ready.
+    pub fn try_start(config: &str, concurrency: u32) -> Result<Envoy, String> {
+        wasm_path();
+        let dir = TempDir::new("envoy");
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let admin_path = dir.path().join("admin-address");
+        let log_path = dir.path().join("envoy.log");
+        let child = Command::new(envoy_bin())
+            .current_dir(repo_root())
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log_path)
+            .args(["-l", "info", "--disable-hot-restart"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn envoy");
+        let mut child = ChildGuard(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let admin = loop {
+            if let Ok(Some(_)) = child.0.try_wait() {
+                return Err(std::fs::read_to_string(&log_path).unwrap_or_default());
+            }
+            let address = std::fs::read_to_string(&admin_path).unwrap_or_default();
+            if let Some(port) = address
+                .trim()
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+            {
+                if http_get(port, "/ready").is_some_and(|(status, _)| status == 200) {
+                    break port;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "not ready after 60 s\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let (_, listeners) = http_get(admin, "/listeners?format=json").expect("listeners");
+        let listeners: serde_json::Value = serde_json::from_str(&listeners).unwrap();
+        let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+            ["port_value"]
+            .as_u64()
+            .expect("a listener port") as u16;
+        Ok(Envoy {
+            child,
+            admin,
+            port,
+            dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// `GET` on the admin port.
+    pub fn admin_get(&self, path: &str) -> String {
+        http_get(self.admin, path).expect("admin answers").1
+    }
+
+    pub fn admin_post(&self, path: &str) -> (u16, String) {
+        http_request(self.admin, "POST", path, &[]).expect("admin answers")
+    }
+
+    /// Counter stats whose names start with `prefix`, from `/stats`.
+    pub fn counters(&self, prefix: &str) -> HashMap<String, u64> {
+        self.admin_get("/stats")
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                name.starts_with(prefix).then_some(())?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Waits until the per-version counter `suffix` reaches `value`, then checks
+    /// every expected counter of the version exactly.
+    pub fn policy_stat(&self, target: &str, version: &str, suffix: &str) -> u64 {
+        let name = format!("wasmcustom.policy_canary.target.{target}.version.{version}.{suffix}");
+        self.counters(&name).get(&name).copied().unwrap_or(0)
+    }
+
+    /// The wasm-related lines of Envoy's log that report a failure.
+    pub fn wasm_failures(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                (l.contains("wasm") || l.contains("policy_canary"))
+                    && (l.contains("[critical]")
+                        || l.contains("[error]")
+                        || l.contains("panic")
+                        || l.contains("failed"))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Reads a shipped Envoy config and points it at the given ports: listener and
+/// admin on 0 (the kernel picks), backends on `stable`/`canary`.
+pub fn shipped_config(name: &str, stable: u16, canary: u16) -> String {
+    let text = std::fs::read_to_string(repo_root().join("envoy").join(name)).unwrap();
+    for literal in [
+        "port_value: 10000}",
+        "port_value: 9901}",
+        "port_value: 8081}",
+        "port_value: 8082}",
+    ] {
+        assert!(
+            text.contains(literal),
+            "{name} no longer contains `{literal}`"
+        );
+    }
+    text.replace("port_value: 10000}", "port_value: 0}")
+        .replace("port_value: 9901}", "port_value: 0}")
+        .replace("port_value: 8081}", &format!("port_value: {stable}}}"))
+        .replace("port_value: 8082}", &format!("port_value: {canary}}}"))
+}
+
+/// Replaces the plugin configuration (the JSON block under `value: |`) of a
+/// shipped config with `plugin_json`.
+pub fn with_plugin_config(config: &str, plugin_json: &str) -> String {
+    let start = config
+        .find("value: |\n")
+        .expect("a plugin configuration block")
+        + "value: |\n".len();
+    let indent: String = config[start..].chars().take_while(|c| *c == ' ').collect();
+    let end = config[start..]
+        .lines()
+        .take_while(|l| l.starts_with(&indent) || l.trim().is_empty())
+        .map(|l| l.len() + 1)
+        .sum::<usize>()
+        + start;
+    let body: String = plugin_json
+        .lines()
+        .map(|l| format!("{indent}{l}\n"))
+        .collect();
+    format!("{}{}{}", &config[..start], body, &config[end..])
+}
+
+/// One HTTP/1.1 request on a fresh connection; `None` if the peer is not there.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: 0\r\n"
+    )
+    .into_bytes();
+    for (name, value) in headers {
+        request.extend_from_slice(name.as_bytes());
+        request.extend_from_slice(b": ");
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    stream.write_all(&request).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some((status, body))
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path, &[])
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A keep-alive HTTP client for sending many requests through Envoy.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+}
+
+/// What came back through Envoy.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub backend: String,
+    /// The request headers the backend received (first value each).
+    pub received: HashMap<String, String>,
+    /// All values of each header the backend received.
+    pub received_all: HashMap<String, Vec<String>>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Client {
+    pub fn new(port: u16) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        Client {
+            agent,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut response = request.call().expect("request through Envoy");
+        let status = response.status().as_u16();
+        let headers: HashMap<String, String> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let received_all: HashMap<String, Vec<String>> = json["headers"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        let values = v
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|s| s.as_str().map(str::to_string))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        (k.clone(), values)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Reply {
+            status,
+            backend: json["backend"].as_str().unwrap_or_default().to_string(),
+            received: received_all
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.first()?.clone())))
+                .collect(),
+            received_all,
+            headers,
+        }
+    }
+
+    /// A request with only a session header.
+    pub fn session(&self, session: &str) -> Reply {
+        self.get("/chat", &[("x-session-id", session)])
+    }
+}
+
+/// The reference cohort formula, from the core (checked against golden vectors).
+pub fn expected_canary(session: &str, salt: &str, weight_bp: u16) -> bool {
+    policy_canary::cohort::bucket(session.as_bytes(), salt.as_bytes()) < weight_bp
+}

@@ -1,0 +1,335 @@
+//! The filter's routing inside a real Envoy, static mode (envoy/envoy-static.yaml).
+
+use policy_canary_e2e::*;
+use std::collections::HashSet;
+
+const BACKEND: &str = env!("CARGO_BIN_EXE_test-backend");
+const SALT: &str = "rollout-2026-11-22";
+const TARGET: &str = "support-agent";
+
+struct Setup {
+    envoy: Envoy,
+    client: Client,
+    _stable: Backend,
+    _canary: Backend,
+}
+
+/// The shipped static config, optionally with another plugin configuration.
+fn start(plugin_json: Option<&str>) -> Setup {
+    let stable = Backend::start(BACKEND, "stable");
+    let canary = Backend::start(BACKEND, "canary");
+    let mut config = shipped_config("envoy-static.yaml", stable.port, canary.port);
+    if let Some(json) = plugin_json {
+        config = with_plugin_config(&config, json);
+    }
+    let envoy = Envoy::start(&config, 1);
+    let client = Client::new(envoy.port);
+    Setup {
+        envoy,
+        client,
+        _stable: stable,
+        _canary: canary,
+    }
+}
+
+fn plugin(weight: u16, extra: &str) -> String {
+    format!(
+        r#"{{
+  "target": "{TARGET}",
+  {extra}
+  "route": {{
+    "salt": "{SALT}",
+    "canary_weight_bp": {weight},
+    "stable": {{"version": "v2.3.1", "cluster": "agent_stable"}},
+    "canary": {{"version": "v2.4.0", "cluster": "agent_canary"}}
+  }}
+}}"#
+    )
+}
+
+fn backend_for(canary: bool) -> &'static str {
+    if canary {
+        "canary"
+    } else {
+        "stable"
+    }
+}
+
+/// A session that the formula puts in the wanted cohort at `weight`.
+fn session_in(canary: bool, weight: u16) -> String {
+    (0..)
+        .map(|i| format!("probe-{i}"))
+        .find(|s| expected_canary(s, SALT, weight) == canary)
+        .unwrap()
+}
+
+#[test]
+fn every_session_lands_where_the_formula_says_and_stays_there() {
+    // The shipped config: 10% canary.
+    let s = start(None);
+    let weight = 1000;
+    let sessions: Vec<String> = (0..2500).map(|i| format!("user-{i}")).collect();
+    let mut canary = 0u32;
+    for session in &sessions {
+        let reply = s.client.session(session);
+        assert_eq!(reply.status, 200);
+        let expected = expected_canary(session, SALT, weight);
+        assert_eq!(reply.backend, backend_for(expected), "session {session}");
+        let bucket = policy_canary::cohort::bucket(session.as_bytes(), SALT.as_bytes());
+        assert_eq!(reply.received["x-canary-bucket"], bucket.to_string());
+        let version = if expected { "v2.4.0" } else { "v2.3.1" };
+        assert_eq!(reply.received["x-agent-policy"], version);
+        canary += u32::from(expected);
+    }
+    // The observed share sits inside the 99.9% binomial interval of the weight.
+    let n = sessions.len() as f64;
+    let p = f64::from(weight) / 10_000.0;
+    let half_width = 3.29 * (n * p * (1.0 - p)).sqrt();
+    assert!(
+        (f64::from(canary) - n * p).abs() <= half_width,
+        "{canary} of {n} sessions on the canary, expected {} ± {half_width:.1}",
+        n * p
+    );
+    // Sticky: every repeat lands on the same backend.
+    for session in sessions.iter().step_by(3) {
+        let again = s.client.session(session);
+        assert_eq!(
+            again.backend,
+            backend_for(expected_canary(session, SALT, weight))
+        );
+    }
+    assert_eq!(s.envoy.wasm_failures(), Vec::<String>::new());
+}
+
+#[test]
+fn raising_the_weight_keeps_every_earlier_canary_session() {
+    let sessions: Vec<String> = (0..2000).map(|i| format!("grow-{i}")).collect();
+    let mut previous: HashSet<String> = HashSet::new();
+    for weight in [100, 500, 2500] {
+        let s = start(Some(&plugin(weight, "")));
+        let now: HashSet<String> = sessions
+            .iter()
+            .filter(|session| s.client.session(session).backend == "canary")
+            .cloned()
+            .collect();
+        assert!(
+            previous.is_subset(&now),
+            "a canary session left the canary at {weight} bp"
+        );
+        let expected: HashSet<String> = sessions
+            .iter()
+            .filter(|session| expected_canary(session, SALT, weight))
+            .cloned()
+            .collect();
+        assert_eq!(now, expected, "at {weight} bp");
+        previous = now;
+    }
+}
+
+#[test]
+fn x_canary_forces_either_cohort() {
+    let s = start(None);
+    let stable_session = session_in(false, 1000);
+    let canary_session = session_in(true, 1000);
+    for value in ["true", "1", "canary", "TRUE", " Canary "] {
+        let reply = s.client.get(
+            "/",
+            &[("x-session-id", &stable_session), ("x-canary", value)],
+        );
+        assert_eq!(reply.backend, "canary", "x-canary: {value}");
+        assert_eq!(reply.received["x-canary"], "true");
+        assert_eq!(reply.received["x-agent-policy"], "v2.4.0");
+    }
+    for value in ["false", "0", "stable"] {
+        let reply = s.client.get(
+            "/",
+            &[("x-session-id", &canary_session), ("x-canary", value)],
+        );
+        assert_eq!(reply.backend, "stable", "x-canary: {value}");
+    }
+    for value in ["yes", "", "2", "canary please"] {
+        let reply = s.client.get(
+            "/",
+            &[("x-session-id", &stable_session), ("x-canary", value)],
+        );
+        assert_eq!(
+            reply.backend, "stable",
+            "odd x-canary: {value:?} is ignored"
+        );
+        assert!(!reply.received.contains_key("x-canary"), "and removed");
+    }
+    // Forced requests without a session are forced too.
+    assert_eq!(s.client.get("/", &[("x-canary", "1")]).backend, "canary");
+    wait_for(
+        "forced requests counted",
+        std::time::Duration::from_secs(5),
+        || (s.envoy.policy_stat(TARGET, "v2.4.0", "rq_forced") == 6).then_some(()),
+    );
+    assert_eq!(s.envoy.policy_stat(TARGET, "v2.3.1", "rq_forced"), 3);
+}
+
+#[test]
+fn forcing_needs_the_token_when_one_is_configured() {
+    let hash = policy_canary::cohort::sha256_hex(b"let-me-in");
+    let s = start(Some(&plugin(
+        0,
+        &format!(r#""force": {{"header": "x-canary", "token_sha256": "{hash}"}},"#),
+    )));
+    let no_token = s
+        .client
+        .get("/", &[("x-session-id", "a"), ("x-canary", "true")]);
+    assert_eq!(no_token.backend, "stable");
+    assert!(!no_token.received.contains_key("x-canary"));
+    let wrong = s.client.get(
+        "/",
+        &[
+            ("x-session-id", "a"),
+            ("x-canary", "true"),
+            ("x-canary-token", "guess"),
+        ],
+    );
+    assert_eq!(wrong.backend, "stable");
+    assert!(!wrong.received.contains_key("x-canary-token"));
+    let right = s.client.get(
+        "/",
+        &[
+            ("x-session-id", "a"),
+            ("x-canary", "true"),
+            ("x-canary-token", "let-me-in"),
+        ],
+    );
+    assert_eq!(right.backend, "canary");
+    assert!(
+        !right.received.contains_key("x-canary-token"),
+        "the token never reaches a backend"
+    );
+}
+
+#[test]
+fn segments_override_the_weight() {
+    // The shipped config sends x-user-group: internal to the canary at 100%.
+    let s = start(None);
+    for i in 0..200 {
+        let session = format!("staff-{i}");
+        let reply = s.client.get(
+            "/",
+            &[("x-session-id", &session), ("x-user-group", "internal")],
+        );
+        assert_eq!(reply.backend, "canary");
+        let outside = s.client.get(
+            "/",
+            &[("x-session-id", &session), ("x-user-group", "external")],
+        );
+        assert_eq!(
+            outside.backend,
+            backend_for(expected_canary(&session, SALT, 1000))
+        );
+    }
+}
+
+#[test]
+fn sessions_from_the_cookie_and_requests_without_one() {
+    let s = start(None);
+    // The shipped config reads the session from cookie `agent_session` when the header is absent.
+    for i in 0..300 {
+        let session = format!("cookie-{i}");
+        let cookie = format!("theme=dark; agent_session={session}; other=1");
+        let reply = s.client.get("/", &[("cookie", &cookie)]);
+        assert_eq!(
+            reply.backend,
+            backend_for(expected_canary(&session, SALT, 1000))
+        );
+    }
+    for _ in 0..50 {
+        let reply = s.client.get("/", &[]);
+        assert_eq!(reply.backend, "stable", "no session → stable");
+        assert_eq!(reply.received["x-canary-bucket"], "9999");
+    }
+    wait_for(
+        "sessionless requests counted",
+        std::time::Duration::from_secs(5),
+        || (s.envoy.policy_stat(TARGET, "v2.3.1", "sessionless_rq") == 50).then_some(()),
+    );
+    assert_eq!(s.envoy.policy_stat(TARGET, "v2.4.0", "sessionless_rq"), 0);
+}
+
+#[test]
+fn missing_random_spreads_sessionless_requests() {
+    let s = start(Some(&plugin(5000, r#""session": {"missing": "random"},"#)));
+    let canary = (0..400)
+        .filter(|_| s.client.get("/", &[]).backend == "canary")
+        .count();
+    // 400 draws at p = 0.5: the 99.9% interval is 200 ± 33.
+    assert!(
+        (167..=233).contains(&canary),
+        "{canary} of 400 on the canary"
+    );
+    wait_for(
+        "sessionless counted",
+        std::time::Duration::from_secs(5),
+        || {
+            let total = s.envoy.policy_stat(TARGET, "v2.3.1", "sessionless_rq")
+                + s.envoy.policy_stat(TARGET, "v2.4.0", "sessionless_rq");
+            (total == 400).then_some(())
+        },
+    );
+}
+
+#[test]
+fn client_sent_internal_headers_are_replaced() {
+    let s = start(None);
+    let session = session_in(false, 1000);
+    let reply = s.client.get(
+        "/",
+        &[
+            ("x-session-id", &session),
+            ("x-policy-cluster", "agent_canary"),
+            ("x-agent-policy", "v9.9.9"),
+            ("x-canary-bucket", "0"),
+            ("x-canary-bucket", "1"),
+        ],
+    );
+    assert_eq!(reply.backend, "stable");
+    assert_eq!(reply.received_all["x-policy-cluster"], vec!["agent_stable"]);
+    assert_eq!(reply.received_all["x-agent-policy"], vec!["v2.3.1"]);
+    let bucket = policy_canary::cohort::bucket(session.as_bytes(), SALT.as_bytes());
+    assert_eq!(
+        reply.received_all["x-canary-bucket"],
+        vec![bucket.to_string()]
+    );
+}
+
+#[test]
+fn hostile_headers_still_reach_a_backend() {
+    let s = start(None);
+    let big = vec![b's'; 30 * 1024];
+    let cases: Vec<Vec<(&str, &[u8])>> = vec![
+        vec![("x-session-id", b"")],
+        vec![("x-session-id", &big)],
+        vec![("x-session-id", b"\xff\xfe\xfd caf\xc3")],
+        vec![("x-session-id", b"one"), ("x-session-id", b"two")],
+        vec![("x-session-id", b"a"), ("x-canary", b"\xff")],
+        vec![("x-canary", b"true"), ("x-canary", b"false")],
+        vec![("x-canary-token", &big)],
+        vec![("cookie", b";;;=;agent_session;agent_session=")],
+        vec![("x-user-group", b"\x80internal")],
+    ];
+    for headers in &cases {
+        let (status, body) =
+            http_request(s.envoy.port, "GET", "/", headers).expect("Envoy answers");
+        let shown: Vec<(&str, usize)> = headers.iter().map(|(n, v)| (*n, v.len())).collect();
+        assert_eq!(status, 200, "headers (name, value length): {shown:?}");
+        assert!(body.contains("\"backend\""), "a backend answered: {body}");
+    }
+    // Repeated session headers: the first non-empty one decides.
+    let reply = http_request(
+        s.envoy.port,
+        "GET",
+        "/",
+        &[("x-session-id", b""), ("x-session-id", b"two")],
+    )
+    .unwrap();
+    let expected = backend_for(expected_canary("two", SALT, 1000));
+    assert!(reply.1.contains(&format!("\"backend\":\"{expected}\"")));
+    assert_eq!(s.envoy.wasm_failures(), Vec::<String>::new());
+}
