@@ -208,17 +208,33 @@ struct PolicyStream {
 
 impl PolicyStream {
     /// Reads telemetry from a response header or trailer map and strips it if configured.
-    fn read_telemetry(&mut self, worker: &Worker, map: MapType, headers: &[Header]) {
+    fn read_telemetry(&mut self, worker: &Worker, map: MapType, headers: Vec<Header>) {
         let telemetry = &worker.config.telemetry;
-        self.record.report.read(&telemetry.headers, headers);
-        if telemetry.strip {
-            for (name, _) in headers {
-                if is_telemetry_header(&telemetry.headers, name)
-                    && hostcalls::remove_map_value(map, name).is_err()
-                {
-                    worker.host_error("remove telemetry header");
-                }
+        self.record.report.read(&telemetry.headers, &headers);
+        if !telemetry.strip {
+            return;
+        }
+        let is_telemetry = |(name, _): &Header| is_telemetry_header(&telemetry.headers, name);
+        let present = headers.iter().filter(|h| is_telemetry(h)).count();
+        let result = match present {
+            0 => Ok(()),
+            // One host call either way; removing touches less of Envoy's map.
+            1 => match headers.iter().find(|h| is_telemetry(h)) {
+                Some((name, _)) => hostcalls::remove_map_value(map, name),
+                None => Ok(()),
+            },
+            // Replacing the map once beats one host call per header.
+            _ => {
+                let kept: Vec<(&str, &[u8])> = headers
+                    .iter()
+                    .filter(|h| !is_telemetry(h))
+                    .map(|(name, value)| (name.as_str(), value.as_slice()))
+                    .collect();
+                hostcalls::set_map_bytes(map, kept)
             }
+        };
+        if result.is_err() {
+            worker.host_error("strip telemetry");
         }
     }
 }
@@ -267,7 +283,7 @@ impl HttpContext for PolicyStream {
             .iter()
             .find(|(name, _)| name == ":status")
             .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok());
-        self.read_telemetry(&worker, MapType::HttpResponseHeaders, &headers);
+        self.read_telemetry(&worker, MapType::HttpResponseHeaders, headers);
         Action::Continue
     }
 
@@ -276,7 +292,7 @@ impl HttpContext for PolicyStream {
             return Action::Continue;
         };
         let trailers = hostcalls::get_map_bytes(MapType::HttpResponseTrailers).unwrap_or_default();
-        self.read_telemetry(&worker, MapType::HttpResponseTrailers, &trailers);
+        self.read_telemetry(&worker, MapType::HttpResponseTrailers, trailers);
         Action::Continue
     }
 

@@ -3,8 +3,6 @@
 //! the kernel (port 0) and read back, readiness polled with a deadline, and every
 //! child stopped on drop.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -381,6 +379,7 @@ impl Client {
     pub fn new(port: u16) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_redirects(0)
             .timeout_global(Some(Duration::from_secs(20)))
             .build()
             .into();

@@ -1,0 +1,302 @@
+//! `make bench`: Envoy CPU per request with no filter, an empty proxy-wasm filter and
+//! policy-canary, measured side by side in one run.
+//!
+//! Each variant is its own Envoy (one worker) whose listener proxies to a second
+//! listener in the same process answering directly with agent telemetry headers.
+//! `h2load` sends a fixed number of HTTP/1.1 requests; the Envoy process's CPU time
+//! (utime + stime from /proc) over those requests, divided by their number, is the
+//! cost per request. Variants are interleaved round by round and medians reported.
+
+use policy_canary_e2e::*;
+use std::process::Command;
+
+const REQUESTS: u32 = 20_000;
+const ROUNDS: usize = 11;
+const CONNECTIONS: u32 = 16;
+
+struct Variant {
+    name: &'static str,
+    envoy: Envoy,
+    samples: Vec<f64>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The Envoy config of one variant; `filter` is the HTTP filter YAML, if any.
+fn config(filter: Option<&str>, route: &str, upstream_port: u16) -> String {
+    let filters = filter.unwrap_or("");
+    format!(
+        r#"
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: front
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: front
+          route_config:
+            virtual_hosts:
+            - name: front
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {route}
+          http_filters:
+{filters}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  - name: upstream
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: upstream
+          route_config:
+            virtual_hosts:
+            - name: upstream
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 200, body: {{inline_string: "ok"}}}}
+                response_headers_to_add:
+                - header: {{key: x-agent-outcome, value: completed}}
+                - header: {{key: x-agent-cost-micros, value: "1250"}}
+                - header: {{key: x-agent-tokens, value: "812"}}
+                - header: {{key: x-agent-tool-calls, value: "3"}}
+                - header: {{key: x-agent-tool-errors, value: "0"}}
+                - header: {{key: x-agent-guardrail-triggers, value: "0"}}
+                - header: {{key: x-agent-safety-violations, value: "0"}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: agent_stable
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: agent_stable
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
+  - name: agent_canary
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: agent_canary
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
+"#
+    )
+}
+
+fn wasm_filter(path: &str, configuration: &str) -> String {
+    format!(
+        r#"          - name: wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                root_id: bench
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {path}}}}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{configuration}'
+"#
+    )
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
+}
+
+/// Sends `requests` through Envoy with h2load; returns the CPU µs per request.
+fn measure(envoy: &Envoy, requests: u32, ticks_per_second: f64) -> f64 {
+    let before = cpu_ticks(envoy.pid());
+    let out = Command::new("taskset")
+        .args(["-c", "0", "h2load"])
+        .args([
+            "--h1",
+            "-t",
+            "1",
+            "-c",
+            &CONNECTIONS.to_string(),
+            "-n",
+            &requests.to_string(),
+        ])
+        .args(["-H", "x-session-id: bench-session-42"])
+        .arg(format!("http://127.0.0.1:{}/chat", envoy.port))
+        .output()
+        .expect("h2load (Debian nghttp2-client) is installed by `make bench`");
+    let after = cpu_ticks(envoy.pid());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ok = text.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("status codes: ")?
+            .split(' ')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
+    assert_eq!(ok, Some(requests), "not every request succeeded:\n{text}");
+    (after - before) as f64 / ticks_per_second * 1e6 / f64::from(requests)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::MAX, f64::min)
+}
+
+fn main() {
+    let root = repo_root();
+    let filter_wasm = wasm_path();
+    let empty_wasm = root.join("target/wasm32-wasip1/wasm/empty_filter.wasm");
+    assert!(empty_wasm.exists(), "build it with `make bench`");
+    let plugin = r#"{"target": "bench", "route": {"salt": "s", "canary_weight_bp": 1000, "stable": {"version": "v1", "cluster": "agent_stable"}, "canary": {"version": "v2", "cluster": "agent_canary"}}}"#;
+    let direct = "{cluster: agent_stable}";
+    let by_header = "{cluster_header: x-policy-cluster}";
+    let mut variants = vec![
+        Variant {
+            name: "no filter",
+            envoy: Envoy::start(&config(None, direct, free_port()), 1),
+            samples: vec![],
+        },
+        Variant {
+            name: "empty wasm filter",
+            envoy: Envoy::start(
+                &config(
+                    Some(&wasm_filter(&empty_wasm.to_string_lossy(), "")),
+                    direct,
+                    free_port(),
+                ),
+                1,
+            ),
+            samples: vec![],
+        },
+        Variant {
+            name: "policy-canary",
+            envoy: Envoy::start(
+                &config(
+                    Some(&wasm_filter(&filter_wasm.to_string_lossy(), plugin)),
+                    by_header,
+                    free_port(),
+                ),
+                1,
+            ),
+            samples: vec![],
+        },
+    ];
+    // Extra builds of the filter to compare side by side (before/after an optimisation):
+    // BENCH_EXTRA_WASM="label=path.wasm,label2=path2.wasm".
+    for extra in std::env::var("BENCH_EXTRA_WASM")
+        .unwrap_or_default()
+        .split(',')
+    {
+        let Some((label, path)) = extra.split_once('=') else {
+            continue;
+        };
+        variants.push(Variant {
+            name: Box::leak(label.to_string().into_boxed_str()),
+            envoy: Envoy::start(
+                &config(Some(&wasm_filter(path, plugin)), by_header, free_port()),
+                1,
+            ),
+            samples: vec![],
+        });
+    }
+    // Envoy (all threads) on core 1, the load generator on core 0.
+    for variant in &variants {
+        let status = Command::new("taskset")
+            .args(["-a", "-p", "-c", "1", &variant.envoy.pid().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("taskset (util-linux)");
+        assert!(status.success(), "taskset failed");
+    }
+    let tps = clock_ticks_per_second();
+    println!(
+        "Envoy CPU per request: 1 worker pinned to core 1, h2load on core 0, {CONNECTIONS} HTTP/1.1 connections, {REQUESTS} requests x {ROUNDS} rounds, interleaved"
+    );
+    for variant in &variants {
+        measure(&variant.envoy, REQUESTS / 4, tps); // warm-up
+    }
+    for _ in 0..ROUNDS {
+        for variant in &mut variants {
+            let sample = measure(&variant.envoy, REQUESTS, tps);
+            variant.samples.push(sample);
+        }
+    }
+    let base = median(&variants[0].samples);
+    let empty_overhead = median(&variants[1].samples) - base;
+    println!();
+    let base_min = min(&variants[0].samples);
+    let empty_overhead_min = min(&variants[1].samples) - base_min;
+    println!("| variant | median µs/rq | × no filter | overhead ÷ empty's | min µs/rq | × no filter (min) | overhead ÷ empty's (min) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for variant in &variants {
+        let m = median(&variant.samples);
+        let lo = min(&variant.samples);
+        let ratio = |overhead: f64, empty: f64| {
+            if variant.name == "no filter" || empty <= 0.0 {
+                "—".to_string()
+            } else {
+                format!("{:.2}", overhead / empty)
+            }
+        };
+        println!(
+            "| {} | {m:.1} | {:.3} | {} | {lo:.1} | {:.3} | {} |",
+            variant.name,
+            m / base,
+            ratio(m - base, empty_overhead),
+            lo / base_min,
+            ratio(lo - base_min, empty_overhead_min),
+        );
+    }
+    let size = std::fs::metadata(&filter_wasm).unwrap().len();
+    let empty_size = std::fs::metadata(&empty_wasm).unwrap().len();
+    println!();
+    println!("| module | bytes | KiB |");
+    println!("|---|---:|---:|");
+    println!(
+        "| policy_canary.wasm | {size} | {:.1} |",
+        size as f64 / 1024.0
+    );
+    println!(
+        "| empty filter | {empty_size} | {:.1} |",
+        empty_size as f64 / 1024.0
+    );
+    let stats = variants[2]
+        .envoy
+        .admin_get("/stats?filter=policy_canary.*rq_total");
+    println!();
+    println!(
+        "policy-canary stats after the run: {}",
+        stats.trim().replace('\n', ", ")
+    );
+}
