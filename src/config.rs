@@ -4,14 +4,17 @@
 //! reference). Unknown fields are errors, and every error names the field path.
 
 use crate::reader::{Object, Reader};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Largest weight: 10000 basis points = 100%.
 pub const MAX_WEIGHT_BP: u16 = 10_000;
 
 /// Where a cohort's requests go: the policy version and the Envoy cluster serving it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// (`Deserialize` is for the controller's plans; the filter reads JSON with `reader`.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PolicyBackend {
     pub version: String,
     pub cluster: String,
@@ -37,6 +40,42 @@ pub struct RouteTable {
     /// No canary: every request goes to stable and forcing the canary is ignored.
     pub canary: Option<PolicyBackend>,
     pub segments: Vec<Segment>,
+}
+
+/// Every target's route table at one revision: what the controller serves at
+/// `GET /v1/routes` and the sync service hands to the filters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct RoutesDocument {
+    pub revision: u64,
+    pub routes: BTreeMap<String, RouteTable>,
+}
+
+impl RoutesDocument {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let reader = Reader::parse(bytes)?;
+        let root = reader.root()?;
+        root.only(&["revision", "routes"])?;
+        let revision = root
+            .u64("revision")?
+            .ok_or_else(|| err("revision", "missing field"))?;
+        let mut routes = BTreeMap::new();
+        for (target, table) in root.entries("routes")? {
+            check_name(&format!("routes.{target}"), target)?;
+            let table = RouteTable::read(&table)?;
+            table.validate(&format!("routes.{target}."))?;
+            if table.revision > revision {
+                return Err(err(
+                    format!("routes.{target}.revision"),
+                    format!(
+                        "{} is newer than the document's revision {revision}",
+                        table.revision
+                    ),
+                ));
+            }
+            routes.insert(target.to_string(), table);
+        }
+        Ok(RoutesDocument { revision, routes })
+    }
 }
 
 /// What to do with a request that carries no session id.
@@ -454,7 +493,7 @@ fn check_weight(path: &str, weight: u16) -> Result<(), ConfigError> {
 }
 
 /// Lowercase HTTP header names: Envoy stores them lowercased.
-fn check_header(path: &str, name: &str) -> Result<(), ConfigError> {
+pub fn check_header(path: &str, name: &str) -> Result<(), ConfigError> {
     let valid = !name.is_empty()
         && name.len() <= 128
         && name
@@ -484,7 +523,7 @@ fn check_cookie_name(path: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 /// Targets and clusters appear in stat names and headers.
-fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+pub fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
     let valid = !name.is_empty()
         && name.len() <= 128
         && name
@@ -501,7 +540,7 @@ fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 /// Versions appear in stat names, where dots are fine (the stats tag regex allows them).
-fn check_version(path: &str, version: &str) -> Result<(), ConfigError> {
+pub fn check_version(path: &str, version: &str) -> Result<(), ConfigError> {
     let valid = !version.is_empty()
         && version.len() <= 128
         && version
@@ -706,6 +745,42 @@ mod tests {
                 message.contains(expected),
                 "for {json}\n  got: {message}\n  expected to contain: {expected}"
             );
+        }
+    }
+
+    #[test]
+    fn routes_document_round_trips_and_rejects_garbage() {
+        let config = PluginConfig::from_json(DESIGN_EXAMPLE.as_bytes()).unwrap();
+        let mut doc = RoutesDocument {
+            revision: 3,
+            routes: BTreeMap::new(),
+        };
+        doc.routes
+            .insert("support-agent".into(), config.route.clone());
+        let json = serde_json::to_vec(&doc).unwrap();
+        assert_eq!(RoutesDocument::from_json(&json).unwrap(), doc);
+        for (bad, expected) in [
+            (r#"{"routes": {}}"#, "revision: missing field"),
+            (
+                r#"{"revision": 1, "routes": {"a": 5}}"#,
+                "routes.a: expected an object",
+            ),
+            (r#"{"revision": 1, "routes": {"a.b": {}}}"#, "routes.a.b:"),
+            (
+                r#"{"revision": 1, "routes": {"a": {"salt": "s"}}}"#,
+                "routes.a.stable: missing field",
+            ),
+            (r#"{"revision": 1, "extra": 2}"#, "extra: unknown field"),
+            (
+                r#"{"revision": 1, "routes": {"a": {"revision": 9, "salt": "s", "stable": {"version": "v", "cluster": "c"}}}}"#,
+                "routes.a.revision: 9 is newer",
+            ),
+            ("<html>", "not valid JSON"),
+        ] {
+            let message = RoutesDocument::from_json(bad.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(expected), "{bad}: got `{message}`");
         }
     }
 

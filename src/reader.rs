@@ -148,6 +148,27 @@ impl<'a> Object<'a> {
         self.object(key)?.ok_or_else(|| self.missing(key))
     }
 
+    /// The entries of an object field whose values are all objects (absent → empty).
+    pub fn entries(&self, key: &str) -> Result<Vec<(&'a str, Object<'a>)>, ConfigError> {
+        let Some(field) = self.object(key)? else {
+            return Ok(Vec::new());
+        };
+        field
+            .map
+            .iter()
+            .map(|(name, value)| match value {
+                Value::Object(map) => Ok((
+                    name.as_str(),
+                    Object {
+                        map,
+                        path: field.field_path(name),
+                    },
+                )),
+                other => Err(field.wrong(name, "an object", other)),
+            })
+            .collect()
+    }
+
     /// The objects of an array field (absent → empty), with paths `key[i]`.
     pub fn objects(&self, key: &str) -> Result<Vec<Object<'a>>, ConfigError> {
         let items = match self.get(key) {

@@ -1,0 +1,556 @@
+//! The command line: `canaryctl serve` and the client commands that talk to it.
+
+use crate::serve::{serve, ServeOptions};
+use crate::units::Dur;
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const EXAMPLES: &str = "\
+Examples:
+  canaryctl serve                                   # control plane on 127.0.0.1:7070
+  canaryctl policy add envoy/policies/v2.4.0.yaml   # register an immutable policy
+  canaryctl rollout start envoy/plans/support-agent.yaml
+  canaryctl rollout status --watch
+  canaryctl rollout pause --reason 'looking at tickets'
+  canaryctl rollout promote --to-end
+  canaryctl rollout rollback --reason 'refund flow broke'
+  canaryctl rollout audit
+
+Exit codes: 0 success; 1 the controller refused the request (bad input, conflict,
+not found, unauthorised); 2 wrong usage; 3 the controller could not be reached.";
+
+#[derive(Parser, Debug)]
+#[command(name = "canaryctl", version, about = "Canary rollouts of AI-agent policies: control plane and client", after_help = EXAMPLES)]
+pub struct Cli {
+    /// The controller's URL.
+    #[arg(
+        long,
+        env = "CANARYCTL_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub server: String,
+    /// API token (default: the `token` file in the state directory).
+    #[arg(long, env = "CANARYCTL_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the API token.
+    #[arg(long, env = "CANARYCTL_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// State directory (SQLite database, generated token).
+    #[arg(long, env = "CANARYCTL_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Who is acting, for the audit log (default: $USER).
+    #[arg(long, env = "CANARYCTL_ACTOR", global = true)]
+    pub actor: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the control plane.
+    #[command(
+        after_help = "Example:\n  canaryctl serve --listen 127.0.0.1:7070 --webhook https://hooks.example/canary"
+    )]
+    Serve(ServeArgs),
+    /// The policy registry.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Rollouts: start, watch and steer them.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Targets and their current route tables.
+    Targets,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback by default; port 0 picks a free port).
+    #[arg(long, env = "CANARYCTL_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Webhook URL for state changes (repeatable).
+    #[arg(long = "webhook", env = "CANARYCTL_WEBHOOKS", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+    /// Envoy admin URL (repeatable), e.g. http://127.0.0.1:9901.
+    #[arg(
+        long = "envoy-admin",
+        env = "CANARYCTL_ENVOY_ADMINS",
+        value_delimiter = ','
+    )]
+    pub envoy_admins: Vec<String>,
+    /// Drive Envoy runtime weights (runtime mode) on every --envoy-admin.
+    #[arg(long)]
+    pub runtime_weights: bool,
+    /// How often the control loop runs.
+    #[arg(long, default_value = "100ms", value_parser = parse_dur)]
+    pub tick: Dur,
+}
+
+fn parse_dur(text: &str) -> Result<Dur, String> {
+    Dur::parse(text)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Register a policy bundle (YAML or JSON); the same version with other content is refused.
+    #[command(after_help = "Example:\n  canaryctl policy add v2.4.0.yaml")]
+    Add { file: PathBuf },
+    /// List registered policies.
+    List,
+    /// Show one policy bundle.
+    Show { version: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Start a rollout from a plan (YAML or JSON).
+    #[command(after_help = "Example:\n  canaryctl rollout start plan.yaml")]
+    Start { plan: PathBuf },
+    /// Show a rollout (default: the active one).
+    Status {
+        id: Option<i64>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Keep showing it until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List every rollout.
+    List,
+    /// Hold the current stage.
+    Pause(ActArgs),
+    /// Continue a paused rollout.
+    Resume(ActArgs),
+    /// Move to the next stage, or with --to-end make the canary the stable policy.
+    Promote {
+        #[command(flatten)]
+        act: ActArgs,
+        #[arg(long)]
+        to_end: bool,
+    },
+    /// Send all traffic back to the stable policy.
+    Rollback(ActArgs),
+    /// Cancel the rollout (all traffic to stable).
+    Abort(ActArgs),
+    /// The audit log (default: the active rollout's, or everything with --all).
+    Audit {
+        id: Option<i64>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ActArgs {
+    /// Rollout id (default: the active rollout).
+    pub id: Option<i64>,
+    /// Pick the active rollout of this target.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Why, for the audit log.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// A failed command and its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+fn fail(code: i32, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("policy-canary");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/policy-canary");
+    }
+    PathBuf::from(".canaryctl")
+}
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    if let Command::Serve(args) = &cli.command {
+        return serve(ServeOptions {
+            listen: args.listen,
+            state_dir,
+            token: cli.token.clone(),
+            token_file: cli.token_file.clone(),
+            webhooks: args.webhooks.clone(),
+            envoy_admins: args.envoy_admins.clone(),
+            runtime_weights: args.runtime_weights,
+            tick: args.tick.0.max(Duration::from_millis(10)),
+        })
+        .await
+        .map_err(|e| fail(1, format!("{e:#}")));
+    }
+    let token = cli.token.clone().or_else(|| {
+        let file = cli
+            .token_file
+            .clone()
+            .unwrap_or_else(|| state_dir.join("token"));
+        std::fs::read_to_string(file)
+            .ok()
+            .map(|t| t.trim().to_string())
+    });
+    let actor = cli
+        .actor
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "cli".into());
+    let client = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| fail(1, e.to_string()))?,
+        base: cli.server.trim_end_matches('/').to_string(),
+        token,
+        actor,
+    };
+    let json = cli.json;
+    match cli.command {
+        Command::Serve(_) => Ok(()),
+        Command::Targets => {
+            let v = client.get("/v1/targets").await?;
+            print_or(json, &v, || print_targets(&v));
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Add { file }) => {
+            let text = read_file(&file)?;
+            let v = client.post("/v1/policies", text).await?;
+            print_or(json, &v, || {
+                println!("registered {}", v["id"].as_str().unwrap_or("?"))
+            });
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::List) => {
+            let v = client.get("/v1/policies").await?;
+            print_or(json, &v, || {
+                for p in v["policies"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<16} sha256:{}  {}",
+                        s(&p["version"]),
+                        s(&p["sha256"]),
+                        s(&p["bundle"]["model"])
+                    );
+                }
+            });
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Show { version }) => {
+            let v = client.get(&format!("/v1/policies/{version}")).await?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            Ok(())
+        }
+        Command::Rollout(command) => rollout(&client, command, json).await,
+    }
+}
+
+async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> Result<(), Failure> {
+    match command {
+        RolloutCommand::Start { plan } => {
+            let text = read_file(&plan)?;
+            let v = client.post("/v1/rollouts", text).await?;
+            print_or(json, &v, || print_rollout(&v));
+            Ok(())
+        }
+        RolloutCommand::List => {
+            let v = client.get("/v1/rollouts").await?;
+            print_or(json, &v, || {
+                for r in v["rollouts"].as_array().into_iter().flatten() {
+                    println!(
+                        "#{:<4} {:<20} {} -> {}  {} stage {}/{} at {}",
+                        r["id"],
+                        s(&r["target"]),
+                        s(&r["stable"]["version"]),
+                        s(&r["canary"]["version"]),
+                        s(&r["phase"]),
+                        r["stage"],
+                        r["stages"],
+                        s(&r["weight"])
+                    );
+                }
+            });
+            Ok(())
+        }
+        RolloutCommand::Status { id, target, watch } => {
+            let id = client.resolve(id, target.as_deref(), true).await?;
+            loop {
+                let v = client.get(&format!("/v1/rollouts/{id}")).await?;
+                print_or(json, &v, || print_rollout(&v));
+                let active = matches!(s(&v["phase"]), "pending" | "progressing" | "paused");
+                if !watch || !active {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !json {
+                    println!();
+                }
+            }
+        }
+        RolloutCommand::Pause(a) => client.act(a, "pause", false, json).await,
+        RolloutCommand::Resume(a) => client.act(a, "resume", false, json).await,
+        RolloutCommand::Promote { act, to_end } => client.act(act, "promote", to_end, json).await,
+        RolloutCommand::Rollback(a) => client.act(a, "rollback", false, json).await,
+        RolloutCommand::Abort(a) => client.act(a, "abort", false, json).await,
+        RolloutCommand::Audit { id, all } => {
+            let path = if all {
+                "/v1/audit".to_string()
+            } else {
+                let id = client.resolve(id, None, true).await?;
+                format!("/v1/audit?rollout={id}")
+            };
+            let v = client.get(&path).await?;
+            print_or(json, &v, || {
+                for e in v["audit"].as_array().into_iter().flatten() {
+                    let rollout = e["rollout_id"]
+                        .as_i64()
+                        .map_or(String::new(), |id| format!("#{id} "));
+                    let change = match (e["from"].as_str(), e["to"].as_str()) {
+                        (Some(f), Some(t)) => format!("{f} -> {t}  "),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "{}  rev {:<4} {}{:<16} {}by {}: {}",
+                        utc(e["at_ms"].as_i64().unwrap_or(0)),
+                        e["revision"],
+                        rollout,
+                        s(&e["action"]),
+                        change,
+                        s(&e["actor"]),
+                        s(&e["reason"])
+                    );
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn print_or(json: bool, v: &Value, text: impl FnOnce()) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        text();
+    }
+}
+
+fn print_targets(v: &Value) {
+    for t in v["targets"].as_array().into_iter().flatten() {
+        let route = &t["route"];
+        let canary = route["canary"]["version"]
+            .as_str()
+            .map_or(String::new(), |c| {
+                format!(", canary {c} at {}bp", route["canary_weight_bp"])
+            });
+        println!(
+            "{:<20} stable {}{}  (revision {})",
+            s(&t["name"]),
+            s(&t["stable"]["version"]),
+            canary,
+            route["revision"]
+        );
+    }
+}
+
+fn print_rollout(v: &Value) {
+    println!(
+        "rollout #{}  {}  {} -> {}",
+        v["id"],
+        s(&v["target"]),
+        s(&v["stable"]["version"]),
+        s(&v["canary"]["version"])
+    );
+    let stage_line = match s(&v["phase"]) {
+        "progressing" | "paused" => format!(
+            "{}, stage {} of {} ({}), canary weight now {}",
+            s(&v["phase"]),
+            v["stage"],
+            v["stages"],
+            s(&v["stage_weight"]),
+            s(&v["weight"])
+        ),
+        other => other.to_string(),
+    };
+    println!("  state     {stage_line}");
+    let started = v["stage_started_ms"].as_i64().unwrap_or(0);
+    let ago = (crate::controller::now_ms() - started).max(0) / 1000;
+    println!("  since     {} ({ago}s ago)", utc(started));
+    println!(
+        "  salt      {}   route revision {}",
+        s(&v["salt"]),
+        v["revision"]
+    );
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` from milliseconds since the epoch.
+pub fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn read_file(path: &PathBuf) -> Result<String, Failure> {
+    std::fs::read_to_string(path)
+        .map_err(|e| fail(1, format!("cannot read {}: {e}", path.display())))
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    actor: String,
+}
+
+impl Client {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Failure> {
+        let mut request = request.header("x-actor", &self.actor);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| {
+            fail(3, format!("cannot reach the controller at {}: {e}\nIs `canaryctl serve` running? Set --server or CANARYCTL_SERVER.", self.base))
+        })?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body["error"]
+            .as_str()
+            .unwrap_or("no explanation")
+            .to_string();
+        let hint = match status.as_u16() {
+            401 => "\nGive the API token with --token, CANARYCTL_TOKEN or --token-file.",
+            _ => "",
+        };
+        Err(fail(1, format!("{status}: {message}{hint}")))
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn post(&self, path: &str, body: String) -> Result<Value, Failure> {
+        self.send(self.http.post(format!("{}{path}", self.base)).body(body))
+            .await
+    }
+
+    /// The given id, else the active rollout (of `target` if given).
+    async fn resolve(
+        &self,
+        id: Option<i64>,
+        target: Option<&str>,
+        any_if_none_active: bool,
+    ) -> Result<i64, Failure> {
+        if let Some(id) = id {
+            return Ok(id);
+        }
+        let v = self.get("/v1/rollouts").await?;
+        let all: Vec<&Value> = v["rollouts"].as_array().into_iter().flatten().collect();
+        let matching = |r: &&Value| target.is_none_or(|t| s(&r["target"]) == t);
+        let active: Vec<&Value> = all
+            .iter()
+            .copied()
+            .filter(matching)
+            .filter(|r| matches!(s(&r["phase"]), "pending" | "progressing" | "paused"))
+            .collect();
+        match active.as_slice() {
+            [one] => return one["id"].as_i64().ok_or_else(|| fail(1, "bad rollout id")),
+            [] => {}
+            several => {
+                let list: Vec<String> = several
+                    .iter()
+                    .map(|r| format!("#{} {}", r["id"], s(&r["target"])))
+                    .collect();
+                return Err(fail(
+                    1,
+                    format!(
+                        "several active rollouts ({}): give an id or --target",
+                        list.join(", ")
+                    ),
+                ));
+            }
+        }
+        if any_if_none_active {
+            if let Some(last) = all.iter().copied().filter(matching).last() {
+                return last["id"].as_i64().ok_or_else(|| fail(1, "bad rollout id"));
+            }
+        }
+        Err(fail(1, "no active rollout: give a rollout id"))
+    }
+
+    async fn act(&self, a: ActArgs, action: &str, to_end: bool, json: bool) -> Result<(), Failure> {
+        let id = self.resolve(a.id, a.target.as_deref(), false).await?;
+        let mut body = serde_json::json!({"actor": self.actor});
+        if let Some(reason) = a.reason {
+            body["reason"] = reason.into();
+        }
+        if to_end {
+            body["to_end"] = true.into();
+        }
+        let v = self
+            .post(&format!("/v1/rollouts/{id}/{action}"), body.to_string())
+            .await?;
+        print_or(json, &v, || print_rollout(&v));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_795_316_400_000), "2026-11-22T03:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::command_for_test();
+    }
+
+    impl Cli {
+        fn command_for_test() {
+            use clap::CommandFactory;
+            Cli::command().debug_assert();
+        }
+    }
+}

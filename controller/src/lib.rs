@@ -1,0 +1,18 @@
+//! canaryctl: the policy-canary control plane and its command-line client.
+//!
+//! `controller` holds the operations, `rollout` the pure state machine, `plan` and
+//! `policy` the documents people write, `store` the SQLite state, `api` the HTTP
+//! API, `notify` the webhooks, `envoy_runtime` the Envoy runtime driver, `cli` the
+//! client commands.
+
+pub mod api;
+pub mod cli;
+pub mod controller;
+pub mod envoy_runtime;
+pub mod notify;
+pub mod plan;
+pub mod policy;
+pub mod rollout;
+pub mod serve;
+pub mod store;
+pub mod units;

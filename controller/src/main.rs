@@ -1,0 +1,28 @@
+//! `canaryctl`: see `canaryctl --help`.
+
+use clap::Parser;
+
+fn main() {
+    let cli = canaryctl::cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CANARYCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("canaryctl: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(failure) = runtime.block_on(canaryctl::cli::run(cli)) {
+        eprintln!("canaryctl: {}", failure.message);
+        std::process::exit(failure.code);
+    }
+}

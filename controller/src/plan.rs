@@ -1,0 +1,356 @@
+//! Rollout plans: what to roll out, in which stages, under which rules.
+
+use crate::units::{Dur, Weight};
+use policy_canary::config::{check_header, check_name, check_version, PolicyBackend};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A bad document, naming the field path (`stages[2].weight`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+pub fn field_error(path: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses YAML or JSON (JSON is YAML) into `T`, with the failing field's path.
+pub fn parse_document<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FieldError> {
+    let value: serde_json::Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| field_error("", format!("not valid JSON: {e}")))?
+    } else {
+        serde_yaml_ng::from_str(text)
+            .map_err(|e| field_error("", format!("not valid YAML: {e}")))?
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        field_error(path, e.into_inner().to_string())
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InconclusiveAction {
+    /// Stop and wait for a person.
+    #[default]
+    Pause,
+    /// Send everything back to stable.
+    Rollback,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub weight: Weight,
+    #[serde(default)]
+    pub min_duration: Dur,
+    #[serde(default)]
+    pub min_requests: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentRule {
+    pub header: String,
+    pub value: String,
+    pub weight: Weight,
+}
+
+/// Between `start` and `end` (UTC, `HH:MM`, wrapping past midnight when end < start)
+/// the canary weight is at most `max_weight`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeWindow {
+    pub start: String,
+    pub end: String,
+    pub max_weight: Weight,
+}
+
+impl TimeWindow {
+    fn minutes(text: &str) -> Option<u32> {
+        let (h, m) = text.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    }
+
+    /// Whether the window holds at `now_ms` (milliseconds since the epoch, UTC).
+    pub fn contains(&self, now_ms: i64) -> bool {
+        let (Some(start), Some(end)) = (Self::minutes(&self.start), Self::minutes(&self.end))
+        else {
+            return false;
+        };
+        let minute = (now_ms.rem_euclid(86_400_000) / 60_000) as u32;
+        if start <= end {
+            (start..end).contains(&minute)
+        } else {
+            minute >= start || minute < end
+        }
+    }
+}
+
+/// A rollout plan, as written by a person (YAML or JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutPlan {
+    pub target: String,
+    pub stable: PolicyBackend,
+    pub canary: PolicyBackend,
+    #[serde(default = "default_stages")]
+    pub stages: Vec<Stage>,
+    #[serde(default = "default_interval")]
+    pub analysis_interval: Dur,
+    /// Consecutive failed checks before an automatic rollback.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// After this long in one stage without a decision, `on_inconclusive` applies.
+    #[serde(default = "default_max_stage")]
+    pub max_stage_duration: Dur,
+    #[serde(default)]
+    pub on_inconclusive: InconclusiveAction,
+    #[serde(default)]
+    pub segments: Vec<SegmentRule>,
+    #[serde(default)]
+    pub windows: Vec<TimeWindow>,
+    /// Generated when absent; a salt is never reused by another rollout.
+    #[serde(default)]
+    pub salt: Option<String>,
+}
+
+fn default_stages() -> Vec<Stage> {
+    [100, 500, 2_500, 5_000, 10_000]
+        .into_iter()
+        .map(|bp| Stage {
+            weight: Weight(bp),
+            min_duration: Dur::secs(600),
+            min_requests: if bp == 10_000 { 0 } else { 500 },
+        })
+        .collect()
+}
+fn default_interval() -> Dur {
+    Dur::secs(30)
+}
+fn default_failure_threshold() -> u32 {
+    2
+}
+fn default_max_stage() -> Dur {
+    Dur::secs(4 * 3600)
+}
+
+impl RolloutPlan {
+    pub fn parse(text: &str) -> Result<RolloutPlan, FieldError> {
+        let plan: RolloutPlan = parse_document(text)?;
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// Checks everything that needs no store (policy versions are checked against
+    /// the registry when the rollout starts).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let core = |e: policy_canary::config::ConfigError| field_error(e.path, e.message);
+        check_name("target", &self.target).map_err(core)?;
+        for (prefix, backend) in [("stable", &self.stable), ("canary", &self.canary)] {
+            check_version(&format!("{prefix}.version"), &backend.version).map_err(core)?;
+            check_name(&format!("{prefix}.cluster"), &backend.cluster).map_err(core)?;
+        }
+        if self.stable.version == self.canary.version {
+            return Err(field_error(
+                "canary.version",
+                "must differ from stable.version",
+            ));
+        }
+        if self.stages.is_empty() {
+            return Err(field_error("stages", "at least one stage is needed"));
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            if stage.weight.bp() == 0 {
+                return Err(field_error(
+                    format!("stages[{i}].weight"),
+                    "must be above 0%",
+                ));
+            }
+            if i > 0 && stage.weight <= self.stages[i - 1].weight {
+                return Err(field_error(
+                    format!("stages[{i}].weight"),
+                    format!(
+                        "weights must increase: {} follows {}",
+                        stage.weight,
+                        self.stages[i - 1].weight
+                    ),
+                ));
+            }
+        }
+        if self.analysis_interval.0.is_zero() {
+            return Err(field_error("analysis_interval", "must be above 0"));
+        }
+        if self.failure_threshold == 0 {
+            return Err(field_error("failure_threshold", "must be at least 1"));
+        }
+        if self.segments.len() > 64 {
+            return Err(field_error("segments", "at most 64 segments"));
+        }
+        for (i, segment) in self.segments.iter().enumerate() {
+            check_header(&format!("segments[{i}].header"), &segment.header).map_err(core)?;
+        }
+        for (i, window) in self.windows.iter().enumerate() {
+            for (field, value) in [("start", &window.start), ("end", &window.end)] {
+                if TimeWindow::minutes(value).is_none() {
+                    return Err(field_error(
+                        format!("windows[{i}].{field}"),
+                        format!("`{value}` is not a UTC time of day (HH:MM)"),
+                    ));
+                }
+            }
+        }
+        if let Some(salt) = &self.salt {
+            if salt.is_empty() || salt.len() > 256 {
+                return Err(field_error("salt", "must be 1 to 256 bytes"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The canary weight of `stage` at `now_ms`, capped by any active time window.
+    pub fn effective_weight(&self, stage: usize, now_ms: i64) -> Weight {
+        let weight = self.stages.get(stage).map_or(Weight(0), |s| s.weight);
+        self.windows
+            .iter()
+            .filter(|w| w.contains(now_ms))
+            .map(|w| w.max_weight)
+            .fold(weight, Weight::min)
+    }
+
+    /// Whether entering `stage` completes the rollout: a 100% stage.
+    pub fn is_final_weight(&self, stage: usize) -> bool {
+        self.stages
+            .get(stage)
+            .is_some_and(|s| s.weight == Weight::FULL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAN: &str = r#"
+target: support-agent
+stable: {version: v2.3.1, cluster: agent_stable}
+canary: {version: v2.4.0, cluster: agent_canary}
+stages:
+  - {weight: 1%, min_duration: 10m, min_requests: 500}
+  - {weight: 5%, min_duration: 10m}
+  - {weight: 100%}
+segments:
+  - {header: x-user-group, value: internal, weight: 100%}
+windows:
+  - {start: "02:00", end: "06:00", max_weight: 50%}
+  - {start: "22:00", end: "01:00", max_weight: 2%}
+"#;
+
+    fn error_of(text: &str) -> String {
+        RolloutPlan::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_yaml_and_json_with_defaults() {
+        let plan = RolloutPlan::parse(PLAN).unwrap();
+        assert_eq!(plan.stages.len(), 3);
+        assert_eq!(plan.stages[0].weight, Weight(100));
+        assert_eq!(plan.failure_threshold, 2);
+        assert_eq!(plan.on_inconclusive, InconclusiveAction::Pause);
+        let json = serde_json::to_string(&plan).unwrap();
+        assert_eq!(RolloutPlan::parse(&json).unwrap(), plan);
+        let minimal = RolloutPlan::parse(
+            r#"{"target": "t", "stable": {"version": "a", "cluster": "c1"}, "canary": {"version": "b", "cluster": "c2"}}"#,
+        )
+        .unwrap();
+        let weights: Vec<u16> = minimal.stages.iter().map(|s| s.weight.bp()).collect();
+        assert_eq!(weights, vec![100, 500, 2_500, 5_000, 10_000]);
+    }
+
+    #[test]
+    fn bad_plans_name_the_field() {
+        let cases = [
+            (
+                PLAN.replace("min_requests: 500", "min_request: 500"),
+                "stages[0].min_request: unknown field `min_request`",
+            ),
+            (
+                PLAN.replace("weight: 5%", "weight: 0.5%"),
+                "stages[1].weight: weights must increase: 0.5% follows 1%",
+            ),
+            (
+                PLAN.replace("- {weight: 100%}", "- {weight: 150%}"),
+                "stages[2].weight: weight must be at most 100%",
+            ),
+            (
+                PLAN.replace(
+                    "min_duration: 10m, min_requests",
+                    "min_duration: -5m, min_requests",
+                ),
+                "stages[0].min_duration: duration `-5m` is negative",
+            ),
+            (
+                PLAN.replace("v2.4.0", "v2.3.1"),
+                "canary.version: must differ",
+            ),
+            (
+                PLAN.replace("agent_canary", "agent canary"),
+                "canary.cluster:",
+            ),
+            (PLAN.replace("\"02:00\"", "\"25:00\""), "windows[0].start:"),
+            (
+                PLAN.replace("target: support-agent", "target: support.agent"),
+                "target:",
+            ),
+            (
+                PLAN.replace("x-user-group", "X-User"),
+                "segments[0].header:",
+            ),
+            (PLAN.replace("stages:", "stagez:"), "unknown field `stagez`"),
+            ("[1, 2]".to_string(), "invalid type"),
+            ("{".to_string(), "not valid JSON"),
+            ("target: [".to_string(), "not valid YAML"),
+        ];
+        for (text, expected) in cases {
+            let message = error_of(&text);
+            assert!(
+                message.contains(expected),
+                "got `{message}`, expected `{expected}`"
+            );
+        }
+    }
+
+    #[test]
+    fn windows_cap_the_weight() {
+        let plan = RolloutPlan::parse(PLAN).unwrap();
+        let at = |h: i64, m: i64| 20_000 * 86_400_000 + (h * 60 + m) * 60_000;
+        assert_eq!(plan.effective_weight(2, at(3, 0)), Weight(5_000));
+        assert_eq!(plan.effective_weight(2, at(6, 0)), Weight(10_000));
+        assert_eq!(plan.effective_weight(0, at(3, 0)), Weight(100));
+        assert_eq!(
+            plan.effective_weight(2, at(23, 30)),
+            Weight(200),
+            "wraps past midnight"
+        );
+        assert_eq!(plan.effective_weight(2, at(0, 59)), Weight(200));
+        assert_eq!(plan.effective_weight(2, at(1, 0)), Weight(10_000));
+        assert!(plan.is_final_weight(2) && !plan.is_final_weight(1));
+    }
+}

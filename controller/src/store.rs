@@ -1,0 +1,463 @@
+//! SQLite persistence: WAL, full sync, one transaction per state change, versioned
+//! migrations (`PRAGMA user_version`).
+
+use crate::plan::RolloutPlan;
+use crate::rollout::{Phase, RolloutState};
+use policy_canary::config::{PolicyBackend, RouteTable};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::Serialize;
+use std::path::Path;
+
+/// Each entry moves the schema one version up; never edit a released entry.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+     INSERT INTO meta (key, value) VALUES ('route_revision', 0);
+     CREATE TABLE policies (
+        version TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        bundle TEXT NOT NULL,
+        created_ms INTEGER NOT NULL);
+     CREATE TABLE targets (
+        name TEXT PRIMARY KEY,
+        stable_version TEXT NOT NULL,
+        stable_cluster TEXT NOT NULL,
+        route TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL);
+     CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        target TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        salt TEXT NOT NULL UNIQUE,
+        phase TEXT NOT NULL,
+        stage INTEGER NOT NULL,
+        stage_started_ms INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL);
+     CREATE UNIQUE INDEX one_active_rollout_per_target ON rollouts (target)
+        WHERE phase IN ('pending', 'progressing', 'paused');
+     CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        target TEXT,
+        rollout_id INTEGER,
+        from_state TEXT,
+        to_state TEXT,
+        revision INTEGER NOT NULL,
+        details TEXT);",
+];
+
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: an acknowledged change survives a crash of the process and of the machine.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+pub fn schema_version(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map(|v| v as usize)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current = schema_version(conn)?;
+    if current > MIGRATIONS.len() {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "the state was written by a newer canaryctl (schema {current}, this one knows {})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyRecord {
+    pub version: String,
+    pub sha256: String,
+    pub id: String,
+    pub created_ms: i64,
+    pub bundle: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct RolloutRow {
+    pub id: i64,
+    pub target: String,
+    pub plan: RolloutPlan,
+    pub salt: String,
+    pub state: RolloutState,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetRow {
+    pub name: String,
+    pub stable: PolicyBackend,
+    pub route: RouteTable,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub reason: String,
+    pub target: Option<String>,
+    pub rollout_id: Option<i64>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub revision: u64,
+    pub details: Option<serde_json::Value>,
+}
+
+/// A new audit entry (the id and time are assigned on insert).
+#[derive(Debug, Clone, Default)]
+pub struct NewAudit {
+    pub actor: String,
+    pub action: String,
+    pub reason: String,
+    pub target: Option<String>,
+    pub rollout_id: Option<i64>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub details: Option<serde_json::Value>,
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(text: String, index: usize) -> rusqlite::Result<T> {
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn route_column(text: String, index: usize) -> rusqlite::Result<RouteTable> {
+    RouteTable::from_json(text.as_bytes()).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+pub fn revision(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'route_revision'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|v| v as u64)
+}
+
+/// Increments and returns the route revision.
+pub fn bump_revision(tx: &Transaction<'_>) -> rusqlite::Result<u64> {
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = 'route_revision'",
+        [],
+    )?;
+    revision(tx)
+}
+
+pub fn get_policy(conn: &Connection, version: &str) -> rusqlite::Result<Option<PolicyRecord>> {
+    conn.query_row(
+        "SELECT version, sha256, bundle, created_ms FROM policies WHERE version = ?1",
+        [version],
+        policy_row,
+    )
+    .optional()
+}
+
+fn policy_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRecord> {
+    let version: String = r.get(0)?;
+    let sha256: String = r.get(1)?;
+    Ok(PolicyRecord {
+        id: format!("{version}@sha256:{sha256}"),
+        version,
+        sha256,
+        bundle: json_column(r.get(2)?, 2)?,
+        created_ms: r.get(3)?,
+    })
+}
+
+pub fn list_policies(conn: &Connection) -> rusqlite::Result<Vec<PolicyRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT version, sha256, bundle, created_ms FROM policies ORDER BY created_ms, version",
+    )?;
+    let rows = stmt.query_map([], policy_row)?;
+    rows.collect()
+}
+
+pub fn insert_policy(
+    tx: &Transaction<'_>,
+    version: &str,
+    sha256: &str,
+    bundle: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO policies (version, sha256, bundle, created_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![version, sha256, bundle, now_ms],
+    )?;
+    Ok(())
+}
+
+pub fn get_target(conn: &Connection, name: &str) -> rusqlite::Result<Option<TargetRow>> {
+    conn.query_row(
+        "SELECT name, stable_version, stable_cluster, route, updated_ms FROM targets WHERE name = ?1",
+        [name],
+        target_row,
+    )
+    .optional()
+}
+
+fn target_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TargetRow> {
+    Ok(TargetRow {
+        name: r.get(0)?,
+        stable: PolicyBackend {
+            version: r.get(1)?,
+            cluster: r.get(2)?,
+        },
+        route: route_column(r.get(3)?, 3)?,
+        updated_ms: r.get(4)?,
+    })
+}
+
+pub fn list_targets(conn: &Connection) -> rusqlite::Result<Vec<TargetRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT name, stable_version, stable_cluster, route, updated_ms FROM targets ORDER BY name",
+    )?;
+    let rows = stmt.query_map([], target_row)?;
+    rows.collect()
+}
+
+pub fn upsert_target(
+    tx: &Transaction<'_>,
+    name: &str,
+    stable: &PolicyBackend,
+    route: &RouteTable,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    let route = serde_json::to_string(route).unwrap_or_default();
+    tx.execute(
+        "INSERT INTO targets (name, stable_version, stable_cluster, route, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (name) DO UPDATE SET stable_version = ?2, stable_cluster = ?3, route = ?4, updated_ms = ?5",
+        params![name, stable.version, stable.cluster, route, now_ms],
+    )?;
+    Ok(())
+}
+
+const ROLLOUT_COLUMNS: &str =
+    "id, target, plan, salt, phase, stage, stage_started_ms, created_ms, updated_ms";
+
+fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRow> {
+    let phase: String = r.get(4)?;
+    let phase = Phase::parse(&phase).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            4,
+            rusqlite::types::Type::Text,
+            format!("unknown phase `{phase}`").into(),
+        )
+    })?;
+    Ok(RolloutRow {
+        id: r.get(0)?,
+        target: r.get(1)?,
+        plan: json_column(r.get(2)?, 2)?,
+        salt: r.get(3)?,
+        state: RolloutState {
+            phase,
+            stage: r.get::<_, i64>(5)? as usize,
+            stage_started_ms: r.get(6)?,
+        },
+        created_ms: r.get(7)?,
+        updated_ms: r.get(8)?,
+    })
+}
+
+pub fn get_rollout(conn: &Connection, id: i64) -> rusqlite::Result<Option<RolloutRow>> {
+    conn.query_row(
+        &format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1"),
+        [id],
+        rollout_row,
+    )
+    .optional()
+}
+
+pub fn active_rollout(conn: &Connection, target: &str) -> rusqlite::Result<Option<RolloutRow>> {
+    conn.query_row(
+        &format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts
+             WHERE target = ?1 AND phase IN ('pending', 'progressing', 'paused')"
+        ),
+        [target],
+        rollout_row,
+    )
+    .optional()
+}
+
+pub fn list_rollouts(conn: &Connection, active_only: bool) -> rusqlite::Result<Vec<RolloutRow>> {
+    let filter = if active_only {
+        "WHERE phase IN ('pending', 'progressing', 'paused')"
+    } else {
+        ""
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {ROLLOUT_COLUMNS} FROM rollouts {filter} ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([], rollout_row)?;
+    rows.collect()
+}
+
+pub fn salt_used(conn: &Connection, salt: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM rollouts WHERE salt = ?1",
+        [salt],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+pub fn insert_rollout(
+    tx: &Transaction<'_>,
+    plan: &RolloutPlan,
+    salt: &str,
+    state: &RolloutState,
+    now_ms: i64,
+) -> rusqlite::Result<i64> {
+    let plan_json = serde_json::to_string(plan).unwrap_or_default();
+    tx.execute(
+        "INSERT INTO rollouts (target, plan, salt, phase, stage, stage_started_ms, created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        params![
+            plan.target,
+            plan_json,
+            salt,
+            state.phase.as_str(),
+            state.stage as i64,
+            state.stage_started_ms,
+            now_ms
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+pub fn update_rollout_state(
+    tx: &Transaction<'_>,
+    id: i64,
+    state: &RolloutState,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE rollouts SET phase = ?2, stage = ?3, stage_started_ms = ?4, updated_ms = ?5 WHERE id = ?1",
+        params![id, state.phase.as_str(), state.stage as i64, state.stage_started_ms, now_ms],
+    )?;
+    Ok(())
+}
+
+pub fn insert_audit(
+    tx: &Transaction<'_>,
+    entry: &NewAudit,
+    revision: u64,
+    now_ms: i64,
+) -> rusqlite::Result<AuditEntry> {
+    let details = entry.details.as_ref().map(|d| d.to_string());
+    tx.execute(
+        "INSERT INTO audit (at_ms, actor, action, reason, target, rollout_id, from_state, to_state, revision, details)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            now_ms,
+            entry.actor,
+            entry.action,
+            entry.reason,
+            entry.target,
+            entry.rollout_id,
+            entry.from,
+            entry.to,
+            revision as i64,
+            details
+        ],
+    )?;
+    Ok(AuditEntry {
+        id: tx.last_insert_rowid(),
+        at_ms: now_ms,
+        actor: entry.actor.clone(),
+        action: entry.action.clone(),
+        reason: entry.reason.clone(),
+        target: entry.target.clone(),
+        rollout_id: entry.rollout_id,
+        from: entry.from.clone(),
+        to: entry.to.clone(),
+        revision,
+        details: entry.details.clone(),
+    })
+}
+
+/// Audit entries in order, optionally for one rollout or target, after `after_id`.
+pub fn list_audit(
+    conn: &Connection,
+    rollout_id: Option<i64>,
+    target: Option<&str>,
+    after_id: i64,
+    limit: i64,
+) -> rusqlite::Result<Vec<AuditEntry>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, at_ms, actor, action, reason, target, rollout_id, from_state, to_state, revision, details
+         FROM audit
+         WHERE (?1 IS NULL OR rollout_id = ?1) AND (?2 IS NULL OR target = ?2) AND id > ?3
+         ORDER BY id LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![rollout_id, target, after_id, limit], |r| {
+        let details: Option<String> = r.get(10)?;
+        Ok(AuditEntry {
+            id: r.get(0)?,
+            at_ms: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            reason: r.get(4)?,
+            target: r.get(5)?,
+            rollout_id: r.get(6)?,
+            from: r.get(7)?,
+            to: r.get(8)?,
+            revision: r.get::<_, i64>(9)? as u64,
+            details: details.and_then(|d| serde_json::from_str(&d).ok()),
+        })
+    })?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_refuse_a_newer_schema() {
+        let dir = std::env::temp_dir().join(format!("canaryctl-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.db");
+        let _ = std::fs::remove_file(&path);
+        let conn = open(&path).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), MIGRATIONS.len());
+        assert_eq!(revision(&conn).unwrap(), 0);
+        drop(conn);
+        let conn = open(&path).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), MIGRATIONS.len());
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(open(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("newer canaryctl"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,272 @@
+//! Weights and durations as people write them in plans: `"5%"`, `"0.5%"`, `"10m"`.
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::time::Duration;
+
+/// A traffic weight in basis points (0..=10000). Written as `"5%"`, `"0.25%"`, a
+/// number of percent (`5`), or `"500bp"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Weight(pub u16);
+
+impl Weight {
+    pub const FULL: Weight = Weight(10_000);
+
+    pub fn bp(self) -> u16 {
+        self.0
+    }
+
+    pub fn parse(text: &str) -> Result<Weight, String> {
+        let text = text.trim();
+        if let Some(bp) = text.strip_suffix("bp") {
+            let bp: u64 = bp
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{text}` is not a whole number of basis points"))?;
+            return Self::from_bp(bp);
+        }
+        let percent = text.strip_suffix('%').unwrap_or(text).trim();
+        let value: f64 = percent
+            .parse()
+            .map_err(|_| format!("`{text}` is not a weight (write e.g. \"5%\" or \"500bp\")"))?;
+        Self::from_percent(value)
+    }
+
+    pub fn from_percent(percent: f64) -> Result<Weight, String> {
+        if !percent.is_finite() || percent < 0.0 {
+            return Err(format!(
+                "weight must be between 0% and 100%, got {percent}%"
+            ));
+        }
+        let bp = percent * 100.0;
+        if (bp - bp.round()).abs() > 1e-6 {
+            return Err(format!(
+                "weight {percent}% is finer than one basis point (0.01%)"
+            ));
+        }
+        Self::from_bp(bp.round() as u64)
+    }
+
+    pub fn from_bp(bp: u64) -> Result<Weight, String> {
+        if bp > 10_000 {
+            return Err(format!(
+                "weight must be at most 100%, got {}%",
+                bp as f64 / 100.0
+            ));
+        }
+        Ok(Weight(bp as u16))
+    }
+}
+
+impl fmt::Display for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whole = self.0 / 100;
+        let frac = self.0 % 100;
+        if frac == 0 {
+            write!(f, "{whole}%")
+        } else if frac % 10 == 0 {
+            write!(f, "{whole}.{}%", frac / 10)
+        } else {
+            write!(f, "{whole}.{frac:02}%")
+        }
+    }
+}
+
+impl Serialize for Weight {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Weight;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a weight such as \"5%\", \"0.5%\" or \"500bp\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Weight, E> {
+                Weight::parse(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Weight, E> {
+                Weight::from_percent(v as f64).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Weight, E> {
+                Weight::from_percent(v as f64).map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Weight, E> {
+                Weight::from_percent(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration written as `"90s"`, `"10m"`, `"1h30m"`, `"250ms"` or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn secs(s: u64) -> Dur {
+        Dur(Duration::from_secs(s))
+    }
+
+    pub fn millis(self) -> i64 {
+        i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    pub fn parse(text: &str) -> Result<Dur, String> {
+        let text = text.trim();
+        if text.starts_with('-') {
+            return Err(format!("duration `{text}` is negative"));
+        }
+        if text.is_empty() {
+            return Err("empty duration".into());
+        }
+        if text.bytes().all(|b| b.is_ascii_digit()) {
+            return text
+                .parse()
+                .map(Dur::secs)
+                .map_err(|_| format!("duration `{text}` is too long"));
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .ok_or_else(|| format!("duration `{text}` needs a unit (ms, s, m, h, d)"))?;
+            if digits == 0 {
+                return Err(format!(
+                    "`{text}` is not a duration (write e.g. \"30s\", \"10m\", \"1h30m\")"
+                ));
+            }
+            let number: f64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("`{text}` is not a duration"))?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let millis = match unit {
+                "ms" => 1.0,
+                "s" => 1_000.0,
+                "m" => 60_000.0,
+                "h" => 3_600_000.0,
+                "d" => 86_400_000.0,
+                _ => {
+                    return Err(format!(
+                        "`{unit}` in `{text}` is not a unit (ms, s, m, h, d)"
+                    ))
+                }
+            };
+            total += Duration::from_millis((number * millis).round() as u64);
+        }
+        Ok(Dur(total))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 {
+            f.write_str("0s")
+        } else if ms % 3_600_000 == 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms % 1_000 == 0 {
+            write!(f, "{}s", ms / 1_000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", \"10m\" or \"1h30m\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
+                Dur::parse(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
+                Ok(Dur::secs(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
+                u64::try_from(v)
+                    .map(Dur::secs)
+                    .map_err(|_| E::custom(format!("duration {v}s is negative")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
+                if v.is_finite() && v >= 0.0 {
+                    Ok(Dur(Duration::from_millis((v * 1000.0).round() as u64)))
+                } else {
+                    Err(E::custom(format!("duration {v}s is negative")))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights() {
+        for (text, bp) in [
+            ("5%", 500),
+            ("0.5%", 50),
+            ("0.01%", 1),
+            ("100%", 10_000),
+            ("250bp", 250),
+            (" 1 % ", 100),
+            ("7", 700),
+        ] {
+            assert_eq!(Weight::parse(text), Ok(Weight(bp)), "{text}");
+        }
+        for bad in ["101%", "-1%", "0.001%", "abc", "10001bp", "NaN%"] {
+            assert!(Weight::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Weight(500).to_string(), "5%");
+        assert_eq!(Weight(50).to_string(), "0.5%");
+        assert_eq!(Weight(1).to_string(), "0.01%");
+    }
+
+    #[test]
+    fn durations() {
+        for (text, ms) in [
+            ("30s", 30_000),
+            ("10m", 600_000),
+            ("1h30m", 5_400_000),
+            ("250ms", 250),
+            ("2", 2_000),
+            ("1.5s", 1_500),
+            ("0s", 0),
+        ] {
+            assert_eq!(Dur::parse(text).map(|d| d.0.as_millis()), Ok(ms), "{text}");
+        }
+        for bad in ["-5s", "5", "", "s", "5x", "1h-2m"] {
+            if bad == "5" {
+                continue;
+            }
+            assert!(Dur::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Dur::parse("90s").unwrap().to_string(), "90s");
+        assert_eq!(Dur::parse("2h").unwrap().to_string(), "2h");
+    }
+}
