@@ -52,30 +52,42 @@ pub struct RoutesDocument {
 
 impl RoutesDocument {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let reader = Reader::parse(bytes)?;
-        let root = reader.root()?;
-        root.only(&["revision", "routes"])?;
-        let revision = root
-            .u64("revision")?
-            .ok_or_else(|| err("revision", "missing field"))?;
         let mut routes = BTreeMap::new();
-        for (target, table) in root.entries("routes")? {
-            check_name(&format!("routes.{target}"), target)?;
-            let table = RouteTable::read(&table)?;
-            table.validate(&format!("routes.{target}."))?;
-            if table.revision > revision {
-                return Err(err(
-                    format!("routes.{target}.revision"),
-                    format!(
-                        "{} is newer than the document's revision {revision}",
-                        table.revision
-                    ),
-                ));
-            }
+        let revision = read_routes(bytes, |target, table| {
             routes.insert(target.to_string(), table);
-        }
+        })?;
         Ok(RoutesDocument { revision, routes })
     }
+}
+
+/// Validates a routes document and hands each target's table to `visit`; returns
+/// the document's revision. (The filter uses this directly, without a map.)
+pub fn read_routes(
+    bytes: &[u8],
+    mut visit: impl FnMut(&str, RouteTable),
+) -> Result<u64, ConfigError> {
+    let reader = Reader::parse(bytes)?;
+    let root = reader.root()?;
+    root.only(&["revision", "routes"])?;
+    let revision = root
+        .u64("revision")?
+        .ok_or_else(|| err("revision", "missing field"))?;
+    for (target, table) in root.entries("routes")? {
+        check_name(&format!("routes.{target}"), target)?;
+        let table = RouteTable::read(&table)?;
+        table.validate(&format!("routes.{target}."))?;
+        if table.revision > revision {
+            return Err(err(
+                format!("routes.{target}.revision"),
+                format!(
+                    "{} is newer than the document's revision {revision}",
+                    table.revision
+                ),
+            ));
+        }
+        visit(target, table);
+    }
+    Ok(revision)
 }
 
 /// What to do with a request that carries no session id.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod reader;
 pub mod routing;
 pub mod stats;
+pub mod sync;
 pub mod telemetry;
 
 #[cfg(target_arch = "wasm32")]

@@ -6,6 +6,9 @@ use crate::cohort::Cohort;
 use crate::config::{PluginConfig, RouteTable};
 use crate::routing::{route_request, served_cohort, Decision, Header, HeaderEdit};
 use crate::stats::{stat_name, Counter, PendingCounts, StreamRecord, LATENCY_SUFFIX};
+use crate::sync::{
+    AfterPoll, Follow, HealthChange, SyncConfig, SyncState, TableFollower, ROUTES_KEY,
+};
 use crate::telemetry::is_telemetry_header;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -14,13 +17,19 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// Counts live in wasm memory per worker and reach Envoy on this tick.
-const FLUSH_PERIOD: Duration = Duration::from_millis(250);
+/// Filter roots look for a new route table from the sync service on this tick.
+const FOLLOW_PERIOD: Duration = Duration::from_millis(50);
+/// Counts live in wasm memory per worker and reach Envoy every this many ticks (250 ms).
+const FLUSH_EVERY_TICKS: u32 = 5;
+/// The sync service checks whether to poll (after a backoff) on this tick.
+const SYNC_PERIOD: Duration = Duration::from_millis(100);
+/// `root_id` of the sync service (an `envoy.bootstrap.wasm` singleton).
+const SYNC_ROOT_ID: &str = "policy_canary_sync";
 
 proxy_wasm::main! {{
     // Also installs a panic hook that logs the panic at critical level.
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(FilterRoot::default()));
+    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
 }}
 
 fn log(level: LogLevel, message: &str) {
@@ -31,7 +40,11 @@ fn log(level: LogLevel, message: &str) {
 /// thread, so `Rc` and `RefCell` suffice.
 struct Worker {
     config: PluginConfig,
-    table: Rc<RouteTable>,
+    /// The table new requests are routed by: the configuration's until the sync
+    /// service delivers a newer one for this target.
+    table: RefCell<Rc<RouteTable>>,
+    follower: RefCell<TableFollower>,
+    ticks: Cell<u32>,
     pending: RefCell<PendingCounts>,
     metrics: RefCell<MetricIds>,
     rng: Cell<u64>,
@@ -56,6 +69,26 @@ impl Worker {
                 LogLevel::Warn,
                 &format!("policy_canary: host call failed: {what} (further failures not logged)"),
             );
+        }
+    }
+
+    /// Picks up a newer route table from shared data, parsing only a changed document.
+    fn follow(&self) {
+        let Ok((value, cas)) = hostcalls::get_shared_data(ROUTES_KEY) else {
+            return;
+        };
+        let current = self.table.borrow().revision;
+        let outcome =
+            self.follower
+                .borrow_mut()
+                .follow(&self.config.target, current, value.as_deref(), cas);
+        match outcome {
+            Follow::Newer(table) => *self.table.borrow_mut() = Rc::new(table),
+            Follow::Invalid(error) => log(
+                LogLevel::Warn,
+                &format!("policy_canary: ignoring the shared routes document: {error}"),
+            ),
+            Follow::Same | Follow::NothingForTarget => {}
         }
     }
 
@@ -125,69 +158,107 @@ fn define(
     *slot
 }
 
+/// One root context type for both roles; `on_configure` picks the role from the
+/// plugin's `root_id`.
 #[derive(Default)]
-struct FilterRoot {
-    worker: Option<Rc<Worker>>,
+struct Root {
+    role: Role,
 }
 
-impl Context for FilterRoot {}
+#[derive(Default)]
+enum Role {
+    #[default]
+    Unconfigured,
+    Filter(Rc<Worker>),
+    Sync(Box<SyncService>),
+}
 
-impl RootContext for FilterRoot {
-    fn on_configure(&mut self, _configuration_size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(bytes) => bytes.unwrap_or_default(),
-            Err(status) => {
-                log(
-                    LogLevel::Error,
-                    &format!("policy_canary: cannot read the plugin configuration: {status:?}"),
-                );
-                return false;
-            }
-        };
-        let config = match PluginConfig::from_json(&bytes) {
-            Ok(config) => config,
-            Err(error) => {
-                log(
-                    LogLevel::Error,
-                    &format!("policy_canary: invalid plugin configuration: {error}"),
-                );
-                return false;
-            }
-        };
-        let seed = hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as u64);
-        let table = Rc::new(config.route.clone());
-        self.worker = Some(Rc::new(Worker {
-            config,
-            table,
-            pending: RefCell::default(),
-            metrics: RefCell::default(),
-            rng: Cell::new(seed | 1),
-            host_error_logged: Cell::new(false),
-        }));
-        if hostcalls::set_tick_period(FLUSH_PERIOD).is_err() {
+fn read_configuration() -> Option<Vec<u8>> {
+    match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+        Ok(bytes) => Some(bytes.unwrap_or_default()),
+        Err(status) => {
             log(
                 LogLevel::Error,
-                "policy_canary: cannot set the tick period; stats would never flush",
+                &format!("policy_canary: cannot read the plugin configuration: {status:?}"),
             );
+            None
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let Role::Sync(sync) = &mut self.role {
+            sync.on_response(token, body_size);
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _configuration_size: usize) -> bool {
+        let Some(bytes) = read_configuration() else {
+            return false;
+        };
+        let root_id = hostcalls::get_property(vec!["plugin_root_id"])
+            .ok()
+            .flatten();
+        let role = if root_id.as_deref() == Some(SYNC_ROOT_ID.as_bytes()) {
+            SyncService::configure(&bytes).map(|s| Role::Sync(Box::new(s)))
+        } else {
+            configure_filter(&bytes).map(Role::Filter)
+        };
+        let period = match role {
+            Some(Role::Sync(_)) => SYNC_PERIOD,
+            _ => FOLLOW_PERIOD,
+        };
+        let Some(role) = role else {
+            return false;
+        };
+        if hostcalls::set_tick_period(period).is_err() {
+            log(LogLevel::Error, "policy_canary: cannot set the tick period");
             return false;
         }
+        self.role = role;
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(worker) = &self.worker {
-            worker.flush();
+        match &mut self.role {
+            Role::Filter(worker) => {
+                worker.follow();
+                let ticks = worker.ticks.get().wrapping_add(1);
+                worker.ticks.set(ticks);
+                if ticks % FLUSH_EVERY_TICKS == 0 {
+                    worker.flush();
+                }
+            }
+            Role::Sync(sync) => sync.on_tick(),
+            Role::Unconfigured => {}
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // The SDK panics on None, so an unconfigured root hands out a pass-through stream.
+        // The SDK panics on None, so other roles hand out a pass-through stream.
+        let worker = match &self.role {
+            Role::Filter(worker) => Some(Rc::clone(worker)),
+            _ => None,
+        };
         Some(Box::new(PolicyStream {
-            worker: self.worker.clone(),
-            table: self.worker.as_ref().map(|w| Rc::clone(&w.table)),
+            table: worker.as_ref().map(|w| Rc::clone(&w.table.borrow())),
+            worker,
             decision: None,
             record: StreamRecord::default(),
         }))
@@ -195,6 +266,171 @@ impl RootContext for FilterRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+fn configure_filter(bytes: &[u8]) -> Option<Rc<Worker>> {
+    let config = match PluginConfig::from_json(bytes) {
+        Ok(config) => config,
+        Err(error) => {
+            log(
+                LogLevel::Error,
+                &format!("policy_canary: invalid plugin configuration: {error}"),
+            );
+            return None;
+        }
+    };
+    let table = Rc::new(config.route.clone());
+    let worker = Rc::new(Worker {
+        config,
+        table: RefCell::new(table),
+        follower: RefCell::default(),
+        ticks: Cell::new(0),
+        pending: RefCell::default(),
+        metrics: RefCell::default(),
+        rng: Cell::new(now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        host_error_logged: Cell::new(false),
+    });
+    // A table the sync service already holds applies at once.
+    worker.follow();
+    Some(worker)
+}
+
+/// The sync service: long-polls the controller and stores the routes document in
+/// shared data for every worker's filter.
+struct SyncService {
+    config: SyncConfig,
+    state: SyncState,
+    in_flight: Option<u32>,
+    metrics: SyncMetrics,
+}
+
+struct SyncMetrics {
+    polls_ok: Option<u32>,
+    polls_failed: Option<u32>,
+    documents_rejected: Option<u32>,
+    revision: Option<u32>,
+}
+
+impl SyncService {
+    fn configure(bytes: &[u8]) -> Option<SyncService> {
+        let config = match SyncConfig::from_json(bytes) {
+            Ok(config) => config,
+            Err(error) => {
+                log(
+                    LogLevel::Error,
+                    &format!("policy_canary: invalid sync configuration: {error}"),
+                );
+                return None;
+            }
+        };
+        let metric = |kind, name: &str| {
+            hostcalls::define_metric(kind, &format!("policy_canary.sync.{name}")).ok()
+        };
+        Some(SyncService {
+            config,
+            state: SyncState::default(),
+            in_flight: None,
+            metrics: SyncMetrics {
+                polls_ok: metric(MetricType::Counter, "polls_ok"),
+                polls_failed: metric(MetricType::Counter, "polls_failed"),
+                documents_rejected: metric(MetricType::Counter, "documents_rejected"),
+                revision: metric(MetricType::Gauge, "revision"),
+            },
+        })
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_ms();
+        if self.state.should_poll(&self.config, now) {
+            self.poll(now);
+        }
+    }
+
+    fn poll(&mut self, now: u64) {
+        let path = self.state.poll_path(&self.config);
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", self.config.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        match hostcalls::dispatch_http_call(&self.config.cluster, headers, None, vec![], timeout) {
+            Ok(token) => {
+                self.in_flight = Some(token);
+                self.state.started(now);
+            }
+            Err(_) => self.finish(&AfterPoll::Keep(crate::sync::PollFailure::Dispatch), now),
+        }
+    }
+
+    fn on_response(&mut self, token: u32, body_size: usize) {
+        if self.in_flight != Some(token) {
+            return;
+        }
+        self.in_flight = None;
+        let status = hostcalls::get_map(MapType::HttpCallResponseHeaders)
+            .ok()
+            .and_then(|headers| {
+                headers
+                    .into_iter()
+                    .find(|(name, _)| name == ":status")
+                    .and_then(|(_, value)| value.parse().ok())
+            })
+            .unwrap_or(0u16);
+        let body = if status == 200 && body_size <= self.config.max_body_bytes {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut outcome = self.state.judge(&self.config, status, body_size, &body);
+        if let AfterPoll::Store { revision } = outcome {
+            if hostcalls::set_shared_data(ROUTES_KEY, Some(&body), None).is_err() {
+                outcome = AfterPoll::Keep(crate::sync::PollFailure::BadDocument(
+                    "could not store it in shared data".into(),
+                ));
+            } else if let Some(id) = self.metrics.revision {
+                let _ = hostcalls::record_metric(id, revision);
+            }
+        }
+        let now = now_ms();
+        self.finish(&outcome, now);
+        // A good answer is followed by the next long-poll at once.
+        if self.state.should_poll(&self.config, now) {
+            self.poll(now);
+        }
+    }
+
+    fn finish(&mut self, outcome: &AfterPoll, now: u64) {
+        let counter = match outcome {
+            AfterPoll::Keep(failure) if failure.is_rejection() => self.metrics.documents_rejected,
+            AfterPoll::Keep(_) => self.metrics.polls_failed,
+            _ => self.metrics.polls_ok,
+        };
+        if let Some(id) = counter {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+        match self.state.finished(&self.config, outcome, now) {
+            Some(HealthChange::Failing(failure)) => log(
+                LogLevel::Warn,
+                &format!(
+                    "policy_canary sync: {failure}; keeping route revision {} (fail static)",
+                    self.state.revision
+                ),
+            ),
+            Some(HealthChange::Recovered { after_failures }) => log(
+                LogLevel::Info,
+                &format!(
+                    "policy_canary sync: controller answering again after {after_failures} failed polls; route revision {}",
+                    self.state.revision
+                ),
+            ),
+            None => {}
+        }
     }
 }
 

@@ -159,7 +159,13 @@ impl Envoy {
             .arg(&admin_path)
             .arg("--log-path")
             .arg(&log_path)
-            .args(["-l", "info", "--disable-hot-restart"])
+            .args([
+                "-l",
+                "info",
+                "--disable-hot-restart",
+                "--file-flush-interval-msec",
+                "100",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -447,4 +453,142 @@ impl Client {
 /// The reference cohort formula, from the core (checked against golden vectors).
 pub fn expected_canary(session: &str, salt: &str, weight_bp: u16) -> bool {
     policy_canary::cohort::bucket(session.as_bytes(), salt.as_bytes()) < weight_bp
+}
+
+/// A free loopback port (bound and released: for processes that must keep one port
+/// across restarts, like a controller that Envoy's cluster points at).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The `canaryctl` binary of this build (built on demand).
+pub fn canaryctl_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // target/<profile>/deps/<test> → target/<profile>/canaryctl
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = profile_dir.join("canaryctl");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(repo_root())
+            .args(["build", "-p", "canaryctl", "--bin", "canaryctl"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().expect("cargo build").success(),
+            "building canaryctl failed"
+        );
+    }
+    bin
+}
+
+/// A `canaryctl serve` process on a fixed loopback port with its own state directory.
+pub struct Controller {
+    child: Option<ChildGuard>,
+    pub port: u16,
+    pub state_dir: PathBuf,
+    pub token: String,
+    args: Vec<String>,
+    _dir: Option<TempDir>,
+}
+
+impl Controller {
+    pub fn start(args: &[&str]) -> Controller {
+        let dir = TempDir::new("controller");
+        let state_dir = dir.path().join("state");
+        let mut c = Controller {
+            child: None,
+            port: free_port(),
+            state_dir,
+            token: String::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            _dir: Some(dir),
+        };
+        c.restart();
+        c
+    }
+
+    /// (Re)starts the process on the same port and state directory.
+    pub fn restart(&mut self) {
+        self.child = None;
+        let mut child = Command::new(canaryctl_bin())
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(&self.args)
+            .env("CANARYCTL_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn canaryctl");
+        let stdout = child.stdout.take().unwrap();
+        let guard = ChildGuard(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(line.contains("listening on"), "canaryctl said {line:?}");
+        self.child = Some(guard);
+        self.token = std::fs::read_to_string(self.state_dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_string();
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill(&mut self) {
+        self.child = None;
+    }
+
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http_get(self.port, path).expect("controller answers");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// A POST with the token; returns the status and the JSON body.
+    pub fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        let mut response = agent
+            .post(format!("http://127.0.0.1:{}{path}", self.port))
+            .header("authorization", &format!("Bearer {}", self.token))
+            .send(body)
+            .expect("controller answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    pub fn post_ok(&self, path: &str, body: &str) -> serde_json::Value {
+        let (status, v) = self.post(path, body);
+        assert!((200..300).contains(&status), "POST {path}: {status} {v}");
+        v
+    }
+
+    /// Registers two example policies.
+    pub fn with_policies(self, versions: &[&str]) -> Self {
+        for version in versions {
+            self.post_ok(
+                "/v1/policies",
+                &format!("version: {version}\nsystem_prompt: Help with orders.\nmodel: m-1\ntemperature: 0.2\nmax_tokens: 512\n"),
+            );
+        }
+        self
+    }
+}
+
+/// The shipped controller-mode config (envoy/envoy.yaml) pointed at these ports.
+pub fn controller_mode_config(stable: u16, canary: u16, controller: u16) -> String {
+    let text = shipped_config("envoy.yaml", stable, canary);
+    assert!(text.contains("port_value: 7070}"));
+    text.replace("port_value: 7070}", &format!("port_value: {controller}}}"))
 }

@@ -1,0 +1,427 @@
+//! The sync service's logic: long-poll the controller for the routes document,
+//! keep the last good one (fail static), back off on failure. Pure: the glue does
+//! the HTTP calls and shared-data writes.
+
+use crate::config::{err, read_routes, ConfigError};
+use crate::reader::Reader;
+
+/// Shared-data key holding the last good routes document (JSON, as served).
+pub const ROUTES_KEY: &str = "policy_canary/routes";
+
+/// The sync service's plugin configuration: `{"sync": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Envoy cluster of the controller.
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    /// How long the controller may hold a poll open, ms.
+    pub wait_ms: u64,
+    /// Timeout of one poll, ms (longer than `wait_ms`).
+    pub timeout_ms: u64,
+    pub max_body_bytes: usize,
+    /// Longest pause between failed polls, ms.
+    pub max_backoff_ms: u64,
+}
+
+impl SyncConfig {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let reader = Reader::parse(bytes)?;
+        let root = reader.root()?;
+        root.only(&["sync"])?;
+        let s = root.required_object("sync")?;
+        s.only(&[
+            "cluster",
+            "authority",
+            "path",
+            "wait_ms",
+            "timeout_ms",
+            "max_body_bytes",
+            "max_backoff_ms",
+        ])?;
+        let wait_ms = s.u64("wait_ms")?.unwrap_or(25_000);
+        let config = SyncConfig {
+            cluster: s.required_string("cluster")?,
+            authority: s.string("authority")?.unwrap_or_else(|| "canaryctl".into()),
+            path: s.string("path")?.unwrap_or_else(|| "/v1/routes".into()),
+            wait_ms,
+            timeout_ms: s.u64("timeout_ms")?.unwrap_or(wait_ms + 5_000),
+            max_body_bytes: s.u64("max_body_bytes")?.unwrap_or(1 << 20) as usize,
+            max_backoff_ms: s.u64("max_backoff_ms")?.unwrap_or(5_000),
+        };
+        crate::config::check_name("sync.cluster", &config.cluster)?;
+        if !config.path.starts_with('/') || config.path.contains(['?', ' ']) {
+            return Err(err("sync.path", "must be an absolute path without a query"));
+        }
+        if config.timeout_ms <= config.wait_ms {
+            return Err(err("sync.timeout_ms", "must be longer than sync.wait_ms"));
+        }
+        if config.max_body_bytes == 0 || config.max_backoff_ms == 0 {
+            return Err(err(
+                "sync",
+                "max_body_bytes and max_backoff_ms must be above 0",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// Why a poll did not produce a new document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollFailure {
+    /// No call could be made (unknown cluster, …).
+    Dispatch,
+    /// No answer: reset, connect failure or timeout (Envoy answers these itself).
+    Unreachable(u16),
+    /// The controller answered with an error status.
+    Status(u16),
+    TooLarge(usize),
+    BadDocument(String),
+    OlderRevision {
+        got: u64,
+        have: u64,
+    },
+}
+
+impl std::fmt::Display for PollFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PollFailure::Dispatch => write!(f, "cannot call the controller cluster"),
+            PollFailure::Unreachable(0) => write!(f, "controller unreachable (reset)"),
+            PollFailure::Unreachable(s) => write!(f, "controller unreachable (Envoy answered {s})"),
+            PollFailure::Status(s) => write!(f, "controller answered HTTP {s}"),
+            PollFailure::TooLarge(n) => write!(f, "routes document too large ({n} bytes)"),
+            PollFailure::BadDocument(e) => write!(f, "bad routes document: {e}"),
+            PollFailure::OlderRevision { got, have } => {
+                write!(f, "routes document revision {got} is older than {have}")
+            }
+        }
+    }
+}
+
+impl PollFailure {
+    /// Whether the document was refused (as opposed to not arriving).
+    pub fn is_rejection(&self) -> bool {
+        matches!(
+            self,
+            PollFailure::TooLarge(_)
+                | PollFailure::BadDocument(_)
+                | PollFailure::OlderRevision { .. }
+        )
+    }
+}
+
+/// What the glue should do after a poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterPoll {
+    /// Store the body in shared data: it holds this newer revision.
+    Store { revision: u64 },
+    /// Same revision as held: nothing to write.
+    Unchanged,
+    /// Keep the last good document.
+    Keep(PollFailure),
+}
+
+/// A change in health worth one log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthChange {
+    Failing(PollFailure),
+    Recovered { after_failures: u32 },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncState {
+    /// Revision of the document in shared data.
+    pub revision: u64,
+    pub consecutive_failures: u32,
+    /// When the next poll may start (ms, host clock).
+    pub next_poll_ms: u64,
+    /// When the poll in flight started.
+    pub in_flight_since_ms: Option<u64>,
+    last_failure: Option<PollFailure>,
+}
+
+impl SyncState {
+    pub fn should_poll(&self, config: &SyncConfig, now_ms: u64) -> bool {
+        match self.in_flight_since_ms {
+            // A call Envoy never answered: give up on it after its timeout and a margin.
+            Some(since) => now_ms.saturating_sub(since) > config.timeout_ms + 5_000,
+            None => now_ms >= self.next_poll_ms,
+        }
+    }
+
+    pub fn poll_path(&self, config: &SyncConfig) -> String {
+        format!(
+            "{}?revision={}&wait={}ms",
+            config.path, self.revision, config.wait_ms
+        )
+    }
+
+    pub fn started(&mut self, now_ms: u64) {
+        self.in_flight_since_ms = Some(now_ms);
+    }
+
+    /// Judges one answer: `status` 0 when there was none.
+    pub fn judge(
+        &self,
+        config: &SyncConfig,
+        status: u16,
+        body_size: usize,
+        body: &[u8],
+    ) -> AfterPoll {
+        if status == 0 {
+            return AfterPoll::Keep(PollFailure::Unreachable(0));
+        }
+        if status != 200 {
+            return AfterPoll::Keep(if matches!(status, 502..=504) {
+                PollFailure::Unreachable(status)
+            } else {
+                PollFailure::Status(status)
+            });
+        }
+        if body_size > config.max_body_bytes {
+            return AfterPoll::Keep(PollFailure::TooLarge(body_size));
+        }
+        match read_routes(body, |_, _| {}) {
+            Err(e) => AfterPoll::Keep(PollFailure::BadDocument(e.to_string())),
+            Ok(revision) if revision < self.revision => {
+                AfterPoll::Keep(PollFailure::OlderRevision {
+                    got: revision,
+                    have: self.revision,
+                })
+            }
+            Ok(revision) if revision == self.revision && self.revision > 0 => AfterPoll::Unchanged,
+            Ok(revision) => AfterPoll::Store { revision },
+        }
+    }
+
+    /// Records the outcome of a poll; returns a health change to log, if any.
+    pub fn finished(
+        &mut self,
+        config: &SyncConfig,
+        outcome: &AfterPoll,
+        now_ms: u64,
+    ) -> Option<HealthChange> {
+        self.in_flight_since_ms = None;
+        match outcome {
+            AfterPoll::Keep(failure) => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let exponent = self.consecutive_failures.min(16) - 1;
+                let backoff = (100u64 << exponent).min(config.max_backoff_ms);
+                self.next_poll_ms = now_ms + backoff;
+                let changed = self.last_failure.as_ref().map(std::mem::discriminant)
+                    != Some(std::mem::discriminant(failure));
+                self.last_failure = Some(failure.clone());
+                changed.then(|| HealthChange::Failing(failure.clone()))
+            }
+            AfterPoll::Store { .. } | AfterPoll::Unchanged => {
+                if let AfterPoll::Store { revision } = outcome {
+                    self.revision = *revision;
+                }
+                self.next_poll_ms = now_ms;
+                let failures = std::mem::take(&mut self.consecutive_failures);
+                self.last_failure.take().map(|_| HealthChange::Recovered {
+                    after_failures: failures,
+                })
+            }
+        }
+    }
+}
+
+/// A worker's view of the controller's tables: parses the shared document only when
+/// its CAS changes, and moves only forward in revision.
+#[derive(Debug, Default)]
+pub struct TableFollower {
+    last_cas: Option<u32>,
+}
+
+/// What a worker should do with the shared document.
+#[derive(Debug, PartialEq)]
+pub enum Follow {
+    /// Nothing new (same CAS, or no document).
+    Same,
+    /// A newer table for the worker's target.
+    Newer(crate::config::RouteTable),
+    /// The document is new but has nothing newer for this target.
+    NothingForTarget,
+    Invalid(String),
+}
+
+impl TableFollower {
+    pub fn follow(
+        &mut self,
+        target: &str,
+        current_revision: u64,
+        value: Option<&[u8]>,
+        cas: Option<u32>,
+    ) -> Follow {
+        let Some(value) = value else {
+            return Follow::Same;
+        };
+        if cas.is_some() && cas == self.last_cas {
+            return Follow::Same;
+        }
+        self.last_cas = cas;
+        let mut mine = None;
+        let read = read_routes(value, |name, table| {
+            if name == target {
+                mine = Some(table);
+            }
+        });
+        match (read, mine) {
+            (Err(e), _) => Follow::Invalid(e.to_string()),
+            (Ok(_), Some(table)) if table.revision > current_revision => Follow::Newer(table),
+            (Ok(_), _) => Follow::NothingForTarget,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SyncConfig {
+        SyncConfig::from_json(br#"{"sync": {"cluster": "canary_controller", "wait_ms": 1000}}"#)
+            .unwrap()
+    }
+
+    const DOC: &str = r#"{"revision": 4, "routes": {"support-agent": {"revision": 4, "salt": "s",
+        "canary_weight_bp": 500, "stable": {"version": "v1", "cluster": "a"},
+        "canary": {"version": "v2", "cluster": "b"}}}}"#;
+
+    #[test]
+    fn config_defaults_and_errors() {
+        let c = config();
+        assert_eq!(
+            (c.timeout_ms, c.path.as_str(), c.authority.as_str()),
+            (6_000, "/v1/routes", "canaryctl")
+        );
+        for (bad, expected) in [
+            (r#"{"sync": {}}"#, "sync.cluster: missing field"),
+            (
+                r#"{"sync": {"cluster": "c", "wait_ms": 10, "timeout_ms": 5}}"#,
+                "sync.timeout_ms:",
+            ),
+            (r#"{"sync": {"cluster": "c", "path": "v1"}}"#, "sync.path:"),
+            (
+                r#"{"sync": {"cluster": "c", "extra": 1}}"#,
+                "sync.extra: unknown field",
+            ),
+            (r#"{"target": "x"}"#, "target: unknown field"),
+        ] {
+            let message = SyncConfig::from_json(bad.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(expected), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn judges_answers() {
+        let c = config();
+        let mut state = SyncState::default();
+        assert_eq!(state.poll_path(&c), "/v1/routes?revision=0&wait=1000ms");
+        assert_eq!(
+            state.judge(&c, 200, DOC.len(), DOC.as_bytes()),
+            AfterPoll::Store { revision: 4 }
+        );
+        state.revision = 4;
+        assert_eq!(
+            state.judge(&c, 200, DOC.len(), DOC.as_bytes()),
+            AfterPoll::Unchanged
+        );
+        state.revision = 9;
+        assert!(matches!(
+            state.judge(&c, 200, DOC.len(), DOC.as_bytes()),
+            AfterPoll::Keep(PollFailure::OlderRevision { got: 4, have: 9 })
+        ));
+        assert_eq!(
+            state.judge(&c, 0, 0, b""),
+            AfterPoll::Keep(PollFailure::Unreachable(0))
+        );
+        assert_eq!(
+            state.judge(&c, 503, 0, b""),
+            AfterPoll::Keep(PollFailure::Unreachable(503))
+        );
+        assert_eq!(
+            state.judge(&c, 500, 0, b""),
+            AfterPoll::Keep(PollFailure::Status(500))
+        );
+        assert_eq!(
+            state.judge(&c, 200, 2 << 20, b""),
+            AfterPoll::Keep(PollFailure::TooLarge(2 << 20))
+        );
+        for garbage in [
+            &b"<html>"[..],
+            b"{}",
+            br#"{"revision": 10, "routes": {"x": {"salt": 1}}}"#,
+        ] {
+            assert!(matches!(
+                state.judge(&c, 200, garbage.len(), garbage),
+                AfterPoll::Keep(PollFailure::BadDocument(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn backs_off_and_logs_only_changes() {
+        let c = config();
+        let mut state = SyncState::default();
+        let fail = AfterPoll::Keep(PollFailure::Unreachable(503));
+        let first = state.finished(&c, &fail, 1_000);
+        assert!(matches!(first, Some(HealthChange::Failing(_))));
+        assert_eq!(state.next_poll_ms, 1_100);
+        assert_eq!(
+            state.finished(&c, &fail, 2_000),
+            None,
+            "same failure: no new log line"
+        );
+        assert_eq!(state.next_poll_ms, 2_200);
+        for _ in 0..20 {
+            state.finished(&c, &fail, 3_000);
+        }
+        assert_eq!(state.next_poll_ms, 3_000 + c.max_backoff_ms);
+        let other = state.finished(&c, &AfterPoll::Keep(PollFailure::Status(500)), 4_000);
+        assert!(matches!(
+            other,
+            Some(HealthChange::Failing(PollFailure::Status(500)))
+        ));
+        let back = state.finished(&c, &AfterPoll::Store { revision: 7 }, 5_000);
+        assert_eq!(back, Some(HealthChange::Recovered { after_failures: 23 }));
+        assert_eq!((state.revision, state.next_poll_ms), (7, 5_000));
+        assert!(state.should_poll(&c, 5_000));
+        state.started(5_000);
+        assert!(!state.should_poll(&c, 6_000));
+        assert!(
+            state.should_poll(&c, 5_000 + c.timeout_ms + 5_001),
+            "a lost call is given up"
+        );
+    }
+
+    #[test]
+    fn followers_parse_only_new_documents_and_move_forward() {
+        let mut f = TableFollower::default();
+        assert_eq!(f.follow("support-agent", 0, None, None), Follow::Same);
+        let Follow::Newer(table) = f.follow("support-agent", 0, Some(DOC.as_bytes()), Some(1))
+        else {
+            panic!("expected a table");
+        };
+        assert_eq!(table.canary_weight_bp, 500);
+        assert_eq!(
+            f.follow("support-agent", 4, Some(DOC.as_bytes()), Some(1)),
+            Follow::Same
+        );
+        assert_eq!(
+            f.follow("support-agent", 4, Some(DOC.as_bytes()), Some(2)),
+            Follow::NothingForTarget
+        );
+        assert_eq!(
+            f.follow("other", 0, Some(DOC.as_bytes()), Some(3)),
+            Follow::NothingForTarget
+        );
+        assert!(matches!(
+            f.follow("support-agent", 0, Some(b"junk"), Some(4)),
+            Follow::Invalid(_)
+        ));
+    }
+}
