@@ -47,7 +47,8 @@ tools: # h2load for the benchmark (Debian nghttp2-client)
 
 bench: build envoy tools ## Benchmarks: Envoy CPU per request and .wasm size
 	cargo build --profile wasm --target wasm32-wasip1 -p empty-filter
-	cargo run --release -p policy-canary-e2e --bin bench
+	cargo build --release -p canaryctl -p policy-canary-e2e
+	target/release/bench
 
 clean: ## Remove build outputs and the Envoy venv
 	cargo clean

@@ -66,6 +66,7 @@ pub enum Command {
     #[command(subcommand)]
     Rollout(RolloutCommand),
     /// Targets and their current route tables.
+    #[command(after_help = "Example:\n  canaryctl targets --json")]
     Targets,
 }
 
@@ -97,6 +98,9 @@ fn parse_dur(text: &str) -> Result<Dur, String> {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(
+    after_help = "Examples:\n  canaryctl policy add envoy/policies/v2.4.0.yaml\n  canaryctl policy list\n  canaryctl policy show v2.4.0"
+)]
 pub enum PolicyCommand {
     /// Register a policy bundle (YAML or JSON); the same version with other content is refused.
     #[command(after_help = "Example:\n  canaryctl policy add v2.4.0.yaml")]
@@ -108,6 +112,9 @@ pub enum PolicyCommand {
 }
 
 #[derive(Subcommand, Debug)]
+#[command(
+    after_help = "Examples:\n  canaryctl rollout start envoy/plans/support-agent.yaml\n  canaryctl rollout status --watch\n  canaryctl rollout pause --reason 'checking tickets'\n  canaryctl rollout promote --to-end\n  canaryctl rollout rollback --reason 'refunds broke'\n  canaryctl rollout audit --json"
+)]
 pub enum RolloutCommand {
     /// Start a rollout from a plan (YAML or JSON).
     #[command(after_help = "Example:\n  canaryctl rollout start plan.yaml")]

@@ -107,6 +107,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
+    // Long-poll answers are small: without TCP_NODELAY, Nagle plus the peer's
+    // delayed ACK holds each one back ~40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     println!(
         "canaryctl listening on http://{address} (state in {})",
         options.state_dir.display()

@@ -464,11 +464,20 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// `target/<profile>`, for tests (in `deps/`) and binaries alike.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("own executable");
+    let dir = exe.parent().expect("a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir
+    }
+}
+
 /// The `canaryctl` binary of this build (built on demand).
 pub fn canaryctl_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    // target/<profile>/deps/<test> → target/<profile>/canaryctl
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let profile_dir = profile_dir();
     let bin = profile_dir.join("canaryctl");
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

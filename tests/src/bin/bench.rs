@@ -174,6 +174,17 @@ fn min(values: &[f64]) -> f64 {
 }
 
 fn main() {
+    // BENCH_ONLY=cpu or BENCH_ONLY=propagation runs one part.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only != "propagation" {
+        cpu();
+    }
+    if only != "cpu" {
+        propagation();
+    }
+}
+
+fn cpu() {
     let root = repo_root();
     let filter_wasm = wasm_path();
     let empty_wasm = root.join("target/wasm32-wasip1/wasm/empty_filter.wasm");
@@ -298,5 +309,75 @@ fn main() {
     println!(
         "policy-canary stats after the run: {}",
         stats.trim().replace('\n', ", ")
+    );
+}
+
+/// Changes the propagation benchmark makes (each one flips a probe's backend).
+const CHANGES: usize = 100;
+
+/// From a change acknowledged by the controller's API to the first request that
+/// Envoy (2 workers) routes by the new table, over `CHANGES` changes.
+fn propagation() {
+    let backend = profile_dir().join("test-backend");
+    let backend = backend.to_string_lossy();
+    let controller = Controller::start(&[]).with_policies(&["v2.3.1", "v2.4.0"]);
+    let stable = Backend::start(&backend, "stable");
+    let canary = Backend::start(&backend, "canary");
+    let envoy = Envoy::start(
+        &controller_mode_config(stable.port, canary.port, controller.port),
+        2,
+    );
+    let client = Client::new(envoy.port);
+    // The probe is in a 100% segment: on the canary while a rollout runs, on stable after it.
+    let plan = "target: support-agent\nstable: {version: v2.3.1, cluster: agent_stable}\ncanary: {version: v2.4.0, cluster: agent_canary}\nstages: [{weight: 1%, min_duration: 1h}, {weight: 100%}]\nsegments: [{header: x-probe, value: \"1\", weight: 100%}]\n";
+    let probe = || {
+        client
+            .get("/chat", &[("x-session-id", "probe"), ("x-probe", "1")])
+            .backend
+    };
+    let mut latencies = Vec::new();
+    let mut rollout = 0;
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for change in 0..CHANGES {
+        // A change observed right after a worker's tick would otherwise be followed
+        // by the next change at the same phase of the tick: spread them out.
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        std::thread::sleep(std::time::Duration::from_millis((seed >> 33) % 97));
+        let expected = if change % 2 == 0 {
+            let started = controller.post_ok("/v1/rollouts", plan);
+            rollout = started["id"].as_i64().unwrap();
+            "canary"
+        } else {
+            controller.post_ok(&format!("/v1/rollouts/{rollout}/rollback"), "");
+            "stable"
+        };
+        let acknowledged = std::time::Instant::now();
+        let deadline = acknowledged + std::time::Duration::from_secs(5);
+        loop {
+            if probe() == expected {
+                latencies.push(acknowledged.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "change {change} did not reach Envoy in 5 s"
+            );
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    println!();
+    println!("Propagation: API acknowledgement -> first request routed by the new table (Envoy 2 workers, {CHANGES} changes)");
+    println!();
+    println!("| p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {:.1} | {:.1} | {:.1} | {:.1} |",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        latencies[latencies.len() - 1]
     );
 }

@@ -1,0 +1,153 @@
+//! The `canaryctl` command line against a real `canaryctl serve`, with the example
+//! policies and plan from envoy/.
+
+use policy_canary_e2e::*;
+use std::process::{Command, Output};
+
+fn canaryctl(controller: &Controller, args: &[&str]) -> Output {
+    Command::new(canaryctl_bin())
+        .current_dir(repo_root())
+        .args(args)
+        .env(
+            "CANARYCTL_SERVER",
+            format!("http://127.0.0.1:{}", controller.port),
+        )
+        .env("CANARYCTL_STATE_DIR", &controller.state_dir)
+        .env("CANARYCTL_ACTOR", "tester")
+        .env_remove("CANARYCTL_TOKEN")
+        .output()
+        .expect("run canaryctl")
+}
+
+fn ok(controller: &Controller, args: &[&str]) -> String {
+    let out = canaryctl(controller, args);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "canaryctl {args:?} failed ({:?}): {text}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn the_cli_drives_a_rollout() {
+    let c = Controller::start(&[]);
+    assert!(ok(&c, &["policy", "add", "envoy/policies/v2.3.1.yaml"])
+        .starts_with("registered v2.3.1@sha256:"));
+    ok(&c, &["policy", "add", "envoy/policies/v2.4.0.yaml"]);
+    let list = ok(&c, &["policy", "list"]);
+    assert!(list.contains("v2.3.1") && list.contains("v2.4.0"));
+    assert!(ok(&c, &["policy", "show", "v2.4.0"]).contains("agent-model-2026-11"));
+
+    let started = ok(&c, &["rollout", "start", "envoy/plans/support-agent.yaml"]);
+    assert!(
+        started.contains("support-agent  v2.3.1 -> v2.4.0"),
+        "{started}"
+    );
+    let status = ok(&c, &["rollout", "status"]);
+    assert!(
+        status.contains("progressing, stage 1 of 5 (1%)"),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&c, &["rollout", "status", "--json"])).unwrap();
+    assert_eq!(json["phase"], "progressing");
+
+    ok(&c, &["rollout", "pause", "--reason", "looking at tickets"]);
+    ok(&c, &["rollout", "resume"]);
+    let promoted = ok(&c, &["rollout", "promote"]);
+    assert!(promoted.contains("stage 2 of 5 (5%)"), "{promoted}");
+    ok(
+        &c,
+        &["rollout", "rollback", "--reason", "refund flow broke"],
+    );
+    let audit = ok(&c, &["rollout", "audit"]);
+    for expected in [
+        "start",
+        "pause",
+        "by tester: looking at tickets",
+        "resume",
+        "promote",
+        "rollback",
+        "refund flow broke",
+    ] {
+        assert!(
+            audit.contains(expected),
+            "audit lacks `{expected}`:\n{audit}"
+        );
+    }
+    let targets = ok(&c, &["targets"]);
+    assert!(
+        targets.contains("support-agent") && targets.contains("stable v2.3.1"),
+        "{targets}"
+    );
+
+    // Errors: what went wrong and the documented exit codes.
+    let refused = canaryctl(&c, &["rollout", "pause"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no active rollout"));
+    let illegal = canaryctl(&c, &["rollout", "resume", "1"]);
+    assert_eq!(illegal.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&illegal.stderr)
+        .contains("409 Conflict: cannot resume a rollout that is rolled_back"));
+    let bad = canaryctl(&c, &["rollout", "start", "envoy/policies/v2.3.1.yaml"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("400 Bad Request"));
+    let no_token = Command::new(canaryctl_bin())
+        .current_dir(repo_root())
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{}", c.port),
+            "--state-dir",
+            "/nonexistent",
+            "policy",
+            "add",
+            "envoy/policies/v2.3.1.yaml",
+        ])
+        .env_remove("CANARYCTL_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(no_token.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("401"));
+    let unreachable = Command::new(canaryctl_bin())
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "rollout",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(3));
+    let usage = Command::new(canaryctl_bin())
+        .args(["rollout", "frobnicate"])
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    for help in [
+        &["--help"][..],
+        &["rollout", "--help"],
+        &["serve", "--help"],
+        &["policy", "add", "--help"],
+    ] {
+        let out = Command::new(canaryctl_bin()).args(help).output().unwrap();
+        assert!(out.status.success(), "{help:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Example"),
+            "{help:?} shows examples"
+        );
+    }
+}
+
+#[test]
+fn the_token_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Controller::start(&[]);
+    let mode = std::fs::metadata(c.state_dir.join("token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
