@@ -101,9 +101,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::Internal(format!("task failed: {e}")))?
 }
 
-fn text(body: &Bytes) -> Result<&str, Response> {
-    std::str::from_utf8(body)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text", None))
+fn text(body: &Bytes) -> Result<&str, Error> {
+    std::str::from_utf8(body).map_err(|_| {
+        Error::BadRequest(crate::plan::field_error("", "the body is not UTF-8 text"))
+    })
 }
 
 fn actor(headers: &HeaderMap, from_body: Option<&str>) -> String {
@@ -177,7 +178,7 @@ async fn show_policy(
 async fn add_policy(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let text = match text(&body) {
         Ok(text) => text.to_string(),
-        Err(response) => return response,
+        Err(e) => return e.into_response(),
     };
     let actor = actor(&headers, None);
     let c = state.controller.clone();
@@ -225,7 +226,7 @@ fn parse_id(id: &str) -> Result<i64, Error> {
 async fn start_rollout(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let text = match text(&body) {
         Ok(text) => text.to_string(),
-        Err(response) => return response,
+        Err(e) => return e.into_response(),
     };
     let actor = actor(&headers, None);
     let c = state.controller.clone();

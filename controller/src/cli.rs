@@ -514,7 +514,7 @@ impl Client {
             }
         }
         if any_if_none_active {
-            if let Some(last) = all.iter().copied().filter(matching).last() {
+            if let Some(last) = all.iter().copied().rev().find(matching) {
                 return last["id"].as_i64().ok_or_else(|| fail(1, "bad rollout id"));
             }
         }

@@ -444,8 +444,7 @@ fn webhooks_report_every_change_and_retry() {
                 let mut buf = [0u8; 8192];
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 // Read headers and the body (content-length).
-                loop {
-                    let Ok(n) = stream.read(&mut buf) else { break };
+                while let Ok(n) = stream.read(&mut buf) {
                     if n == 0 {
                         break;
                     }
