@@ -102,9 +102,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn text(body: &Bytes) -> Result<&str, Error> {
-    std::str::from_utf8(body).map_err(|_| {
-        Error::BadRequest(crate::plan::field_error("", "the body is not UTF-8 text"))
-    })
+    std::str::from_utf8(body)
+        .map_err(|_| Error::BadRequest(crate::plan::field_error("", "the body is not UTF-8 text")))
 }
 
 fn actor(headers: &HeaderMap, from_body: Option<&str>) -> String {

@@ -1,5 +1,6 @@
 //! Rollout plans: what to roll out, in which stages, under which rules.
 
+use crate::gates::Gates;
 use crate::units::{Dur, Weight};
 use policy_canary::config::{check_header, check_name, check_version, PolicyBackend};
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,9 @@ pub struct RolloutPlan {
     pub canary: PolicyBackend,
     #[serde(default = "default_stages")]
     pub stages: Vec<Stage>,
+    /// Changes to the default metric gates.
+    #[serde(default)]
+    pub gates: Gates,
     #[serde(default = "default_interval")]
     pub analysis_interval: Dur,
     /// Consecutive failed checks before an automatic rollback.
@@ -261,6 +265,9 @@ segments:
 windows:
   - {start: "02:00", end: "06:00", max_weight: 50%}
   - {start: "22:00", end: "01:00", max_weight: 2%}
+gates:
+  completion_rate: {threshold: 3 points}
+  cost_per_task: {enabled: false}
 "#;
 
     fn error_of(text: &str) -> String {
@@ -274,6 +281,12 @@ windows:
         assert_eq!(plan.stages[0].weight, Weight(100));
         assert_eq!(plan.failure_threshold, 2);
         assert_eq!(plan.on_inconclusive, InconclusiveAction::Pause);
+        let completion = plan.gates.gate(crate::gates::Metric::CompletionRate);
+        assert_eq!(
+            completion.threshold,
+            crate::gates::Threshold::Absolute(0.03)
+        );
+        assert!(!plan.gates.gate(crate::gates::Metric::CostPerTask).enabled);
         let json = serde_json::to_string(&plan).unwrap();
         assert_eq!(RolloutPlan::parse(&json).unwrap(), plan);
         let minimal = RolloutPlan::parse(
@@ -324,6 +337,14 @@ windows:
                 "segments[0].header:",
             ),
             (PLAN.replace("stages:", "stagez:"), "unknown field `stagez`"),
+            (
+                PLAN.replace("threshold: 3 points", "threshold: lots"),
+                "gates.completion_rate.threshold: `lots` is not a threshold",
+            ),
+            (
+                PLAN.replace("cost_per_task:", "cost_per_tsk:"),
+                "gates.cost_per_tsk: unknown field",
+            ),
             ("[1, 2]".to_string(), "invalid type"),
             ("{".to_string(), "not valid JSON"),
             ("target: [".to_string(), "not valid YAML"),
