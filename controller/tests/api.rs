@@ -1,5 +1,7 @@
 //! The HTTP API, driven in-process through `tower::ServiceExt::oneshot`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use canaryctl::api::{app, AppState};
