@@ -14,6 +14,7 @@ pub mod notify;
 pub mod plan;
 pub mod policy;
 pub mod rollout;
+pub mod sequential;
 pub mod serve;
 pub mod store;
 pub mod units;
