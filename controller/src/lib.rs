@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod envoy_runtime;
+pub mod evidence;
 pub mod gates;
 pub mod notify;
 pub mod plan;

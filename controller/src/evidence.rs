@@ -1,0 +1,306 @@
+//! Evidence from Envoy: the filter's per-version stats, read from each Envoy's
+//! `/stats/prometheus` and accumulated as deltas over the current stage window.
+//!
+//! Counter resets (an Envoy restart) count the new value as the delta; an Envoy
+//! that cannot be reached adds nothing (less evidence, never a pass); malformed
+//! lines are counted and skipped.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Cumulative values of one version as one Envoy reports them (or, in a window,
+/// the deltas added up).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    /// Counters by suffix (`rq_total`, `tasks_completed`, …).
+    pub counters: BTreeMap<String, f64>,
+    /// Latency histogram: cumulative count per upper bound (ms), `+Inf` last.
+    pub latency: Vec<(f64, f64)>,
+}
+
+impl Sample {
+    pub fn get(&self, suffix: &str) -> f64 {
+        self.counters.get(suffix).copied().unwrap_or(0.0)
+    }
+
+    /// `self − earlier`, where a value that went down (a reset) counts whole.
+    fn delta_since(&self, earlier: &Sample) -> Sample {
+        let step = |now: f64, before: f64| if now >= before { now - before } else { now };
+        let counters = self
+            .counters
+            .iter()
+            .map(|(k, v)| (k.clone(), step(*v, earlier.get(k))))
+            .collect();
+        let latency = self
+            .latency
+            .iter()
+            .map(|(le, v)| {
+                let before = earlier
+                    .latency
+                    .iter()
+                    .find(|(e, _)| e == le)
+                    .map_or(0.0, |(_, b)| *b);
+                (*le, step(*v, before))
+            })
+            .collect();
+        Sample { counters, latency }
+    }
+
+    fn add(&mut self, other: &Sample) {
+        for (k, v) in &other.counters {
+            *self.counters.entry(k.clone()).or_default() += v;
+        }
+        for (le, v) in &other.latency {
+            match self.latency.iter_mut().find(|(e, _)| e == le) {
+                Some((_, mine)) => *mine += v,
+                None => self.latency.push((*le, *v)),
+            }
+        }
+        self.latency.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+}
+
+/// One scrape of one Envoy for one target.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    pub versions: HashMap<String, Sample>,
+    pub malformed_lines: u64,
+}
+
+/// Reads the `policy_canary_*` series of `target` from Prometheus text.
+pub fn parse_prometheus(text: &str, target: &str) -> Scrape {
+    let mut scrape = Scrape::default();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || !line.starts_with("policy_canary_") {
+            continue;
+        }
+        let Some((name, labels, value)) = split_series(line) else {
+            scrape.malformed_lines += 1;
+            continue;
+        };
+        let Some(labels) = parse_labels(labels) else {
+            scrape.malformed_lines += 1;
+            continue;
+        };
+        let label = |key: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        if label("target") != Some(target) {
+            continue;
+        }
+        let Some(version) = label("policy_version") else {
+            continue;
+        };
+        let suffix = &name["policy_canary_".len()..];
+        let sample = scrape.versions.entry(version.to_string()).or_default();
+        if let Some(histogram) = suffix.strip_suffix("_bucket") {
+            if histogram == "rq_latency_ms" {
+                let le = match label("le") {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(le) => match le.parse() {
+                        Ok(le) => le,
+                        Err(_) => {
+                            scrape.malformed_lines += 1;
+                            continue;
+                        }
+                    },
+                    None => continue,
+                };
+                sample.latency.push((le, value));
+            }
+        } else if !suffix.ends_with("_sum") && !suffix.ends_with("_count") {
+            sample.counters.insert(suffix.to_string(), value);
+        }
+    }
+    for sample in scrape.versions.values_mut() {
+        sample.latency.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    scrape
+}
+
+fn split_series(line: &str) -> Option<(&str, &str, f64)> {
+    let open = line.find('{')?;
+    let close = line.rfind('}')?;
+    if close < open {
+        return None;
+    }
+    let value: f64 = line[close + 1..].split_whitespace().next()?.parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    Some((&line[..open], &line[open + 1..close], value))
+}
+
+fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
+    let mut labels = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim().to_string();
+        rest = rest[eq + 1..].strip_prefix('"')?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '\\' => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                '"' => break i,
+                c => value.push(c),
+            }
+        };
+        labels.push((key, value));
+        rest = rest[end + 1..]
+            .trim_start()
+            .trim_start_matches(',')
+            .trim_start();
+    }
+    Some(labels)
+}
+
+/// Costs and tasks one collection pass added, per arm: the batches of the
+/// batch-means variance of cost per task.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Batch {
+    pub stable_tasks: f64,
+    pub stable_cost: f64,
+    pub canary_tasks: f64,
+    pub canary_cost: f64,
+}
+
+/// Evidence of one rollout stage, from its start on.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    pub started_ms: i64,
+    last: HashMap<String, HashMap<String, Sample>>,
+    pub totals: HashMap<String, Sample>,
+    pub batches: Vec<Batch>,
+    pub scrapes_ok: u64,
+    pub scrapes_failed: u64,
+    pub malformed_lines: u64,
+    pass: HashMap<String, Sample>,
+}
+
+impl Window {
+    pub fn new(started_ms: i64) -> Window {
+        Window {
+            started_ms,
+            ..Window::default()
+        }
+    }
+
+    /// Starts a new stage window; the last values seen stay the baseline.
+    pub fn restart(&mut self, started_ms: i64) {
+        let last = std::mem::take(&mut self.last);
+        *self = Window::new(started_ms);
+        self.last = last;
+    }
+
+    /// Adds one Envoy's scrape: its deltas since the last scrape of that Envoy.
+    /// The first scrape of an Envoy only sets its baseline.
+    pub fn add(&mut self, envoy: &str, scrape: &Scrape) {
+        self.scrapes_ok += 1;
+        self.malformed_lines += scrape.malformed_lines;
+        let last = self.last.entry(envoy.to_string()).or_default();
+        let first_time = last.is_empty();
+        for (version, sample) in &scrape.versions {
+            if !first_time {
+                let before = last.get(version).cloned().unwrap_or_default();
+                let delta = sample.delta_since(&before);
+                self.totals.entry(version.clone()).or_default().add(&delta);
+                self.pass.entry(version.clone()).or_default().add(&delta);
+            }
+            last.insert(version.clone(), sample.clone());
+        }
+        if first_time && scrape.versions.is_empty() {
+            // Remember that this Envoy was seen, so its next scrape counts.
+            last.insert(String::new(), Sample::default());
+        }
+    }
+
+    pub fn failed(&mut self) {
+        self.scrapes_failed += 1;
+    }
+
+    /// Ends a collection pass over every Envoy, recording one cost batch.
+    pub fn end_pass(&mut self, stable: &str, canary: &str) {
+        let pass = std::mem::take(&mut self.pass);
+        let get = |v: &str, k: &str| pass.get(v).map_or(0.0, |s| s.get(k));
+        let batch = Batch {
+            stable_tasks: get(stable, "tasks_total"),
+            stable_cost: get(stable, "cost_micros"),
+            canary_tasks: get(canary, "tasks_total"),
+            canary_cost: get(canary, "cost_micros"),
+        };
+        if batch.stable_tasks > 0.0 || batch.canary_tasks > 0.0 {
+            self.batches.push(batch);
+        }
+    }
+
+    pub fn version(&self, version: &str) -> Sample {
+        self.totals.get(version).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"# TYPE policy_canary_rq_total counter
+policy_canary_rq_total{target="support-agent",policy_version="v2.3.1"} 900
+policy_canary_rq_total{target="support-agent",policy_version="v2.4.0"} 100
+policy_canary_tasks_completed{target="support-agent",policy_version="v2.4.0"} 70
+policy_canary_rq_total{target="other",policy_version="v9"} 5
+policy_canary_rq_latency_ms_bucket{target="support-agent",policy_version="v2.4.0",le="5"} 40
+policy_canary_rq_latency_ms_bucket{target="support-agent",policy_version="v2.4.0",le="+Inf"} 100
+policy_canary_rq_latency_ms_sum{target="support-agent",policy_version="v2.4.0"} 1234
+policy_canary_rq_total{target="support-agent",policy_version="v2.4.0" 7
+policy_canary_rq_total{target="support-agent",policy_version="v2.4.0"} notanumber
+envoy_cluster_upstream_rq{envoy_cluster_name="x"} 3
+"#;
+
+    #[test]
+    fn parses_the_target_and_counts_garbage() {
+        let scrape = parse_prometheus(TEXT, "support-agent");
+        assert_eq!(scrape.versions.len(), 2);
+        let canary = &scrape.versions["v2.4.0"];
+        assert_eq!(canary.get("rq_total"), 100.0);
+        assert_eq!(canary.get("tasks_completed"), 70.0);
+        assert_eq!(canary.latency, vec![(5.0, 40.0), (f64::INFINITY, 100.0)]);
+        assert!(!canary.counters.contains_key("rq_latency_ms_sum"));
+        assert_eq!(scrape.malformed_lines, 2);
+        assert_eq!(parse_labels(r#"a="x\"y",b="2""#).unwrap()[0].1, "x\"y");
+    }
+
+    #[test]
+    fn windows_add_deltas_and_survive_resets_and_gaps() {
+        let scrape = |total: f64| {
+            parse_prometheus(
+                &format!(r#"policy_canary_rq_total{{target="t",policy_version="v2"}} {total}"#),
+                "t",
+            )
+        };
+        let mut w = Window::new(0);
+        w.add("a", &scrape(100.0)); // baseline only
+        w.add("a", &scrape(150.0)); // +50
+        w.failed(); // Envoy b unreachable: nothing
+        w.add("a", &scrape(20.0)); // restarted: +20
+        w.add("b", &scrape(1_000.0)); // first sight of b: baseline
+        w.add("b", &scrape(1_010.0)); // +10
+        assert_eq!(w.version("v2").get("rq_total"), 80.0);
+        assert_eq!((w.scrapes_ok, w.scrapes_failed), (5, 1));
+        w.restart(5);
+        assert_eq!(w.version("v2").get("rq_total"), 0.0);
+        w.add("a", &scrape(25.0));
+        assert_eq!(
+            w.version("v2").get("rq_total"),
+            5.0,
+            "the baseline survives a stage change"
+        );
+    }
+}
