@@ -5,6 +5,7 @@
 //! API, `notify` the webhooks, `envoy_runtime` the Envoy runtime driver, `cli` the
 //! client commands.
 
+pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod controller;

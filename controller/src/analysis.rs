@@ -1,0 +1,611 @@
+//! Canary analysis: compares canary with stable over the same stage window, gate by
+//! gate, with anytime-valid bounds (`sequential`), and decides what the stage does.
+//!
+//! For each gate the *degradation* δ is defined so that δ > 0 means "worse than the
+//! threshold allows":
+//!
+//! ```text
+//! higher is worse, relative r:  δ = canary − (1 + r) · stable
+//! higher is worse, absolute a:  δ = canary − stable − a
+//! lower is worse,  relative r:  δ = (1 − r) · stable − canary
+//! lower is worse,  absolute a:  δ = stable − canary − a
+//! ```
+//!
+//! With each arm's mean inside its confidence sequence at α/2, δ lies in
+//! `[lower, upper]` at every check with probability ≥ 1 − α. A gate is **breach**
+//! when `lower > 0`, **pass** when `upper < 0` (the degradation is shown to be within
+//! the threshold), **inconclusive** otherwise or with fewer than `MIN_SAMPLES` in an
+//! arm, **not applicable** when neither arm has any (no tool calls, say).
+//! α = `FALSE_ROLLBACK_BUDGET` / (analysed stages × enabled gates): the chance that an
+//! A/A rollout breaches any gate at any check of any stage stays ≤ 1%.
+//!
+//! Latency P95 is compared through exceedance: with L = stable's P95 × (1 + r), or
+//! stable's P95 plus a ms, the canary breaches when the share of its requests slower
+//! than L is shown to exceed 5%, and passes when it is shown to stay below 5%.
+//! Stable's P95 is taken as known (it needs `MIN_LATENCY_SAMPLES` stable requests).
+
+use crate::evidence::{Sample, Window};
+use crate::gates::{Direction, Gate, Metric, Threshold};
+use crate::plan::RolloutPlan;
+use crate::sequential::{batch_sigma, difference, margin, proportion_sigma, rate_sigma, ArmBound};
+use serde::Serialize;
+
+/// Probability of a false automatic rollback per rollout, split over stages and gates.
+pub const FALSE_ROLLBACK_BUDGET: f64 = 0.01;
+/// Fewer samples than this in an arm: inconclusive (the bounds rely on the CLT).
+pub const MIN_SAMPLES: f64 = 30.0;
+/// Stable requests needed to take its P95 as known.
+pub const MIN_LATENCY_SAMPLES: f64 = 200.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateVerdict {
+    Pass,
+    Breach,
+    Inconclusive,
+    NotApplicable,
+    Disabled,
+}
+
+/// One metric, side by side.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub metric: &'static str,
+    pub stable: Option<f64>,
+    pub canary: Option<f64>,
+    /// Canary vs stable in the gate's terms (`-19.0 points`, `+25.0%`).
+    pub change: String,
+    pub threshold: String,
+    pub direction: Direction,
+    pub n_stable: f64,
+    pub n_canary: f64,
+    /// Bounds on the degradation δ (δ > 0: worse than allowed).
+    pub degradation: Option<(f64, f64)>,
+    pub verdict: GateVerdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SafetyCheck {
+    pub stable: f64,
+    pub canary: f64,
+    pub enabled: bool,
+    pub verdict: GateVerdict,
+}
+
+/// Everything one check saw.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Analysis {
+    pub stage: usize,
+    pub window_started_ms: i64,
+    pub stable_requests: f64,
+    pub canary_requests: f64,
+    pub alpha: f64,
+    pub comparisons: Vec<Comparison>,
+    pub safety: SafetyCheck,
+    pub scrapes_ok: u64,
+    pub scrapes_failed: u64,
+    pub malformed_lines: u64,
+}
+
+impl Analysis {
+    pub fn breaches(&self) -> Vec<&Comparison> {
+        self.comparisons
+            .iter()
+            .filter(|c| c.verdict == GateVerdict::Breach)
+            .collect()
+    }
+
+    /// Every enabled gate passed (or cannot apply).
+    pub fn all_pass(&self) -> bool {
+        self.comparisons.iter().all(|c| {
+            matches!(
+                c.verdict,
+                GateVerdict::Pass | GateVerdict::NotApplicable | GateVerdict::Disabled
+            )
+        })
+    }
+}
+
+/// α for one gate at one stage.
+pub fn gate_alpha(plan: &RolloutPlan) -> f64 {
+    let stages = plan
+        .stages
+        .iter()
+        .filter(|s| s.weight.bp() < 10_000)
+        .count()
+        .max(1);
+    let gates = Metric::ALL
+        .iter()
+        .filter(|m| plan.gates.gate(**m).enabled)
+        .count()
+        .max(1);
+    FALSE_ROLLBACK_BUDGET / (stages * gates) as f64
+}
+
+/// Compares the window's two versions under the plan's gates.
+pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
+    let stable = window.version(&plan.stable.version);
+    let canary = window.version(&plan.canary.version);
+    let alpha = gate_alpha(plan);
+    let comparisons = Metric::ALL
+        .iter()
+        .map(|m| compare(*m, plan.gates.gate(*m), &stable, &canary, window, alpha))
+        .collect();
+    let safety_enabled = plan.gates.safety_violations.enabled;
+    let canary_violations = canary.get("safety_violations");
+    Analysis {
+        stage: stage + 1,
+        window_started_ms: window.started_ms,
+        stable_requests: stable.get("rq_total"),
+        canary_requests: canary.get("rq_total"),
+        alpha,
+        comparisons,
+        safety: SafetyCheck {
+            stable: stable.get("safety_violations"),
+            canary: canary_violations,
+            enabled: safety_enabled,
+            verdict: match (safety_enabled, canary_violations > 0.0) {
+                (false, _) => GateVerdict::Disabled,
+                (true, true) => GateVerdict::Breach,
+                (true, false) => GateVerdict::Pass,
+            },
+        },
+        scrapes_ok: window.scrapes_ok,
+        scrapes_failed: window.scrapes_failed,
+        malformed_lines: window.malformed_lines,
+    }
+}
+
+/// An arm of a mean-type metric: mean, its per-item standard deviation, sample size.
+#[derive(Debug, Clone, Copy)]
+struct Arm {
+    mean: f64,
+    sigma: Option<f64>,
+    n: f64,
+}
+
+fn proportion(x: f64, n: f64) -> Arm {
+    Arm {
+        mean: if n > 0.0 { x.min(n) / n } else { 0.0 },
+        sigma: Some(proportion_sigma(x.min(n), n)),
+        n,
+    }
+}
+
+fn rate(x: f64, n: f64) -> Arm {
+    Arm {
+        mean: if n > 0.0 { x / n } else { 0.0 },
+        sigma: Some(rate_sigma(x, n)),
+        n,
+    }
+}
+
+fn compare(
+    metric: Metric,
+    gate: Gate,
+    stable: &Sample,
+    canary: &Sample,
+    window: &Window,
+    alpha: f64,
+) -> Comparison {
+    let arms = |f: &dyn Fn(&Sample) -> Arm| (f(stable), f(canary));
+    let (s, c) = match metric {
+        Metric::CompletionRate => {
+            arms(&|v| proportion(v.get("tasks_completed"), v.get("tasks_total")))
+        }
+        Metric::ErrorRate => arms(&|v| proportion(v.get("rq_5xx"), v.get("rq_total"))),
+        Metric::ToolErrorRate => arms(&|v| proportion(v.get("tool_errors"), v.get("tool_calls"))),
+        Metric::AbandonmentRate => {
+            arms(&|v| proportion(v.get("tasks_abandoned"), v.get("tasks_total")))
+        }
+        Metric::GuardrailRate => arms(&|v| rate(v.get("guardrail_triggers"), v.get("rq_total"))),
+        Metric::CostPerTask => {
+            let per_task = |cost: f64, tasks: f64| if tasks > 0.0 { cost / tasks } else { 0.0 };
+            let sigma = |pick: fn(&crate::evidence::Batch) -> (f64, f64)| {
+                let batches: Vec<(f64, f64)> = window
+                    .batches
+                    .iter()
+                    .map(pick)
+                    .map(|(tasks, cost)| (tasks, per_task(cost, tasks)))
+                    .collect();
+                batch_sigma(&batches)
+            };
+            (
+                Arm {
+                    mean: per_task(stable.get("cost_micros"), stable.get("tasks_total")),
+                    sigma: sigma(|b| (b.stable_tasks, b.stable_cost)),
+                    n: stable.get("tasks_total"),
+                },
+                Arm {
+                    mean: per_task(canary.get("cost_micros"), canary.get("tasks_total")),
+                    sigma: sigma(|b| (b.canary_tasks, b.canary_cost)),
+                    n: canary.get("tasks_total"),
+                },
+            )
+        }
+        Metric::LatencyP95 => return latency(gate, stable, canary, alpha),
+    };
+    let mut comparison = Comparison {
+        metric: metric.name(),
+        stable: (s.n > 0.0).then_some(s.mean),
+        canary: (c.n > 0.0).then_some(c.mean),
+        change: change(gate.threshold, s.mean, c.mean),
+        threshold: gate.threshold.to_string(),
+        direction: gate.direction,
+        n_stable: s.n,
+        n_canary: c.n,
+        degradation: None,
+        verdict: GateVerdict::Inconclusive,
+    };
+    if !gate.enabled {
+        comparison.verdict = GateVerdict::Disabled;
+        return comparison;
+    }
+    if s.n == 0.0 && c.n == 0.0 {
+        comparison.verdict = GateVerdict::NotApplicable;
+        return comparison;
+    }
+    let (Some(sigma_s), Some(sigma_c)) = (s.sigma, c.sigma) else {
+        return comparison;
+    };
+    if s.n < MIN_SAMPLES || c.n < MIN_SAMPLES {
+        return comparison;
+    }
+    let half = alpha / 2.0;
+    let stable_bound = ArmBound::new(s.mean, s.n, sigma_s, half);
+    let canary_bound = ArmBound::new(c.mean, c.n, sigma_c, half);
+    let (k_rel, offset) = match gate.threshold {
+        Threshold::Relative(r) => (r, 0.0),
+        Threshold::Absolute(a) => (0.0, a),
+    };
+    let (lower, upper) = match gate.direction {
+        Direction::HigherIsWorse => difference(canary_bound, stable_bound, 1.0 + k_rel, offset),
+        // δ = (1 − r)·stable − canary − a = (−canary) − (−(1 − r))·stable − a
+        Direction::LowerIsWorse => difference(
+            ArmBound {
+                mean: -canary_bound.mean,
+                margin: canary_bound.margin,
+            },
+            stable_bound,
+            -(1.0 - k_rel),
+            offset,
+        ),
+    };
+    comparison.degradation = Some((lower, upper));
+    comparison.verdict = verdict(lower, upper);
+    comparison
+}
+
+fn verdict(lower: f64, upper: f64) -> GateVerdict {
+    if lower > 0.0 {
+        GateVerdict::Breach
+    } else if upper < 0.0 {
+        GateVerdict::Pass
+    } else {
+        GateVerdict::Inconclusive
+    }
+}
+
+fn change(threshold: Threshold, stable: f64, canary: f64) -> String {
+    match threshold {
+        Threshold::Absolute(_) => format!("{:+.1} points", (canary - stable) * 100.0),
+        Threshold::Relative(_) if stable > 0.0 => {
+            format!("{:+.1}%", (canary / stable - 1.0) * 100.0)
+        }
+        Threshold::Relative(_) => "n/a".into(),
+    }
+}
+
+/// The value below which a `q` share of a histogram's samples fall (linear inside a bucket).
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut previous = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(previous.0);
+            }
+            let width = count - previous.1;
+            let fraction = if width > 0.0 {
+                (rank - previous.1) / width
+            } else {
+                1.0
+            };
+            return Some(previous.0 + fraction * (le - previous.0));
+        }
+        previous = (le, count);
+    }
+    Some(previous.0)
+}
+
+/// How many of a histogram's samples exceed `level` (linear inside a bucket).
+pub fn exceeding(buckets: &[(f64, f64)], level: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let mut previous = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if le >= level {
+            let below = if le.is_infinite() {
+                previous.1
+            } else {
+                let width = le - previous.0;
+                let fraction = if width > 0.0 {
+                    (level - previous.0) / width
+                } else {
+                    1.0
+                };
+                previous.1 + fraction.clamp(0.0, 1.0) * (count - previous.1)
+            };
+            return (total - below).max(0.0);
+        }
+        previous = (le, count);
+    }
+    0.0
+}
+
+fn latency(gate: Gate, stable: &Sample, canary: &Sample, alpha: f64) -> Comparison {
+    let n_s = stable.latency.last().map_or(0.0, |b| b.1);
+    let n_c = canary.latency.last().map_or(0.0, |b| b.1);
+    let p95_s = quantile(&stable.latency, 0.95);
+    let p95_c = quantile(&canary.latency, 0.95);
+    let mut comparison = Comparison {
+        metric: Metric::LatencyP95.name(),
+        stable: p95_s,
+        canary: p95_c,
+        change: match (p95_s, p95_c) {
+            (Some(s), Some(c)) => change(gate.threshold, s, c),
+            _ => "n/a".into(),
+        },
+        threshold: gate.threshold.to_string(),
+        direction: Direction::HigherIsWorse,
+        n_stable: n_s,
+        n_canary: n_c,
+        degradation: None,
+        verdict: GateVerdict::Inconclusive,
+    };
+    if !gate.enabled {
+        comparison.verdict = GateVerdict::Disabled;
+        return comparison;
+    }
+    let Some(p95_s) = p95_s else {
+        return comparison;
+    };
+    if n_s < MIN_LATENCY_SAMPLES || n_c < MIN_SAMPLES {
+        return comparison;
+    }
+    let level = match gate.threshold {
+        Threshold::Relative(r) => p95_s * (1.0 + r),
+        Threshold::Absolute(a) => p95_s + a,
+    };
+    let slow = exceeding(&canary.latency, level);
+    let share = slow / n_c;
+    let m = margin(n_c, proportion_sigma(slow, n_c), alpha);
+    let (lower, upper) = (share - m - 0.05, share + m - 0.05);
+    comparison.degradation = Some((lower, upper));
+    comparison.verdict = verdict(lower, upper);
+    comparison
+}
+
+/// What the stage does after a check, and the updated count of consecutive
+/// breaching checks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageDecision {
+    Hold,
+    Advance(String),
+    Rollback(String),
+    Inconclusive(String),
+}
+
+pub fn decide(
+    plan: &RolloutPlan,
+    stage: usize,
+    elapsed_ms: i64,
+    analysis: &Analysis,
+    consecutive_failures: u32,
+) -> (StageDecision, u32) {
+    if analysis.safety.verdict == GateVerdict::Breach {
+        return (
+            StageDecision::Rollback(format!(
+                "safety_violations: {} on the canary (zero tolerance)",
+                analysis.safety.canary
+            )),
+            consecutive_failures + 1,
+        );
+    }
+    let breaches = analysis.breaches();
+    if !breaches.is_empty() {
+        let failures = consecutive_failures + 1;
+        let names: Vec<String> = breaches
+            .iter()
+            .map(|c| format!("{} {} (threshold {})", c.metric, c.change, c.threshold))
+            .collect();
+        if failures >= plan.failure_threshold {
+            return (
+                StageDecision::Rollback(format!(
+                    "gate breached in {failures} consecutive checks: {}",
+                    names.join(", ")
+                )),
+                failures,
+            );
+        }
+        return (StageDecision::Hold, failures);
+    }
+    let Some(spec) = plan.stages.get(stage) else {
+        return (StageDecision::Hold, 0);
+    };
+    let waited = elapsed_ms >= spec.min_duration.millis();
+    let enough = analysis.canary_requests >= spec.min_requests as f64;
+    if waited && enough && analysis.all_pass() {
+        return (
+            StageDecision::Advance(format!(
+                "stage {} passed every gate with {} canary requests",
+                stage + 1,
+                analysis.canary_requests
+            )),
+            0,
+        );
+    }
+    if elapsed_ms >= plan.max_stage_duration.millis() {
+        let open: Vec<&str> = analysis
+            .comparisons
+            .iter()
+            .filter(|c| c.verdict == GateVerdict::Inconclusive)
+            .map(|c| c.metric)
+            .collect();
+        return (
+            StageDecision::Inconclusive(format!(
+                "no decision after {}: {} canary requests of {} needed, inconclusive: {}",
+                plan.max_stage_duration,
+                analysis.canary_requests,
+                spec.min_requests,
+                if open.is_empty() {
+                    "none".to_string()
+                } else {
+                    open.join(", ")
+                }
+            )),
+            0,
+        );
+    }
+    (StageDecision::Hold, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::{parse_prometheus, Window};
+
+    fn plan() -> RolloutPlan {
+        RolloutPlan::parse(
+            "target: t\nstable: {version: s, cluster: a}\ncanary: {version: c, cluster: b}\nfailure_threshold: 2\n\
+             stages: [{weight: 5%, min_duration: 1m, min_requests: 100}, {weight: 100%}]\n",
+        )
+        .unwrap()
+    }
+
+    /// A window in which stable and canary served these counters, in ten equal passes.
+    fn window(stable: &[(&str, f64)], canary: &[(&str, f64)]) -> Window {
+        let text = |scale: f64| -> String {
+            [("s", stable), ("c", canary)]
+                .iter()
+                .flat_map(|(version, values)| {
+                    values.iter().map(move |(k, v)| {
+                        format!(
+                            "policy_canary_{k}{{target=\"t\",policy_version=\"{version}\"}} {}\n",
+                            v * scale
+                        )
+                    })
+                })
+                .collect()
+        };
+        let mut w = Window::new(0);
+        w.add("e", &parse_prometheus(&text(0.0), "t"));
+        for i in 1..=10 {
+            w.add("e", &parse_prometheus(&text(f64::from(i) / 10.0), "t"));
+            w.end_pass("s", "c");
+        }
+        w
+    }
+
+    fn tasks(n: f64, completed: f64) -> Vec<(&'static str, f64)> {
+        vec![
+            ("rq_total", n),
+            ("tasks_total", n),
+            ("tasks_completed", completed),
+            ("cost_micros", n * 1000.0),
+        ]
+    }
+
+    fn verdict_of(a: &Analysis, metric: &str) -> GateVerdict {
+        a.comparisons
+            .iter()
+            .find(|c| c.metric == metric)
+            .unwrap()
+            .verdict
+    }
+
+    #[test]
+    fn a_clear_drop_in_completion_breaches() {
+        let w = window(&tasks(20_000.0, 18_000.0), &tasks(1_000.0, 700.0));
+        let a = analyse(&plan(), 0, &w);
+        assert_eq!(verdict_of(&a, "completion_rate"), GateVerdict::Breach);
+        let c = a
+            .comparisons
+            .iter()
+            .find(|c| c.metric == "completion_rate")
+            .unwrap();
+        assert_eq!(c.change, "-20.0 points");
+        let (decision, failures) = decide(&plan(), 0, 0, &a, 0);
+        assert_eq!(
+            (decision, failures),
+            (StageDecision::Hold, 1),
+            "one breaching check is not enough"
+        );
+        let (decision, _) = decide(&plan(), 0, 0, &a, 1);
+        assert!(
+            matches!(decision, StageDecision::Rollback(r) if r.contains("completion_rate -20.0 points"))
+        );
+    }
+
+    #[test]
+    fn an_equal_canary_passes_with_enough_data_and_not_before() {
+        let small = window(&tasks(2_000.0, 1_800.0), &tasks(50.0, 45.0));
+        let a = analyse(&plan(), 0, &small);
+        assert_eq!(verdict_of(&a, "completion_rate"), GateVerdict::Inconclusive);
+        assert_eq!(
+            verdict_of(&a, "tool_error_rate"),
+            GateVerdict::NotApplicable
+        );
+        assert_eq!(decide(&plan(), 0, 120_000, &a, 0).0, StageDecision::Hold);
+        let big = window(&tasks(200_000.0, 180_000.0), &tasks(20_000.0, 18_000.0));
+        let a = analyse(&plan(), 0, &big);
+        assert_eq!(verdict_of(&a, "completion_rate"), GateVerdict::Pass);
+        // Not before the stage's minimum duration.
+        assert_eq!(decide(&plan(), 0, 30_000, &a, 0).0, StageDecision::Hold);
+    }
+
+    #[test]
+    fn safety_is_zero_tolerance() {
+        let mut canary = tasks(100.0, 90.0);
+        canary.push(("safety_violations", 1.0));
+        let a = analyse(&plan(), 0, &window(&tasks(1_000.0, 900.0), &canary));
+        assert_eq!(a.safety.verdict, GateVerdict::Breach);
+        assert!(
+            matches!(decide(&plan(), 0, 0, &a, 0).0, StageDecision::Rollback(r) if r.contains("safety"))
+        );
+    }
+
+    #[test]
+    fn past_the_maximum_duration_an_open_stage_is_inconclusive() {
+        let a = analyse(&plan(), 0, &window(&tasks(100.0, 90.0), &tasks(10.0, 9.0)));
+        let max = plan().max_stage_duration.millis();
+        assert!(matches!(
+            decide(&plan(), 0, max, &a, 0).0,
+            StageDecision::Inconclusive(_)
+        ));
+    }
+
+    #[test]
+    fn histogram_quantiles_and_exceedance() {
+        let buckets = [
+            (10.0, 50.0),
+            (20.0, 90.0),
+            (50.0, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        assert!((quantile(&buckets, 0.5).unwrap() - 10.0).abs() < 1e-9);
+        assert!((quantile(&buckets, 0.95).unwrap() - 35.0).abs() < 1e-9);
+        assert!((exceeding(&buckets, 35.0) - 5.0).abs() < 1e-9);
+        assert!((exceeding(&buckets, 15.0) - 30.0).abs() < 1e-9);
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn alpha_is_split_over_stages_and_gates() {
+        let p = plan();
+        assert!((gate_alpha(&p) - 0.01 / 7.0).abs() < 1e-15);
+    }
+}
