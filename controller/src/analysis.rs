@@ -16,6 +16,10 @@
 //! when `lower > 0`, **pass** when `upper < 0` (the degradation is shown to be within
 //! the threshold), **inconclusive** otherwise or with fewer than `MIN_SAMPLES` in an
 //! arm, **not applicable** when neither arm has any (no tool calls, say).
+//! A relative gate whose allowed degradation `r · stable` falls below the gate's
+//! `floor` (error rate 0.5 points, tool error, abandonment 1 point, guardrail 0.01
+//! per request) uses the floor as an absolute threshold instead: on rates near zero
+//! no canary-sized sample can show a relative change either way.
 //! α = `FALSE_ROLLBACK_BUDGET` / (analysed stages × enabled gates): the chance that an
 //! A/A rollout breaches any gate at any check of any stage stays ≤ 1%.
 //!
@@ -255,6 +259,8 @@ fn compare(
     let stable_bound = ArmBound::new(s.mean, s.n, sigma_s, half);
     let canary_bound = ArmBound::new(c.mean, c.n, sigma_c, half);
     let (k_rel, offset) = match gate.threshold {
+        // Below the floor, a relative gate allows the floor's absolute degradation.
+        Threshold::Relative(r) if r * s.mean < gate.floor => (0.0, gate.floor),
         Threshold::Relative(r) => (r, 0.0),
         Threshold::Absolute(a) => (0.0, a),
     };
@@ -601,6 +607,14 @@ mod tests {
         assert!((exceeding(&buckets, 35.0) - 5.0).abs() < 1e-9);
         assert!((exceeding(&buckets, 15.0) - 30.0).abs() < 1e-9);
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn zero_rates_pass_with_the_floor() {
+        let w = window(&tasks(50_000.0, 45_000.0), &tasks(5_000.0, 4_500.0));
+        let a = analyse(&plan(), 0, &w);
+        assert_eq!(verdict_of(&a, "error_rate"), GateVerdict::Pass);
+        assert_eq!(verdict_of(&a, "guardrail_rate"), GateVerdict::Pass);
     }
 
     #[test]

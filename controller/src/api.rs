@@ -36,6 +36,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/targets", get(list_targets))
         .route("/v1/rollouts", get(list_rollouts).post(start_rollout))
         .route("/v1/rollouts/{id}", get(show_rollout))
+        .route("/v1/rollouts/{id}/analysis", get(show_analysis))
         .route("/v1/rollouts/{id}/{action}", post(act))
         .route("/v1/audit", get(audit))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint", None) })
@@ -215,6 +216,15 @@ async fn show_rollout(
     let id = parse_id(&id)?;
     let c = state.controller.clone();
     Ok(Json(blocking(move || c.rollout(id)).await?).into_response())
+}
+
+async fn show_analysis(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let id = parse_id(&id)?;
+    let c = state.controller.clone();
+    Ok(Json(blocking(move || c.analysis(id)).await?).into_response())
 }
 
 fn parse_id(id: &str) -> Result<i64, Error> {

@@ -91,6 +91,9 @@ pub struct ServeArgs {
     /// How often the control loop runs.
     #[arg(long, default_value = "100ms", value_parser = parse_dur)]
     pub tick: Dur,
+    /// How often every --envoy-admin's stats are read for the analysis.
+    #[arg(long, default_value = "1s", value_parser = parse_dur)]
+    pub scrape_interval: Dur,
 }
 
 fn parse_dur(text: &str) -> Result<Dur, String> {
@@ -201,6 +204,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             envoy_admins: args.envoy_admins.clone(),
             runtime_weights: args.runtime_weights,
             tick: args.tick.0.max(Duration::from_millis(10)),
+            scrape_interval: args.scrape_interval.0.max(Duration::from_millis(50)),
         })
         .await
         .map_err(|e| fail(1, format!("{e:#}")));

@@ -95,6 +95,11 @@ pub enum Verdict {
 /// Decides, at each analysis interval, whether a progressing rollout moves on.
 pub trait Analyst: Send + Sync {
     fn check(&self, rollout: &RolloutRow, now_ms: i64) -> Verdict;
+
+    /// The comparison behind the verdicts, for people.
+    fn report(&self, _rollout: &RolloutRow, _now_ms: i64) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Without metrics: a stage moves on once its minimum duration has passed and it
@@ -270,6 +275,22 @@ impl Controller {
         let conn = self.db();
         let row = store::get_rollout(&conn, id)?.ok_or_else(|| not_found(id))?;
         self.view(&conn, row, now_ms())
+    }
+
+    pub fn rollout_rows(&self, active_only: bool) -> Result<Vec<RolloutRow>> {
+        Ok(store::list_rollouts(&self.db(), active_only)?)
+    }
+
+    /// The analysis of a rollout's current stage, when an analyst can give one.
+    pub fn analysis(&self, id: i64) -> Result<serde_json::Value> {
+        let row = self.rollout_row(id)?;
+        let report = self.analyst.report(&row, now_ms());
+        Ok(serde_json::json!({
+            "rollout_id": row.id,
+            "phase": row.state.phase,
+            "stage": row.state.stage + 1,
+            "analysis": report,
+        }))
     }
 
     pub fn rollout_row(&self, id: i64) -> Result<RolloutRow> {

@@ -63,10 +63,19 @@ impl Metric {
             Metric::GuardrailRate => (Threshold::Relative(2.0), Direction::HigherIsWorse),
             Metric::AbandonmentRate => (Threshold::Relative(0.10), Direction::HigherIsWorse),
         };
+        // Relative gates on rates near zero: no sample a canary gets can show "+10%
+        // of 0.1%", so at least this much (absolute) degradation is allowed.
+        let floor = match self {
+            Metric::ErrorRate => 0.005,
+            Metric::ToolErrorRate | Metric::AbandonmentRate => 0.01,
+            Metric::GuardrailRate => 0.01,
+            _ => 0.0,
+        };
         Gate {
             enabled: true,
             threshold,
             direction,
+            floor,
         }
     }
 }
@@ -174,6 +183,8 @@ pub struct Gate {
     pub enabled: bool,
     pub threshold: Threshold,
     pub direction: Direction,
+    /// Smallest allowed degradation of a relative gate, in the metric's units.
+    pub floor: f64,
 }
 
 /// A plan's changes to one gate; what it leaves out keeps the metric's default.
@@ -186,6 +197,8 @@ pub struct GateSpec {
     pub threshold: Option<Threshold>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<Direction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -236,6 +249,7 @@ impl Gates {
             enabled: spec.enabled.unwrap_or(default.enabled),
             threshold: spec.threshold.unwrap_or(default.threshold),
             direction: spec.direction.unwrap_or(default.direction),
+            floor: spec.floor.unwrap_or(default.floor).max(0.0),
         }
     }
 }

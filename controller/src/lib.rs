@@ -6,6 +6,7 @@
 //! client commands.
 
 pub mod analysis;
+pub mod analyst;
 pub mod api;
 pub mod cli;
 pub mod controller;

@@ -1,5 +1,6 @@
 //! `canaryctl serve`: the control plane process.
 
+use crate::analyst::EnvoyAnalyst;
 use crate::api::{app, AppState};
 use crate::controller::{now_ms, Controller, TimeOnly};
 use crate::notify::Notifier;
@@ -19,6 +20,8 @@ pub struct ServeOptions {
     pub runtime_weights: bool,
     /// How often the control loop runs (each rollout is analysed at its own interval).
     pub tick: Duration,
+    /// How often every Envoy's stats are read.
+    pub scrape_interval: Duration,
 }
 
 /// The token from the flag or environment, else from the token file, else a new
@@ -71,8 +74,22 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| options.state_dir.join("token"));
     let token = resolve_token(options.token.clone(), &token_file)?;
     let notifier = Notifier::spawn(options.webhooks.clone(), 5, Duration::from_millis(500));
-    let controller = Controller::open(&options.state_dir, notifier.clone(), Box::new(TimeOnly))
+    // With Envoy admins to read, stages move on evidence; without, on time alone.
+    let envoy_analyst = (!options.envoy_admins.is_empty()).then(EnvoyAnalyst::default);
+    let analyst: Box<dyn crate::controller::Analyst> = match &envoy_analyst {
+        Some(a) => Box::new(a.clone()),
+        None => Box::new(TimeOnly),
+    };
+    let controller = Controller::open(&options.state_dir, notifier.clone(), analyst)
         .with_context(|| format!("opening the state in {}", options.state_dir.display()))?;
+    if let Some(analyst) = envoy_analyst {
+        tokio::spawn(crate::analyst::collect(
+            Arc::clone(&controller),
+            analyst,
+            options.envoy_admins.clone(),
+            options.scrape_interval,
+        ));
+    }
 
     let loop_controller = Arc::clone(&controller);
     let tick = options.tick;
