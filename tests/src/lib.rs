@@ -101,8 +101,15 @@ pub struct Backend {
 impl Backend {
     /// `binary` is `env!("CARGO_BIN_EXE_test-backend")` of the calling test.
     pub fn start(binary: &str, name: &str) -> Backend {
+        Self::start_with(binary, name, &[])
+    }
+
+    /// With a telemetry profile, e.g. `["completion=0.7", "safety_at=40"]`.
+    pub fn start_with(binary: &str, name: &str, profile: &[&str]) -> Backend {
         let mut child = Command::new(binary)
             .arg(name)
+            .arg("0")
+            .args(profile)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -475,25 +482,33 @@ pub fn profile_dir() -> PathBuf {
     }
 }
 
-/// The `canaryctl` binary of this build (built on demand).
+/// The `canaryctl` binary of this build, brought up to date once per process
+/// (cargo does nothing when it already is).
 pub fn canaryctl_bin() -> PathBuf {
-    let profile_dir = profile_dir();
-    let bin = profile_dir.join("canaryctl");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .current_dir(repo_root())
-            .args(["build", "-p", "canaryctl", "--bin", "canaryctl"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().expect("cargo build").success(),
-            "building canaryctl failed"
-        );
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile_dir = profile_dir();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.current_dir(repo_root()).args([
+                "build",
+                "--quiet",
+                "-p",
+                "canaryctl",
+                "--bin",
+                "canaryctl",
+            ]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            assert!(
+                build.status().expect("cargo build").success(),
+                "building canaryctl failed"
+            );
+            profile_dir.join("canaryctl")
+        })
+        .clone()
 }
 
 /// A `canaryctl serve` process on a fixed loopback port with its own state directory.

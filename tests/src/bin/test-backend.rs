@@ -8,6 +8,10 @@
 //! - `x-trailer-<name>: v` → response trailer `<name>: v` (the body is streamed);
 //! - `x-test-status: N` → status N; `x-test-delay-ms: N` → answer after N ms;
 //! - `x-test-reset: 1` → reset the stream before any response header.
+//!
+//! `test-backend NAME PORT completion=0.7 safety_at=N cost=1000` makes it act as an
+//! agent: every answer reports a task outcome (`completed` for that share of requests,
+//! spread evenly, else `failed`), its cost, and one safety violation on request N.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -69,8 +73,42 @@ fn header_str<'a>(request: &'a Request<Incoming>, name: &str) -> Option<&'a str>
     request.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Telemetry every answer reports (from `key=value` arguments).
+#[derive(Clone, Copy, Default)]
+struct Profile {
+    completion: Option<f64>,
+    safety_at: Option<u64>,
+    cost: u64,
+}
+
+static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn profile_headers(profile: &Profile, headers: &mut HeaderMap) {
+    let Some(completion) = profile.completion else {
+        return;
+    };
+    let n = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    // Completed when the running share of completions would otherwise fall behind.
+    let completed = ((n as f64) * completion).floor() > (((n - 1) as f64) * completion).floor();
+    let outcome = if completed { "completed" } else { "failed" };
+    headers.insert("x-agent-outcome", HeaderValue::from_static(outcome));
+    if let Ok(cost) = HeaderValue::from_str(&profile.cost.to_string()) {
+        headers.insert("x-agent-cost-micros", cost);
+    }
+    let violations = if profile.safety_at == Some(n) {
+        "1"
+    } else {
+        "0"
+    };
+    headers.insert(
+        "x-agent-safety-violations",
+        HeaderValue::from_static(violations),
+    );
+}
+
 async fn answer(
     name: &'static str,
+    profile: Profile,
     request: Request<Incoming>,
 ) -> Result<Response<Answer>, ResetRequested> {
     if let Some(ms) = header_str(&request, "x-test-delay-ms").and_then(|v| v.parse().ok()) {
@@ -114,6 +152,7 @@ async fn answer(
     });
     *response.status_mut() = status;
     let headers = response.headers_mut();
+    profile_headers(&profile, headers);
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     headers.insert("x-backend", HeaderValue::from_static(name));
     for (key, value) in reply.iter() {
@@ -130,6 +169,18 @@ fn main() {
             .into_boxed_str(),
     );
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let mut profile = Profile {
+        cost: 1_000,
+        ..Profile::default()
+    };
+    for arg in args {
+        match arg.split_once('=') {
+            Some(("completion", v)) => profile.completion = v.parse().ok(),
+            Some(("safety_at", v)) => profile.safety_at = v.parse().ok(),
+            Some(("cost", v)) => profile.cost = v.parse().unwrap_or(1_000),
+            _ => eprintln!("test-backend: ignoring argument {arg}"),
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -157,7 +208,8 @@ fn main() {
                 continue;
             };
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| answer(name, request));
+                let service =
+                    hyper::service::service_fn(move |request| answer(name, profile, request));
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 // Envoy forwards up to 60 KiB of request headers; accept all of them.

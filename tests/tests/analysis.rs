@@ -1,0 +1,173 @@
+//! Automatic analysis end to end: a real Envoy, `canaryctl serve --envoy-admin`, and
+//! backends that report agent telemetry. Traffic is bounded in count and time.
+
+use policy_canary_e2e::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const BACKEND: &str = env!("CARGO_BIN_EXE_test-backend");
+
+struct Stack {
+    envoy: Envoy,
+    controller: Controller,
+    _backends: (Backend, Backend),
+}
+
+fn stack(stable: &[&str], canary: &[&str]) -> Stack {
+    let stable = Backend::start_with(BACKEND, "stable", stable);
+    let canary = Backend::start_with(BACKEND, "canary", canary);
+    let admin_port = free_port();
+    let controller = Controller::start(&[
+        "--envoy-admin",
+        &format!("http://127.0.0.1:{admin_port}"),
+        "--scrape-interval",
+        "200ms",
+        "--tick",
+        "50ms",
+    ])
+    .with_policies(&["v2.3.1", "v2.4.0"]);
+    let config = controller_mode_config(stable.port, canary.port, controller.port).replacen(
+        "port_value: 0}",
+        &format!("port_value: {admin_port}}}"),
+        1,
+    );
+    let envoy = Envoy::start(&config, 2);
+    assert_eq!(envoy.admin, admin_port);
+    Stack {
+        envoy,
+        controller,
+        _backends: (stable, canary),
+    }
+}
+
+const PLAN: &str = "target: support-agent
+stable: {version: v2.3.1, cluster: agent_stable}
+canary: {version: v2.4.0, cluster: agent_canary}
+analysis_interval: 500ms
+failure_threshold: 2
+stages: [{weight: 20%, min_duration: 1s, min_requests: 100}, {weight: 50%, min_duration: 1s, min_requests: 100}, {weight: 100%}]
+";
+
+/// Sends sessions through Envoy until `done` says so (at most `max` requests or 90 s).
+fn drive(s: &Stack, max: usize, mut done: impl FnMut() -> bool) -> usize {
+    let client = Client::new(s.envoy.port);
+    let started = Instant::now();
+    for i in 0..max {
+        let reply = client.session(&format!("user-{i}"));
+        assert_eq!(reply.status, 200);
+        if i % 100 == 99 && done() {
+            return i + 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no decision after {i} requests"
+        );
+    }
+    panic!("no decision after {max} requests");
+}
+
+fn rollout(s: &Stack, id: i64) -> Value {
+    s.controller.get(&format!("/v1/rollouts/{id}"))
+}
+
+#[test]
+fn a_worse_canary_is_rolled_back_by_itself() {
+    let s = stack(&["completion=0.9"], &["completion=0.7"]);
+    let id = s.controller.post_ok("/v1/rollouts", PLAN)["id"]
+        .as_i64()
+        .unwrap();
+    drive(&s, 60_000, || rollout(&s, id)["phase"] == "rolled_back");
+    // Afterwards every request goes to stable.
+    let client = Client::new(s.envoy.port);
+    wait_for("all traffic on stable", Duration::from_secs(5), || {
+        (0..200)
+            .all(|i| client.session(&format!("after-{i}")).backend == "stable")
+            .then_some(())
+    });
+    let audit = s.controller.get(&format!("/v1/audit?rollout={id}"));
+    let last = audit["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["action"].as_str(), last["actor"].as_str()),
+        (Some("rollback"), Some("canaryctl"))
+    );
+    let reason = last["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("completion_rate"),
+        "the audit names the gate: {reason}"
+    );
+    // The comparison that caused it is kept with the entry.
+    let completion = last["details"]["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["metric"] == "completion_rate")
+        .unwrap()
+        .clone();
+    assert_eq!(completion["verdict"], "breach");
+    assert!(completion["canary"].as_f64().unwrap() < completion["stable"].as_f64().unwrap());
+}
+
+#[test]
+fn a_canary_as_good_as_stable_is_promoted_to_stable() {
+    let s = stack(&["completion=0.9"], &["completion=0.9"]);
+    // Looser completion gate so that "within threshold" is shown on test-sized traffic.
+    let plan = format!("{PLAN}gates: {{completion_rate: {{threshold: 25 points}}}}\n");
+    let id = s.controller.post_ok("/v1/rollouts", &plan)["id"]
+        .as_i64()
+        .unwrap();
+    let mut checks = 0;
+    drive(&s, 60_000, || {
+        checks += 1;
+        if checks % 50 == 0 {
+            let a = s.controller.get(&format!("/v1/rollouts/{id}/analysis"));
+            let open: Vec<String> = a["analysis"]["comparisons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["verdict"] != "pass" && c["verdict"] != "not_applicable")
+                .map(|c| {
+                    format!(
+                        "{}: {} s={} c={} n={}/{} δ∈{}",
+                        c["metric"],
+                        c["verdict"],
+                        c["stable"],
+                        c["canary"],
+                        c["n_stable"],
+                        c["n_canary"],
+                        c["degradation"]
+                    )
+                })
+                .collect();
+            eprintln!("stage {} open gates: {open:?}", a["stage"]);
+        }
+        rollout(&s, id)["phase"] == "promoted"
+    });
+    let audit = s.controller.get(&format!("/v1/audit?rollout={id}"));
+    let actions: Vec<&str> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["start", "advance", "advance"]);
+    let targets = s.controller.get("/v1/targets");
+    assert_eq!(targets["targets"][0]["stable"]["version"], "v2.4.0");
+}
+
+#[test]
+fn one_safety_violation_rolls_back_at_the_next_check() {
+    let s = stack(&["completion=0.9"], &["completion=0.9", "safety_at=5"]);
+    let id = s.controller.post_ok("/v1/rollouts", PLAN)["id"]
+        .as_i64()
+        .unwrap();
+    let sent = drive(&s, 20_000, || rollout(&s, id)["phase"] == "rolled_back");
+    assert!(sent < 5_000, "rolled back after {sent} requests");
+    let audit = s.controller.get(&format!("/v1/audit?rollout={id}"));
+    let last = audit["audit"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["reason"]
+        .as_str()
+        .unwrap()
+        .contains("safety_violations"));
+    let analysis = s.controller.get(&format!("/v1/rollouts/{id}/analysis"));
+    assert!(analysis.get("analysis").is_some());
+}
