@@ -301,8 +301,13 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> Result
         RolloutCommand::Status { id, target, watch } => {
             let id = client.resolve(id, target.as_deref(), true).await?;
             loop {
-                let v = client.get(&format!("/v1/rollouts/{id}")).await?;
-                print_or(json, &v, || print_rollout(&v));
+                let mut v = client.get(&format!("/v1/rollouts/{id}")).await?;
+                let analysis = client.get(&format!("/v1/rollouts/{id}/analysis")).await?;
+                v["analysis"] = analysis["analysis"].clone();
+                print_or(json, &v, || {
+                    print_rollout(&v);
+                    print_analysis(&v["analysis"]);
+                });
                 let active = matches!(s(&v["phase"]), "pending" | "progressing" | "paused");
                 if !watch || !active {
                     return Ok(());
@@ -409,6 +414,49 @@ fn print_rollout(v: &Value) {
         "  salt      {}   route revision {}",
         s(&v["salt"]),
         v["revision"]
+    );
+}
+
+/// Stable vs canary, metric by metric, with the verdict and sample sizes.
+fn print_analysis(a: &Value) {
+    if a.is_null() {
+        println!("  analysis  none (start the controller with --envoy-admin to compare metrics)");
+        return;
+    }
+    println!(
+        "  requests  stable {}  canary {}   (alpha per gate {:.2e}, failed checks in a row {})",
+        a["stable_requests"],
+        a["canary_requests"],
+        a["alpha"].as_f64().unwrap_or(0.0),
+        a["consecutive_failures"]
+    );
+    println!(
+        "  {:<18} {:>10} {:>10} {:>14} {:>10} {:>15}  verdict",
+        "metric", "stable", "canary", "change", "threshold", "n stable/canary"
+    );
+    let num = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.4}"));
+    for c in a["comparisons"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<18} {:>10} {:>10} {:>14} {:>10} {:>15}  {}",
+            s(&c["metric"]),
+            num(&c["stable"]),
+            num(&c["canary"]),
+            s(&c["change"]),
+            s(&c["threshold"]),
+            format!("{}/{}", c["n_stable"], c["n_canary"]),
+            s(&c["verdict"])
+        );
+    }
+    let safety = &a["safety"];
+    println!(
+        "  {:<18} {:>10} {:>10} {:>14} {:>10} {:>15}  {}",
+        "safety_violations",
+        safety["stable"],
+        safety["canary"],
+        "",
+        "any",
+        "",
+        s(&safety["verdict"])
     );
 }
 

@@ -170,4 +170,25 @@ fn one_safety_violation_rolls_back_at_the_next_check() {
         .contains("safety_violations"));
     let analysis = s.controller.get(&format!("/v1/rollouts/{id}/analysis"));
     assert!(analysis.get("analysis").is_some());
+    // The CLI shows the comparison side by side.
+    let out = std::process::Command::new(canaryctl_bin())
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{}", s.controller.port),
+            "rollout",
+            "status",
+            &id.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "completion_rate",
+        "latency_p95",
+        "safety_violations",
+        "n stable/canary",
+        "verdict",
+    ] {
+        assert!(text.contains(expected), "status lacks {expected}:\n{text}");
+    }
 }
