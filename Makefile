@@ -45,10 +45,11 @@ run: build envoy ## Start Envoy (static mode) and two backends; prints curl comm
 tools: # h2load for the benchmark (Debian nghttp2-client)
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 
-bench: build envoy tools ## Benchmarks: Envoy CPU per request and .wasm size
+bench: build envoy tools ## Benchmarks: Envoy CPU per request, .wasm size, propagation, analysis simulation
 	cargo build --profile wasm --target wasm32-wasip1 -p empty-filter
 	cargo build --release -p canaryctl -p policy-canary-e2e
 	target/release/bench
+	cargo bench -q -p canaryctl --bench simulate
 
 clean: ## Remove build outputs and the Envoy venv
 	cargo clean

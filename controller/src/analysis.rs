@@ -63,7 +63,9 @@ pub struct Comparison {
     pub direction: Direction,
     pub n_stable: f64,
     pub n_canary: f64,
-    /// Bounds on the degradation δ (δ > 0: worse than allowed).
+    /// The point estimate of the degradation δ (δ > 0: worse than allowed).
+    pub estimate: Option<f64>,
+    /// Anytime-valid bounds on δ.
     pub degradation: Option<(f64, f64)>,
     pub verdict: GateVerdict,
 }
@@ -238,6 +240,7 @@ fn compare(
         direction: gate.direction,
         n_stable: s.n,
         n_canary: c.n,
+        estimate: None,
         degradation: None,
         verdict: GateVerdict::Inconclusive,
     };
@@ -249,6 +252,18 @@ fn compare(
         comparison.verdict = GateVerdict::NotApplicable;
         return comparison;
     }
+    let (k_rel, offset) = match gate.threshold {
+        // Below the floor, a relative gate allows the floor's absolute degradation.
+        Threshold::Relative(r) if r * s.mean < gate.floor => (0.0, gate.floor),
+        Threshold::Relative(r) => (r, 0.0),
+        Threshold::Absolute(a) => (0.0, a),
+    };
+    if s.n > 0.0 && c.n > 0.0 {
+        comparison.estimate = Some(match gate.direction {
+            Direction::HigherIsWorse => c.mean - (1.0 + k_rel) * s.mean - offset,
+            Direction::LowerIsWorse => (1.0 - k_rel) * s.mean - c.mean - offset,
+        });
+    }
     let (Some(sigma_s), Some(sigma_c)) = (s.sigma, c.sigma) else {
         return comparison;
     };
@@ -258,12 +273,6 @@ fn compare(
     let half = alpha / 2.0;
     let stable_bound = ArmBound::new(s.mean, s.n, sigma_s, half);
     let canary_bound = ArmBound::new(c.mean, c.n, sigma_c, half);
-    let (k_rel, offset) = match gate.threshold {
-        // Below the floor, a relative gate allows the floor's absolute degradation.
-        Threshold::Relative(r) if r * s.mean < gate.floor => (0.0, gate.floor),
-        Threshold::Relative(r) => (r, 0.0),
-        Threshold::Absolute(a) => (0.0, a),
-    };
     let (lower, upper) = match gate.direction {
         Direction::HigherIsWorse => difference(canary_bound, stable_bound, 1.0 + k_rel, offset),
         // δ = (1 − r)·stable − canary − a = (−canary) − (−(1 − r))·stable − a
@@ -369,6 +378,7 @@ fn latency(gate: Gate, stable: &Sample, canary: &Sample, alpha: f64) -> Comparis
         direction: Direction::HigherIsWorse,
         n_stable: n_s,
         n_canary: n_c,
+        estimate: None,
         degradation: None,
         verdict: GateVerdict::Inconclusive,
     };
@@ -388,6 +398,7 @@ fn latency(gate: Gate, stable: &Sample, canary: &Sample, alpha: f64) -> Comparis
     };
     let slow = exceeding(&canary.latency, level);
     let share = slow / n_c;
+    comparison.estimate = Some(share - 0.05);
     let m = margin(n_c, proportion_sigma(slow, n_c), alpha);
     let (lower, upper) = (share - m - 0.05, share + m - 0.05);
     comparison.degradation = Some((lower, upper));
@@ -475,6 +486,58 @@ pub fn decide(
             )),
             0,
         );
+    }
+    (StageDecision::Hold, 0)
+}
+
+/// The naive rule, for comparison in the simulation benchmark: once the stage's
+/// minimum requests are in, a gate breaches when its point estimate is beyond the
+/// threshold and passes otherwise; no bounds, checked at every interval.
+pub fn decide_naive(
+    plan: &RolloutPlan,
+    stage: usize,
+    elapsed_ms: i64,
+    analysis: &Analysis,
+    consecutive_failures: u32,
+) -> (StageDecision, u32) {
+    let Some(spec) = plan.stages.get(stage) else {
+        return (StageDecision::Hold, 0);
+    };
+    if analysis.safety.verdict == GateVerdict::Breach {
+        return (
+            StageDecision::Rollback("safety".into()),
+            consecutive_failures + 1,
+        );
+    }
+    if analysis.canary_requests < spec.min_requests as f64 {
+        return (StageDecision::Hold, consecutive_failures);
+    }
+    let enabled = analysis.comparisons.iter().filter(|c| {
+        !matches!(
+            c.verdict,
+            GateVerdict::Disabled | GateVerdict::NotApplicable
+        )
+    });
+    let breached: Vec<&str> = enabled
+        .clone()
+        .filter(|c| c.estimate.is_some_and(|e| e > 0.0))
+        .map(|c| c.metric)
+        .collect();
+    if !breached.is_empty() {
+        let failures = consecutive_failures + 1;
+        if failures >= plan.failure_threshold {
+            return (StageDecision::Rollback(breached.join(", ")), failures);
+        }
+        return (StageDecision::Hold, failures);
+    }
+    if elapsed_ms >= spec.min_duration.millis() && enabled.clone().all(|c| c.estimate.is_some()) {
+        return (
+            StageDecision::Advance("point estimates within thresholds".into()),
+            0,
+        );
+    }
+    if elapsed_ms >= plan.max_stage_duration.millis() {
+        return (StageDecision::Inconclusive("no decision".into()), 0);
     }
     (StageDecision::Hold, 0)
 }

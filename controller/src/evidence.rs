@@ -45,7 +45,7 @@ impl Sample {
         Sample { counters, latency }
     }
 
-    fn add(&mut self, other: &Sample) {
+    pub fn add(&mut self, other: &Sample) {
         for (k, v) in &other.counters {
             *self.counters.entry(k.clone()).or_default() += v;
         }
@@ -221,6 +221,15 @@ impl Window {
             // Remember that this Envoy was seen, so its next scrape counts.
             last.insert(String::new(), Sample::default());
         }
+    }
+
+    /// Adds counts directly, as if an Envoy had reported them (simulations).
+    pub fn add_delta(&mut self, version: &str, delta: &Sample) {
+        self.totals
+            .entry(version.to_string())
+            .or_default()
+            .add(delta);
+        self.pass.entry(version.to_string()).or_default().add(delta);
     }
 
     pub fn failed(&mut self) {

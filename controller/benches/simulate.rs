@@ -1,0 +1,326 @@
+//! Simulation benchmark of the automatic analysis (`make bench`, or
+//! `cargo bench -p canaryctl --bench simulate`; `TRIALS=N` changes the trials).
+//!
+//! Synthetic per-request outcomes for stable and canary go through the same code the
+//! controller runs (`analysis::analyse` + `analysis::decide`) over the default stage
+//! plan, time compressed: one loop turn is one 30 s analysis interval of 300 requests
+//! per second. Beside it, the naive rule (`decide_naive`: point estimates against
+//! the thresholds at every interval once the stage's minimum requests are in).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use canaryctl::analysis::{analyse, decide, decide_naive, Analysis, StageDecision};
+use canaryctl::evidence::{Sample, Window};
+use canaryctl::plan::RolloutPlan;
+
+const REQUESTS_PER_INTERVAL: u32 = 9_000;
+const INTERVAL_MS: i64 = 30_000;
+/// Envoy's default histogram bucket bounds (ms).
+const BUCKETS: [f64; 19] = [
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1_000.0,
+    2_500.0,
+    5_000.0,
+    10_000.0,
+    30_000.0,
+    60_000.0,
+    300_000.0,
+    600_000.0,
+    1_800_000.0,
+    3_600_000.0,
+];
+
+/// How one policy behaves, per request.
+#[derive(Clone, Copy)]
+struct Behaviour {
+    completion: f64,
+    abandonment: f64,
+    error: f64,
+    tool_error: f64,
+    guardrail: f64,
+    safety: f64,
+    cost_mean: f64,
+    /// Latency: log-normal with this median (ms) and σ of the log.
+    latency_median: f64,
+    latency_sigma: f64,
+}
+
+const BASE: Behaviour = Behaviour {
+    completion: 0.85,
+    abandonment: 0.05,
+    error: 0.02,
+    tool_error: 0.05,
+    guardrail: 0.03,
+    safety: 0.0,
+    cost_mean: 2_000.0,
+    latency_median: 800.0,
+    latency_sigma: 0.5,
+};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.next().max(1e-300), self.next());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+/// One interval's traffic of one arm, drawn request by request.
+fn serve(behaviour: &Behaviour, requests: u32, rng: &mut Rng) -> Sample {
+    let mut c = [0f64; 10];
+    let mut latency = [0f64; BUCKETS.len() + 1];
+    for _ in 0..requests {
+        c[0] += 1.0; // rq_total
+        if rng.next() < behaviour.error {
+            c[1] += 1.0; // rq_5xx
+        }
+        c[2] += 1.0; // tasks_total
+        let outcome = rng.next();
+        if outcome < behaviour.completion {
+            c[3] += 1.0;
+        } else if outcome < behaviour.completion + behaviour.abandonment {
+            c[4] += 1.0;
+        }
+        c[5] += behaviour.cost_mean * (0.5 + rng.next()); // cost_micros
+        c[6] += 2.0; // tool_calls
+        for _ in 0..2 {
+            if rng.next() < behaviour.tool_error {
+                c[7] += 1.0;
+            }
+        }
+        if rng.next() < behaviour.guardrail {
+            c[8] += 1.0;
+        }
+        if behaviour.safety > 0.0 && rng.next() < behaviour.safety {
+            c[9] += 1.0;
+        }
+        let ms = behaviour.latency_median * (behaviour.latency_sigma * rng.normal()).exp();
+        let bucket = BUCKETS
+            .iter()
+            .position(|le| ms <= *le)
+            .unwrap_or(BUCKETS.len());
+        latency[bucket] += 1.0;
+    }
+    let names = [
+        "rq_total",
+        "rq_5xx",
+        "tasks_total",
+        "tasks_completed",
+        "tasks_abandoned",
+        "cost_micros",
+        "tool_calls",
+        "tool_errors",
+        "guardrail_triggers",
+        "safety_violations",
+    ];
+    let mut sample = Sample::default();
+    for (name, value) in names.iter().zip(c) {
+        sample.counters.insert(name.to_string(), value);
+    }
+    let mut cumulative = 0.0;
+    for (i, count) in latency.iter().enumerate() {
+        cumulative += count;
+        sample
+            .latency
+            .push((BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
+    }
+    sample
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    Promoted,
+    RolledBack,
+    Inconclusive,
+}
+
+struct Trial {
+    end: End,
+    exposed: f64,
+    minutes: f64,
+}
+
+type Rule = fn(&RolloutPlan, usize, i64, &Analysis, u32) -> (StageDecision, u32);
+
+fn run(
+    plan: &RolloutPlan,
+    stable: &Behaviour,
+    canary: &Behaviour,
+    rule: Rule,
+    rng: &mut Rng,
+) -> Trial {
+    let mut stage = 0;
+    let mut window = Window::new(0);
+    let mut failures = 0;
+    let mut checks_in_stage = 0i64;
+    let mut exposed = 0.0;
+    let mut checks = 0.0;
+    loop {
+        checks += 1.0;
+        checks_in_stage += 1;
+        let weight = f64::from(plan.stages[stage].weight.bp()) / 10_000.0;
+        // Each request goes to the canary with the stage's weight.
+        let mut to_canary = 0;
+        for _ in 0..REQUESTS_PER_INTERVAL {
+            if rng.next() < weight {
+                to_canary += 1;
+            }
+        }
+        exposed += f64::from(to_canary);
+        window.add_delta("s", &serve(stable, REQUESTS_PER_INTERVAL - to_canary, rng));
+        window.add_delta("c", &serve(canary, to_canary, rng));
+        window.end_pass("s", "c");
+        let analysis = analyse(plan, stage, &window);
+        let (decision, f) = rule(
+            plan,
+            stage,
+            checks_in_stage * INTERVAL_MS,
+            &analysis,
+            failures,
+        );
+        failures = f;
+        let minutes = checks * INTERVAL_MS as f64 / 60_000.0;
+        match decision {
+            StageDecision::Hold => {}
+            StageDecision::Rollback(_) => {
+                return Trial {
+                    end: End::RolledBack,
+                    exposed,
+                    minutes,
+                }
+            }
+            StageDecision::Inconclusive(_) => {
+                return Trial {
+                    end: End::Inconclusive,
+                    exposed,
+                    minutes,
+                }
+            }
+            StageDecision::Advance(_) => {
+                stage += 1;
+                if stage >= plan.stages.len() || plan.is_final_weight(stage) {
+                    return Trial {
+                        end: End::Promoted,
+                        exposed,
+                        minutes,
+                    };
+                }
+                window.restart(0);
+                failures = 0;
+                checks_in_stage = 0;
+            }
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn main() {
+    let trials: usize = std::env::var("TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1_000);
+    let plan = RolloutPlan::parse(
+        "target: t\nstable: {version: s, cluster: a}\ncanary: {version: c, cluster: b}\n",
+    )
+    .expect("the default plan");
+    let with = |f: fn(&mut Behaviour)| {
+        let mut b = BASE;
+        f(&mut b);
+        b
+    };
+    let scenarios: Vec<(&str, Behaviour)> = vec![
+        ("A/A (no difference)", BASE),
+        ("completion -3 points", with(|b| b.completion -= 0.03)),
+        ("completion -5 points", with(|b| b.completion -= 0.05)),
+        ("completion -8 points", with(|b| b.completion -= 0.08)),
+        ("completion -15 points", with(|b| b.completion -= 0.15)),
+        ("cost per task +40%", with(|b| b.cost_mean *= 1.4)),
+        ("latency P95 +100%", with(|b| b.latency_median *= 2.0)),
+        ("safety violations 0.1%", with(|b| b.safety = 0.001)),
+        ("error rate x2", with(|b| b.error *= 2.0)),
+    ];
+    println!(
+        "Simulated rollouts: default plan (1% 5% 25% 50% 100%, 10 min and 500 canary requests per stage, \
+         interval 30 s, failure threshold 2, max stage 4 h), {} requests/s, {trials} trials per scenario",
+        REQUESTS_PER_INTERVAL as i64 * 1000 / INTERVAL_MS
+    );
+    println!();
+    println!("| scenario | rule | rollback | promotion | no decision | median canary requests before rollback | median minutes to decision |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(4);
+    for (name, canary) in &scenarios {
+        for (rule_name, rule) in [
+            ("sequential", decide as Rule),
+            ("naive", decide_naive as Rule),
+        ] {
+            let results: Vec<Trial> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let plan = &plan;
+                        scope.spawn(move || {
+                            (t..trials)
+                                .step_by(threads)
+                                .map(|i| {
+                                    let mut rng =
+                                        Rng(0x9e37_79b9_7f4a_7c15
+                                            ^ ((i as u64 + 1) * 0x1000_0000_01b3));
+                                    run(plan, &BASE, canary, rule, &mut rng)
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+            let rate = |end: End| {
+                results.iter().filter(|r| r.end == end).count() as f64 / results.len() as f64
+                    * 100.0
+            };
+            let exposed = median(
+                results
+                    .iter()
+                    .filter(|r| r.end == End::RolledBack)
+                    .map(|r| r.exposed)
+                    .collect(),
+            );
+            let minutes = median(results.iter().map(|r| r.minutes).collect());
+            println!(
+                "| {name} | {rule_name} | {:.1}% | {:.1}% | {:.1}% | {} | {} |",
+                rate(End::RolledBack),
+                rate(End::Promoted),
+                rate(End::Inconclusive),
+                exposed.map_or("-".into(), |e| format!("{e:.0}")),
+                minutes.map_or("-".into(), |m| format!("{m:.0}")),
+            );
+        }
+    }
+}
