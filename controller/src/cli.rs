@@ -68,6 +68,31 @@ pub enum Command {
     /// Targets and their current route tables.
     #[command(after_help = "Example:\n  canaryctl targets --json")]
     Targets,
+    /// Run a demo agent backend that applies the policy named in x-agent-policy.
+    #[command(
+        after_help = "Example:\n  canaryctl agent --listen 127.0.0.1:8081 --registry http://127.0.0.1:7070\n\nBehaviour per policy and request class comes from the bundle's metadata.demo;\nsend x-request-class to pick a class and x-stream: 1 for telemetry in trailers."
+    )]
+    Agent(AgentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// The controller whose registry holds the policy bundles.
+    #[arg(
+        long,
+        env = "CANARYCTL_REGISTRY",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub registry: String,
+    /// Seed of the simulated outcomes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Multiplies the simulated latency (0 answers at once).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +234,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         .await
         .map_err(|e| fail(1, format!("{e:#}")));
     }
+    if let Command::Agent(args) = &cli.command {
+        return run_agent(args).await;
+    }
     let token = cli.token.clone().or_else(|| {
         let file = cli
             .token_file
@@ -234,7 +262,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     };
     let json = cli.json;
     match cli.command {
-        Command::Serve(_) => Ok(()),
+        Command::Serve(_) | Command::Agent(_) => Ok(()),
         Command::Targets => {
             let v = client.get("/v1/targets").await?;
             print_or(json, &v, || print_targets(&v));
@@ -355,6 +383,21 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> Result
             Ok(())
         }
     }
+}
+
+async fn run_agent(args: &AgentArgs) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| fail(1, format!("cannot listen on {}: {e}", args.listen)))?;
+    let address = listener.local_addr().map_err(|e| fail(1, e.to_string()))?;
+    println!(
+        "canaryctl agent listening on http://{address} (registry {})",
+        args.registry
+    );
+    let state = crate::agent::AgentState::new(&args.registry, args.seed, args.time_scale.max(0.0));
+    axum::serve(listener, crate::agent::app(state))
+        .await
+        .map_err(|e| fail(1, e.to_string()))
 }
 
 fn s(v: &Value) -> &str {

@@ -5,6 +5,7 @@
 //! API, `notify` the webhooks, `envoy_runtime` the Envoy runtime driver, `cli` the
 //! client commands.
 
+pub mod agent;
 pub mod analysis;
 pub mod analyst;
 pub mod api;

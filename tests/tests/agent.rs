@@ -1,0 +1,122 @@
+//! The demo agent (`canaryctl agent`) behind a real Envoy in controller mode: it
+//! applies the policy the filter names, and its telemetry (headers and, for streamed
+//! answers, trailers) lands in the per-version stats.
+
+use policy_canary_e2e::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Starts `canaryctl agent` on a free port; returns the process and its port.
+fn agent(registry: u16) -> (ChildGuard, u16) {
+    let mut child = Command::new(canaryctl_bin())
+        .args(["agent", "--listen", "127.0.0.1:0", "--time-scale", "0"])
+        .args(["--registry", &format!("http://127.0.0.1:{registry}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn canaryctl agent");
+    let stdout = child.stdout.take().unwrap();
+    let guard = ChildGuard(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let port = line
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("agent said {line:?}"));
+    (guard, port)
+}
+
+#[test]
+fn the_demo_agent_applies_each_policy_and_reports_telemetry() {
+    let controller = Controller::start(&[]);
+    for file in ["envoy/policies/v2.3.1.yaml", "envoy/policies/v2.4.0.yaml"] {
+        controller.post_ok(
+            "/v1/policies",
+            &std::fs::read_to_string(repo_root().join(file)).unwrap(),
+        );
+    }
+    let (_stable_agent, stable_port) = agent(controller.port);
+    let (_canary_agent, canary_port) = agent(controller.port);
+    let envoy = Envoy::start(
+        &controller_mode_config(stable_port, canary_port, controller.port),
+        2,
+    );
+    controller.post_ok(
+        "/v1/rollouts",
+        "target: support-agent\nstable: {version: v2.3.1, cluster: agent_stable}\ncanary: {version: v2.4.0, cluster: agent_canary}\nstages: [{weight: 50%, min_duration: 1h}, {weight: 100%}]\n",
+    );
+    let client = Client::new(envoy.port);
+    // Wait for the 50% table, then send a mix of classes, some streamed.
+    wait_for(
+        "the rollout's table in Envoy",
+        Duration::from_secs(10),
+        || {
+            (0..40)
+                .any(|i| {
+                    let (_, body) = http_request(
+                        envoy.port,
+                        "GET",
+                        "/",
+                        &[("x-session-id", format!("w{i}").as_bytes())],
+                    )
+                    .unwrap();
+                    body.contains("v2.4.0")
+                })
+                .then_some(())
+        },
+    );
+    let mut sent = 0u64;
+    for i in 0..400 {
+        let class = if i % 4 == 0 { "refund" } else { "order_status" };
+        let stream = if i % 3 == 0 { "1" } else { "0" };
+        let session = format!("agent-{i}");
+        let reply = client.get(
+            "/",
+            &[
+                ("x-session-id", &session),
+                ("x-request-class", class),
+                ("x-stream", stream),
+            ],
+        );
+        assert!(
+            reply.status == 200 || reply.status == 500,
+            "{}",
+            reply.status
+        );
+        sent += 1;
+        assert!(
+            !reply.headers.contains_key("x-agent-outcome"),
+            "telemetry is stripped"
+        );
+    }
+    // Every answer carried a task outcome, in headers or trailers.
+    let sum = |suffix: &str| -> u64 {
+        ["v2.3.1", "v2.4.0"]
+            .iter()
+            .map(|v| envoy.policy_stat("support-agent", v, suffix))
+            .sum()
+    };
+    let settled = (0..25).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        // The probes above are counted too: at least `sent`, and every one with a task outcome.
+        (sum("rq_total") >= sent && sum("tasks_total") == sum("rq_total")).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "rq_total {} (sent {sent}), tasks_total {}, malformed {}",
+        sum("rq_total"),
+        sum("tasks_total"),
+        sum("telemetry_malformed")
+    );
+    for version in ["v2.3.1", "v2.4.0"] {
+        assert!(envoy.policy_stat("support-agent", version, "cost_micros") > 0);
+        assert!(envoy.policy_stat("support-agent", version, "tokens") > 0);
+        assert!(envoy.policy_stat("support-agent", version, "tool_calls") > 0);
+    }
+    // The agent refuses requests that did not come through the filter.
+    let (status, _) = http_get(stable_port, "/").unwrap();
+    assert_eq!(status, 400);
+}
