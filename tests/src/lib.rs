@@ -598,6 +598,19 @@ impl Controller {
         v
     }
 
+    /// The actions of a rollout's audit entries, in order.
+    pub fn audit_actions(&self, rollout: i64) -> Vec<String> {
+        self.get(&format!("/v1/audit?rollout={rollout}"))["audit"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|e| e["action"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Registers two example policies.
     pub fn with_policies(self, versions: &[&str]) -> Self {
         for version in versions {

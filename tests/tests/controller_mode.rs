@@ -156,14 +156,10 @@ fn a_rollout_moves_through_its_stages_by_itself() {
                 .then_some(())
         },
     );
-    let audit = s.controller.get(&format!("/v1/audit?rollout={id}"));
-    let actions: Vec<&str> = audit["audit"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
-    assert_eq!(actions, ["start", "advance", "advance"]);
+    assert_eq!(
+        s.controller.audit_actions(id),
+        ["start", "advance", "advance"]
+    );
     let targets = s.controller.get("/v1/targets");
     assert_eq!(targets["targets"][0]["stable"]["version"], "v2.4.0");
 }
