@@ -253,7 +253,7 @@ async fn answer(State(state): State<AgentState>, headers: HeaderMap) -> Response
             ))),
             Ok(http_body::Frame::trailers(map)),
         ];
-        let stream = http_body_util::StreamBody::new(futures_stream(frames));
+        let stream = http_body_util::StreamBody::new(ReadyStream(frames.into_iter()));
         return (status, Body::new(stream)).into_response();
     }
     let mut response = (status, [("content-type", "application/json")], body).into_response();
@@ -261,14 +261,10 @@ async fn answer(State(state): State<AgentState>, headers: HeaderMap) -> Response
     response
 }
 
-/// A stream over ready frames, without a futures dependency.
-fn futures_stream<T: Unpin>(items: Vec<T>) -> ReadyStream<T> {
-    ReadyStream(items.into_iter())
-}
-
+/// A stream over frames that are all ready now.
 pub struct ReadyStream<T>(std::vec::IntoIter<T>);
 
-impl<T: Unpin> tokio_stream_like::Stream for ReadyStream<T> {
+impl<T: Unpin> futures_core::Stream for ReadyStream<T> {
     type Item = T;
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
@@ -276,10 +272,6 @@ impl<T: Unpin> tokio_stream_like::Stream for ReadyStream<T> {
     ) -> std::task::Poll<Option<T>> {
         std::task::Poll::Ready(self.0.next())
     }
-}
-
-mod tokio_stream_like {
-    pub use futures_core::Stream;
 }
 
 #[cfg(test)]

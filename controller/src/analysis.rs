@@ -70,6 +70,38 @@ pub struct Comparison {
     pub verdict: GateVerdict,
 }
 
+impl Comparison {
+    /// A comparison with no verdict yet (inconclusive), or disabled.
+    fn open(
+        metric: Metric,
+        gate: &Gate,
+        stable: Option<f64>,
+        canary: Option<f64>,
+        (n_stable, n_canary): (f64, f64),
+    ) -> Comparison {
+        Comparison {
+            metric: metric.name(),
+            stable,
+            canary,
+            change: match (stable, canary) {
+                (Some(s), Some(c)) => change(gate.threshold, s, c),
+                _ => "n/a".into(),
+            },
+            threshold: gate.threshold.to_string(),
+            direction: gate.direction,
+            n_stable,
+            n_canary,
+            estimate: None,
+            degradation: None,
+            verdict: if gate.enabled {
+                GateVerdict::Inconclusive
+            } else {
+                GateVerdict::Disabled
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SafetyCheck {
     pub stable: f64,
@@ -231,21 +263,14 @@ fn compare(
         }
         Metric::LatencyP95 => return latency(gate, stable, canary, alpha),
     };
-    let mut comparison = Comparison {
-        metric: metric.name(),
-        stable: (s.n > 0.0).then_some(s.mean),
-        canary: (c.n > 0.0).then_some(c.mean),
-        change: change(gate.threshold, s.mean, c.mean),
-        threshold: gate.threshold.to_string(),
-        direction: gate.direction,
-        n_stable: s.n,
-        n_canary: c.n,
-        estimate: None,
-        degradation: None,
-        verdict: GateVerdict::Inconclusive,
-    };
-    if !gate.enabled {
-        comparison.verdict = GateVerdict::Disabled;
+    let mut comparison = Comparison::open(
+        metric,
+        &gate,
+        (s.n > 0.0).then_some(s.mean),
+        (c.n > 0.0).then_some(c.mean),
+        (s.n, c.n),
+    );
+    if comparison.verdict == GateVerdict::Disabled {
         return comparison;
     }
     if s.n == 0.0 && c.n == 0.0 {
@@ -366,24 +391,13 @@ fn latency(gate: Gate, stable: &Sample, canary: &Sample, alpha: f64) -> Comparis
     let n_c = canary.latency.last().map_or(0.0, |b| b.1);
     let p95_s = quantile(&stable.latency, 0.95);
     let p95_c = quantile(&canary.latency, 0.95);
-    let mut comparison = Comparison {
-        metric: Metric::LatencyP95.name(),
-        stable: p95_s,
-        canary: p95_c,
-        change: match (p95_s, p95_c) {
-            (Some(s), Some(c)) => change(gate.threshold, s, c),
-            _ => "n/a".into(),
-        },
-        threshold: gate.threshold.to_string(),
+    let latency_gate = Gate {
         direction: Direction::HigherIsWorse,
-        n_stable: n_s,
-        n_canary: n_c,
-        estimate: None,
-        degradation: None,
-        verdict: GateVerdict::Inconclusive,
+        ..gate
     };
-    if !gate.enabled {
-        comparison.verdict = GateVerdict::Disabled;
+    let mut comparison =
+        Comparison::open(Metric::LatencyP95, &latency_gate, p95_s, p95_c, (n_s, n_c));
+    if comparison.verdict == GateVerdict::Disabled {
         return comparison;
     }
     let Some(p95_s) = p95_s else {

@@ -2,10 +2,9 @@
 //! each active rollout's stage window; at each analysis interval the controller asks
 //! `EnvoyAnalyst::check` for a verdict.
 
-use crate::analysis::{analyse, decide, Analysis, StageDecision};
-use crate::controller::{Analyst, Controller, Verdict};
+use crate::analysis::{analyse, decide};
+use crate::controller::{verdict_for, Analyst, Controller, Verdict};
 use crate::evidence::{parse_prometheus, Window};
-use crate::plan::InconclusiveAction;
 use crate::store::RolloutRow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,6 @@ struct Tracked {
     stage_started_ms: i64,
     window: Window,
     consecutive_failures: u32,
-    last: Option<Analysis>,
 }
 
 impl Tracked {
@@ -27,7 +25,6 @@ impl Tracked {
             stage_started_ms: row.state.stage_started_ms,
             window: Window::new(row.state.stage_started_ms),
             consecutive_failures: 0,
-            last: None,
         }
     }
 
@@ -38,7 +35,6 @@ impl Tracked {
             self.stage_started_ms = row.state.stage_started_ms;
             self.window.restart(row.state.stage_started_ms);
             self.consecutive_failures = 0;
-            self.last = None;
         }
     }
 }
@@ -77,16 +73,7 @@ impl Analyst for EnvoyAnalyst {
             );
             t.consecutive_failures = failures;
             let details = serde_json::to_value(&analysis).unwrap_or_default();
-            t.last = Some(analysis);
-            match decision {
-                StageDecision::Hold => Verdict::Hold,
-                StageDecision::Advance(reason) => Verdict::Advance { reason, details },
-                StageDecision::Rollback(reason) => Verdict::Rollback { reason, details },
-                StageDecision::Inconclusive(reason) => match row.plan.on_inconclusive {
-                    InconclusiveAction::Pause => Verdict::Pause { reason, details },
-                    InconclusiveAction::Rollback => Verdict::Rollback { reason, details },
-                },
-            }
+            verdict_for(&row.plan, decision, details)
         })
     }
 

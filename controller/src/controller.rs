@@ -2,7 +2,9 @@
 //! the rollout, recomputes its target's route table, bumps the route revision and
 //! appends to the audit log; only after the commit do long-polls wake and webhooks go.
 
+use crate::analysis::StageDecision;
 use crate::notify::{Event, Notifier};
+use crate::plan::InconclusiveAction;
 use crate::plan::{field_error, FieldError, RolloutPlan};
 use crate::policy::{hex, PolicyBundle};
 use crate::rollout::{
@@ -102,6 +104,24 @@ pub trait Analyst: Send + Sync {
     }
 }
 
+/// Turns a stage decision into the action the control loop applies; an
+/// undecided stage past its maximum duration follows the plan's `on_inconclusive`.
+pub fn verdict_for(
+    plan: &RolloutPlan,
+    decision: StageDecision,
+    details: serde_json::Value,
+) -> Verdict {
+    match decision {
+        StageDecision::Hold => Verdict::Hold,
+        StageDecision::Advance(reason) => Verdict::Advance { reason, details },
+        StageDecision::Rollback(reason) => Verdict::Rollback { reason, details },
+        StageDecision::Inconclusive(reason) => match plan.on_inconclusive {
+            InconclusiveAction::Pause => Verdict::Pause { reason, details },
+            InconclusiveAction::Rollback => Verdict::Rollback { reason, details },
+        },
+    }
+}
+
 /// Without metrics: a stage moves on once its minimum duration has passed and it
 /// needs no minimum request count; a stage that can never be judged waits until
 /// `max_stage_duration`, then follows `on_inconclusive`.
@@ -116,36 +136,21 @@ impl Analyst for TimeOnly {
         let elapsed = now_ms - rollout.state.stage_started_ms;
         let details =
             serde_json::json!({"elapsed_ms": elapsed, "min_duration": stage.min_duration});
-        if elapsed >= stage.min_duration.millis() && stage.min_requests == 0 {
-            return Verdict::Advance {
-                reason: format!(
-                    "stage {} held for {}",
-                    rollout.state.stage + 1,
-                    stage.min_duration
-                ),
-                details,
-            };
-        }
-        inconclusive_past_max(plan, elapsed, details)
-    }
-}
-
-/// `on_inconclusive` once a stage has waited longer than `max_stage_duration`.
-pub fn inconclusive_past_max(
-    plan: &RolloutPlan,
-    elapsed_ms: i64,
-    details: serde_json::Value,
-) -> Verdict {
-    if elapsed_ms < plan.max_stage_duration.millis() {
-        return Verdict::Hold;
-    }
-    let reason = format!(
-        "no decision after the stage's maximum duration {}: data stayed insufficient",
-        plan.max_stage_duration
-    );
-    match plan.on_inconclusive {
-        crate::plan::InconclusiveAction::Pause => Verdict::Pause { reason, details },
-        crate::plan::InconclusiveAction::Rollback => Verdict::Rollback { reason, details },
+        let decision = if elapsed >= stage.min_duration.millis() && stage.min_requests == 0 {
+            StageDecision::Advance(format!(
+                "stage {} held for {}",
+                rollout.state.stage + 1,
+                stage.min_duration
+            ))
+        } else if elapsed >= plan.max_stage_duration.millis() {
+            StageDecision::Inconclusive(format!(
+                "no decision after the stage's maximum duration {}: data stayed insufficient",
+                plan.max_stage_duration
+            ))
+        } else {
+            StageDecision::Hold
+        };
+        verdict_for(plan, decision, details)
     }
 }
 

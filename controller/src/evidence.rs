@@ -206,8 +206,8 @@ impl Window {
     pub fn add(&mut self, envoy: &str, scrape: &Scrape) {
         self.scrapes_ok += 1;
         self.malformed_lines += scrape.malformed_lines;
+        let first_time = !self.last.contains_key(envoy);
         let last = self.last.entry(envoy.to_string()).or_default();
-        let first_time = last.is_empty();
         for (version, sample) in &scrape.versions {
             if !first_time {
                 let before = last.get(version).cloned().unwrap_or_default();
@@ -216,10 +216,6 @@ impl Window {
                 self.pass.entry(version.clone()).or_default().add(&delta);
             }
             last.insert(version.clone(), sample.clone());
-        }
-        if first_time && scrape.versions.is_empty() {
-            // Remember that this Envoy was seen, so its next scrape counts.
-            last.insert(String::new(), Sample::default());
         }
     }
 
