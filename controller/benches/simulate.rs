@@ -239,6 +239,10 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 fn main() {
+    // `make bench` runs every part; BENCH_ONLY picks one.
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| !only.is_empty() && only != "simulation") {
+        return;
+    }
     let trials: usize = std::env::var("TRIALS")
         .ok()
         .and_then(|t| t.parse().ok())

@@ -174,12 +174,12 @@ fn min(values: &[f64]) -> f64 {
 }
 
 fn main() {
-    // BENCH_ONLY=cpu or BENCH_ONLY=propagation runs one part.
+    // BENCH_ONLY=cpu, propagation or simulation runs one part of `make bench`.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    if only != "propagation" {
+    if only.is_empty() || only == "cpu" {
         cpu();
     }
-    if only != "cpu" {
+    if only.is_empty() || only == "propagation" {
         propagation();
     }
 }
