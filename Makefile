@@ -9,10 +9,10 @@ ENVOY := $(VENV)/bin/envoy
 WASM := target/policy_canary.wasm
 export ENVOY_BIN := $(abspath $(ENVOY))
 
-.PHONY: help build envoy wasm-target test lint run bench clean tools
+.PHONY: help build envoy wasm-target test test-tools lint run run-static bench clean tools
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -29,7 +29,11 @@ build: wasm-target ## Build the filter: target/policy_canary.wasm
 	@cp target/wasm32-wasip1/wasm/policy_canary.wasm $(WASM)
 	@echo "built $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
-test: build envoy ## Run every test: core unit tests and end-to-end tests against a real Envoy
+test-tools: # Debian chromium + chromedriver (dashboard test), docker-compose (compose file check)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v docker-compose >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver docker-compose >/dev/null; }
+
+test: build envoy test-tools ## Run every test: core unit tests and end-to-end tests against a real Envoy
 	$(PYTHON) tests/golden/cohort_vectors.py | cmp - tests/golden/cohort_vectors.tsv
 	cargo test --workspace
 
@@ -38,7 +42,11 @@ lint: wasm-target ## cargo fmt --check, clippy -D warnings for host and wasm32
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p policy-canary -p empty-filter --target wasm32-wasip1 -- -D warnings
 
-run: build envoy ## Start Envoy (static mode) and two backends; prints curl commands to try
+run: build envoy ## The demo: controller, Envoy, two agents, traffic; a rollout promotes (SCENARIO=regression: rolls back)
+	cargo build --release -p canaryctl
+	@scripts/run-demo.sh
+
+run-static: build envoy ## Envoy in static mode and two test backends; prints curl commands to try
 	cargo build --release -p policy-canary-e2e --bin test-backend
 	@scripts/run-static.sh
 

@@ -29,6 +29,9 @@ pub struct AppState {
 
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
+        .route("/dashboard.js", get(dashboard_script))
+        .route("/dashboard.css", get(dashboard_style))
         .route("/healthz", get(health))
         .route("/v1/routes", get(routes))
         .route("/v1/policies", get(list_policies).post(add_policy))
@@ -127,6 +130,55 @@ async fn health(State(state): State<AppState>) -> Response {
         },
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+struct DashboardQuery {
+    rollout: Option<String>,
+    part: Option<String>,
+}
+
+/// The dashboard page, or with `part=main` the part its script refreshes.
+async fn dashboard(
+    State(state): State<AppState>,
+    Query(q): Query<DashboardQuery>,
+) -> Result<Response, Error> {
+    let rollout = match q.rollout.as_deref().filter(|r| !r.is_empty()) {
+        Some(id) => Some(parse_id(id)?),
+        None => None,
+    };
+    let c = state.controller.clone();
+    let snapshot = blocking(move || crate::dashboard::Snapshot::read(&c, rollout)).await?;
+    let html = if q.part.as_deref() == Some("main") {
+        crate::dashboard::main(&snapshot)
+    } else {
+        crate::dashboard::page(&snapshot)
+    };
+    Ok(asset("text/html; charset=utf-8", html))
+}
+
+async fn dashboard_script() -> Response {
+    asset("text/javascript; charset=utf-8", crate::dashboard::SCRIPT)
+}
+
+async fn dashboard_style() -> Response {
+    asset("text/css; charset=utf-8", crate::dashboard::STYLE)
+}
+
+fn asset(content_type: &'static str, body: impl Into<axum::body::Body>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                crate::dashboard::CONTENT_SECURITY_POLICY,
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body.into(),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

@@ -13,14 +13,15 @@ Examples:
   canaryctl serve                                   # control plane on 127.0.0.1:7070
   canaryctl policy add envoy/policies/v2.4.0.yaml   # register an immutable policy
   canaryctl rollout start envoy/plans/support-agent.yaml
-  canaryctl rollout status --watch
+  canaryctl rollout watch                           # live line per stage
   canaryctl rollout pause --reason 'looking at tickets'
   canaryctl rollout promote --to-end
   canaryctl rollout rollback --reason 'refund flow broke'
   canaryctl rollout audit
 
 Exit codes: 0 success; 1 the controller refused the request (bad input, conflict,
-not found, unauthorised); 2 wrong usage; 3 the controller could not be reached.";
+not found, unauthorised); 2 wrong usage; 3 the controller could not be reached;
+4 `rollout watch` saw the rollout end without the canary promoted.";
 
 #[derive(Parser, Debug)]
 #[command(name = "canaryctl", version, about = "Canary rollouts of AI-agent policies: control plane and client", after_help = EXAMPLES)]
@@ -73,6 +74,45 @@ pub enum Command {
         after_help = "Example:\n  canaryctl agent --listen 127.0.0.1:8081 --registry http://127.0.0.1:7070\n\nBehaviour per policy and request class comes from the bundle's metadata.demo;\nsend x-request-class to pick a class and x-stream: 1 for telemetry in trailers."
     )]
     Agent(AgentArgs),
+    /// Send steady traffic from sticky sessions through Envoy (demo and load).
+    #[command(
+        after_help = "Examples:\n  canaryctl traffic                                   # 300 req/s from 3000 sessions until Ctrl-C\n  canaryctl traffic --rate 50 --duration 30s --mix refund=0.2,order=0.8\n  canaryctl traffic --requests 1000 --report-every 0s\n\nEach session keeps one request class (x-request-class) for the whole run."
+    )]
+    Traffic(TrafficArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrafficArgs {
+    /// Where to send the requests (Envoy's listener).
+    #[arg(long, default_value = "http://127.0.0.1:10000/chat")]
+    pub url: String,
+    /// Number of distinct sessions (x-session-id: user-0 .. user-N-1).
+    #[arg(long, default_value_t = 3000)]
+    pub sessions: u64,
+    /// Requests per second.
+    #[arg(long, default_value_t = 300.0)]
+    pub rate: f64,
+    /// Most requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Request classes and their shares.
+    #[arg(long, default_value = "refund=0.25,order=0.45,delivery=0.3")]
+    pub mix: String,
+    /// Share of requests that ask for a streamed answer (x-stream: 1).
+    #[arg(long, default_value_t = 0.1)]
+    pub stream_share: f64,
+    /// Seed of the session, class and stream choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = parse_dur)]
+    pub duration: Option<Dur>,
+    /// Stop after this many requests.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Print a tally this often (0s: only at the end).
+    #[arg(long, default_value = "10s", value_parser = parse_dur)]
+    pub report_every: Dur,
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +196,16 @@ pub enum RolloutCommand {
         #[arg(long)]
         watch: bool,
     },
+    /// Follow a rollout live: one line per stage with a progress bar while it waits;
+    /// exits 0 when the canary is promoted, 4 when it is rolled back or aborted.
+    #[command(
+        after_help = "Examples:\n  canaryctl rollout watch\n  canaryctl rollout watch 7 --json   # one JSON object per change\n  canaryctl rollout watch && ./deploy-next.sh"
+    )]
+    Watch {
+        id: Option<i64>,
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// List every rollout.
     List,
     /// Hold the current stage.
@@ -237,6 +287,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Agent(args) = &cli.command {
         return run_agent(args).await;
     }
+    if let Command::Traffic(args) = &cli.command {
+        return run_traffic(args).await;
+    }
     let token = cli.token.clone().or_else(|| {
         let file = cli
             .token_file
@@ -262,7 +315,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     };
     let json = cli.json;
     match cli.command {
-        Command::Serve(_) | Command::Agent(_) => Ok(()),
+        Command::Serve(_) | Command::Agent(_) | Command::Traffic(_) => Ok(()),
         Command::Targets => {
             let v = client.get("/v1/targets").await?;
             print_or(json, &v, || print_targets(&v));
@@ -346,6 +399,10 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> Result
                 }
             }
         }
+        RolloutCommand::Watch { id, target } => {
+            let id = client.resolve(id, target.as_deref(), true).await?;
+            watch(client, id, json).await
+        }
         RolloutCommand::Pause(a) => client.act(a, "pause", false, json).await,
         RolloutCommand::Resume(a) => client.act(a, "resume", false, json).await,
         RolloutCommand::Promote { act, to_end } => client.act(act, "promote", to_end, json).await,
@@ -383,6 +440,251 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> Result
             Ok(())
         }
     }
+}
+
+/// Exit code of `rollout watch` when the rollout ends without the canary promoted.
+pub const NOT_PROMOTED: i32 = 4;
+
+async fn watch(client: &Client, id: i64, json: bool) -> Result<(), Failure> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal() && !json;
+    let mut shown: Option<(String, u64)> = None;
+    let mut last_audit = 0;
+    let mut bar_drawn = false;
+    let mut last_plain = std::time::Instant::now();
+    loop {
+        let v = client.get(&format!("/v1/rollouts/{id}")).await?;
+        let analysis =
+            client.get(&format!("/v1/rollouts/{id}/analysis")).await?["analysis"].clone();
+        let audit = client
+            .get(&format!("/v1/audit?rollout={id}&after={last_audit}"))
+            .await?;
+        let phase = s(&v["phase"]).to_string();
+        let stage = v["stage"].as_u64().unwrap_or(0);
+        let key = (phase.clone(), stage);
+        let mut out = std::io::stdout().lock();
+        for e in audit["audit"].as_array().into_iter().flatten() {
+            last_audit = e["id"].as_i64().unwrap_or(last_audit);
+            if json {
+                let _ = writeln!(out, "{}", serde_json::json!({"audit": e}));
+                continue;
+            }
+            if bar_drawn {
+                let _ = writeln!(out);
+                bar_drawn = false;
+            }
+            let _ = writeln!(out, "{}", audit_line(e));
+        }
+        let ended = !matches!(phase.as_str(), "pending" | "progressing" | "paused");
+        if json {
+            if shown.as_ref() != Some(&key) || ended {
+                let mut state = v.clone();
+                state["analysis"] = analysis.clone();
+                let _ = writeln!(out, "{state}");
+            }
+        } else if !ended {
+            let line = stage_line(&v, &analysis);
+            if terminal {
+                let _ = write!(out, "\r\x1b[2K{}", fit(&line));
+                bar_drawn = true;
+            } else if shown.as_ref() != Some(&key)
+                || last_plain.elapsed() >= Duration::from_secs(10)
+            {
+                let _ = writeln!(out, "{line}");
+                last_plain = std::time::Instant::now();
+            }
+        }
+        let _ = out.flush();
+        shown = Some(key);
+        if ended {
+            if bar_drawn {
+                let _ = writeln!(out);
+            }
+            if !json {
+                let _ = writeln!(
+                    out,
+                    "rollout #{id} {phase}: {} now serves {}",
+                    s(&v["target"]),
+                    if phase == "promoted" {
+                        s(&v["canary"]["version"])
+                    } else {
+                        s(&v["stable"]["version"])
+                    }
+                );
+            }
+            return if phase == "promoted" {
+                Ok(())
+            } else {
+                Err(fail(NOT_PROMOTED, format!("rollout #{id} ended {phase}")))
+            };
+        }
+        drop(out);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One audit entry as a watch line: what changed, by whom and why, with the
+/// breached gates of an automatic rollback.
+fn audit_line(e: &Value) -> String {
+    let at = utc(e["at_ms"].as_i64().unwrap_or(0));
+    let weight = e["canary_weight_bp"].as_u64().map_or(String::new(), |bp| {
+        format!("  canary {}", crate::units::Weight(bp as u16))
+    });
+    let mut line = format!(
+        "{}  {:<14} {} -> {}{weight}  by {}: {}",
+        &at[11..19],
+        s(&e["action"]),
+        s(&e["from"]),
+        s(&e["to"]),
+        s(&e["actor"]),
+        s(&e["reason"])
+    );
+    for c in e["details"]["comparisons"].as_array().into_iter().flatten() {
+        if s(&c["verdict"]) == "breach" {
+            line.push_str(&format!(
+                "\n          breach: {} stable {:.4} canary {:.4} ({}, threshold {})",
+                s(&c["metric"]),
+                c["stable"].as_f64().unwrap_or(f64::NAN),
+                c["canary"].as_f64().unwrap_or(f64::NAN),
+                s(&c["change"]),
+                s(&c["threshold"])
+            ));
+        }
+    }
+    line
+}
+
+/// The current stage on one line: weight, a progress bar towards the stage's
+/// minimum duration and canary requests, samples and the gates' verdicts.
+pub fn stage_line(v: &Value, analysis: &Value) -> String {
+    let stage_index = v["stage"].as_u64().unwrap_or(1).saturating_sub(1) as usize;
+    let spec = &v["plan"]["stages"][stage_index];
+    let min_ms = spec["min_duration"]
+        .as_str()
+        .and_then(|d| Dur::parse(d).ok())
+        .map_or(0, |d| d.millis());
+    let min_requests = spec["min_requests"].as_f64().unwrap_or(0.0);
+    let elapsed =
+        (crate::controller::now_ms() - v["stage_started_ms"].as_i64().unwrap_or(0)).max(0);
+    let canary = analysis["canary_requests"].as_f64().unwrap_or(0.0);
+    let stable = analysis["stable_requests"].as_f64().unwrap_or(0.0);
+    let time_part = if min_ms > 0 {
+        (elapsed as f64 / min_ms as f64).min(1.0)
+    } else {
+        1.0
+    };
+    let request_part = if min_requests > 0.0 {
+        (canary / min_requests).min(1.0)
+    } else {
+        1.0
+    };
+    let filled = (time_part.min(request_part) * 20.0).round() as usize;
+    let mut counts: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for c in analysis["comparisons"].as_array().into_iter().flatten() {
+        counts
+            .entry(s(&c["verdict"]))
+            .or_default()
+            .push(s(&c["metric"]));
+    }
+    let total: usize = counts.values().map(Vec::len).sum();
+    let pass = counts.get("pass").map_or(0, Vec::len);
+    let list = |k: &str, label: &str| {
+        counts
+            .get(k)
+            .map_or(String::new(), |m| format!("  {label} {}", m.join(", ")))
+    };
+    let gates = if analysis.is_null() {
+        "  no analysis".to_string()
+    } else {
+        format!(
+            "  gates pass {pass}/{total}{}{}",
+            list("breach", "BREACH"),
+            list("inconclusive", "waiting on")
+        )
+    };
+    format!(
+        "stage {}/{} {:>4}{} [{}{}] {:>3}s/{}s  canary {}/{}  stable {}{gates}",
+        v["stage"],
+        v["stages"],
+        s(&v["weight"]),
+        if s(&v["phase"]) == "paused" {
+            " PAUSED"
+        } else {
+            ""
+        },
+        "#".repeat(filled),
+        "-".repeat(20 - filled.min(20)),
+        elapsed / 1000,
+        min_ms / 1000,
+        canary as u64,
+        min_requests as u64,
+        stable as u64,
+    )
+}
+
+/// Cuts a line to the terminal's width (`COLUMNS`, else 120) so that `\r`
+/// redraws it in place.
+fn fit(line: &str) -> String {
+    let width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .unwrap_or(120)
+        .max(20);
+    if line.chars().count() <= width {
+        return line.to_string();
+    }
+    let mut cut: String = line.chars().take(width - 1).collect();
+    cut.push('…');
+    cut
+}
+
+async fn run_traffic(args: &TrafficArgs) -> Result<(), Failure> {
+    use crate::traffic::{ClassMix, Options, Plan, Tally};
+    use std::sync::atomic::Ordering::Relaxed;
+    let mix = ClassMix::parse(&args.mix).map_err(|e| fail(2, format!("--mix: {e}")))?;
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err(fail(
+            2,
+            "--rate must be a number of requests per second above 0",
+        ));
+    }
+    if !(0.0..=1.0).contains(&args.stream_share) {
+        return Err(fail(2, "--stream-share must be between 0 and 1"));
+    }
+    let options = Options {
+        url: args.url.clone(),
+        plan: Plan {
+            sessions: args.sessions.max(1),
+            mix,
+            stream_share: args.stream_share,
+            seed: args.seed,
+        },
+        rate: args.rate,
+        concurrency: args.concurrency.clamp(1, 4096),
+        duration: args.duration.map(|d| d.0),
+        requests: args.requests,
+        report_every: Some(args.report_every.0).filter(|d| !d.is_zero()),
+    };
+    println!(
+        "canaryctl traffic: {} req/s from {} sessions to {}",
+        args.rate, args.sessions, args.url
+    );
+    let tally = std::sync::Arc::new(Tally::default());
+    let started = std::time::Instant::now();
+    tokio::select! {
+        result = crate::traffic::run(options, std::sync::Arc::clone(&tally)) => {
+            result.map_err(|e| fail(1, format!("{e:#}")))?;
+        }
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    println!("{}", tally.line(started.elapsed()));
+    if tally.sent.load(Relaxed) > 0 && tally.ok.load(Relaxed) == 0 {
+        return Err(fail(
+            1,
+            format!("no request succeeded: is Envoy listening at {}?", args.url),
+        ));
+    }
+    Ok(())
 }
 
 async fn run_agent(args: &AgentArgs) -> Result<(), Failure> {
@@ -468,8 +770,8 @@ fn print_analysis(a: &Value) {
     }
     println!(
         "  requests  stable {}  canary {}   (alpha per gate {:.2e}, failed checks in a row {})",
-        a["stable_requests"],
-        a["canary_requests"],
+        crate::dashboard::count(&a["stable_requests"]),
+        crate::dashboard::count(&a["canary_requests"]),
         a["alpha"].as_f64().unwrap_or(0.0),
         a["consecutive_failures"]
     );
@@ -486,7 +788,11 @@ fn print_analysis(a: &Value) {
             num(&c["canary"]),
             s(&c["change"]),
             s(&c["threshold"]),
-            format!("{}/{}", c["n_stable"], c["n_canary"]),
+            format!(
+                "{}/{}",
+                crate::dashboard::count(&c["n_stable"]),
+                crate::dashboard::count(&c["n_canary"])
+            ),
             s(&c["verdict"])
         );
     }

@@ -627,6 +627,12 @@ fn apply(
             rollout_id: Some(row.id),
             from: Some(from.clone()),
             to: Some(next.to_string()),
+            // The share on the rollout's canary version: all of it once promoted.
+            canary_weight_bp: Some(if next.phase == Phase::Promoted {
+                Weight::FULL.bp()
+            } else {
+                table.canary_weight_bp
+            }),
             details: change.details.clone(),
         },
         revision,

@@ -2,7 +2,7 @@
 //!
 //! `controller` holds the operations, `rollout` the pure state machine, `plan` and
 //! `policy` the documents people write, `store` the SQLite state, `api` the HTTP
-//! API, `notify` the webhooks, `envoy_runtime` the Envoy runtime driver, `cli` the
+//! API, `dashboard` the page at `/`, `notify` the webhooks, `envoy_runtime` the Envoy runtime driver, `cli` the
 //! client commands.
 
 pub mod agent;
@@ -11,6 +11,7 @@ pub mod analyst;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod dashboard;
 pub mod envoy_runtime;
 pub mod evidence;
 pub mod gates;
@@ -21,4 +22,5 @@ pub mod rollout;
 pub mod sequential;
 pub mod serve;
 pub mod store;
+pub mod traffic;
 pub mod units;

@@ -48,6 +48,8 @@ const MIGRATIONS: &[&str] = &[
         to_state TEXT,
         revision INTEGER NOT NULL,
         details TEXT);",
+    // 2: the canary weight each change put in force (the dashboard's weight over time).
+    "ALTER TABLE audit ADD COLUMN canary_weight_bp INTEGER;",
 ];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -123,6 +125,8 @@ pub struct AuditEntry {
     pub from: Option<String>,
     pub to: Option<String>,
     pub revision: u64,
+    /// The canary weight in force after this change (basis points), when it moved routes.
+    pub canary_weight_bp: Option<u16>,
     pub details: Option<serde_json::Value>,
 }
 
@@ -136,6 +140,7 @@ pub struct NewAudit {
     pub rollout_id: Option<i64>,
     pub from: Option<String>,
     pub to: Option<String>,
+    pub canary_weight_bp: Option<u16>,
     pub details: Option<serde_json::Value>,
 }
 
@@ -373,8 +378,8 @@ pub fn insert_audit(
 ) -> rusqlite::Result<AuditEntry> {
     let details = entry.details.as_ref().map(|d| d.to_string());
     tx.execute(
-        "INSERT INTO audit (at_ms, actor, action, reason, target, rollout_id, from_state, to_state, revision, details)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO audit (at_ms, actor, action, reason, target, rollout_id, from_state, to_state, revision, details, canary_weight_bp)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             now_ms,
             entry.actor,
@@ -385,7 +390,8 @@ pub fn insert_audit(
             entry.from,
             entry.to,
             revision as i64,
-            details
+            details,
+            entry.canary_weight_bp
         ],
     )?;
     Ok(AuditEntry {
@@ -399,6 +405,7 @@ pub fn insert_audit(
         from: entry.from.clone(),
         to: entry.to.clone(),
         revision,
+        canary_weight_bp: entry.canary_weight_bp,
         details: entry.details.clone(),
     })
 }
@@ -412,7 +419,7 @@ pub fn list_audit(
     limit: i64,
 ) -> rusqlite::Result<Vec<AuditEntry>> {
     let mut stmt = conn.prepare(
-        "SELECT id, at_ms, actor, action, reason, target, rollout_id, from_state, to_state, revision, details
+        "SELECT id, at_ms, actor, action, reason, target, rollout_id, from_state, to_state, revision, details, canary_weight_bp
          FROM audit
          WHERE (?1 IS NULL OR rollout_id = ?1) AND (?2 IS NULL OR target = ?2) AND id > ?3
          ORDER BY id LIMIT ?4",
@@ -430,6 +437,7 @@ pub fn list_audit(
             from: r.get(7)?,
             to: r.get(8)?,
             revision: r.get::<_, i64>(9)? as u64,
+            canary_weight_bp: r.get(11)?,
             details: details.and_then(|d| serde_json::from_str(&d).ok()),
         })
     })?;

@@ -406,3 +406,78 @@ async fn concurrent_changes_are_serialised() {
         assert!(pair[0]["revision"].as_u64() < pair[1]["revision"].as_u64());
     }
 }
+
+/// A GET with the raw answer: status, content type, CSP header and body text.
+async fn page(api: &Api, path: &str) -> (StatusCode, String, String, String) {
+    let response = app(api.state.clone())
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (status, content_type, csp) = (
+        response.status(),
+        header("content-type"),
+        header("content-security-policy"),
+    );
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        csp,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_the_rollout_and_loads_nothing_from_elsewhere() {
+    let api = api().with_policies().await;
+    let (status, content_type, csp, html) = page(&api, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/html"));
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert!(html.contains("No rollout yet"));
+
+    let (status, started) = api.post("/v1/rollouts", PLAN).await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let (_, _, _, html) = page(&api, "/").await;
+    assert!(html.contains("<dd id=\"phase\" class=\"phase-progressing\">progressing</dd>"));
+    assert!(html.contains(&format!(
+        "<code>{}</code>",
+        started["salt"].as_str().unwrap()
+    )));
+    assert!(html.contains("<b>start</b>"), "the audit timeline");
+    // Every asset the page names is served by the controller itself.
+    for (path, kind) in [
+        ("/dashboard.js", "text/javascript"),
+        ("/dashboard.css", "text/css"),
+    ] {
+        assert!(html.contains(&format!("\"{path}\"")));
+        let (status, content_type, _, body) = page(&api, path).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type.starts_with(kind), "{content_type}");
+        assert!(!body.is_empty());
+    }
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    // The part the script refreshes, and a rollout picked by id.
+    let (_, _, _, main) = page(&api, "/?part=main").await;
+    assert!(main.starts_with("<main id=\"main\""));
+    assert!(!main.contains("<html"));
+    let (status, _, _, _) = page(&api, "/?rollout=1").await;
+    assert_eq!(status, StatusCode::OK);
+    // A bad id is a clear 404, not a crash.
+    for bad in ["/?rollout=abc", "/?rollout=999"] {
+        let (status, body) = api.call("GET", bad, "", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
+        assert!(
+            body["error"].as_str().unwrap().contains("rollout"),
+            "{body}"
+        );
+    }
+}

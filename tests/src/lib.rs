@@ -629,3 +629,33 @@ pub fn controller_mode_config(stable: u16, canary: u16, controller: u16) -> Stri
     assert!(text.contains("port_value: 7070}"));
     text.replace("port_value: 7070}", &format!("port_value: {controller}}}"))
 }
+
+/// `canaryctl agent` on a free port, fetching bundles from the controller on
+/// `registry`; answers at once (`--time-scale 0`) unless `time_scale` says otherwise.
+pub fn start_agent(registry: u16, seed: u64, time_scale: f64) -> (ChildGuard, u16) {
+    let mut child = Command::new(canaryctl_bin())
+        .args(["agent", "--listen", "127.0.0.1:0"])
+        .args(["--seed", &seed.to_string()])
+        .args(["--time-scale", &time_scale.to_string()])
+        .args(["--registry", &format!("http://127.0.0.1:{registry}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn canaryctl agent");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let guard = ChildGuard(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("agent says where it listens");
+    let port = line
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("agent said {line:?}"));
+    (guard, port)
+}
+
+pub mod webdriver;

@@ -3,31 +3,7 @@
 //! answers, trailers) lands in the per-version stats.
 
 use policy_canary_e2e::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// Starts `canaryctl agent` on a free port; returns the process and its port.
-fn agent(registry: u16) -> (ChildGuard, u16) {
-    let mut child = Command::new(canaryctl_bin())
-        .args(["agent", "--listen", "127.0.0.1:0", "--time-scale", "0"])
-        .args(["--registry", &format!("http://127.0.0.1:{registry}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn canaryctl agent");
-    let stdout = child.stdout.take().unwrap();
-    let guard = ChildGuard(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let port = line
-        .split("http://127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("agent said {line:?}"));
-    (guard, port)
-}
 
 #[test]
 fn the_demo_agent_applies_each_policy_and_reports_telemetry() {
@@ -38,8 +14,8 @@ fn the_demo_agent_applies_each_policy_and_reports_telemetry() {
             &std::fs::read_to_string(repo_root().join(file)).unwrap(),
         );
     }
-    let (_stable_agent, stable_port) = agent(controller.port);
-    let (_canary_agent, canary_port) = agent(controller.port);
+    let (_stable_agent, stable_port) = start_agent(controller.port, 1, 0.0);
+    let (_canary_agent, canary_port) = start_agent(controller.port, 1, 0.0);
     let envoy = Envoy::start(
         &controller_mode_config(stable_port, canary_port, controller.port),
         2,

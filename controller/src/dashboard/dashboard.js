@@ -1,0 +1,77 @@
+// policy-canary dashboard: refreshes the page's <main> every 2 s and sends the
+// buttons' actions to the API with the token (kept in this tab's sessionStorage;
+// a `#token=...` fragment in the URL fills it in and is then removed).
+"use strict";
+(function () {
+  const KEY = "policy-canary-token";
+  const tokenInput = document.getElementById("token");
+  const reasonInput = document.getElementById("reason");
+  const message = document.getElementById("message");
+  if (location.hash.startsWith("#token=")) {
+    sessionStorage.setItem(KEY, decodeURIComponent(location.hash.slice(7)));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  tokenInput.value = sessionStorage.getItem(KEY) || "";
+  tokenInput.addEventListener("input", () => sessionStorage.setItem(KEY, tokenInput.value.trim()));
+  document.getElementById("auth").addEventListener("submit", (e) => e.preventDefault());
+
+  function say(text, isError) {
+    message.textContent = text;
+    message.className = isError ? "error" : "ok";
+  }
+
+  let refreshing = false;
+  async function refresh() {
+    if (refreshing) return;
+    refreshing = true;
+    try {
+      const params = new URLSearchParams(location.search);
+      params.set("part", "main");
+      const response = await fetch("/?" + params.toString(), { cache: "no-store" });
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      const main = document.getElementById("main");
+      const next = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("main");
+      if (main && next) main.replaceWith(document.adoptNode(next));
+      document.body.dataset.refreshed = String(Date.now());
+      if (message.dataset.stale === "1") { say("", false); message.dataset.stale = "0"; }
+    } catch (e) {
+      say("cannot reach the controller (" + e.message + "); showing the last page", true);
+      message.dataset.stale = "1";
+    } finally {
+      refreshing = false;
+    }
+  }
+
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    const action = button.dataset.action;
+    const id = button.dataset.rollout;
+    const token = tokenInput.value.trim();
+    if (!token) {
+      say("enter the API token first (the `token` file in the controller's state directory)", true);
+      tokenInput.focus();
+      return;
+    }
+    const reason = reasonInput.value.trim() || "manual " + action + " from the dashboard";
+    button.disabled = true;
+    try {
+      const response = await fetch("/v1/rollouts/" + encodeURIComponent(id) + "/" + action, {
+        method: "POST",
+        headers: { "Authorization": "Bearer " + token, "Content-Type": "application/json" },
+        body: JSON.stringify({ actor: "dashboard", reason: reason }),
+      });
+      const body = await response.json().catch(() => ({}));
+      if (response.ok) {
+        say(action + ": rollout #" + id + " is now " + body.phase, false);
+      } else {
+        say(action + " refused (" + response.status + "): " + (body.error || "no explanation"), true);
+      }
+    } catch (e) {
+      say(action + " failed: " + e.message, true);
+    }
+    await refresh();
+  });
+
+  setInterval(refresh, 2000);
+})();

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# `make run`: the whole system on this machine. The controller (state in .demo/),
+# Envoy in controller mode (envoy/envoy.yaml) with the filter and the sync service,
+# two demo agents, and steady traffic from a few thousand sticky sessions. It
+# registers the example policies, starts a rollout with shortened stages and
+# follows it live. SCENARIO=regression rolls out v2.4.0, whose refund flow is
+# broken, and the analysis rolls it back by itself. Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scenario=${SCENARIO:-promote}
+case "$scenario" in
+  promote) plan=envoy/plans/demo.yaml; canary=envoy/policies/v2.4.1.yaml ;;
+  regression) plan=envoy/plans/demo-regression.yaml; canary=envoy/policies/v2.4.0.yaml ;;
+  *) echo "SCENARIO must be promote or regression, not '$scenario'" >&2; exit 2 ;;
+esac
+rate=${RATE:-400}
+canaryctl=target/release/canaryctl
+envoy=.venv/bin/envoy
+state=.demo
+export CANARYCTL_SERVER=http://127.0.0.1:7070 CANARYCTL_STATE_DIR="$state/state" CANARYCTL_ACTOR=demo
+
+for port in 7070 8081 8082 9901 10000; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port on 127.0.0.1 is taken: the demo needs 7070, 8081, 8082, 9901 and 10000 (is another 'make run' going?)" >&2
+    exit 1
+  fi
+done
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo
+  echo "stopped; logs and state are in $state/"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_for() { # what url
+  for _ in $(seq 1 300); do
+    curl -fs "$2" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "$1 did not become ready; see $state/*.log" >&2
+  exit 1
+}
+
+rm -rf "$state"
+mkdir -p "$state"
+"$canaryctl" serve --envoy-admin http://127.0.0.1:9901 > "$state/controller.log" 2>&1 & pids+=($!)
+wait_for "the controller" http://127.0.0.1:7070/healthz
+"$canaryctl" agent --listen 127.0.0.1:8081 --seed 1 > "$state/agent-stable.log" 2>&1 & pids+=($!)
+"$canaryctl" agent --listen 127.0.0.1:8082 --seed 2 > "$state/agent-canary.log" 2>&1 & pids+=($!)
+"$envoy" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l warning > "$state/envoy.log" 2>&1 & pids+=($!)
+wait_for Envoy http://127.0.0.1:9901/ready
+
+"$canaryctl" policy add envoy/policies/v2.3.1.yaml
+"$canaryctl" policy add "$canary"
+"$canaryctl" rollout start "$plan" | head -1
+"$canaryctl" traffic --rate "$rate" --sessions 3000 --report-every 0s > "$state/traffic.log" 2>&1 & pids+=($!)
+
+cat <<TXT
+
+Dashboard:  http://127.0.0.1:7070/#token=$(cat "$state/state/token")
+Envoy:      127.0.0.1:10000 (admin 127.0.0.1:9901), $rate req/s from 3000 sticky sessions
+Scenario:   $scenario ($plan); logs in $state/
+
+Try, in another terminal (CANARYCTL_STATE_DIR=$state/state finds the token):
+  CANARYCTL_STATE_DIR=$state/state target/release/canaryctl rollout status
+  CANARYCTL_STATE_DIR=$state/state target/release/canaryctl rollout pause --reason 'having a look'
+  curl -s -H 'x-session-id: user-42' -H 'x-canary: true' 127.0.0.1:10000/chat
+  curl -s 127.0.0.1:9901/stats/prometheus | grep '^policy_canary_tasks'
+
+TXT
+"$canaryctl" rollout watch || true
+echo
+echo "The rollout is over; the dashboard and Envoy stay up. Ctrl-C stops everything."
+wait
