@@ -29,9 +29,10 @@ build: wasm-target ## Build the filter: target/policy_canary.wasm
 	@cp target/wasm32-wasip1/wasm/policy_canary.wasm $(WASM)
 	@echo "built $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
-test-tools: # Debian chromium + chromedriver (dashboard test), docker-compose (compose file check)
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v docker-compose >/dev/null || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver docker-compose >/dev/null; }
+test-tools: # Debian chromium + chromedriver (dashboard), docker-compose and promtool (config checks)
+	@for tool in chromium chromedriver docker-compose promtool; do command -v $$tool >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends chromium chromium-driver docker-compose prometheus >/dev/null; fi
 
 test: build envoy test-tools ## Run every test: core unit tests and end-to-end tests against a real Envoy
 	$(PYTHON) tests/golden/cohort_vectors.py | cmp - tests/golden/cohort_vectors.tsv

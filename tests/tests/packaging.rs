@@ -1,0 +1,189 @@
+//! What users copy into their own setup, checked with real tools: the compose file
+//! with Debian's `docker-compose config` (no engine needed) and every Envoy config
+//! it mounts with `envoy --mode validate`; the Istio example's plugin configuration
+//! with the filter's own parser; the Prometheus config and rules with `promtool`.
+
+use policy_canary::config::PluginConfig;
+use policy_canary_e2e::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn run(program: &str, args: &[&str], dir: &Path) -> (bool, String) {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PLAN")
+        .env_remove("CANARY_POLICY")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}): `make test` installs it (Makefile test-tools)")
+        });
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+fn yaml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_compose_file_parses_and_mounts_configs_that_validate() {
+    let envoy_dir = repo_root().join("envoy");
+    let (ok, text) = run(
+        "docker-compose",
+        &["-f", "docker-compose.yaml", "config", "-q"],
+        &envoy_dir,
+    );
+    assert!(ok, "docker-compose config refused the file:\n{text}");
+    // The parser is a real check: a broken copy is refused.
+    let broken = std::fs::read_to_string(envoy_dir.join("docker-compose.yaml"))
+        .unwrap()
+        .replacen("condition: service_healthy", "condition: whenever", 1);
+    let path = envoy_dir.join(format!(".compose-check-{}.yaml", std::process::id()));
+    std::fs::write(&path, broken).unwrap();
+    let name = path.file_name().unwrap().to_str().unwrap().to_string();
+    let (ok, _) = run("docker-compose", &["-f", &name, "config", "-q"], &envoy_dir);
+    std::fs::remove_file(&path).unwrap();
+    assert!(!ok, "docker-compose accepted a broken file");
+
+    let compose = yaml(&envoy_dir.join("docker-compose.yaml"));
+    let envoy = &compose["services"]["envoy"];
+    // The official image, the same Envoy version the tests run.
+    let makefile = std::fs::read_to_string(repo_root().join("Makefile")).unwrap();
+    let version = makefile
+        .lines()
+        .find_map(|l| l.strip_prefix("ENVOY_VERSION ?= "))
+        .unwrap()
+        .trim();
+    assert_eq!(
+        envoy["image"].as_str().unwrap(),
+        format!("envoyproxy/envoy:v{version}")
+    );
+    let (_, reported) = run(envoy_bin().to_str().unwrap(), &["--version"], &envoy_dir);
+    assert!(reported.contains(&format!("/{version}/")), "{reported}");
+
+    // Every mounted Envoy config validates, and the .wasm lands where it says.
+    let working_dir = envoy["working_dir"].as_str().unwrap();
+    let mut validated = 0;
+    let mut wasm_mounted = false;
+    for volume in envoy["volumes"].as_array().unwrap() {
+        let volume = volume.as_str().unwrap();
+        let mut parts = volume.split(':');
+        let (host, container) = (parts.next().unwrap(), parts.next().unwrap());
+        let host = envoy_dir.join(host);
+        assert!(host.exists(), "{} is not there", host.display());
+        if host.extension().is_some_and(|e| e == "yaml") {
+            let config = std::fs::read_to_string(&host).unwrap();
+            for filename in config
+                .lines()
+                .filter_map(|l| l.split("filename: ").nth(1))
+                .map(|f| f.trim_end_matches(['}', ' ']))
+            {
+                assert_eq!(
+                    format!("{working_dir}/{filename}"),
+                    "/srv/policy-canary/target/policy_canary.wasm",
+                    "the config's .wasm path, from the container's working directory"
+                );
+            }
+            let (ok, text) = run(
+                envoy_bin().to_str().unwrap(),
+                &["--mode", "validate", "-c", host.to_str().unwrap()],
+                &repo_root(),
+            );
+            assert!(ok, "{} does not validate:\n{text}", host.display());
+            validated += 1;
+        }
+        if container.ends_with(".wasm") {
+            assert_eq!(container, "/srv/policy-canary/target/policy_canary.wasm");
+            assert_eq!(
+                host.canonicalize().unwrap(),
+                wasm_path().canonicalize().unwrap()
+            );
+            wasm_mounted = true;
+        }
+    }
+    assert!(validated >= 1 && wasm_mounted);
+
+    // The controller, agents and setup come from the repo's Dockerfile, and the
+    // files they name are in the image.
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("COPY envoy/policies ") && dockerfile.contains("COPY envoy/plans ")
+    );
+    assert_eq!(
+        compose["services"]["controller"]["build"]["dockerfile"],
+        "Dockerfile"
+    );
+    let setup = serde_json::to_string(&compose["services"]["setup"]).unwrap();
+    for file in [
+        "envoy/policies/v2.3.1.yaml",
+        "envoy/policies/v2.4.1.yaml",
+        "envoy/plans/demo.yaml",
+    ] {
+        assert!(setup.contains(file), "setup names {file}");
+        assert!(repo_root().join(file).exists(), "{file}");
+    }
+}
+
+#[test]
+fn the_istio_example_carries_a_plugin_configuration_the_filter_accepts() {
+    let path = repo_root().join("envoy/istio/policy-canary.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let documents: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let kind = |k: &str| {
+        documents
+            .iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let plugin = kind("WasmPlugin");
+    let config_json = serde_json::to_vec(&plugin["spec"]["pluginConfig"]).unwrap();
+    let config = PluginConfig::from_json(&config_json)
+        .unwrap_or_else(|e| panic!("the filter refuses the WasmPlugin's pluginConfig: {e}"));
+    let canary = config
+        .route
+        .canary
+        .as_ref()
+        .expect("a canary in the example");
+    // The VirtualService sends the version the filter names to the canary subset.
+    let virtual_service = kind("VirtualService");
+    let routes = virtual_service["spec"]["http"].as_array().unwrap();
+    assert_eq!(
+        routes[0]["match"][0]["headers"][config.version_header.as_str()]["exact"],
+        canary.version.as_str()
+    );
+    let subsets: Vec<&str> = kind("DestinationRule")["spec"]["subsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for route in routes {
+        let subset = route["route"][0]["destination"]["subset"].as_str().unwrap();
+        assert!(subsets.contains(&subset), "{subset}");
+    }
+    assert_eq!(
+        routes.last().unwrap()["match"],
+        Value::Null,
+        "stable catches the rest"
+    );
+}
+
+#[test]
+fn the_prometheus_config_and_rules_pass_promtool() {
+    let dir = repo_root().join("envoy/prometheus");
+    let (ok, text) = run("promtool", &["check", "config", "prometheus.yml"], &dir);
+    assert!(ok, "{text}");
+    let (ok, text) = run("promtool", &["test", "rules", "rules_test.yml"], &dir);
+    assert!(ok, "{text}");
+}
