@@ -4,7 +4,8 @@
 # two demo agents, and steady traffic from a few thousand sticky sessions. It
 # registers the example policies, starts a rollout with shortened stages and
 # follows it live. SCENARIO=regression rolls out v2.4.0, whose refund flow is
-# broken, and the analysis rolls it back by itself. Ctrl-C stops everything.
+# broken, and the analysis rolls it back by itself; SCENARIO=manual holds each stage
+# for an hour so that you steer it. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +13,8 @@ scenario=${SCENARIO:-promote}
 case "$scenario" in
   promote) plan=envoy/plans/demo.yaml; canary=envoy/policies/v2.4.1.yaml ;;
   regression) plan=envoy/plans/demo-regression.yaml; canary=envoy/policies/v2.4.0.yaml ;;
-  *) echo "SCENARIO must be promote or regression, not '$scenario'" >&2; exit 2 ;;
+  manual) plan=envoy/plans/demo-manual.yaml; canary=envoy/policies/v2.4.1.yaml ;;
+  *) echo "SCENARIO must be promote, regression or manual, not '$scenario'" >&2; exit 2 ;;
 esac
 rate=${RATE:-400}
 canaryctl=target/release/canaryctl
@@ -67,9 +69,10 @@ Dashboard:  http://127.0.0.1:7070/#token=$(cat "$state/state/token")
 Envoy:      127.0.0.1:10000 (admin 127.0.0.1:9901), $rate req/s from 3000 sticky sessions
 Scenario:   $scenario ($plan); logs in $state/
 
-Try, in another terminal (CANARYCTL_STATE_DIR=$state/state finds the token):
-  CANARYCTL_STATE_DIR=$state/state target/release/canaryctl rollout status
-  CANARYCTL_STATE_DIR=$state/state target/release/canaryctl rollout pause --reason 'having a look'
+Try, in another terminal (the state directory holds the token):
+  export CANARYCTL_STATE_DIR=$state/state PATH=\$PWD/target/release:\$PATH
+  canaryctl rollout status
+  canaryctl rollout pause --reason 'having a look'
   curl -s -H 'x-session-id: user-42' -H 'x-canary: true' 127.0.0.1:10000/chat
   curl -s 127.0.0.1:9901/stats/prometheus | grep '^policy_canary_tasks'
 

@@ -252,6 +252,31 @@ impl RolloutPlan {
 mod tests {
     use super::*;
 
+    /// Every example plan and policy in `envoy/` is one the controller accepts.
+    #[test]
+    fn shipped_plans_and_policies_parse() {
+        let envoy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy");
+        let mut plans = 0;
+        for entry in std::fs::read_dir(envoy.join("plans")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            RolloutPlan::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            plans += 1;
+        }
+        let mut policies = 0;
+        for entry in std::fs::read_dir(envoy.join("policies")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            crate::policy::PolicyBundle::parse(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            policies += 1;
+        }
+        assert!(
+            plans >= 4 && policies >= 3,
+            "{plans} plans, {policies} policies"
+        );
+    }
+
     const PLAN: &str = r#"
 target: support-agent
 stable: {version: v2.3.1, cluster: agent_stable}
