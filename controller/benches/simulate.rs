@@ -5,7 +5,10 @@
 //! controller runs (`analysis::analyse` + `analysis::decide`) over the default stage
 //! plan, time compressed: one loop turn is one 30 s analysis interval of 300 requests
 //! per second. Beside it, the naive rule (`decide_naive`: point estimates against
-//! the thresholds at every interval once the stage's minimum requests are in).
+//! the thresholds at every interval once the stage's minimum requests are in), and
+//! the same naive rule calibrated to the false-rollback budget: its minimum
+//! requests per stage multiplied by the smallest factor (2, 4, …, 64) whose A/A
+//! false-rollback rate is at most 1%, so that exposures compare at equal error.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -278,37 +281,62 @@ fn main() {
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(4);
-    for (name, canary) in &scenarios {
-        for (rule_name, rule) in [
-            ("sequential", decide as Rule),
-            ("naive", decide_naive as Rule),
-        ] {
-            let results: Vec<Trial> = std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let plan = &plan;
-                        scope.spawn(move || {
-                            (t..trials)
-                                .step_by(threads)
-                                .map(|i| {
-                                    let mut rng =
-                                        Rng(0x9e37_79b9_7f4a_7c15
-                                            ^ ((i as u64 + 1) * 0x1000_0000_01b3));
-                                    run(plan, &BASE, canary, rule, &mut rng)
-                                })
-                                .collect::<Vec<_>>()
-                        })
+    let simulate = |plan: &RolloutPlan, canary: &Behaviour, rule: Rule| -> Vec<Trial> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    scope.spawn(move || {
+                        (t..trials)
+                            .step_by(threads)
+                            .map(|i| {
+                                let mut rng = Rng(
+                                    0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x1000_0000_01b3)
+                                );
+                                run(plan, &BASE, canary, rule, &mut rng)
+                            })
+                            .collect::<Vec<_>>()
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_default())
-                    .collect()
-            });
-            let rate = |end: End| {
-                results.iter().filter(|r| r.end == end).count() as f64 / results.len() as f64
-                    * 100.0
-            };
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    };
+    let rate = |results: &[Trial], end: End| {
+        results.iter().filter(|r| r.end == end).count() as f64 / results.len().max(1) as f64 * 100.0
+    };
+    // The naive rule with k× the minimum requests, for the smallest k whose A/A
+    // false-rollback rate is within the 1% budget.
+    let mut calibration = Vec::new();
+    let mut calibrated = None;
+    for k in [2u64, 4, 8, 16, 32, 64] {
+        let mut scaled = plan.clone();
+        for stage in &mut scaled.stages {
+            stage.min_requests *= k;
+        }
+        let false_rollback = rate(&simulate(&scaled, &BASE, decide_naive), End::RolledBack);
+        calibration.push(format!("×{k}: {false_rollback:.1}%"));
+        if false_rollback <= 1.0 {
+            calibrated = Some((k, scaled));
+            break;
+        }
+    }
+    let mut rules: Vec<(String, &RolloutPlan, Rule)> = vec![
+        ("sequential".into(), &plan, decide as Rule),
+        ("naive".into(), &plan, decide_naive as Rule),
+    ];
+    if let Some((k, scaled)) = &calibrated {
+        rules.push((
+            format!("naive, min requests ×{k}"),
+            scaled,
+            decide_naive as Rule,
+        ));
+    }
+    for (name, canary) in &scenarios {
+        for (rule_name, rule_plan, rule) in &rules {
+            let results = simulate(rule_plan, canary, *rule);
             let exposed = median(
                 results
                     .iter()
@@ -319,12 +347,17 @@ fn main() {
             let minutes = median(results.iter().map(|r| r.minutes).collect());
             println!(
                 "| {name} | {rule_name} | {:.1}% | {:.1}% | {:.1}% | {} | {} |",
-                rate(End::RolledBack),
-                rate(End::Promoted),
-                rate(End::Inconclusive),
+                rate(&results, End::RolledBack),
+                rate(&results, End::Promoted),
+                rate(&results, End::Inconclusive),
                 exposed.map_or("-".into(), |e| format!("{e:.0}")),
                 minutes.map_or("-".into(), |m| format!("{m:.0}")),
             );
         }
     }
+    println!();
+    println!(
+        "Naive rule calibration (A/A false rollback by minimum-requests factor): {}",
+        calibration.join(", ")
+    );
 }

@@ -288,7 +288,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         return run_agent(args).await;
     }
     if let Command::Traffic(args) = &cli.command {
-        return run_traffic(args).await;
+        return run_traffic(args, cli.json).await;
     }
     let token = cli.token.clone().or_else(|| {
         let file = cli
@@ -638,7 +638,7 @@ fn fit(line: &str) -> String {
     cut
 }
 
-async fn run_traffic(args: &TrafficArgs) -> Result<(), Failure> {
+async fn run_traffic(args: &TrafficArgs, json: bool) -> Result<(), Failure> {
     use crate::traffic::{ClassMix, Options, Plan, Tally};
     use std::sync::atomic::Ordering::Relaxed;
     let mix = ClassMix::parse(&args.mix).map_err(|e| fail(2, format!("--mix: {e}")))?;
@@ -663,12 +663,14 @@ async fn run_traffic(args: &TrafficArgs) -> Result<(), Failure> {
         concurrency: args.concurrency.clamp(1, 4096),
         duration: args.duration.map(|d| d.0),
         requests: args.requests,
-        report_every: Some(args.report_every.0).filter(|d| !d.is_zero()),
+        report_every: Some(args.report_every.0).filter(|d| !d.is_zero() && !json),
     };
-    println!(
-        "canaryctl traffic: {} req/s from {} sessions to {}",
-        args.rate, args.sessions, args.url
-    );
+    if !json {
+        println!(
+            "canaryctl traffic: {} req/s from {} sessions to {}",
+            args.rate, args.sessions, args.url
+        );
+    }
     let tally = std::sync::Arc::new(Tally::default());
     let started = std::time::Instant::now();
     tokio::select! {
@@ -677,7 +679,11 @@ async fn run_traffic(args: &TrafficArgs) -> Result<(), Failure> {
         }
         _ = tokio::signal::ctrl_c() => {}
     }
-    println!("{}", tally.line(started.elapsed()));
+    if json {
+        println!("{}", tally.json(started.elapsed()));
+    } else {
+        println!("{}", tally.line(started.elapsed()));
+    }
     if tally.sent.load(Relaxed) > 0 && tally.ok.load(Relaxed) == 0 {
         return Err(fail(
             1,

@@ -117,6 +117,19 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// The tally for scripts (`canaryctl traffic --json`).
+    pub fn json(&self, elapsed: Duration) -> serde_json::Value {
+        let by_policy = self.by_policy.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::json!({
+            "seconds": elapsed.as_secs_f64(),
+            "sent": self.sent.load(Relaxed),
+            "ok": self.ok.load(Relaxed),
+            "http_errors": self.http_errors.load(Relaxed),
+            "failed": self.failed.load(Relaxed),
+            "by_policy": by_policy.clone(),
+        })
+    }
+
     pub fn line(&self, elapsed: Duration) -> String {
         let by_policy = self.by_policy.lock().unwrap_or_else(|p| p.into_inner());
         let policies: Vec<String> = by_policy.iter().map(|(v, n)| format!("{v} {n}")).collect();

@@ -92,6 +92,33 @@ fn the_demo_agent_applies_each_policy_and_reports_telemetry() {
         assert!(envoy.policy_stat("support-agent", version, "tokens") > 0);
         assert!(envoy.policy_stat("support-agent", version, "tool_calls") > 0);
     }
+    // `canaryctl traffic` sends exactly what it is asked through Envoy and says who answered.
+    let out = std::process::Command::new(canaryctl_bin())
+        .args([
+            "--json",
+            "traffic",
+            "--rate",
+            "400",
+            "--requests",
+            "60",
+            "--sessions",
+            "30",
+        ])
+        .args(["--url", &format!("http://127.0.0.1:{}/chat", envoy.port)])
+        .args(["--duration", "20s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tally: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tally["sent"], 60, "{tally}");
+    assert_eq!(tally["failed"], 0, "{tally}");
+    let answered: u64 = tally["by_policy"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(answered, 60, "{tally}");
     // The agent refuses requests that did not come through the filter.
     let (status, _) = http_get(stable_port, "/").unwrap();
     assert_eq!(status, 400);
