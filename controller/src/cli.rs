@@ -174,8 +174,10 @@ pub enum PolicyCommand {
     #[command(after_help = "Example:\n  canaryctl policy add v2.4.0.yaml")]
     Add { file: PathBuf },
     /// List registered policies.
+    #[command(after_help = "Example:\n  canaryctl policy list\n  canaryctl policy list --json")]
     List,
     /// Show one policy bundle.
+    #[command(after_help = "Example:\n  canaryctl policy show v2.4.1")]
     Show { version: String },
 }
 
@@ -188,6 +190,9 @@ pub enum RolloutCommand {
     #[command(after_help = "Example:\n  canaryctl rollout start plan.yaml")]
     Start { plan: PathBuf },
     /// Show a rollout (default: the active one).
+    #[command(
+        after_help = "Example:\n  canaryctl rollout status\n  canaryctl rollout status 7 --json\n  canaryctl rollout status --target support-agent --watch"
+    )]
     Status {
         id: Option<i64>,
         #[arg(long)]
@@ -207,12 +212,22 @@ pub enum RolloutCommand {
         target: Option<String>,
     },
     /// List every rollout.
+    #[command(after_help = "Example:\n  canaryctl rollout list --json")]
     List,
     /// Hold the current stage.
+    #[command(
+        after_help = "Example:\n  canaryctl rollout pause --reason 'checking tickets'\n  canaryctl rollout pause 7"
+    )]
     Pause(ActArgs),
     /// Continue a paused rollout.
+    #[command(
+        after_help = "Example:\n  canaryctl rollout resume --reason 'tickets were unrelated'"
+    )]
     Resume(ActArgs),
     /// Move to the next stage, or with --to-end make the canary the stable policy.
+    #[command(
+        after_help = "Example:\n  canaryctl rollout promote\n  canaryctl rollout promote --to-end --reason 'urgent fix'"
+    )]
     Promote {
         #[command(flatten)]
         act: ActArgs,
@@ -220,10 +235,15 @@ pub enum RolloutCommand {
         to_end: bool,
     },
     /// Send all traffic back to the stable policy.
+    #[command(after_help = "Example:\n  canaryctl rollout rollback --reason 'refund flow broke'")]
     Rollback(ActArgs),
     /// Cancel the rollout (all traffic to stable).
+    #[command(after_help = "Example:\n  canaryctl rollout abort --reason 'wrong plan'")]
     Abort(ActArgs),
     /// The audit log (default: the active rollout's, or everything with --all).
+    #[command(
+        after_help = "Example:\n  canaryctl rollout audit\n  canaryctl rollout audit --all --json"
+    )]
     Audit {
         id: Option<i64>,
         #[arg(long)]
@@ -954,6 +974,30 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(1_795_316_400_000), "2026-11-22T03:00:00Z");
         assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+
+    /// Every command's `--help` ends with an example.
+    #[test]
+    fn every_command_has_examples() {
+        use clap::CommandFactory;
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            let help = command
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            if !help.contains("Example") {
+                missing.push(path.clone());
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no examples in --help of {missing:?}");
     }
 
     #[test]
