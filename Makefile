@@ -43,7 +43,7 @@ lint: wasm-target ## cargo fmt --check, clippy -D warnings for host and wasm32
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p policy-canary -p empty-filter --target wasm32-wasip1 -- -D warnings
 
-run: build envoy ## The demo: controller, Envoy, two agents, traffic; a rollout promotes (SCENARIO=regression: rolls back)
+run: build envoy ## The demo: controller, Envoy, two agents, traffic; a rollout promotes (SCENARIO=regression | manual)
 	cargo build --release -p canaryctl
 	@scripts/run-demo.sh
 
