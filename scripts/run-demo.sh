@@ -60,7 +60,8 @@ wait_for Envoy http://127.0.0.1:9901/ready
 
 "$canaryctl" policy add envoy/policies/v2.3.1.yaml
 "$canaryctl" policy add "$canary"
-"$canaryctl" rollout start "$plan" | head -1
+started=$("$canaryctl" rollout start "$plan")
+echo "${started%%$'\n'*}"
 "$canaryctl" traffic --rate "$rate" --sessions 3000 --report-every 0s > "$state/traffic.log" 2>&1 & pids+=($!)
 
 cat <<TXT
