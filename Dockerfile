@@ -1,6 +1,6 @@
 # canaryctl (controller, demo agent, traffic generator) for envoy/docker-compose.yaml.
 # The filter itself is built on the host (`make build`) and mounted into Envoy.
-FROM rust:1.85-slim-bookworm AS build
+FROM rust:1.88-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p canaryctl

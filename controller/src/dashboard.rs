@@ -223,7 +223,7 @@ fn targets(out: &mut String, snapshot: &Snapshot) {
 }
 
 fn percent(bp: u64) -> String {
-    if bp % 100 == 0 {
+    if bp.is_multiple_of(100) {
         format!("{}%", bp / 100)
     } else {
         format!("{:.2}%", bp as f64 / 100.0)

@@ -64,7 +64,7 @@ impl fmt::Display for Weight {
         let frac = self.0 % 100;
         if frac == 0 {
             write!(f, "{whole}%")
-        } else if frac % 10 == 0 {
+        } else if frac.is_multiple_of(10) {
             write!(f, "{whole}.{}%", frac / 10)
         } else {
             write!(f, "{whole}.{frac:02}%")
@@ -173,11 +173,11 @@ impl fmt::Display for Dur {
         let ms = self.0.as_millis();
         if ms == 0 {
             f.write_str("0s")
-        } else if ms % 3_600_000 == 0 {
+        } else if ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 {
+        } else if ms.is_multiple_of(60_000) {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1_000 == 0 {
+        } else if ms.is_multiple_of(1_000) {
             write!(f, "{}s", ms / 1_000)
         } else {
             write!(f, "{ms}ms")

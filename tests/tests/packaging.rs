@@ -187,3 +187,46 @@ fn the_prometheus_config_and_rules_pass_promtool() {
     let (ok, text) = run("promtool", &["test", "rules", "rules_test.yml"], &dir);
     assert!(ok, "{text}");
 }
+
+/// The Dockerfile's Rust is the workspace's `rust-version`, and that is at least
+/// what every locked dependency declares it needs.
+#[test]
+fn the_dockerfile_toolchain_builds_the_locked_dependencies() {
+    let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(&format!("FROM rust:{declared}-")),
+        "the Dockerfile should build with Rust {declared}"
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let metadata: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let version = |v: &str| -> Vec<u32> {
+        v.split('.')
+            .map(|p| p.parse().unwrap_or(0))
+            .chain([0, 0])
+            .take(3)
+            .collect()
+    };
+    for package in metadata["packages"].as_array().unwrap() {
+        if let Some(needed) = package["rust_version"].as_str() {
+            assert!(
+                version(needed) <= version(&declared),
+                "{} {} needs Rust {needed}, the workspace declares {declared}",
+                package["name"],
+                package["version"]
+            );
+        }
+    }
+}
