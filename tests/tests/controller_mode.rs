@@ -131,7 +131,11 @@ fn a_rollout_moves_through_its_stages_by_itself() {
     let s = stack(&["--tick", "50ms"]);
     let started = s.controller.post_ok(
         "/v1/rollouts",
-        &plan("[{weight: 10%, min_duration: 600ms}, {weight: 30%, min_duration: 600ms}, {weight: 100%}]", ""),
+        // Long enough a first stage that a loaded machine still sees its split.
+        &plan(
+            "[{weight: 10%, min_duration: 4s}, {weight: 30%, min_duration: 600ms}, {weight: 100%}]",
+            "",
+        ),
     );
     let id = started["id"].as_i64().unwrap();
     let salt = started["salt"].as_str().unwrap().to_string();
