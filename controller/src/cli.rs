@@ -826,8 +826,8 @@ fn print_analysis(a: &Value) {
     println!(
         "  {:<18} {:>10} {:>10} {:>14} {:>10} {:>15}  {}",
         "safety_violations",
-        safety["stable"],
-        safety["canary"],
+        crate::dashboard::count(&safety["stable"]),
+        crate::dashboard::count(&safety["canary"]),
         "",
         "any",
         "",
