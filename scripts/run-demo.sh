@@ -6,6 +6,12 @@
 # follows it live. SCENARIO=regression rolls out v2.4.0, whose refund flow is
 # broken, and the analysis rolls it back by itself; SCENARIO=manual holds each stage
 # for an hour so that you steer it. Ctrl-C stops everything.
+#
+# Settings (environment): RATE (requests/s, 400), DEMO_DIR (.demo), the ports
+# CONTROLLER_PORT (7070), STABLE_PORT (8081), CANARY_PORT (8082), ADMIN_PORT (9901),
+# LISTENER_PORT (10000); DEMO_EXIT=1 ends the demo when the rollout ends, with
+# `canaryctl rollout watch`'s exit code (0 promoted, 4 not); CANARYCTL and ENVOY_BIN
+# name the binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,14 +23,20 @@ case "$scenario" in
   *) echo "SCENARIO must be promote, regression or manual, not '$scenario'" >&2; exit 2 ;;
 esac
 rate=${RATE:-400}
-canaryctl=target/release/canaryctl
-envoy=.venv/bin/envoy
-state=.demo
-export CANARYCTL_SERVER=http://127.0.0.1:7070 CANARYCTL_STATE_DIR="$state/state" CANARYCTL_ACTOR=demo
+canaryctl=${CANARYCTL:-target/release/canaryctl}
+envoy=${ENVOY_BIN:-.venv/bin/envoy}
+state=${DEMO_DIR:-.demo}
+controller_port=${CONTROLLER_PORT:-7070}
+stable_port=${STABLE_PORT:-8081}
+canary_port=${CANARY_PORT:-8082}
+admin_port=${ADMIN_PORT:-9901}
+listener_port=${LISTENER_PORT:-10000}
+export CANARYCTL_SERVER=http://127.0.0.1:$controller_port CANARYCTL_STATE_DIR="$state/state" CANARYCTL_ACTOR=demo
 
-for port in 7070 8081 8082 9901 10000; do
+ports="$controller_port $stable_port $canary_port $admin_port $listener_port"
+for port in $ports; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port on 127.0.0.1 is taken: the demo needs 7070, 8081, 8082, 9901 and 10000 (is another 'make run' going?)" >&2
+    echo "port $port on 127.0.0.1 is taken: the demo needs $ports (is another 'make run' going?)" >&2
     exit 1
   fi
 done
@@ -51,33 +63,48 @@ wait_for() { # what url
 
 rm -rf "$state"
 mkdir -p "$state"
-"$canaryctl" serve --envoy-admin http://127.0.0.1:9901 > "$state/controller.log" 2>&1 & pids+=($!)
-wait_for "the controller" http://127.0.0.1:7070/healthz
-"$canaryctl" agent --listen 127.0.0.1:8081 --seed 1 > "$state/agent-stable.log" 2>&1 & pids+=($!)
-"$canaryctl" agent --listen 127.0.0.1:8082 --seed 2 > "$state/agent-canary.log" 2>&1 & pids+=($!)
-"$envoy" -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l warning > "$state/envoy.log" 2>&1 & pids+=($!)
-wait_for Envoy http://127.0.0.1:9901/ready
+# envoy/envoy.yaml with the demo's ports (unchanged with the defaults).
+sed -e "s/port_value: 7070}/port_value: $controller_port}/" \
+    -e "s/port_value: 8081}/port_value: $stable_port}/" \
+    -e "s/port_value: 8082}/port_value: $canary_port}/" \
+    -e "s/port_value: 9901}/port_value: $admin_port}/" \
+    -e "s/port_value: 10000}/port_value: $listener_port}/" \
+    envoy/envoy.yaml > "$state/envoy.yaml"
+
+"$canaryctl" serve --listen "127.0.0.1:$controller_port" --envoy-admin "http://127.0.0.1:$admin_port" \
+  > "$state/controller.log" 2>&1 & pids+=($!)
+wait_for "the controller" "http://127.0.0.1:$controller_port/healthz"
+"$canaryctl" agent --listen "127.0.0.1:$stable_port" --registry "$CANARYCTL_SERVER" --seed 1 > "$state/agent-stable.log" 2>&1 & pids+=($!)
+"$canaryctl" agent --listen "127.0.0.1:$canary_port" --registry "$CANARYCTL_SERVER" --seed 2 > "$state/agent-canary.log" 2>&1 & pids+=($!)
+"$envoy" -c "$state/envoy.yaml" --concurrency 2 --disable-hot-restart -l warning > "$state/envoy.log" 2>&1 & pids+=($!)
+wait_for Envoy "http://127.0.0.1:$admin_port/ready"
 
 "$canaryctl" policy add envoy/policies/v2.3.1.yaml
 "$canaryctl" policy add "$canary"
 started=$("$canaryctl" rollout start "$plan")
 echo "${started%%$'\n'*}"
-"$canaryctl" traffic --rate "$rate" --sessions 3000 --report-every 0s > "$state/traffic.log" 2>&1 & pids+=($!)
+"$canaryctl" traffic --url "http://127.0.0.1:$listener_port/chat" --rate "$rate" --sessions 3000 \
+  --report-every 0s > "$state/traffic.log" 2>&1 & pids+=($!)
 
 cat <<TXT
 
-Dashboard:  http://127.0.0.1:7070/#token=$(cat "$state/state/token")
-Envoy:      127.0.0.1:10000 (admin 127.0.0.1:9901), $rate req/s from 3000 sticky sessions
+Dashboard:  http://127.0.0.1:$controller_port/#token=$(cat "$state/state/token")
+Envoy:      127.0.0.1:$listener_port (admin 127.0.0.1:$admin_port), $rate req/s from 3000 sticky sessions
 Scenario:   $scenario ($plan); logs in $state/
 
 Try, in another terminal (the state directory holds the token):
   export CANARYCTL_STATE_DIR=$state/state PATH=\$PWD/target/release:\$PATH
   canaryctl rollout status
   canaryctl rollout pause --reason 'having a look'
-  curl -s -H 'x-session-id: user-42' -H 'x-canary: true' 127.0.0.1:10000/chat
-  curl -s 127.0.0.1:9901/stats/prometheus | grep '^policy_canary_tasks'
+  curl -s -H 'x-session-id: user-42' -H 'x-canary: true' 127.0.0.1:$listener_port/chat
+  curl -s 127.0.0.1:$admin_port/stats/prometheus | grep '^policy_canary_tasks'
 
 TXT
+if [ -n "${DEMO_EXIT:-}" ]; then
+  status=0
+  "$canaryctl" rollout watch || status=$?
+  exit "$status"
+fi
 "$canaryctl" rollout watch || true
 echo
 echo "The rollout is over; the dashboard and Envoy stay up. Ctrl-C stops everything."
