@@ -31,8 +31,9 @@ build: wasm-target ## Build the filter: target/policy_canary.wasm
 
 test-tools: # Debian chromium + chromedriver (dashboard), docker-compose and promtool (config checks)
 	@for tool in chromium chromedriver docker-compose promtool; do command -v $$tool >/dev/null || missing=1; done; \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	  --no-install-recommends chromium chromium-driver docker-compose prometheus >/dev/null; fi
+	if [ -n "$$missing" ]; then export DEBIAN_FRONTEND=noninteractive; apt-get update -qq \
+	  && apt-get install -y -qq chromium chromium-driver docker-compose >/dev/null \
+	  && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; fi
 
 test: build envoy test-tools ## Run every test: core unit tests and end-to-end tests against a real Envoy
 	$(PYTHON) tests/golden/cohort_vectors.py | cmp - tests/golden/cohort_vectors.tsv

@@ -409,7 +409,7 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> Result
                     print_rollout(&v);
                     print_analysis(&v["analysis"]);
                 });
-                let active = matches!(s(&v["phase"]), "pending" | "progressing" | "paused");
+                let active = crate::dashboard::is_active(&v);
                 if !watch || !active {
                     return Ok(());
                 }
@@ -495,7 +495,7 @@ async fn watch(client: &Client, id: i64, json: bool) -> Result<(), Failure> {
             }
             let _ = writeln!(out, "{}", audit_line(e));
         }
-        let ended = !matches!(phase.as_str(), "pending" | "progressing" | "paused");
+        let ended = !crate::dashboard::is_active(&v);
         if json {
             if shown.as_ref() != Some(&key) || ended {
                 let mut state = v.clone();
@@ -548,7 +548,7 @@ async fn watch(client: &Client, id: i64, json: bool) -> Result<(), Failure> {
 fn audit_line(e: &Value) -> String {
     let at = utc(e["at_ms"].as_i64().unwrap_or(0));
     let weight = e["canary_weight_bp"].as_u64().map_or(String::new(), |bp| {
-        format!("  canary {}", crate::units::Weight(bp as u16))
+        format!("  canary {}", crate::dashboard::weight(bp))
     });
     let mut line = format!(
         "{}  {:<14} {} -> {}{weight}  by {}: {}",
@@ -559,17 +559,15 @@ fn audit_line(e: &Value) -> String {
         s(&e["actor"]),
         s(&e["reason"])
     );
-    for c in e["details"]["comparisons"].as_array().into_iter().flatten() {
-        if s(&c["verdict"]) == "breach" {
-            line.push_str(&format!(
-                "\n          breach: {} stable {:.4} canary {:.4} ({}, threshold {})",
-                s(&c["metric"]),
-                c["stable"].as_f64().unwrap_or(f64::NAN),
-                c["canary"].as_f64().unwrap_or(f64::NAN),
-                s(&c["change"]),
-                s(&c["threshold"])
-            ));
-        }
+    for c in crate::dashboard::breaches(e) {
+        line.push_str(&format!(
+            "\n          breach: {} stable {} canary {} ({}, threshold {})",
+            s(&c["metric"]),
+            crate::dashboard::number(&c["stable"]),
+            crate::dashboard::number(&c["canary"]),
+            s(&c["change"]),
+            s(&c["threshold"])
+        ));
     }
     line
 }
@@ -579,10 +577,7 @@ fn audit_line(e: &Value) -> String {
 pub fn stage_line(v: &Value, analysis: &Value) -> String {
     let stage_index = v["stage"].as_u64().unwrap_or(1).saturating_sub(1) as usize;
     let spec = &v["plan"]["stages"][stage_index];
-    let min_ms = spec["min_duration"]
-        .as_str()
-        .and_then(|d| Dur::parse(d).ok())
-        .map_or(0, |d| d.millis());
+    let min_ms = crate::dashboard::min_duration_ms(spec);
     let min_requests = spec["min_requests"].as_f64().unwrap_or(0.0);
     let elapsed =
         (crate::controller::now_ms() - v["stage_started_ms"].as_i64().unwrap_or(0)).max(0);
@@ -805,7 +800,7 @@ fn print_analysis(a: &Value) {
         "  {:<18} {:>10} {:>10} {:>14} {:>10} {:>15}  verdict",
         "metric", "stable", "canary", "change", "threshold", "n stable/canary"
     );
-    let num = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.4}"));
+    let num = crate::dashboard::number;
     for c in a["comparisons"].as_array().into_iter().flatten() {
         println!(
             "  {:<18} {:>10} {:>10} {:>14} {:>10} {:>15}  {}",
@@ -921,7 +916,7 @@ impl Client {
             .iter()
             .copied()
             .filter(matching)
-            .filter(|r| matches!(s(&r["phase"]), "pending" | "progressing" | "paused"))
+            .filter(|r| crate::dashboard::is_active(r))
             .collect();
         match active.as_slice() {
             [one] => return one["id"].as_i64().ok_or_else(|| fail(1, "bad rollout id")),

@@ -5,6 +5,8 @@
 //! controller, and the Content-Security-Policy says so.
 
 use crate::controller::{now_ms, Controller, Result};
+use crate::rollout::Phase;
+use crate::units::{Dur, Weight};
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -48,7 +50,11 @@ impl Snapshot {
         });
         let (focus, analysis, audit) = match focus_id {
             Some(id) => {
-                let view = serde_json::to_value(controller.rollout(id)?).unwrap_or_default();
+                // The list holds every rollout; asking again only finds a missing id.
+                let view = match rollouts.iter().find(|r| r["id"].as_i64() == Some(id)) {
+                    Some(view) => view.clone(),
+                    None => serde_json::to_value(controller.rollout(id)?).unwrap_or_default(),
+                };
                 let audit: Vec<Value> = controller
                     .audit(Some(id), None, 0, 1000)?
                     .iter()
@@ -88,8 +94,34 @@ fn last_decision(audit: &[Value]) -> Value {
         })
 }
 
-fn is_active(rollout: &Value) -> bool {
-    matches!(s(&rollout["phase"]), "pending" | "progressing" | "paused")
+/// Whether a rollout (as the API shows it) is still under way.
+pub fn is_active(rollout: &Value) -> bool {
+    let phase = s(&rollout["phase"]);
+    Phase::ALL
+        .iter()
+        .any(|p| p.is_active() && p.as_str() == phase)
+}
+
+/// A stage's minimum duration (as the API shows a plan stage), in milliseconds.
+pub fn min_duration_ms(stage: &Value) -> i64 {
+    stage["min_duration"]
+        .as_str()
+        .and_then(|d| Dur::parse(d).ok())
+        .map_or(0, |d| d.millis())
+}
+
+/// The comparisons an audit entry kept whose gate was breached.
+pub fn breaches(entry: &Value) -> impl Iterator<Item = &Value> {
+    entry["details"]["comparisons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| s(&c["verdict"]) == "breach")
+}
+
+/// Basis points as a weight is written (`25%`, `0.5%`).
+pub fn weight(bp: u64) -> String {
+    Weight(bp.min(u64::from(Weight::FULL.bp())) as u16).to_string()
 }
 
 fn s(v: &Value) -> &str {
@@ -215,19 +247,11 @@ fn targets(out: &mut String, snapshot: &Snapshot) {
             name = escape(s(&t["name"])),
             stable = escape(s(&t["stable"]["version"])),
             canary = escape(canary),
-            weight = percent(weight_bp),
+            weight = weight(weight_bp),
             revision = route["revision"],
         );
     }
     out.push_str("</tbody></table></section>\n");
-}
-
-fn percent(bp: u64) -> String {
-    if bp.is_multiple_of(100) {
-        format!("{}%", bp / 100)
-    } else {
-        format!("{:.2}%", bp as f64 / 100.0)
-    }
 }
 
 fn rollout_summary(out: &mut String, r: &Value, snapshot: &Snapshot) {
@@ -300,7 +324,7 @@ fn stages(out: &mut String, r: &Value, analysis: &Value, now: i64) {
         let min_requests = stage["min_requests"].as_u64().unwrap_or(0);
         let progress = if status == "current" {
             let elapsed = (now - r["stage_started_ms"].as_i64().unwrap_or(now)).max(0);
-            let duration_ms = crate::units::Dur::parse(min_duration).map_or(0, |d| d.millis());
+            let duration_ms = min_duration_ms(stage);
             let requests = analysis["canary_requests"].as_f64().unwrap_or(0.0);
             format!(
                 "<progress id=\"stage-time\" max=\"{max_t}\" value=\"{t}\"></progress> {secs}s / {min_duration} \
@@ -348,16 +372,11 @@ fn weight_chart(out: &mut String, r: &Value, audit: &[Value], now: i64) {
             points.push((at.max(start), bp));
         }
     }
-    let mut path = String::new();
-    let mut last_bp = 0;
-    for (i, (at, bp)) in points.iter().enumerate() {
-        if i == 0 {
-            let _ = write!(path, "M{:.1},{:.1}", x(*at), y(*bp));
-        } else {
-            let _ = write!(path, " H{:.1} V{:.1}", x(*at), y(*bp));
-        }
-        last_bp = *bp;
+    let mut path = format!("M{:.1},{:.1}", x(start), y(0));
+    for (at, bp) in &points[1..] {
+        let _ = write!(path, " H{:.1} V{:.1}", x(*at), y(*bp));
     }
+    let last_bp = points.last().map_or(0, |p| p.1);
     let _ = write!(path, " H{:.1}", x(end));
     let _ = writeln!(
         out,
@@ -370,7 +389,7 @@ fn weight_chart(out: &mut String, r: &Value, audit: &[Value], now: i64) {
          <path class=\"weight\" d=\"{path}\"/>\
          <text x=\"{PAD}\" y=\"{H}\">{from}</text><text x=\"{x_end:.1}\" y=\"{H}\" text-anchor=\"end\">{to}</text>\
          </svg></section>",
-        now_pct = percent(last_bp),
+        now_pct = weight(last_bp),
         y0 = y(0),
         y50 = y(5_000),
         y100 = y(10_000),
@@ -442,12 +461,8 @@ fn timeline(out: &mut String, audit: &[Value]) {
         };
         let weight = e["canary_weight_bp"]
             .as_u64()
-            .map_or(String::new(), |bp| format!(" · canary {}", percent(bp)));
-        let breached: Vec<String> = e["details"]["comparisons"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| s(&c["verdict"]) == "breach")
+            .map_or(String::new(), |bp| format!(" · canary {}", weight(bp)));
+        let breached: Vec<String> = breaches(e)
             .map(|c| {
                 format!(
                     "{} {} (stable {}, canary {})",

@@ -2,8 +2,9 @@
 //!
 //! `controller` holds the operations, `rollout` the pure state machine, `plan` and
 //! `policy` the documents people write, `store` the SQLite state, `api` the HTTP
-//! API, `dashboard` the page at `/`, `notify` the webhooks, `envoy_runtime` the Envoy runtime driver, `cli` the
-//! client commands.
+//! API, `dashboard` the page at `/`, `notify` the webhooks, `envoy_runtime` the
+//! Envoy runtime driver, `cli` the client commands, `agent` and `traffic` the demo's
+//! agent backend and traffic generator.
 
 pub mod agent;
 pub mod analysis;

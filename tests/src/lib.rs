@@ -106,29 +106,43 @@ impl Backend {
 
     /// With a telemetry profile, e.g. `["completion=0.7", "safety_at=40"]`.
     pub fn start_with(binary: &str, name: &str, profile: &[&str]) -> Backend {
-        let mut child = Command::new(binary)
-            .arg(name)
-            .arg("0")
-            .args(profile)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn test-backend");
-        let stdout = child.stdout.take().unwrap();
-        let child = ChildGuard(child);
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("test-backend said {line:?}"));
+        let (child, port) = spawn_listening(
+            Command::new(binary).arg(name).arg("0").args(profile),
+            "test-backend",
+        );
         Backend {
             _child: child,
             port,
         }
     }
+}
+
+/// Spawns a server that prints `… 127.0.0.1:PORT …` as its first line once it
+/// listens; returns it with that port.
+fn spawn_listening(command: &mut Command, what: &str) -> (ChildGuard, u16) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let guard = ChildGuard(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("{what} says where it listens: {e}"));
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{what} said {line:?}"));
+    (guard, port)
 }
 
 /// A running Envoy. Its listener and admin ports are chosen by the kernel.
@@ -633,29 +647,14 @@ pub fn controller_mode_config(stable: u16, canary: u16, controller: u16) -> Stri
 /// `canaryctl agent` on a free port, fetching bundles from the controller on
 /// `registry`; answers at once (`--time-scale 0`) unless `time_scale` says otherwise.
 pub fn start_agent(registry: u16, seed: u64, time_scale: f64) -> (ChildGuard, u16) {
-    let mut child = Command::new(canaryctl_bin())
-        .args(["agent", "--listen", "127.0.0.1:0"])
-        .args(["--seed", &seed.to_string()])
-        .args(["--time-scale", &time_scale.to_string()])
-        .args(["--registry", &format!("http://127.0.0.1:{registry}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn canaryctl agent");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let guard = ChildGuard(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("agent says where it listens");
-    let port = line
-        .split("http://127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("agent said {line:?}"));
-    (guard, port)
+    spawn_listening(
+        Command::new(canaryctl_bin())
+            .args(["agent", "--listen", "127.0.0.1:0"])
+            .args(["--seed", &seed.to_string()])
+            .args(["--time-scale", &time_scale.to_string()])
+            .args(["--registry", &format!("http://127.0.0.1:{registry}")]),
+        "canaryctl agent",
+    )
 }
 
 pub mod webdriver;
