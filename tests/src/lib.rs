@@ -57,6 +57,35 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// The gates that v2.4.0's broken refund flow (`envoy/policies/v2.4.0.yaml`) moves
+/// past their thresholds. Which breaches first depends on how many refund sessions
+/// the rollout's random salt puts in the canary (from about 17% to 30% of them with
+/// the demo's 3000 sessions): completion when there are many, abandonment when few.
+pub const REFUND_REGRESSION_GATES: [&str; 3] =
+    ["completion_rate", "abandonment_rate", "tool_error_rate"];
+
+/// The gates named on `breach:` lines of `canaryctl rollout watch` output.
+pub fn breached_gates(watch_output: &str) -> Vec<&str> {
+    watch_output
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("breach: "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect()
+}
+
+/// Asserts that the watch output shows the refund regression rolled back for a
+/// breach of the gates it moves, and only those.
+pub fn assert_refund_regression_breach(watch_output: &str) {
+    let gates = breached_gates(watch_output);
+    assert!(
+        !gates.is_empty()
+            && gates
+                .iter()
+                .all(|gate| REFUND_REGRESSION_GATES.contains(gate)),
+        "expected breaches of {REFUND_REGRESSION_GATES:?}, got {gates:?} in:\n{watch_output}"
+    );
+}
+
 /// A scratch directory removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -658,3 +687,26 @@ pub fn start_agent(registry: u16, seed: u64, time_scale: f64) -> (ChildGuard, u1
 }
 
 pub mod webdriver;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breached_gates_are_read_from_watch_lines() {
+        // Lines as `canaryctl rollout watch` printed them in two real runs.
+        let abandonment = "06:43:49  rollback       progressing (stage 1) -> rolled_back  canary 0%  by canaryctl: gate breached in 2 consecutive checks: abandonment_rate +90.1% (threshold +10%)\n          breach: abandonment_rate stable 0.0503 canary 0.0956 (+90.1%, threshold +10%)\n";
+        assert_eq!(breached_gates(abandonment), ["abandonment_rate"]);
+        assert_refund_regression_breach(abandonment);
+        let both = "          breach: completion_rate stable 0.8483 canary 0.6904 (-15.8 points, threshold 5 points)\n          breach: abandonment_rate stable 0.0504 canary 0.1170 (+132.1%, threshold +10%)\n";
+        assert_eq!(
+            breached_gates(both),
+            ["completion_rate", "abandonment_rate"]
+        );
+        assert!(breached_gates("stage 1/4  BREACH completion_rate").is_empty());
+        for wrong in ["", "          breach: latency_p95 stable 180 canary 400\n"] {
+            let caught = std::panic::catch_unwind(|| assert_refund_regression_breach(wrong));
+            assert!(caught.is_err(), "{wrong:?}");
+        }
+    }
+}
