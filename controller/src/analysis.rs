@@ -15,7 +15,9 @@
 //! `[lower, upper]` at every check with probability ≥ 1 − α. A gate is **breach**
 //! when `lower > 0`, **pass** when `upper < 0` (the degradation is shown to be within
 //! the threshold), **inconclusive** otherwise or with fewer than `MIN_SAMPLES` in an
-//! arm, **not applicable** when neither arm has any (no tool calls, say).
+//! arm, **not applicable** when neither arm has any (no tool calls, say). When
+//! neither version reported a task at all, a plan with `require_telemetry` keeps the
+//! gates measured from agent telemetry inconclusive instead.
 //! A relative gate whose allowed degradation `r · stable` falls below the gate's
 //! `floor` (error rate 0.5 points, tool error, abandonment 1 point, guardrail 0.01
 //! per request) uses the floor as an absolute threshold instead: on rates near zero
@@ -120,6 +122,8 @@ pub struct Analysis {
     pub alpha: f64,
     pub comparisons: Vec<Comparison>,
     pub safety: SafetyCheck,
+    /// Neither version reported a task in the window.
+    pub telemetry_missing: bool,
     pub scrapes_ok: u64,
     pub scrapes_failed: u64,
     pub malformed_lines: u64,
@@ -165,9 +169,19 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
     let stable = window.version(&plan.stable.version);
     let canary = window.version(&plan.canary.version);
     let alpha = gate_alpha(plan);
+    let telemetry_missing = stable.get("tasks_total") == 0.0 && canary.get("tasks_total") == 0.0;
     let comparisons = Metric::ALL
         .iter()
-        .map(|m| compare(*m, plan.gates.gate(*m), &stable, &canary, window, alpha))
+        .map(|m| {
+            let mut c = compare(*m, plan.gates.gate(*m), &stable, &canary, window, alpha);
+            if plan.require_telemetry && telemetry_missing && m.from_agent_telemetry() {
+                c.verdict = match c.verdict {
+                    GateVerdict::Disabled => GateVerdict::Disabled,
+                    _ => GateVerdict::Inconclusive,
+                };
+            }
+            c
+        })
         .collect();
     let safety_enabled = plan.gates.safety_violations.enabled;
     let canary_violations = canary.get("safety_violations");
@@ -188,10 +202,23 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
                 (true, false) => GateVerdict::Pass,
             },
         },
+        telemetry_missing,
         scrapes_ok: window.scrapes_ok,
         scrapes_failed: window.scrapes_failed,
         malformed_lines: window.malformed_lines,
     }
+}
+
+/// Said (by `rollout status` and the dashboard) when traffic flowed but neither
+/// version reported agent telemetry.
+pub const TELEMETRY_MISSING: &str = "No agent telemetry from either version in this window: \
+    the gates measured from it are not applicable, or inconclusive (holding the stage) \
+    with `require_telemetry: true` in the plan.";
+
+/// Whether an analysis (as JSON) saw requests but no agent telemetry.
+pub fn telemetry_missing(analysis: &serde_json::Value) -> bool {
+    analysis["telemetry_missing"] == true
+        && analysis["canary_requests"].as_f64().unwrap_or(0.0) > 0.0
 }
 
 /// An arm of a mean-type metric: mean, its per-item standard deviation, sample size.
@@ -692,6 +719,64 @@ mod tests {
         let a = analyse(&plan(), 0, &w);
         assert_eq!(verdict_of(&a, "error_rate"), GateVerdict::Pass);
         assert_eq!(verdict_of(&a, "guardrail_rate"), GateVerdict::Pass);
+    }
+
+    #[test]
+    fn without_telemetry_a_stage_passes_on_http_gates_unless_the_plan_requires_it() {
+        // Plenty of requests, identical error rates, no task reported by either version.
+        let http_only = |n: f64| vec![("rq_total", n), ("rq_5xx", n * 0.001)];
+        let w = window(&http_only(200_000.0), &http_only(20_000.0));
+        let agent_gates = [
+            "completion_rate",
+            "tool_error_rate",
+            "cost_per_task",
+            "abandonment_rate",
+        ];
+
+        // (No latency histogram here.)
+        let mut lenient = plan();
+        lenient.gates.latency_p95.enabled = Some(false);
+        let a = analyse(&lenient, 0, &w);
+        assert!(a.telemetry_missing);
+        for metric in agent_gates {
+            assert_eq!(
+                verdict_of(&a, metric),
+                GateVerdict::NotApplicable,
+                "{metric}"
+            );
+        }
+        assert!(matches!(
+            decide(&lenient, 0, 120_000, &a, 0).0,
+            StageDecision::Advance(_)
+        ));
+
+        let mut strict = lenient.clone();
+        strict.require_telemetry = true;
+        let a = analyse(&strict, 0, &w);
+        for metric in agent_gates.into_iter().chain(["guardrail_rate"]) {
+            assert_eq!(
+                verdict_of(&a, metric),
+                GateVerdict::Inconclusive,
+                "{metric}"
+            );
+        }
+        assert_eq!(verdict_of(&a, "error_rate"), GateVerdict::Pass);
+        assert_eq!(decide(&strict, 0, 120_000, &a, 0).0, StageDecision::Hold);
+        let max = strict.max_stage_duration.millis();
+        assert!(matches!(
+            decide(&strict, 0, max, &a, 0).0,
+            StageDecision::Inconclusive(r) if r.contains("completion_rate")
+        ));
+
+        // With telemetry the option changes nothing.
+        let w = window(&tasks(200_000.0, 180_000.0), &tasks(20_000.0, 18_000.0));
+        let a = analyse(&strict, 0, &w);
+        assert!(!a.telemetry_missing);
+        assert_eq!(verdict_of(&a, "completion_rate"), GateVerdict::Pass);
+        assert_eq!(
+            verdict_of(&a, "tool_error_rate"),
+            GateVerdict::NotApplicable
+        );
     }
 
     #[test]

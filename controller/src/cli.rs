@@ -612,9 +612,14 @@ pub fn stage_line(v: &Value, analysis: &Value) -> String {
         "  no analysis".to_string()
     } else {
         format!(
-            "  gates pass {pass}/{total}{}{}",
+            "  gates pass {pass}/{total}{}{}{}",
             list("breach", "BREACH"),
-            list("inconclusive", "waiting on")
+            list("inconclusive", "waiting on"),
+            if crate::analysis::telemetry_missing(analysis) {
+                "  NO AGENT TELEMETRY"
+            } else {
+                ""
+            }
         )
     };
     format!(
@@ -828,6 +833,9 @@ fn print_analysis(a: &Value) {
         "",
         s(&safety["verdict"])
     );
+    if crate::analysis::telemetry_missing(a) {
+        println!("  {}", crate::analysis::TELEMETRY_MISSING);
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` from milliseconds since the epoch.
@@ -963,6 +971,33 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stage_line_shows_progress_verdicts_and_missing_telemetry() {
+        let rollout = serde_json::json!({"stage": 1, "stages": 4, "weight": "10%",
+            "phase": "progressing", "stage_started_ms": crate::controller::now_ms() - 10_000,
+            "plan": {"stages": [{"weight": "10%", "min_duration": "20s", "min_requests": 500}]}});
+        let analysis = |missing: bool| {
+            serde_json::json!({"canary_requests": 250.0, "stable_requests": 2250.0,
+                "telemetry_missing": missing,
+                "comparisons": [
+                    {"metric": "error_rate", "verdict": "pass"},
+                    {"metric": "completion_rate", "verdict": "inconclusive"},
+                    {"metric": "abandonment_rate", "verdict": "breach"}]})
+        };
+        let line = stage_line(&rollout, &analysis(false));
+        assert!(
+            line.starts_with(
+                "stage 1/4  10% [##########----------]  10s/20s  canary 250/500  stable 2250"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("gates pass 1/3  BREACH abandonment_rate  waiting on completion_rate"),
+            "{line}"
+        );
+        assert!(stage_line(&rollout, &analysis(true)).ends_with("  NO AGENT TELEMETRY"));
+    }
 
     #[test]
     fn utc_dates() {

@@ -449,7 +449,15 @@ fn analysis(out: &mut String, a: &Value) {
         "<tr data-metric=\"safety_violations\"><td>safety_violations</td><td class=\"num\" data-col=\"stable\">{}</td><td class=\"num\" data-col=\"canary\">{}</td><td></td><td data-col=\"threshold\">any</td><td></td><td data-col=\"verdict\" class=\"verdict-{verdict}\">{verdict}</td></tr>",
         count(&safety["stable"]), count(&safety["canary"]),
     );
-    out.push_str("</tbody></table></section>\n");
+    out.push_str("</tbody></table>\n");
+    if crate::analysis::telemetry_missing(a) {
+        let _ = writeln!(
+            out,
+            "<p id=\"telemetry-missing\" class=\"warning\">{}</p>",
+            escape(crate::analysis::TELEMETRY_MISSING)
+        );
+    }
+    out.push_str("</section>\n");
 }
 
 fn timeline(out: &mut String, audit: &[Value]) {
@@ -582,6 +590,23 @@ mod tests {
         assert!(html.find("data-audit-id=\"2\"") < html.find("data-audit-id=\"1\""));
         assert!(html.contains("data-action=\"pause\" data-rollout=\"3\">"));
         assert!(html.contains("data-action=\"resume\" data-rollout=\"3\" disabled>"));
+    }
+
+    #[test]
+    fn says_when_a_window_had_no_agent_telemetry() {
+        let analysis = |missing: bool| {
+            let mut out = String::new();
+            super::analysis(
+                &mut out,
+                &json!({"stable_requests": 900.0, "canary_requests": 300.0, "alpha": 0.0005,
+                    "telemetry_missing": missing, "comparisons": [],
+                    "safety": {"stable": 0.0, "canary": 0.0, "verdict": "pass"}}),
+            );
+            out
+        };
+        assert!(analysis(true)
+            .contains("<p id=\"telemetry-missing\" class=\"warning\">No agent telemetry"));
+        assert!(!analysis(false).contains("telemetry-missing"));
     }
 
     #[test]

@@ -40,6 +40,11 @@ impl Metric {
         Metric::AbandonmentRate,
     ];
 
+    /// Measured from the agent's own telemetry (its quality report), not from HTTP.
+    pub fn from_agent_telemetry(self) -> bool {
+        !matches!(self, Metric::ErrorRate | Metric::LatencyP95)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Metric::CompletionRate => "completion_rate",

@@ -128,6 +128,11 @@ pub struct RolloutPlan {
     pub max_stage_duration: Dur,
     #[serde(default)]
     pub on_inconclusive: InconclusiveAction,
+    /// When neither version reports agent telemetry in a stage window, the gates
+    /// measured from it are inconclusive instead of not applicable: a stage cannot
+    /// pass on the HTTP gates alone (say, when a proxy strips the telemetry headers).
+    #[serde(default)]
+    pub require_telemetry: bool,
     #[serde(default)]
     pub segments: Vec<SegmentRule>,
     #[serde(default)]

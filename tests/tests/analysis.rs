@@ -66,6 +66,21 @@ fn drive(s: &Stack, max: usize, mut done: impl FnMut() -> bool) -> usize {
     panic!("no decision after {max} requests");
 }
 
+/// What `canaryctl rollout status ID` prints.
+fn status(s: &Stack, id: i64) -> String {
+    let out = std::process::Command::new(canaryctl_bin())
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{}", s.controller.port),
+            "rollout",
+            "status",
+            &id.to_string(),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn rollout(s: &Stack, id: i64) -> Value {
     s.controller.get(&format!("/v1/rollouts/{id}"))
 }
@@ -167,17 +182,7 @@ fn one_safety_violation_rolls_back_at_the_next_check() {
     let analysis = s.controller.get(&format!("/v1/rollouts/{id}/analysis"));
     assert!(analysis.get("analysis").is_some());
     // The CLI shows the comparison side by side.
-    let out = std::process::Command::new(canaryctl_bin())
-        .args([
-            "--server",
-            &format!("http://127.0.0.1:{}", s.controller.port),
-            "rollout",
-            "status",
-            &id.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = status(&s, id);
     for expected in [
         "completion_rate",
         "latency_p95",
@@ -187,4 +192,36 @@ fn one_safety_violation_rolls_back_at_the_next_check() {
     ] {
         assert!(text.contains(expected), "status lacks {expected}:\n{text}");
     }
+}
+
+#[test]
+fn a_plan_that_requires_telemetry_holds_a_stage_without_it() {
+    // Backends that report no agent telemetry at all: only the HTTP gates could pass.
+    let s = stack(&[], &[]);
+    let plan =
+        format!("{PLAN}require_telemetry: true\nmax_stage_duration: 4s\non_inconclusive: pause\n");
+    let id = s.controller.post_ok("/v1/rollouts", &plan)["id"]
+        .as_i64()
+        .unwrap();
+    drive(&s, 20_000, || rollout(&s, id)["phase"] == "paused");
+    let r = rollout(&s, id);
+    assert_eq!(
+        (r["phase"].as_str(), r["stage"].as_u64()),
+        (Some("paused"), Some(1)),
+        "{r}"
+    );
+    let audit = s.controller.get(&format!("/v1/audit?rollout={id}"));
+    let last = audit["audit"].as_array().unwrap().last().unwrap().clone();
+    let reason = last["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("completion_rate") && reason.contains("abandonment_rate"),
+        "the pause names the gates left open: {reason}"
+    );
+    assert_eq!(s.controller.audit_actions(id), ["start", "pause"]);
+    // `rollout status` says why.
+    let text = status(&s, id);
+    assert!(
+        text.contains("No agent telemetry from either version"),
+        "{text}"
+    );
 }
