@@ -33,13 +33,8 @@ admin_port=${ADMIN_PORT:-9901}
 listener_port=${LISTENER_PORT:-10000}
 export CANARYCTL_SERVER=http://127.0.0.1:$controller_port CANARYCTL_STATE_DIR="$state/state" CANARYCTL_ACTOR=demo
 
-ports="$controller_port $stable_port $canary_port $admin_port $listener_port"
-for port in $ports; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port on 127.0.0.1 is taken: the demo needs $ports (is another 'make run' going?)" >&2
-    exit 1
-  fi
-done
+. scripts/lib.sh
+require_free_ports "$controller_port" "$stable_port" "$canary_port" "$admin_port" "$listener_port"
 
 pids=()
 cleanup() {
