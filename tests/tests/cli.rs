@@ -2,10 +2,12 @@
 //! policies and plan from envoy/.
 
 use policy_canary_e2e::*;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-fn canaryctl(controller: &Controller, args: &[&str]) -> Output {
-    Command::new(canaryctl_bin())
+fn command(controller: &Controller, args: &[&str]) -> Command {
+    let mut command = Command::new(canaryctl_bin());
+    command
         .current_dir(repo_root())
         .args(args)
         .env(
@@ -15,8 +17,12 @@ fn canaryctl(controller: &Controller, args: &[&str]) -> Output {
         .env("CANARYCTL_STATE_DIR", &controller.state_dir)
         .env("CANARYCTL_ACTOR", "tester")
         .env_remove("CANARYCTL_TOKEN")
-        .output()
-        .expect("run canaryctl")
+        .stdin(Stdio::null());
+    command
+}
+
+fn canaryctl(controller: &Controller, args: &[&str]) -> Output {
+    command(controller, args).output().expect("run canaryctl")
 }
 
 fn ok(controller: &Controller, args: &[&str]) -> String {
@@ -59,9 +65,36 @@ fn the_cli_drives_a_rollout() {
     ok(&c, &["rollout", "resume"]);
     let promoted = ok(&c, &["rollout", "promote"]);
     assert!(promoted.contains("stage 2 of 5 (5%)"), "{promoted}");
+    // `status --watch` follows the rollout until it ends.
+    let dir = TempDir::new("cli-watch");
+    let log = dir.path().join("watch.log");
+    let mut watching = ChildGuard(
+        command(&c, &["rollout", "status", "--watch"])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn canaryctl rollout status --watch"),
+    );
+    wait_for("the first status", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("stage 2 of 5 (5%)")
+            .then_some(())
+    });
     ok(
         &c,
         &["rollout", "rollback", "--reason", "refund flow broke"],
+    );
+    let status = wait_for("status --watch to end", Duration::from_secs(10), || {
+        watching.0.try_wait().unwrap()
+    });
+    let watched = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{watched}");
+    assert!(
+        watched
+            .trim_end()
+            .lines()
+            .any(|l| l.contains("rolled_back")),
+        "{watched}"
     );
     let audit = ok(&c, &["rollout", "audit"]);
     for expected in [
