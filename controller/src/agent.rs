@@ -219,7 +219,7 @@ async fn answer(State(state): State<AgentState>, headers: HeaderMap) -> Response
     if delay >= 1.0 {
         tokio::time::sleep(Duration::from_millis(delay as u64)).await;
     }
-    let telemetry: Vec<(&'static str, String)> = vec![
+    let telemetry = [
         ("x-agent-outcome", outcome.outcome.to_string()),
         ("x-agent-cost-micros", outcome.cost_micros.to_string()),
         ("x-agent-tokens", outcome.tokens.to_string()),
@@ -240,9 +240,9 @@ async fn answer(State(state): State<AgentState>, headers: HeaderMap) -> Response
     .to_string();
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
     let mut map = HeaderMap::new();
-    for (name, value) in &telemetry {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            map.insert(*name, value);
+    for (name, value) in telemetry {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            map.insert(name, value);
         }
     }
     if header("x-stream").as_deref() == Some("1") {
@@ -262,7 +262,7 @@ async fn answer(State(state): State<AgentState>, headers: HeaderMap) -> Response
 }
 
 /// A stream over frames that are all ready now.
-pub struct ReadyStream<T>(std::vec::IntoIter<T>);
+struct ReadyStream<T>(std::vec::IntoIter<T>);
 
 impl<T: Unpin> futures_core::Stream for ReadyStream<T> {
     type Item = T;

@@ -402,9 +402,7 @@ async fn rollout(client: &Client, command: RolloutCommand, json: bool) -> Result
         RolloutCommand::Status { id, target, watch } => {
             let id = client.resolve(id, target.as_deref(), true).await?;
             loop {
-                let mut v = client.get(&format!("/v1/rollouts/{id}")).await?;
-                let analysis = client.get(&format!("/v1/rollouts/{id}/analysis")).await?;
-                v["analysis"] = analysis["analysis"].clone();
+                let v = client.rollout_with_analysis(id).await?;
                 print_or(json, &v, || {
                     print_rollout(&v);
                     print_analysis(&v["analysis"]);
@@ -473,9 +471,7 @@ async fn watch(client: &Client, id: i64, json: bool) -> Result<(), Failure> {
     let mut bar_drawn = false;
     let mut last_plain = std::time::Instant::now();
     loop {
-        let v = client.get(&format!("/v1/rollouts/{id}")).await?;
-        let analysis =
-            client.get(&format!("/v1/rollouts/{id}/analysis")).await?["analysis"].clone();
+        let v = client.rollout_with_analysis(id).await?;
         let audit = client
             .get(&format!("/v1/audit?rollout={id}&after={last_audit}"))
             .await?;
@@ -498,12 +494,10 @@ async fn watch(client: &Client, id: i64, json: bool) -> Result<(), Failure> {
         let ended = !crate::dashboard::is_active(&v);
         if json {
             if shown.as_ref() != Some(&key) || ended {
-                let mut state = v.clone();
-                state["analysis"] = analysis.clone();
-                let _ = writeln!(out, "{state}");
+                let _ = writeln!(out, "{v}");
             }
         } else if !ended {
-            let line = stage_line(&v, &analysis);
+            let line = stage_line(&v, &v["analysis"]);
             if terminal {
                 let _ = write!(out, "\r\x1b[2K{}", fit(&line));
                 bar_drawn = true;
@@ -794,12 +788,18 @@ fn print_analysis(a: &Value) {
         println!("  analysis  none (start the controller with --envoy-admin to compare metrics)");
         return;
     }
+    // An ended rollout shows its last decision's comparison (no running count then).
+    let failures = a["consecutive_failures"]
+        .as_u64()
+        .map_or(String::new(), |n| format!(", failed checks in a row {n}"));
+    let when = a["decided_ms"].as_i64().map_or(String::new(), |at| {
+        format!("  at the last decision, {}", utc(at))
+    });
     println!(
-        "  requests  stable {}  canary {}   (alpha per gate {:.2e}, failed checks in a row {})",
+        "  requests  stable {}  canary {}   (alpha per gate {:.2e}{failures}){when}",
         crate::dashboard::count(&a["stable_requests"]),
         crate::dashboard::count(&a["canary_requests"]),
         a["alpha"].as_f64().unwrap_or(0.0),
-        a["consecutive_failures"]
     );
     println!(
         "  {:<18} {:>10} {:>10} {:>14} {:>10} {:>15}  verdict",
@@ -900,6 +900,14 @@ impl Client {
     async fn get(&self, path: &str) -> Result<Value, Failure> {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await
+    }
+
+    /// A rollout as the API shows it, with its analysis under `analysis`.
+    async fn rollout_with_analysis(&self, id: i64) -> Result<Value, Failure> {
+        let mut v = self.get(&format!("/v1/rollouts/{id}")).await?;
+        let analysis = self.get(&format!("/v1/rollouts/{id}/analysis")).await?;
+        v["analysis"] = analysis["analysis"].clone();
+        Ok(v)
     }
 
     async fn post(&self, path: &str, body: String) -> Result<Value, Failure> {

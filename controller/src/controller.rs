@@ -286,15 +286,33 @@ impl Controller {
         Ok(store::list_rollouts(&self.db(), active_only)?)
     }
 
-    /// The analysis of a rollout's current stage, when an analyst can give one.
+    /// The analysis of a rollout: its current stage's while it is under way, when an
+    /// analyst can give one; once it has ended, the comparison its last automatic
+    /// decision kept in the audit log, marked with that decision's time.
     pub fn analysis(&self, id: i64) -> Result<serde_json::Value> {
         let row = self.rollout_row(id)?;
-        let report = self.analyst.report(&row, now_ms());
+        let report = if row.state.phase.is_active() {
+            self.analyst.report(&row, now_ms())
+        } else {
+            self.last_decision(id)?
+        };
         Ok(serde_json::json!({
             "rollout_id": row.id,
             "phase": row.state.phase,
             "stage": row.state.stage + 1,
             "analysis": report,
+        }))
+    }
+
+    fn last_decision(&self, id: i64) -> Result<Option<serde_json::Value>> {
+        let audit = self.audit(Some(id), None, 0, 10_000)?;
+        Ok(audit.iter().rev().find_map(|e| {
+            let details = e.details.as_ref()?;
+            details["comparisons"].is_array().then(|| {
+                let mut analysis = details.clone();
+                analysis["decided_ms"] = e.at_ms.into();
+                analysis
+            })
         }))
     }
 

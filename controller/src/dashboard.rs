@@ -60,11 +60,7 @@ impl Snapshot {
                     .iter()
                     .filter_map(|e| serde_json::to_value(e).ok())
                     .collect();
-                let analysis = if is_active(&view) {
-                    controller.analysis(id)?["analysis"].clone()
-                } else {
-                    last_decision(&audit)
-                };
+                let analysis = controller.analysis(id)?["analysis"].clone();
                 (Some(view), analysis, audit)
             }
             None => (None, Value::Null, Vec::new()),
@@ -78,20 +74,6 @@ impl Snapshot {
             audit,
         })
     }
-}
-
-/// An ended rollout's comparison: the one its last automatic decision kept in the
-/// audit log, marked with that decision's time.
-fn last_decision(audit: &[Value]) -> Value {
-    audit
-        .iter()
-        .rev()
-        .find(|e| e["details"]["comparisons"].is_array())
-        .map_or(Value::Null, |e| {
-            let mut analysis = e["details"].clone();
-            analysis["decided_ms"] = e["at_ms"].clone();
-            analysis
-        })
 }
 
 /// Whether a rollout (as the API shows it) is still under way.

@@ -192,6 +192,21 @@ impl Envoy {
             .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"))
     }
 
+    /// Like `start`, with the admin on `admin_port`, chosen beforehand so that a
+    /// controller can be told where to scrape, or so that it survives a restart.
+    /// The admin's address is the config's first port 0.
+    pub fn start_with_admin(config: &str, concurrency: u32, admin_port: u16) -> Envoy {
+        let at = config.find("port_value: 0}").expect("a config with port 0");
+        assert!(
+            config[..at].contains("admin:"),
+            "the config's first port 0 is not the admin's"
+        );
+        let config = config.replacen("port_value: 0}", &format!("port_value: {admin_port}}}"), 1);
+        let envoy = Self::start(&config, concurrency);
+        assert_eq!(envoy.admin, admin_port);
+        envoy
+    }
+
     /// Like `start`, but returns Envoy's log if it exits before it is ready.
     pub fn try_start(config: &str, concurrency: u32) -> Result<Envoy, String> {
         wasm_path();

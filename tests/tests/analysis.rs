@@ -26,13 +26,8 @@ fn stack(stable: &[&str], canary: &[&str]) -> Stack {
         "50ms",
     ])
     .with_policies(&["v2.3.1", "v2.4.0"]);
-    let config = controller_mode_config(stable.port, canary.port, controller.port).replacen(
-        "port_value: 0}",
-        &format!("port_value: {admin_port}}}"),
-        1,
-    );
-    let envoy = Envoy::start(&config, 2);
-    assert_eq!(envoy.admin, admin_port);
+    let config = controller_mode_config(stable.port, canary.port, controller.port);
+    let envoy = Envoy::start_with_admin(&config, 2, admin_port);
     Stack {
         envoy,
         controller,
@@ -120,6 +115,10 @@ fn a_worse_canary_is_rolled_back_by_itself() {
         .clone();
     assert_eq!(completion["verdict"], "breach");
     assert!(completion["canary"].as_f64().unwrap() < completion["stable"].as_f64().unwrap());
+    // The ended rollout's analysis is that decision's comparison.
+    let analysis = s.controller.get(&format!("/v1/rollouts/{id}/analysis"))["analysis"].clone();
+    assert_eq!(analysis["decided_ms"], last["at_ms"]);
+    assert_eq!(analysis["comparisons"], last["details"]["comparisons"]);
 }
 
 #[test]

@@ -528,10 +528,7 @@ fn the_runtime_driver_sets_envoy_weights_and_reapplies_them() {
     let envoy_config = shipped_config("envoy-runtime.yaml", stable.port, canary.port);
     // The admin port must stay the same across an Envoy restart: fix it.
     let admin_port = free_port();
-    let envoy_config =
-        envoy_config.replacen("port_value: 0}", &format!("port_value: {admin_port}}}"), 1);
-    let mut envoy = Envoy::start(&envoy_config, 2);
-    assert_eq!(envoy.admin, admin_port);
+    let mut envoy = Envoy::start_with_admin(&envoy_config, 2, admin_port);
     let admin = format!("http://127.0.0.1:{admin_port}");
     let c = Controller::start(&["--envoy-admin", &admin, "--runtime-weights"])
         .with_policies(&["v2.3.1", "v2.4.0"]);
@@ -549,7 +546,7 @@ fn the_runtime_driver_sets_envoy_weights_and_reapplies_them() {
 
     // A restarted Envoy forgets runtime overrides; the driver puts them back.
     drop(envoy);
-    envoy = Envoy::start(&envoy_config, 2);
+    envoy = Envoy::start_with_admin(&envoy_config, 2, admin_port);
     let client = Client::new(envoy.port);
     wait_for_split(&client, &sessions, "rollout-2026-11-22", 2_500);
     let runtime: Value = serde_json::from_str(&envoy.admin_get("/runtime")).unwrap();

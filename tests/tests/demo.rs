@@ -28,13 +28,8 @@ impl Demo {
         ]);
         let (stable_agent, stable_port) = start_agent(controller.port, 1, 1.0);
         let (canary_agent, canary_port) = start_agent(controller.port, 2, 1.0);
-        let config = controller_mode_config(stable_port, canary_port, controller.port).replacen(
-            "port_value: 0}",
-            &format!("port_value: {admin_port}}}"),
-            1,
-        );
-        let envoy = Envoy::start(&config, 2);
-        assert_eq!(envoy.admin, admin_port);
+        let config = controller_mode_config(stable_port, canary_port, controller.port);
+        let envoy = Envoy::start_with_admin(&config, 2, admin_port);
         let demo = Demo {
             envoy,
             controller,
