@@ -59,9 +59,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
 
 /// The gates that v2.4.0's broken refund flow (`envoy/policies/v2.4.0.yaml`) moves
 /// past their thresholds. Which breaches first depends on how many refund sessions
-/// the rollout's random salt puts in the canary (16% to 31% of them over 400 random
-/// salts, with the demo's 3000 sessions): completion when there are many, abandonment
-/// when few.
+/// the rollout's random salt puts in the canary (17% to 33% of them over 400 salts,
+/// `scripts/refund-share.py`): completion when there are many, abandonment when few.
 pub const REFUND_REGRESSION_GATES: [&str; 3] =
     ["completion_rate", "abandonment_rate", "tool_error_rate"];
 

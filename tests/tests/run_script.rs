@@ -2,7 +2,8 @@
 //! (`scripts/run-demo.sh`): the regression scenario rolls back by itself, the script
 //! prints the dashboard URL and the live lines, exits with `rollout watch`'s code
 //! under `DEMO_EXIT=1`, and leaves nothing listening behind it. `make run-static`'s
-//! (`scripts/run-static.sh`): every command it prints works as it says.
+//! (`scripts/run-static.sh`): every command it prints works as it says. And the
+//! README still quotes what `scripts/refund-share.py` prints.
 
 use policy_canary_e2e::*;
 use std::ffi::OsString;
@@ -267,4 +268,30 @@ fn a_taken_port_is_named_and_nothing_starts() {
         );
         assert_nothing_listens(&ports);
     }
+}
+
+/// The README quotes `scripts/refund-share.py`'s range; it must still print it.
+#[test]
+fn the_readme_quotes_the_refund_share_script() {
+    let out = Command::new("python3")
+        .arg(repo_root().join("scripts/refund-share.py"))
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let percent = |key: &str| -> f64 {
+        let at = text.find(&format!("{key} ")).unwrap() + key.len() + 1;
+        text[at..].split('%').next().unwrap().parse().unwrap()
+    };
+    let quoted = format!(
+        "{:.0}% to {:.0}% of the canary's sessions",
+        percent("min"),
+        percent("max")
+    );
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        readme.contains(&quoted),
+        "README lacks {quoted:?}; the script printed:\n{text}"
+    );
 }
