@@ -6,6 +6,8 @@ use sha2::{Digest, Sha256};
 
 /// Number of buckets; weights are in basis points of this.
 pub const BUCKETS: u16 = 10_000;
+/// Largest weight: every bucket, 10000 basis points = 100%.
+pub const MAX_WEIGHT_BP: u16 = BUCKETS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cohort {
@@ -43,18 +45,6 @@ pub fn cohort_for(bucket: u16, canary_weight_bp: u16) -> Cohort {
     } else {
         Cohort::Stable
     }
-}
-
-/// Lowercase hex sha256, for comparing force tokens with `force.token_sha256`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for byte in digest {
-        out.push(HEX[usize::from(byte >> 4)] as char);
-        out.push(HEX[usize::from(byte & 0xf)] as char);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -114,13 +104,5 @@ mod tests {
                     .all(|&w| cohort_for(b, w) == Cohort::Canary));
             }
         }
-    }
-
-    #[test]
-    fn sha256_hex_known_value() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }

@@ -3,13 +3,17 @@
 //! Field names are part of the project's contract (see the README's configuration
 //! reference). Unknown fields are errors, and every error names the field path.
 
+pub use crate::cohort::MAX_WEIGHT_BP;
+use crate::error::err;
+pub use crate::error::ConfigError;
 use crate::reader::{Object, Reader};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 
-/// Largest weight: 10000 basis points = 100%.
-pub const MAX_WEIGHT_BP: u16 = 10_000;
+/// Longest salt a route table may carry.
+pub const MAX_SALT_BYTES: usize = 256;
+/// Most segments a route table may carry.
+pub const MAX_SEGMENTS: usize = 64;
 
 /// Where a cohort's requests go: the policy version and the Envoy cluster serving it.
 /// (`Deserialize` is for the controller's plans; the filter reads JSON with `reader`.)
@@ -207,32 +211,6 @@ pub struct PluginConfig {
 
 /// Headers only the filter may set; client-sent copies are always removed.
 pub const INTERNAL_HEADERS: [&str; 3] = ["x-policy-cluster", "x-agent-policy", "x-canary-bucket"];
-
-/// A configuration error naming the field path, e.g. `route.canary_weight_bp`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() || self.path == "." {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-pub(crate) fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        path: path.into(),
-        message: message.into(),
-    }
-}
 
 impl PluginConfig {
     /// Parses and validates a plugin configuration.
@@ -440,9 +418,7 @@ impl RouteTable {
 
     /// Validates the table; `prefix` is prepended to field paths in errors.
     pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
-        if self.salt.len() > 256 {
-            return Err(err(format!("{prefix}salt"), "must be at most 256 bytes"));
-        }
+        check_salt(&format!("{prefix}salt"), &self.salt)?;
         check_weight(&format!("{prefix}canary_weight_bp"), self.canary_weight_bp)?;
         self.stable.validate(&format!("{prefix}stable."))?;
         if let Some(canary) = &self.canary {
@@ -459,9 +435,7 @@ impl RouteTable {
                 "must be 0 when there is no canary",
             ));
         }
-        if self.segments.len() > 64 {
-            return Err(err(format!("{prefix}segments"), "at most 64 segments"));
-        }
+        check_segment_count(&format!("{prefix}segments"), self.segments.len())?;
         for (i, segment) in self.segments.iter().enumerate() {
             let p = format!("{prefix}segments[{i}].");
             check_header(&format!("{p}header"), &segment.header)?;
@@ -492,6 +466,22 @@ impl PolicyBackend {
         check_version(&format!("{prefix}version"), &self.version)?;
         check_name(&format!("{prefix}cluster"), &self.cluster)
     }
+}
+
+/// A salt fits a route table: at most `MAX_SALT_BYTES`.
+pub fn check_salt(path: &str, salt: &str) -> Result<(), ConfigError> {
+    if salt.len() > MAX_SALT_BYTES {
+        return Err(err(path, format!("must be at most {MAX_SALT_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// A route table holds at most `MAX_SEGMENTS` segments.
+pub fn check_segment_count(path: &str, count: usize) -> Result<(), ConfigError> {
+    if count > MAX_SEGMENTS {
+        return Err(err(path, format!("at most {MAX_SEGMENTS} segments")));
+    }
+    Ok(())
 }
 
 fn check_weight(path: &str, weight: u16) -> Result<(), ConfigError> {

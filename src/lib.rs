@@ -6,6 +6,8 @@
 
 pub mod cohort;
 pub mod config;
+pub mod digest;
+pub mod error;
 pub mod reader;
 pub mod routing;
 pub mod stats;

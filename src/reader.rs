@@ -4,7 +4,8 @@
 //! `Deserialize`: one generic JSON parse plus these few methods keep the `.wasm`
 //! about 80 KB smaller, and the errors name the full path (`route.stable.cluster`).
 
-use crate::config::{err, ConfigError, MAX_WEIGHT_BP};
+use crate::cohort::MAX_WEIGHT_BP;
+use crate::error::{err, ConfigError};
 use serde_json::{Map, Value};
 
 /// A parsed JSON document.

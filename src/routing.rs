@@ -2,8 +2,9 @@
 //! carry it to Envoy's router and the backend. Pure: the glue hands in the request
 //! headers and applies the edits.
 
-use crate::cohort::{bucket, cohort_for, sha256_hex, Cohort, BUCKETS};
+use crate::cohort::{bucket, cohort_for, Cohort, BUCKETS};
 use crate::config::{MissingSession, PluginConfig, RouteTable, INTERNAL_HEADERS};
+use crate::digest::{constant_time_eq_ignore_ascii_case, sha256_hex};
 use std::borrow::Cow;
 
 /// A header as Envoy hands it over: lowercase name, raw value bytes.
@@ -167,8 +168,9 @@ fn forced_cohort(config: &PluginConfig, table: &RouteTable, headers: &[Header]) 
         return ForceHeader::Ignored;
     };
     if let Some(expected) = &config.force.token_sha256 {
-        let token_ok = first_value(headers, &config.force.token_header)
-            .is_some_and(|token| constant_time_eq_ignore_case(&sha256_hex(token), expected));
+        let token_ok = first_value(headers, &config.force.token_header).is_some_and(|token| {
+            constant_time_eq_ignore_ascii_case(sha256_hex(token).as_bytes(), expected.as_bytes())
+        });
         if !token_ok {
             return ForceHeader::Ignored;
         }
@@ -191,13 +193,6 @@ pub fn parse_force(value: &[u8]) -> Option<Cohort> {
     } else {
         None
     }
-}
-
-fn constant_time_eq_ignore_case(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| {
-            acc | (x.to_ascii_lowercase() ^ y.to_ascii_lowercase())
-        }) == 0
 }
 
 fn first_value<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {

@@ -4,7 +4,7 @@
 //! `stats_tags` in the shipped Envoy configs, Prometheus shows them as
 //! `policy_canary_<suffix>{target="…",policy_version="…"}`.
 
-use crate::telemetry::{Outcome, TelemetryReport};
+use crate::telemetry::{TaskOutcome, TelemetryReport};
 
 /// Every counter the filter keeps per version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,10 +138,10 @@ impl CounterSet {
             self.add(Counter::TasksTotal, 1);
             self.add(
                 match outcome {
-                    Outcome::Completed => Counter::TasksCompleted,
-                    Outcome::Failed => Counter::TasksFailed,
-                    Outcome::Abandoned => Counter::TasksAbandoned,
-                    Outcome::Escalated => Counter::TasksEscalated,
+                    TaskOutcome::Completed => Counter::TasksCompleted,
+                    TaskOutcome::Failed => Counter::TasksFailed,
+                    TaskOutcome::Abandoned => Counter::TasksAbandoned,
+                    TaskOutcome::Escalated => Counter::TasksEscalated,
                 },
                 1,
             );
@@ -245,7 +245,7 @@ mod tests {
         set.record(&StreamRecord {
             status: Some(200),
             report: TelemetryReport {
-                outcome: Some(Outcome::Abandoned),
+                outcome: Some(TaskOutcome::Abandoned),
                 cost_micros: Some(7),
                 tokens: Some(100),
                 tool_calls: Some(2),

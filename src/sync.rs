@@ -2,7 +2,8 @@
 //! keep the last good one (fail static), back off on failure. Pure: the glue does
 //! the HTTP calls and shared-data writes.
 
-use crate::config::{err, read_routes, ConfigError};
+use crate::config::read_routes;
+use crate::error::{err, ConfigError};
 use crate::reader::Reader;
 
 /// Shared-data key holding the last good routes document (JSON, as served).

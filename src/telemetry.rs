@@ -5,21 +5,21 @@ use crate::routing::Header;
 
 /// How the task that this response ends turned out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum TaskOutcome {
     Completed,
     Failed,
     Abandoned,
     Escalated,
 }
 
-impl Outcome {
+impl TaskOutcome {
     pub fn parse(value: &[u8]) -> Option<Self> {
         let value = value.trim_ascii();
         [
-            (&b"completed"[..], Outcome::Completed),
-            (b"failed", Outcome::Failed),
-            (b"abandoned", Outcome::Abandoned),
-            (b"escalated", Outcome::Escalated),
+            (&b"completed"[..], TaskOutcome::Completed),
+            (b"failed", TaskOutcome::Failed),
+            (b"abandoned", TaskOutcome::Abandoned),
+            (b"escalated", TaskOutcome::Escalated),
         ]
         .into_iter()
         .find(|(name, _)| name.eq_ignore_ascii_case(value))
@@ -30,7 +30,7 @@ impl Outcome {
 /// The report of one response. Fields are `None` when absent or malformed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TelemetryReport {
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<TaskOutcome>,
     pub cost_micros: Option<u64>,
     pub tokens: Option<u64>,
     pub tool_calls: Option<u64>,
@@ -65,7 +65,7 @@ impl TelemetryReport {
                 continue;
             }
             let ok = if field == 0 {
-                self.outcome = Outcome::parse(value);
+                self.outcome = TaskOutcome::parse(value);
                 self.outcome.is_some()
             } else {
                 let count = parse_count(value);
@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(
             report,
             TelemetryReport {
-                outcome: Some(Outcome::Completed),
+                outcome: Some(TaskOutcome::Completed),
                 cost_micros: Some(1250),
                 tokens: Some(812),
                 tool_calls: Some(3),
@@ -195,7 +195,7 @@ mod tests {
         );
         assert_eq!(report.tokens, Some(99));
         assert_eq!(report.cost_micros, Some(5));
-        assert_eq!(report.outcome, Some(Outcome::Failed));
+        assert_eq!(report.outcome, Some(TaskOutcome::Failed));
     }
 
     #[test]
@@ -209,7 +209,7 @@ mod tests {
             &names,
             &h(&[("x-o", b"escalated"), ("x-agent-outcome", b"failed")]),
         );
-        assert_eq!(report.outcome, Some(Outcome::Escalated));
+        assert_eq!(report.outcome, Some(TaskOutcome::Escalated));
         assert!(is_telemetry_header(&names, "x-o"));
         assert!(!is_telemetry_header(&names, "x-agent-outcome"));
     }

@@ -12,11 +12,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use canaryctl::analysis::{analyse, decide, decide_naive, Analysis, StageDecision};
-use canaryctl::evidence::{Sample, Window};
-use canaryctl::plan::RolloutPlan;
+use canaryctl::analysis::evidence::{Sample, Scrape, Window};
+use canaryctl::analysis::{analyse, decide, Analysis, GateVerdict, StageDecision};
+use canaryctl::rollout::plan::RolloutPlan;
 
 const REQUESTS_PER_INTERVAL: u32 = 9_000;
+const SIMULATED_ENVOY: &str = "simulated-envoy";
 const INTERVAL_MS: i64 = 30_000;
 /// Envoy's default histogram bucket bounds (ms).
 const BUCKETS: [f64; 19] = [
@@ -171,6 +172,10 @@ fn run(
 ) -> Trial {
     let mut stage = 0;
     let mut window = Window::new(0);
+    // The counts as one simulated Envoy reports them: cumulative, so that the
+    // window takes deltas exactly as it does from a real scrape.
+    let mut reported = Scrape::default();
+    window.add(SIMULATED_ENVOY, &reported);
     let mut failures = 0;
     let mut checks_in_stage = 0i64;
     let mut exposed = 0.0;
@@ -187,8 +192,18 @@ fn run(
             }
         }
         exposed += f64::from(to_canary);
-        window.add_delta("s", &serve(stable, REQUESTS_PER_INTERVAL - to_canary, rng));
-        window.add_delta("c", &serve(canary, to_canary, rng));
+        let served = [
+            ("s", serve(stable, REQUESTS_PER_INTERVAL - to_canary, rng)),
+            ("c", serve(canary, to_canary, rng)),
+        ];
+        for (version, delta) in &served {
+            reported
+                .versions
+                .entry((*version).to_string())
+                .or_default()
+                .add(delta);
+        }
+        window.add(SIMULATED_ENVOY, &reported);
         window.end_pass("s", "c");
         let analysis = analyse(plan, stage, &window);
         let (decision, f) = rule(
@@ -361,3 +376,56 @@ fn main() {
         calibration.join(", ")
     );
 }
+
+/// The naive rule, for comparison in the simulation benchmark: once the stage's
+/// minimum requests are in, a gate breaches when its point estimate is beyond the
+/// threshold and passes otherwise; no bounds, checked at every interval.
+pub fn decide_naive(
+    plan: &RolloutPlan,
+    stage: usize,
+    elapsed_ms: i64,
+    analysis: &Analysis,
+    consecutive_failures: u32,
+) -> (StageDecision, u32) {
+    let Some(spec) = plan.stages.get(stage) else {
+        return (StageDecision::Hold, 0);
+    };
+    if analysis.safety.verdict == GateVerdict::Breach {
+        return (
+            StageDecision::Rollback("safety".into()),
+            consecutive_failures + 1,
+        );
+    }
+    if analysis.canary_requests < spec.min_requests as f64 {
+        return (StageDecision::Hold, consecutive_failures);
+    }
+    let enabled = analysis.comparisons.iter().filter(|c| {
+        !matches!(
+            c.verdict,
+            GateVerdict::Disabled | GateVerdict::NotApplicable
+        )
+    });
+    let breached: Vec<&str> = enabled
+        .clone()
+        .filter(|c| c.estimate.is_some_and(|e| e > 0.0))
+        .map(|c| c.metric)
+        .collect();
+    if !breached.is_empty() {
+        let failures = consecutive_failures + 1;
+        if failures >= plan.failure_threshold {
+            return (StageDecision::Rollback(breached.join(", ")), failures);
+        }
+        return (StageDecision::Hold, failures);
+    }
+    if elapsed_ms >= spec.min_duration.millis() && enabled.clone().all(|c| c.estimate.is_some()) {
+        return (
+            StageDecision::Advance("point estimates within thresholds".into()),
+            0,
+        );
+    }
+    if elapsed_ms >= plan.max_stage_duration.millis() {
+        return (StageDecision::Inconclusive("no decision".into()), 0);
+    }
+    (StageDecision::Hold, 0)
+}
+

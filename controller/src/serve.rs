@@ -1,12 +1,14 @@
 //! `canaryctl serve`: the control plane process.
 
-use crate::analyst::EnvoyAnalyst;
+use crate::analysis::evidence::envoy_admin;
+use crate::analysis::judge::{EvidenceJudge, Judge, TimeOnlyJudge};
+use crate::api::auth::resolve_token;
 use crate::api::{app, AppState};
-use crate::controller::{now_ms, Controller, TimeOnly};
+use crate::controller::{now_ms, Controller};
 use crate::notify::Notifier;
 use anyhow::Context;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,49 +26,6 @@ pub struct ServeOptions {
     pub scrape_interval: Duration,
 }
 
-/// The token from the flag or environment, else from the token file, else a new
-/// one written to the token file with mode 0600.
-pub fn resolve_token(token: Option<String>, file: &Path) -> anyhow::Result<String> {
-    if let Some(token) = token.filter(|t| !t.trim().is_empty()) {
-        return Ok(token.trim().to_string());
-    }
-    if let Ok(text) = std::fs::read_to_string(file) {
-        let token = text.trim().to_string();
-        anyhow::ensure!(
-            !token.is_empty(),
-            "the token file {} is empty",
-            file.display()
-        );
-        return Ok(token);
-    }
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let token = crate::policy::hex(&bytes);
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    write_private(file, &token).with_context(|| format!("writing {}", file.display()))?;
-    tracing::info!(file = %file.display(), "generated an API token");
-    Ok(token)
-}
-
-#[cfg(unix)]
-fn write_private(file: &Path, token: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)?;
-    writeln!(f, "{token}")
-}
-
-#[cfg(not(unix))]
-fn write_private(file: &Path, token: &str) -> std::io::Result<()> {
-    std::fs::write(file, format!("{token}\n"))
-}
-
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let token_file = options
         .token_file
@@ -75,17 +34,17 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let token = resolve_token(options.token.clone(), &token_file)?;
     let notifier = Notifier::spawn(options.webhooks.clone(), 5, Duration::from_millis(500));
     // With Envoy admins to read, stages move on evidence; without, on time alone.
-    let envoy_analyst = (!options.envoy_admins.is_empty()).then(EnvoyAnalyst::default);
-    let analyst: Box<dyn crate::controller::Analyst> = match &envoy_analyst {
-        Some(a) => Box::new(a.clone()),
-        None => Box::new(TimeOnly),
+    let evidence_judge = (!options.envoy_admins.is_empty()).then(EvidenceJudge::default);
+    let judge: Box<dyn Judge> = match &evidence_judge {
+        Some(j) => Box::new(j.clone()),
+        None => Box::new(TimeOnlyJudge),
     };
-    let controller = Controller::open(&options.state_dir, notifier.clone(), analyst)
+    let controller = Controller::open(&options.state_dir, notifier.clone(), judge)
         .with_context(|| format!("opening the state in {}", options.state_dir.display()))?;
-    if let Some(analyst) = envoy_analyst {
-        tokio::spawn(crate::analyst::collect(
+    if let Some(judge) = evidence_judge {
+        tokio::spawn(envoy_admin::collect(
             Arc::clone(&controller),
-            analyst,
+            judge,
             options.envoy_admins.clone(),
             options.scrape_interval,
         ));
@@ -111,7 +70,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             !options.envoy_admins.is_empty(),
             "--runtime-weights needs at least one --envoy-admin URL"
         );
-        tokio::spawn(crate::envoy_runtime::run(
+        tokio::spawn(crate::envoy::runtime::run(
             Arc::clone(&controller),
             options.envoy_admins.clone(),
         ));

@@ -1,5 +1,6 @@
 //! Weights and durations as people write them in plans: `"5%"`, `"0.5%"`, `"10m"`.
 
+use policy_canary::config::MAX_WEIGHT_BP;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 pub struct Weight(pub u16);
 
 impl Weight {
-    pub const FULL: Weight = Weight(10_000);
+    pub const FULL: Weight = Weight(MAX_WEIGHT_BP);
 
     pub fn bp(self) -> u16 {
         self.0
@@ -48,7 +49,7 @@ impl Weight {
     }
 
     pub fn from_bp(bp: u64) -> Result<Weight, String> {
-        if bp > 10_000 {
+        if bp > u64::from(MAX_WEIGHT_BP) {
             return Err(format!(
                 "weight must be at most 100%, got {}%",
                 bp as f64 / 100.0

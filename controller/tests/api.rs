@@ -5,7 +5,8 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use canaryctl::api::{app, AppState};
-use canaryctl::controller::{Controller, TimeOnly};
+use canaryctl::analysis::judge::TimeOnlyJudge;
+use canaryctl::controller::Controller;
 use canaryctl::notify::Notifier;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -34,7 +35,7 @@ fn api() -> Api {
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    let controller = Controller::open(&dir, Notifier::none(), Box::new(TimeOnly)).unwrap();
+    let controller = Controller::open(&dir, Notifier::none(), Box::new(TimeOnlyJudge)).unwrap();
     Api {
         state: AppState {
             controller,

@@ -170,7 +170,7 @@ fn x_canary_forces_either_cohort() {
 
 #[test]
 fn forcing_needs_the_token_when_one_is_configured() {
-    let hash = policy_canary::cohort::sha256_hex(b"let-me-in");
+    let hash = policy_canary::digest::sha256_hex(b"let-me-in");
     let s = start(Some(&plugin(
         0,
         &format!(r#""force": {{"header": "x-canary", "token_sha256": "{hash}"}},"#),

@@ -1,9 +1,11 @@
-//! Evidence from Envoy: the filter's per-version stats, read from each Envoy's
-//! `/stats/prometheus` and accumulated as deltas over the current stage window.
+//! Evidence: the filter's per-version counts, accumulated as deltas over the
+//! current stage window. One module per source: `envoy_admin` reads every Envoy's
+//! `/stats/prometheus`.
 //!
-//! Counter resets (an Envoy restart) count the new value as the delta; an Envoy
-//! that cannot be reached adds nothing (less evidence, never a pass); malformed
-//! lines are counted and skipped.
+//! Counter resets (an Envoy restart) count the new value as the delta; a source
+//! that cannot be reached adds nothing (less evidence, never a pass).
+
+pub mod envoy_admin;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -66,103 +68,6 @@ pub struct Scrape {
     pub malformed_lines: u64,
 }
 
-/// Reads the `policy_canary_*` series of `target` from Prometheus text.
-pub fn parse_prometheus(text: &str, target: &str) -> Scrape {
-    let mut scrape = Scrape::default();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || !line.starts_with("policy_canary_") {
-            continue;
-        }
-        let Some((name, labels, value)) = split_series(line) else {
-            scrape.malformed_lines += 1;
-            continue;
-        };
-        let Some(labels) = parse_labels(labels) else {
-            scrape.malformed_lines += 1;
-            continue;
-        };
-        let label = |key: &str| {
-            labels
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        };
-        if label("target") != Some(target) {
-            continue;
-        }
-        let Some(version) = label("policy_version") else {
-            continue;
-        };
-        let suffix = &name["policy_canary_".len()..];
-        let sample = scrape.versions.entry(version.to_string()).or_default();
-        if let Some(histogram) = suffix.strip_suffix("_bucket") {
-            if histogram == "rq_latency_ms" {
-                let le = match label("le") {
-                    Some("+Inf") => f64::INFINITY,
-                    Some(le) => match le.parse() {
-                        Ok(le) => le,
-                        Err(_) => {
-                            scrape.malformed_lines += 1;
-                            continue;
-                        }
-                    },
-                    None => continue,
-                };
-                sample.latency.push((le, value));
-            }
-        } else if !suffix.ends_with("_sum") && !suffix.ends_with("_count") {
-            sample.counters.insert(suffix.to_string(), value);
-        }
-    }
-    for sample in scrape.versions.values_mut() {
-        sample.latency.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
-    scrape
-}
-
-fn split_series(line: &str) -> Option<(&str, &str, f64)> {
-    let open = line.find('{')?;
-    let close = line.rfind('}')?;
-    if close < open {
-        return None;
-    }
-    let value: f64 = line[close + 1..].split_whitespace().next()?.parse().ok()?;
-    if !value.is_finite() || value < 0.0 {
-        return None;
-    }
-    Some((&line[..open], &line[open + 1..close], value))
-}
-
-fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
-    let mut labels = Vec::new();
-    let mut rest = text.trim();
-    while !rest.is_empty() {
-        let eq = rest.find('=')?;
-        let key = rest[..eq].trim().to_string();
-        rest = rest[eq + 1..].strip_prefix('"')?;
-        let mut value = String::new();
-        let mut chars = rest.char_indices();
-        let end = loop {
-            let (i, c) = chars.next()?;
-            match c {
-                '\\' => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break i,
-                c => value.push(c),
-            }
-        };
-        labels.push((key, value));
-        rest = rest[end + 1..]
-            .trim_start()
-            .trim_start_matches(',')
-            .trim_start();
-    }
-    Some(labels)
-}
-
 /// Costs and tasks one collection pass added, per arm: the batches of the
 /// batch-means variance of cost per task.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -219,15 +124,6 @@ impl Window {
         }
     }
 
-    /// Adds counts directly, as if an Envoy had reported them (simulations).
-    pub fn add_delta(&mut self, version: &str, delta: &Sample) {
-        self.totals
-            .entry(version.to_string())
-            .or_default()
-            .add(delta);
-        self.pass.entry(version.to_string()).or_default().add(delta);
-    }
-
     pub fn failed(&mut self) {
         self.scrapes_failed += 1;
     }
@@ -255,32 +151,7 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TEXT: &str = r#"# TYPE policy_canary_rq_total counter
-policy_canary_rq_total{target="support-agent",policy_version="v2.3.1"} 900
-policy_canary_rq_total{target="support-agent",policy_version="v2.4.0"} 100
-policy_canary_tasks_completed{target="support-agent",policy_version="v2.4.0"} 70
-policy_canary_rq_total{target="other",policy_version="v9"} 5
-policy_canary_rq_latency_ms_bucket{target="support-agent",policy_version="v2.4.0",le="5"} 40
-policy_canary_rq_latency_ms_bucket{target="support-agent",policy_version="v2.4.0",le="+Inf"} 100
-policy_canary_rq_latency_ms_sum{target="support-agent",policy_version="v2.4.0"} 1234
-policy_canary_rq_total{target="support-agent",policy_version="v2.4.0" 7
-policy_canary_rq_total{target="support-agent",policy_version="v2.4.0"} notanumber
-envoy_cluster_upstream_rq{envoy_cluster_name="x"} 3
-"#;
-
-    #[test]
-    fn parses_the_target_and_counts_garbage() {
-        let scrape = parse_prometheus(TEXT, "support-agent");
-        assert_eq!(scrape.versions.len(), 2);
-        let canary = &scrape.versions["v2.4.0"];
-        assert_eq!(canary.get("rq_total"), 100.0);
-        assert_eq!(canary.get("tasks_completed"), 70.0);
-        assert_eq!(canary.latency, vec![(5.0, 40.0), (f64::INFINITY, 100.0)]);
-        assert!(!canary.counters.contains_key("rq_latency_ms_sum"));
-        assert_eq!(scrape.malformed_lines, 2);
-        assert_eq!(parse_labels(r#"a="x\"y",b="2""#).unwrap()[0].1, "x\"y");
-    }
+    use crate::analysis::evidence::envoy_admin::parse_prometheus;
 
     #[test]
     fn windows_add_deltas_and_survive_resets_and_gaps() {

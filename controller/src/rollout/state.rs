@@ -2,7 +2,7 @@
 //! `route_for` says what traffic a state sends where. The loop and the API around
 //! them only gather inputs and persist outputs.
 
-use crate::plan::RolloutPlan;
+use crate::rollout::plan::RolloutPlan;
 use policy_canary::config::{PolicyBackend, RouteTable, Segment};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -136,7 +136,7 @@ impl fmt::Display for Illegal {
 
 /// The result of a legal action: the new state, or no change (a repeated rollback).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Transition {
     Changed(RolloutState),
     Unchanged,
 }
@@ -147,14 +147,14 @@ pub fn transition(
     plan: &RolloutPlan,
     action: Action,
     now_ms: i64,
-) -> Result<Outcome, Illegal> {
+) -> Result<Transition, Illegal> {
     use Phase::*;
     let illegal = Err(Illegal {
         action,
         phase: state.phase,
     });
     let at = |phase: Phase, stage: usize| {
-        Ok(Outcome::Changed(RolloutState {
+        Ok(Transition::Changed(RolloutState {
             phase,
             stage,
             stage_started_ms: now_ms,
@@ -172,7 +172,7 @@ pub fn transition(
     match (state.phase, action) {
         (Pending, Action::Start) if plan.is_final_weight(0) => at(Promoted, 0),
         (Pending, Action::Start) => at(Progressing, 0),
-        (Progressing, Action::Pause) => Ok(Outcome::Changed(RolloutState {
+        (Progressing, Action::Pause) => Ok(Transition::Changed(RolloutState {
             phase: Paused,
             ..*state
         })),
@@ -181,7 +181,7 @@ pub fn transition(
         (Progressing | Paused, Action::Promote { to_end }) => next(state.stage, to_end),
         (Progressing, Action::Advance) => next(state.stage, false),
         (Pending | Progressing | Paused, Action::Rollback) => at(RolledBack, state.stage),
-        (RolledBack, Action::Rollback) => Ok(Outcome::Unchanged),
+        (RolledBack, Action::Rollback) => Ok(Transition::Unchanged),
         (Pending | Progressing | Paused, Action::Abort) => at(Aborted, state.stage),
         _ => illegal,
     }
@@ -243,7 +243,7 @@ pub fn stable_after(plan: &RolloutPlan, phase: Phase) -> &PolicyBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::RolloutPlan;
+    use crate::rollout::plan::RolloutPlan;
 
     fn plan() -> RolloutPlan {
         RolloutPlan::parse(
@@ -284,7 +284,7 @@ segments: [{header: x-g, value: internal, weight: 100%}]
         let p = plan();
         let now = 99;
         let changed = |phase, stage| {
-            Ok(Outcome::Changed(RolloutState {
+            Ok(Transition::Changed(RolloutState {
                 phase,
                 stage,
                 stage_started_ms: now,
@@ -297,7 +297,7 @@ segments: [{header: x-g, value: internal, weight: 100%}]
                 let illegal = Err(Illegal { action, phase });
                 let expected = match (phase, action) {
                     (Pending, Action::Start) => changed(Progressing, 0),
-                    (Progressing, Action::Pause) => Ok(Outcome::Changed(RolloutState {
+                    (Progressing, Action::Pause) => Ok(Transition::Changed(RolloutState {
                         phase: Paused,
                         ..from
                     })),
@@ -310,7 +310,7 @@ segments: [{header: x-g, value: internal, weight: 100%}]
                     }
                     (Progressing, Action::Advance) => changed(Progressing, 2),
                     (Pending | Progressing | Paused, Action::Rollback) => changed(RolledBack, 1),
-                    (RolledBack, Action::Rollback) => Ok(Outcome::Unchanged),
+                    (RolledBack, Action::Rollback) => Ok(Transition::Unchanged),
                     (Pending | Progressing | Paused, Action::Abort) => changed(Aborted, 1),
                     _ => illegal,
                 };
@@ -326,7 +326,7 @@ segments: [{header: x-g, value: internal, weight: 100%}]
         let got = transition(&state(Phase::Progressing, 2), &p, Action::Advance, 5).unwrap();
         assert_eq!(
             got,
-            Outcome::Changed(RolloutState {
+            Transition::Changed(RolloutState {
                 phase: Phase::Promoted,
                 stage: 2,
                 stage_started_ms: 5
@@ -341,11 +341,11 @@ segments: [{header: x-g, value: internal, weight: 100%}]
             5,
         )
         .unwrap();
-        assert!(matches!(got, Outcome::Changed(s) if s.phase == Phase::Promoted));
+        assert!(matches!(got, Transition::Changed(s) if s.phase == Phase::Promoted));
         let mut full = p.clone();
         full.stages.drain(..3);
         let got = transition(&RolloutState::new(0), &full, Action::Start, 5).unwrap();
-        assert!(matches!(got, Outcome::Changed(s) if s.phase == Phase::Promoted));
+        assert!(matches!(got, Transition::Changed(s) if s.phase == Phase::Promoted));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! SQLite persistence: WAL, full sync, one transaction per state change, versioned
 //! migrations (`PRAGMA user_version`).
 
-use crate::plan::RolloutPlan;
+use crate::rollout::plan::RolloutPlan;
 use crate::rollout::{Phase, RolloutState};
 use policy_canary::config::{PolicyBackend, RouteTable};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};

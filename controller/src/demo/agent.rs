@@ -75,7 +75,7 @@ impl DemoProfile {
 
 /// One simulated answer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
+pub struct SimulatedAnswer {
     pub status: u16,
     pub outcome: &'static str,
     pub cost_micros: u64,
@@ -87,7 +87,7 @@ pub struct Outcome {
 }
 
 /// Draws one answer from `behaviour` with uniform numbers from `next` (pure, testable).
-pub fn simulate(behaviour: &Behaviour, mut next: impl FnMut() -> f64) -> Outcome {
+pub fn simulate(behaviour: &Behaviour, mut next: impl FnMut() -> f64) -> SimulatedAnswer {
     let status = if next() < behaviour.error_rate {
         500
     } else {
@@ -109,7 +109,7 @@ pub fn simulate(behaviour: &Behaviour, mut next: impl FnMut() -> f64) -> Outcome
     let tool_errors = (0..tool_calls)
         .filter(|_| next() < b.tool_error_rate)
         .count() as u64;
-    Outcome {
+    SimulatedAnswer {
         status,
         outcome,
         cost_micros: spread(b.cost_micros, next()),

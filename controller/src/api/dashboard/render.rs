@@ -1,110 +1,9 @@
-//! The dashboard at `/`: one server-rendered page (targets, the rollout in focus with
-//! its stage progress, weight over time, the side-by-side analysis and the audit
-//! timeline) plus a small script that refreshes it and sends pause / resume /
-//! promote / rollback with the API token. No asset comes from anywhere but the
-//! controller, and the Content-Security-Policy says so.
+//! The dashboard's HTML.
 
-use crate::controller::{now_ms, Controller, Result};
-use crate::rollout::Phase;
-use crate::units::{Dur, Weight};
+use super::Snapshot;
+use crate::format::{breaches, count, is_active, min_duration_ms, number, utc, weight};
 use serde_json::Value;
 use std::fmt::Write as _;
-
-pub const SCRIPT: &str = include_str!("dashboard/dashboard.js");
-pub const STYLE: &str = include_str!("dashboard/dashboard.css");
-/// Scripts, styles and requests only from the controller itself.
-pub const CONTENT_SECURITY_POLICY: &str =
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-/// Everything one page shows, read in one go.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub now_ms: i64,
-    pub targets: Vec<Value>,
-    pub rollouts: Vec<Value>,
-    /// The rollout in focus: the one asked for, else an active one, else the latest.
-    pub focus: Option<Value>,
-    pub analysis: Value,
-    pub audit: Vec<Value>,
-}
-
-impl Snapshot {
-    pub fn read(controller: &Controller, rollout: Option<i64>) -> Result<Snapshot> {
-        let targets = controller
-            .targets()?
-            .iter()
-            .filter_map(|t| serde_json::to_value(t).ok())
-            .collect();
-        let rollouts: Vec<Value> = controller
-            .rollouts(false)?
-            .iter()
-            .filter_map(|r| serde_json::to_value(r).ok())
-            .collect();
-        let focus_id = rollout.or_else(|| {
-            rollouts
-                .iter()
-                .rev()
-                .find(|r| is_active(r))
-                .or(rollouts.last())
-                .and_then(|r| r["id"].as_i64())
-        });
-        let (focus, analysis, audit) = match focus_id {
-            Some(id) => {
-                // The list holds every rollout; asking again only finds a missing id.
-                let view = match rollouts.iter().find(|r| r["id"].as_i64() == Some(id)) {
-                    Some(view) => view.clone(),
-                    None => serde_json::to_value(controller.rollout(id)?).unwrap_or_default(),
-                };
-                let audit: Vec<Value> = controller
-                    .audit(Some(id), None, 0, 1000)?
-                    .iter()
-                    .filter_map(|e| serde_json::to_value(e).ok())
-                    .collect();
-                let analysis = controller.analysis(id)?["analysis"].clone();
-                (Some(view), analysis, audit)
-            }
-            None => (None, Value::Null, Vec::new()),
-        };
-        Ok(Snapshot {
-            now_ms: now_ms(),
-            targets,
-            rollouts,
-            focus,
-            analysis,
-            audit,
-        })
-    }
-}
-
-/// Whether a rollout (as the API shows it) is still under way.
-pub fn is_active(rollout: &Value) -> bool {
-    let phase = s(&rollout["phase"]);
-    Phase::ALL
-        .iter()
-        .any(|p| p.is_active() && p.as_str() == phase)
-}
-
-/// A stage's minimum duration (as the API shows a plan stage), in milliseconds.
-pub fn min_duration_ms(stage: &Value) -> i64 {
-    stage["min_duration"]
-        .as_str()
-        .and_then(|d| Dur::parse(d).ok())
-        .map_or(0, |d| d.millis())
-}
-
-/// The comparisons an audit entry kept whose gate was breached.
-pub fn breaches(entry: &Value) -> impl Iterator<Item = &Value> {
-    entry["details"]["comparisons"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| s(&c["verdict"]) == "breach")
-}
-
-/// Basis points as a weight is written (`25%`, `0.5%`).
-pub fn weight(bp: u64) -> String {
-    Weight(bp.min(u64::from(Weight::FULL.bp())) as u16).to_string()
-}
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
@@ -124,17 +23,6 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
-}
-
-/// A number as the dashboard and `canaryctl rollout status` show it.
-pub fn number(v: &Value) -> String {
-    v.as_f64().map_or("-".to_string(), |x| format!("{x:.4}"))
-}
-
-/// A count (sample sizes are sums of counters, kept as floats by the analysis).
-pub fn count(v: &Value) -> String {
-    v.as_f64()
-        .map_or("-".to_string(), |x| format!("{}", x.round() as i64))
 }
 
 /// The whole page.
@@ -261,7 +149,7 @@ fn rollout_summary(out: &mut String, r: &Value, snapshot: &Snapshot) {
         stages = r["stages"],
         stage_weight = escape(s(&r["stage_weight"])),
         weight = escape(s(&r["weight"])),
-        since = crate::cli::utc(r["stage_started_ms"].as_i64().unwrap_or(0)),
+        since = utc(r["stage_started_ms"].as_i64().unwrap_or(0)),
         ago = ((snapshot.now_ms - r["stage_started_ms"].as_i64().unwrap_or(0)).max(0) / 1000),
         salt = escape(s(&r["salt"])),
         revision = r["revision"],
@@ -376,11 +264,11 @@ fn weight_chart(out: &mut String, r: &Value, audit: &[Value], now: i64) {
         y50 = y(5_000),
         y100 = y(10_000),
         x_end = W - PAD,
-        from = crate::cli::utc(start),
+        from = utc(start),
         to = if is_active(r) {
             "now".to_string()
         } else {
-            crate::cli::utc(end)
+            utc(end)
         },
     );
 }
@@ -389,7 +277,7 @@ fn analysis(out: &mut String, a: &Value) {
     let when = a["decided_ms"]
         .as_i64()
         .map_or("this stage".to_string(), |at| {
-            format!("at the last decision, {}", crate::cli::utc(at))
+            format!("at the last decision, {}", utc(at))
         });
     let _ = writeln!(
         out,
@@ -475,7 +363,7 @@ fn timeline(out: &mut String, audit: &[Value]) {
             out,
             "<li data-audit-id=\"{id}\" class=\"action-{action}\"><time>{at}</time> <b>{action}</b> {change}{weight} · rev {revision} · by {actor}: {reason}{evidence}</li>",
             id = e["id"],
-            at = crate::cli::utc(e["at_ms"].as_i64().unwrap_or(0)),
+            at = utc(e["at_ms"].as_i64().unwrap_or(0)),
             action = escape(s(&e["action"])),
             revision = e["revision"],
             actor = escape(s(&e["actor"])),

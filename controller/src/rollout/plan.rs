@@ -1,50 +1,13 @@
 //! Rollout plans: what to roll out, in which stages, under which rules.
 
-use crate::gates::Gates;
+use crate::analysis::gates::Gates;
+use crate::document::parse_document;
 use crate::units::{Dur, Weight};
-use policy_canary::config::{check_header, check_name, check_version, PolicyBackend};
+use policy_canary::config::{
+    check_header, check_name, check_salt, check_segment_count, check_version, PolicyBackend,
+};
+use policy_canary::error::{err, ConfigError};
 use serde::{Deserialize, Serialize};
-use std::fmt;
-
-/// A bad document, naming the field path (`stages[2].weight`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() || self.path == "." {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-impl std::error::Error for FieldError {}
-
-pub fn field_error(path: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError {
-        path: path.into(),
-        message: message.into(),
-    }
-}
-
-/// Parses YAML or JSON (JSON is YAML) into `T`, with the failing field's path.
-pub fn parse_document<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FieldError> {
-    let value: serde_json::Value = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| field_error("", format!("not valid JSON: {e}")))?
-    } else {
-        serde_yaml_ng::from_str(text)
-            .map_err(|e| field_error("", format!("not valid YAML: {e}")))?
-    };
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        field_error(path, e.into_inner().to_string())
-    })
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,14 +106,20 @@ pub struct RolloutPlan {
 }
 
 fn default_stages() -> Vec<Stage> {
-    [100, 500, 2_500, 5_000, 10_000]
-        .into_iter()
-        .map(|bp| Stage {
-            weight: Weight(bp),
-            min_duration: Dur::secs(600),
-            min_requests: if bp == 10_000 { 0 } else { 500 },
-        })
-        .collect()
+    [
+        Weight(100),
+        Weight(500),
+        Weight(2_500),
+        Weight(5_000),
+        Weight::FULL,
+    ]
+    .into_iter()
+    .map(|weight| Stage {
+        weight,
+        min_duration: Dur::secs(600),
+        min_requests: if weight == Weight::FULL { 0 } else { 500 },
+    })
+    .collect()
 }
 fn default_interval() -> Dur {
     Dur::secs(30)
@@ -163,7 +132,7 @@ fn default_max_stage() -> Dur {
 }
 
 impl RolloutPlan {
-    pub fn parse(text: &str) -> Result<RolloutPlan, FieldError> {
+    pub fn parse(text: &str) -> Result<RolloutPlan, ConfigError> {
         let plan: RolloutPlan = parse_document(text)?;
         plan.validate()?;
         Ok(plan)
@@ -171,31 +140,24 @@ impl RolloutPlan {
 
     /// Checks everything that needs no store (policy versions are checked against
     /// the registry when the rollout starts).
-    pub fn validate(&self) -> Result<(), FieldError> {
-        let core = |e: policy_canary::config::ConfigError| field_error(e.path, e.message);
-        check_name("target", &self.target).map_err(core)?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_name("target", &self.target)?;
         for (prefix, backend) in [("stable", &self.stable), ("canary", &self.canary)] {
-            check_version(&format!("{prefix}.version"), &backend.version).map_err(core)?;
-            check_name(&format!("{prefix}.cluster"), &backend.cluster).map_err(core)?;
+            check_version(&format!("{prefix}.version"), &backend.version)?;
+            check_name(&format!("{prefix}.cluster"), &backend.cluster)?;
         }
         if self.stable.version == self.canary.version {
-            return Err(field_error(
-                "canary.version",
-                "must differ from stable.version",
-            ));
+            return Err(err("canary.version", "must differ from stable.version"));
         }
         if self.stages.is_empty() {
-            return Err(field_error("stages", "at least one stage is needed"));
+            return Err(err("stages", "at least one stage is needed"));
         }
         for (i, stage) in self.stages.iter().enumerate() {
             if stage.weight.bp() == 0 {
-                return Err(field_error(
-                    format!("stages[{i}].weight"),
-                    "must be above 0%",
-                ));
+                return Err(err(format!("stages[{i}].weight"), "must be above 0%"));
             }
             if i > 0 && stage.weight <= self.stages[i - 1].weight {
-                return Err(field_error(
+                return Err(err(
                     format!("stages[{i}].weight"),
                     format!(
                         "weights must increase: {} follows {}",
@@ -206,21 +168,19 @@ impl RolloutPlan {
             }
         }
         if self.analysis_interval.0.is_zero() {
-            return Err(field_error("analysis_interval", "must be above 0"));
+            return Err(err("analysis_interval", "must be above 0"));
         }
         if self.failure_threshold == 0 {
-            return Err(field_error("failure_threshold", "must be at least 1"));
+            return Err(err("failure_threshold", "must be at least 1"));
         }
-        if self.segments.len() > 64 {
-            return Err(field_error("segments", "at most 64 segments"));
-        }
+        check_segment_count("segments", self.segments.len())?;
         for (i, segment) in self.segments.iter().enumerate() {
-            check_header(&format!("segments[{i}].header"), &segment.header).map_err(core)?;
+            check_header(&format!("segments[{i}].header"), &segment.header)?;
         }
         for (i, window) in self.windows.iter().enumerate() {
             for (field, value) in [("start", &window.start), ("end", &window.end)] {
                 if TimeWindow::minutes(value).is_none() {
-                    return Err(field_error(
+                    return Err(err(
                         format!("windows[{i}].{field}"),
                         format!("`{value}` is not a UTC time of day (HH:MM)"),
                     ));
@@ -228,9 +188,10 @@ impl RolloutPlan {
             }
         }
         if let Some(salt) = &self.salt {
-            if salt.is_empty() || salt.len() > 256 {
-                return Err(field_error("salt", "must be 1 to 256 bytes"));
+            if salt.is_empty() {
+                return Err(err("salt", "must not be empty"));
             }
+            check_salt("salt", salt)?;
         }
         Ok(())
     }
@@ -272,7 +233,7 @@ mod tests {
         for entry in std::fs::read_dir(envoy.join("policies")).unwrap() {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
-            crate::policy::PolicyBundle::parse(&text)
+            crate::registry::PolicyBundle::parse(&text)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             policies += 1;
         }
@@ -311,12 +272,19 @@ gates:
         assert_eq!(plan.stages[0].weight, Weight(100));
         assert_eq!(plan.failure_threshold, 2);
         assert_eq!(plan.on_inconclusive, InconclusiveAction::Pause);
-        let completion = plan.gates.gate(crate::gates::Metric::CompletionRate);
+        let completion = plan
+            .gates
+            .gate(crate::analysis::gates::Metric::CompletionRate);
         assert_eq!(
             completion.threshold,
-            crate::gates::Threshold::Absolute(0.03)
+            crate::analysis::gates::Threshold::Absolute(0.03)
         );
-        assert!(!plan.gates.gate(crate::gates::Metric::CostPerTask).enabled);
+        assert!(
+            !plan
+                .gates
+                .gate(crate::analysis::gates::Metric::CostPerTask)
+                .enabled
+        );
         let json = serde_json::to_string(&plan).unwrap();
         assert_eq!(RolloutPlan::parse(&json).unwrap(), plan);
         let minimal = RolloutPlan::parse(

@@ -1,10 +1,11 @@
 //! Agent policies: immutable, versioned bundles identified by version and the
 //! sha256 of their canonical JSON.
 
-use crate::plan::{field_error, parse_document, FieldError};
+use crate::document::parse_document;
 use policy_canary::config::check_version;
+use policy_canary::digest::sha256_hex;
+use policy_canary::error::{err, ConfigError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// What an agent runs with. Free-form parts (`tools`, `guardrails`, `metadata`)
 /// are kept as given; the canonical form sorts object keys.
@@ -25,14 +26,14 @@ pub struct PolicyBundle {
 }
 
 impl PolicyBundle {
-    pub fn parse(text: &str) -> Result<PolicyBundle, FieldError> {
+    pub fn parse(text: &str) -> Result<PolicyBundle, ConfigError> {
         let bundle: PolicyBundle = parse_document(text)?;
-        check_version("version", &bundle.version).map_err(|e| field_error(e.path, e.message))?;
+        check_version("version", &bundle.version)?;
         if !(0.0..=2.0).contains(&bundle.temperature) {
-            return Err(field_error("temperature", "must be between 0 and 2"));
+            return Err(err("temperature", "must be between 0 and 2"));
         }
         if bundle.max_tokens == 0 {
-            return Err(field_error("max_tokens", "must be at least 1"));
+            return Err(err("max_tokens", "must be at least 1"));
         }
         Ok(bundle)
     }
@@ -47,12 +48,8 @@ impl PolicyBundle {
     }
 
     pub fn sha256(&self) -> String {
-        hex(&Sha256::digest(self.canonical_json().as_bytes()))
+        sha256_hex(self.canonical_json().as_bytes())
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! Envoy restarts and forgets them.
 
 use crate::controller::Controller;
+use crate::envoy::admin::{AdminClient, HealthChange, SourceHealth};
+use crate::units::Weight;
 use policy_canary::config::RoutesDocument;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::Duration;
 /// How often the driver re-checks every Envoy even without a route change.
 pub const RECHECK: Duration = Duration::from_secs(2);
 
-/// Runtime keys and values for every target: stable gets `10000 - w`, the canary
+/// Runtime keys and values for every target: stable gets `100% - w`, the canary
 /// `w`, any other cluster a rollout of the target used 0.
 pub fn desired_weights(
     doc: &RoutesDocument,
@@ -27,7 +29,7 @@ pub fn desired_weights(
         let canary = table.canary.as_ref().map_or(0, |_| table.canary_weight_bp);
         keys.insert(
             format!("{prefix}.{}", table.stable.cluster),
-            10_000 - canary,
+            Weight::FULL.bp() - canary,
         );
         if let Some(c) = &table.canary {
             keys.insert(format!("{prefix}.{}", c.cluster), canary);
@@ -37,12 +39,9 @@ pub fn desired_weights(
 }
 
 pub async fn run(controller: Arc<Controller>, admins: Vec<String>) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap_or_default();
+    let client = AdminClient::default();
     let mut revisions = controller.subscribe();
-    let mut failing: HashMap<String, bool> = HashMap::new();
+    let mut health = SourceHealth::default();
     loop {
         let known = {
             let c = Arc::clone(&controller);
@@ -55,15 +54,14 @@ pub async fn run(controller: Arc<Controller>, admins: Vec<String>) {
         let wanted = desired_weights(&controller.routes(), &known);
         for admin in &admins {
             let result = sync_one(&client, admin, &wanted).await;
-            let was_failing = failing
-                .insert(admin.clone(), result.is_err())
-                .unwrap_or(false);
-            match result {
-                Err(e) if !was_failing => {
+            match (health.observe(admin, result.is_ok()), result) {
+                (Some(HealthChange::Failing), Err(e)) => {
                     tracing::warn!(admin, error = %e, "cannot set runtime weights")
                 }
-                Ok(true) => tracing::info!(admin, "runtime weights applied"),
-                Ok(_) if was_failing => tracing::info!(admin, "runtime weights reachable again"),
+                (_, Ok(true)) => tracing::info!(admin, "runtime weights applied"),
+                (Some(HealthChange::Recovered), _) => {
+                    tracing::info!(admin, "runtime weights reachable again")
+                }
                 _ => {}
             }
         }
@@ -76,42 +74,23 @@ pub async fn run(controller: Arc<Controller>, admins: Vec<String>) {
 
 /// Sets the weights that differ; returns whether anything was written.
 async fn sync_one(
-    client: &reqwest::Client,
+    client: &AdminClient,
     admin: &str,
     wanted: &BTreeMap<String, u16>,
 ) -> Result<bool, String> {
-    let admin = admin.trim_end_matches('/');
-    let current: serde_json::Value = client
-        .get(format!("{admin}/runtime"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    let differs: Vec<(&String, &u16)> = wanted
+    let current = client.runtime(admin).await?;
+    let differs: Vec<(String, String)> = wanted
         .iter()
         .filter(|(key, value)| {
             current["entries"][key.as_str()]["final_value"].as_str()
                 != Some(value.to_string().as_str())
         })
+        .map(|(k, v)| (k.clone(), v.to_string()))
         .collect();
     if differs.is_empty() {
         return Ok(false);
     }
-    let query: Vec<(String, String)> = differs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let response = client
-        .post(format!("{admin}/runtime_modify"))
-        .query(&query)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("runtime_modify answered {}", response.status()));
-    }
+    client.runtime_modify(admin, &differs).await?;
     Ok(true)
 }
 

@@ -1,0 +1,188 @@
+//! Evidence source: every Envoy's admin `/stats/prometheus`, read on an interval
+//! into each active rollout's stage window. An Envoy that cannot be read adds
+//! nothing (less evidence, never a pass); malformed lines are counted and skipped.
+
+use super::Scrape;
+use crate::analysis::judge::EvidenceJudge;
+use crate::controller::Controller;
+use crate::envoy::admin::{AdminClient, HealthChange, SourceHealth};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Scrapes every Envoy admin for every active rollout, every `interval`.
+pub async fn collect(
+    controller: Arc<Controller>,
+    judge: EvidenceJudge,
+    admins: Vec<String>,
+    interval: Duration,
+) {
+    let client = AdminClient::default();
+    let mut health = SourceHealth::default();
+    loop {
+        let c = Arc::clone(&controller);
+        let rows = tokio::task::spawn_blocking(move || c.rollout_rows(true))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        judge.forget_all_but(&rows.iter().map(|r| r.id).collect::<Vec<_>>());
+        let mut texts = Vec::new();
+        if !rows.is_empty() {
+            for admin in &admins {
+                let text = client.policy_stats(admin).await.ok();
+                match health.observe(admin, text.is_some()) {
+                    Some(HealthChange::Failing) => tracing::warn!(
+                        admin,
+                        "cannot read Envoy stats: its share of the evidence is missing"
+                    ),
+                    Some(HealthChange::Recovered) => {
+                        tracing::info!(admin, "reading Envoy stats again")
+                    }
+                    None => {}
+                }
+                texts.push((admin.clone(), text));
+            }
+        }
+        for row in &rows {
+            judge.with(row, |t| {
+                for (admin, text) in &texts {
+                    match text {
+                        Some(text) => t.window.add(admin, &parse_prometheus(text, &row.target)),
+                        None => t.window.failed(),
+                    }
+                }
+                t.window
+                    .end_pass(&row.plan.stable.version, &row.plan.canary.version);
+            });
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Reads the `policy_canary_*` series of `target` from Prometheus text.
+pub fn parse_prometheus(text: &str, target: &str) -> Scrape {
+    let mut scrape = Scrape::default();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || !line.starts_with("policy_canary_") {
+            continue;
+        }
+        let Some((name, labels, value)) = split_series(line) else {
+            scrape.malformed_lines += 1;
+            continue;
+        };
+        let Some(labels) = parse_labels(labels) else {
+            scrape.malformed_lines += 1;
+            continue;
+        };
+        let label = |key: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        if label("target") != Some(target) {
+            continue;
+        }
+        let Some(version) = label("policy_version") else {
+            continue;
+        };
+        let suffix = &name["policy_canary_".len()..];
+        let sample = scrape.versions.entry(version.to_string()).or_default();
+        if let Some(histogram) = suffix.strip_suffix("_bucket") {
+            if histogram == "rq_latency_ms" {
+                let le = match label("le") {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(le) => match le.parse() {
+                        Ok(le) => le,
+                        Err(_) => {
+                            scrape.malformed_lines += 1;
+                            continue;
+                        }
+                    },
+                    None => continue,
+                };
+                sample.latency.push((le, value));
+            }
+        } else if !suffix.ends_with("_sum") && !suffix.ends_with("_count") {
+            sample.counters.insert(suffix.to_string(), value);
+        }
+    }
+    for sample in scrape.versions.values_mut() {
+        sample.latency.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    scrape
+}
+
+fn split_series(line: &str) -> Option<(&str, &str, f64)> {
+    let open = line.find('{')?;
+    let close = line.rfind('}')?;
+    if close < open {
+        return None;
+    }
+    let value: f64 = line[close + 1..].split_whitespace().next()?.parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    Some((&line[..open], &line[open + 1..close], value))
+}
+
+fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
+    let mut labels = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim().to_string();
+        rest = rest[eq + 1..].strip_prefix('"')?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '\\' => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                '"' => break i,
+                c => value.push(c),
+            }
+        };
+        labels.push((key, value));
+        rest = rest[end + 1..]
+            .trim_start()
+            .trim_start_matches(',')
+            .trim_start();
+    }
+    Some(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"# TYPE policy_canary_rq_total counter
+policy_canary_rq_total{target="support-agent",policy_version="v2.3.1"} 900
+policy_canary_rq_total{target="support-agent",policy_version="v2.4.0"} 100
+policy_canary_tasks_completed{target="support-agent",policy_version="v2.4.0"} 70
+policy_canary_rq_total{target="other",policy_version="v9"} 5
+policy_canary_rq_latency_ms_bucket{target="support-agent",policy_version="v2.4.0",le="5"} 40
+policy_canary_rq_latency_ms_bucket{target="support-agent",policy_version="v2.4.0",le="+Inf"} 100
+policy_canary_rq_latency_ms_sum{target="support-agent",policy_version="v2.4.0"} 1234
+policy_canary_rq_total{target="support-agent",policy_version="v2.4.0" 7
+policy_canary_rq_total{target="support-agent",policy_version="v2.4.0"} notanumber
+envoy_cluster_upstream_rq{envoy_cluster_name="x"} 3
+"#;
+
+    #[test]
+    fn parses_the_target_and_counts_garbage() {
+        let scrape = parse_prometheus(TEXT, "support-agent");
+        assert_eq!(scrape.versions.len(), 2);
+        let canary = &scrape.versions["v2.4.0"];
+        assert_eq!(canary.get("rq_total"), 100.0);
+        assert_eq!(canary.get("tasks_completed"), 70.0);
+        assert_eq!(canary.latency, vec![(5.0, 40.0), (f64::INFINITY, 100.0)]);
+        assert!(!canary.counters.contains_key("rq_latency_ms_sum"));
+        assert_eq!(scrape.malformed_lines, 2);
+        assert_eq!(parse_labels(r#"a="x\"y",b="2""#).unwrap()[0].1, "x\"y");
+    }
+}

@@ -1,0 +1,130 @@
+//! The dashboard at `/`: one server-rendered page (targets, the rollout in focus with
+//! its stage progress, weight over time, the side-by-side analysis and the audit
+//! timeline) plus a small script that refreshes it and sends pause / resume /
+//! promote / rollback with the API token. No asset comes from anywhere but the
+//! controller, and the Content-Security-Policy says so.
+
+mod render;
+
+use crate::api::{blocking, parse_id, AppState};
+use crate::controller::{now_ms, Controller, Error, Result};
+use crate::format::is_active;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub const SCRIPT: &str = include_str!("dashboard.js");
+pub const STYLE: &str = include_str!("dashboard.css");
+/// Scripts, styles and requests only from the controller itself.
+pub const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// Everything one page shows, read in one go.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub now_ms: i64,
+    pub targets: Vec<Value>,
+    pub rollouts: Vec<Value>,
+    /// The rollout in focus: the one asked for, else an active one, else the latest.
+    pub focus: Option<Value>,
+    pub analysis: Value,
+    pub audit: Vec<Value>,
+}
+
+impl Snapshot {
+    pub fn read(controller: &Controller, rollout: Option<i64>) -> Result<Snapshot> {
+        let targets = controller
+            .targets()?
+            .iter()
+            .filter_map(|t| serde_json::to_value(t).ok())
+            .collect();
+        let rollouts: Vec<Value> = controller
+            .rollouts(false)?
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect();
+        let focus_id = rollout.or_else(|| {
+            rollouts
+                .iter()
+                .rev()
+                .find(|r| is_active(r))
+                .or(rollouts.last())
+                .and_then(|r| r["id"].as_i64())
+        });
+        let (focus, analysis, audit) = match focus_id {
+            Some(id) => {
+                // The list holds every rollout; asking again only finds a missing id.
+                let view = match rollouts.iter().find(|r| r["id"].as_i64() == Some(id)) {
+                    Some(view) => view.clone(),
+                    None => serde_json::to_value(controller.rollout(id)?).unwrap_or_default(),
+                };
+                let audit: Vec<Value> = controller
+                    .audit(Some(id), None, 0, 1000)?
+                    .iter()
+                    .filter_map(|e| serde_json::to_value(e).ok())
+                    .collect();
+                let analysis = controller.analysis(id)?["analysis"].clone();
+                (Some(view), analysis, audit)
+            }
+            None => (None, Value::Null, Vec::new()),
+        };
+        Ok(Snapshot {
+            now_ms: now_ms(),
+            targets,
+            rollouts,
+            focus,
+            analysis,
+            audit,
+        })
+    }
+}
+
+/// Whether a rollout (as the API shows it) is still under way.
+
+#[derive(Deserialize)]
+pub(in crate::api) struct DashboardQuery {
+    rollout: Option<String>,
+    part: Option<String>,
+}
+
+/// The dashboard page, or with `part=main` the part its script refreshes.
+pub(in crate::api) async fn page(
+    State(state): State<AppState>,
+    Query(q): Query<DashboardQuery>,
+) -> Result<Response, Error> {
+    let rollout = match q.rollout.as_deref().filter(|r| !r.is_empty()) {
+        Some(id) => Some(parse_id(id)?),
+        None => None,
+    };
+    let c = state.controller.clone();
+    let snapshot = blocking(move || Snapshot::read(&c, rollout)).await?;
+    let html = if q.part.as_deref() == Some("main") {
+        render::main(&snapshot)
+    } else {
+        render::page(&snapshot)
+    };
+    Ok(asset("text/html; charset=utf-8", html))
+}
+
+pub(in crate::api) async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+pub(in crate::api) async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+fn asset(content_type: &'static str, body: impl Into<axum::body::Body>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body.into(),
+    )
+        .into_response()
+}

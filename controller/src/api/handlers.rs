@@ -1,0 +1,227 @@
+//! The JSON endpoints: health, route tables (long-poll), policies, targets,
+//! rollouts and their actions, the audit log.
+
+use super::{actor, blocking, error, parse_id, text, AppState, MAX_WAIT};
+use crate::controller::Error;
+use crate::rollout::Action;
+use crate::units::Dur;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use std::time::Duration;
+
+pub(super) async fn health(State(state): State<AppState>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counts = &state.webhooks.counts;
+    Json(json!({
+        "status": "ok",
+        "revision": state.controller.routes().revision,
+        "webhooks": {
+            "delivered": counts.delivered.load(Relaxed),
+            "failed": counts.failed.load(Relaxed),
+            "retries": counts.retries.load(Relaxed),
+        },
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub(in crate::api) struct RoutesQuery {
+    revision: Option<String>,
+    wait: Option<String>,
+}
+
+/// The route tables; with `revision=N&wait=30s`, answers as soon as the revision
+/// moves past N, or with the current tables when the wait ends.
+pub(super) async fn routes(
+    State(state): State<AppState>,
+    Query(q): Query<RoutesQuery>,
+) -> Response {
+    let known: Option<u64> = match q.revision.as_deref().map(str::parse) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "revision: expected a whole number",
+                None,
+            )
+        }
+    };
+    let wait = match q.wait.as_deref().map(Dur::parse) {
+        None => Duration::ZERO,
+        Some(Ok(d)) => d.0.min(MAX_WAIT),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("wait: {e}"), None),
+    };
+    if let Some(known) = known {
+        let mut rx = state.controller.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|revision| *revision > known)).await;
+    }
+    Json(state.controller.routes().as_ref().clone()).into_response()
+}
+
+pub(super) async fn list_policies(State(state): State<AppState>) -> Result<Response, Error> {
+    let c = state.controller.clone();
+    let policies = blocking(move || c.policies()).await?;
+    Ok(Json(json!({"policies": policies})).into_response())
+}
+
+pub(super) async fn show_policy(
+    State(state): State<AppState>,
+    Path(version): Path<String>,
+) -> Result<Response, Error> {
+    let c = state.controller.clone();
+    Ok(Json(blocking(move || c.policy(&version)).await?).into_response())
+}
+
+pub(super) async fn add_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text = match text(&body) {
+        Ok(text) => text.to_string(),
+        Err(e) => return e.into_response(),
+    };
+    let actor = actor(&headers, None);
+    let c = state.controller.clone();
+    match blocking(move || c.add_policy(&text, &actor)).await {
+        Ok((record, true)) => (StatusCode::CREATED, Json(record)).into_response(),
+        Ok((record, false)) => (StatusCode::OK, Json(record)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(super) async fn list_targets(State(state): State<AppState>) -> Result<Response, Error> {
+    let c = state.controller.clone();
+    let targets = blocking(move || c.targets()).await?;
+    Ok(Json(json!({"targets": targets})).into_response())
+}
+
+#[derive(Deserialize)]
+pub(in crate::api) struct RolloutsQuery {
+    active: Option<bool>,
+}
+
+pub(super) async fn list_rollouts(
+    State(state): State<AppState>,
+    Query(q): Query<RolloutsQuery>,
+) -> Result<Response, Error> {
+    let c = state.controller.clone();
+    let rollouts = blocking(move || c.rollouts(q.active.unwrap_or(false))).await?;
+    Ok(Json(json!({"rollouts": rollouts})).into_response())
+}
+
+pub(super) async fn show_rollout(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let id = parse_id(&id)?;
+    let c = state.controller.clone();
+    Ok(Json(blocking(move || c.rollout(id)).await?).into_response())
+}
+
+pub(super) async fn show_analysis(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let id = parse_id(&id)?;
+    let c = state.controller.clone();
+    Ok(Json(blocking(move || c.analysis(id)).await?).into_response())
+}
+
+pub(super) async fn start_rollout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text = match text(&body) {
+        Ok(text) => text.to_string(),
+        Err(e) => return e.into_response(),
+    };
+    let actor = actor(&headers, None);
+    let c = state.controller.clone();
+    match blocking(move || c.start_rollout(&text, &actor)).await {
+        Ok(view) => (StatusCode::CREATED, Json(view)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(in crate::api) struct ActionBody {
+    actor: Option<String>,
+    reason: Option<String>,
+    to_end: Option<bool>,
+}
+
+#[derive(Deserialize)]
+pub(in crate::api) struct ActionQuery {
+    to_end: Option<bool>,
+}
+
+pub(super) async fn act(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+    Query(q): Query<ActionQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let id = parse_id(&id)?;
+    let body: ActionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ActionBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::BadRequest(policy_canary::error::err("", format!("bad JSON body: {e}")))
+        })?
+    };
+    let to_end = body.to_end.or(q.to_end).unwrap_or(false);
+    let action = match action.as_str() {
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "promote" => Action::Promote { to_end },
+        "rollback" => Action::Rollback,
+        "abort" => Action::Abort,
+        other => {
+            return Err(Error::NotFound(format!(
+                "no action `{other}` (pause, resume, promote, rollback, abort)"
+            )))
+        }
+    };
+    let actor = actor(&headers, body.actor.as_deref());
+    let reason = body
+        .reason
+        .unwrap_or_else(|| format!("manual {}", action.name().replace('_', " ")));
+    let c = state.controller.clone();
+    let view = blocking(move || c.act(id, action, &actor, &reason)).await?;
+    Ok(Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+pub(in crate::api) struct AuditQuery {
+    rollout: Option<i64>,
+    target: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub(super) async fn audit(
+    State(state): State<AppState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, Error> {
+    let c = state.controller.clone();
+    let entries = blocking(move || {
+        c.audit(
+            q.rollout,
+            q.target.as_deref(),
+            q.after.unwrap_or(0),
+            q.limit.unwrap_or(1000),
+        )
+    })
+    .await?;
+    Ok(Json(json!({"audit": entries})).into_response())
+}

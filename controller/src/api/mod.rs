@@ -1,0 +1,110 @@
+//! The HTTP API (JSON) and the dashboard. Reads are open; changes need
+//! `Authorization: Bearer <token>` (`auth`). `handlers` holds the JSON endpoints,
+//! `dashboard` the page at `/` and its assets.
+
+pub mod auth;
+pub mod dashboard;
+mod handlers;
+
+use crate::controller::{Controller, Error};
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use policy_canary::error::err;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body accepted (plans and policies are a few KiB).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Longest a `GET /v1/routes` long-poll may wait.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub controller: Arc<Controller>,
+    pub token: Arc<str>,
+    pub webhooks: crate::notify::Notifier,
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(dashboard::page))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
+        .route("/healthz", get(handlers::health))
+        .route("/v1/routes", get(handlers::routes))
+        .route(
+            "/v1/policies",
+            get(handlers::list_policies).post(handlers::add_policy),
+        )
+        .route("/v1/policies/{version}", get(handlers::show_policy))
+        .route("/v1/targets", get(handlers::list_targets))
+        .route(
+            "/v1/rollouts",
+            get(handlers::list_rollouts).post(handlers::start_rollout),
+        )
+        .route("/v1/rollouts/{id}", get(handlers::show_rollout))
+        .route("/v1/rollouts/{id}/analysis", get(handlers::show_analysis))
+        .route("/v1/rollouts/{id}/{action}", post(handlers::act))
+        .route("/v1/audit", get(handlers::audit))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint", None) })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: &str, state: Option<String>) -> Response {
+    let mut body = json!({"error": message});
+    if let Some(state) = state {
+        body["state"] = json!(state);
+    }
+    (status, Json(body)).into_response()
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        match self {
+            Error::BadRequest(_) => error(StatusCode::BAD_REQUEST, &message, None),
+            Error::NotFound(_) => error(StatusCode::NOT_FOUND, &message, None),
+            Error::Conflict { state, .. } => error(StatusCode::CONFLICT, &message, state),
+            Error::Storage(_) | Error::Internal(_) => {
+                tracing::error!(%message, "request failed");
+                error(StatusCode::INTERNAL_SERVER_ERROR, &message, None)
+            }
+        }
+    }
+}
+
+/// Runs blocking store work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("task failed: {e}")))?
+}
+
+fn text(body: &Bytes) -> Result<&str, Error> {
+    std::str::from_utf8(body).map_err(|_| Error::BadRequest(err("", "the body is not UTF-8 text")))
+}
+
+fn actor(headers: &HeaderMap, from_body: Option<&str>) -> String {
+    from_body
+        .or_else(|| headers.get("x-actor").and_then(|v| v.to_str().ok()))
+        .filter(|a| !a.trim().is_empty())
+        .map_or_else(|| "api".to_string(), |a| a.chars().take(128).collect())
+}
+
+fn parse_id(id: &str) -> Result<i64, Error> {
+    id.parse()
+        .map_err(|_| Error::NotFound(format!("no rollout `{id}` (rollout ids are numbers)")))
+}

@@ -1,0 +1,240 @@
+//! Changes to rollouts: start, the actions people and the control loop take, and
+//! `apply`, which stores a new state, rewrites the target's route table at a new
+//! revision and audits it, all inside one transaction.
+
+use super::{conflict, not_found, now_ms, Controller, Error, Result};
+use crate::notify::Event;
+use crate::rollout::plan::RolloutPlan;
+use crate::rollout::view::RolloutView;
+use crate::rollout::{
+    route_for, stable_after, stable_only, transition, Action, Illegal, Phase, RolloutState,
+    Transition,
+};
+use crate::store::{self, NewAudit, RolloutRow};
+use crate::units::Weight;
+use policy_canary::digest::hex;
+use policy_canary::error::err;
+
+impl Controller {
+    /// Registers the plan's rollout and starts it, in one transaction.
+    pub fn start_rollout(&self, plan_text: &str, actor: &str) -> Result<RolloutView> {
+        let plan = RolloutPlan::parse(plan_text)?;
+        let mut conn = self.db();
+        let now = now_ms();
+        let tx = conn.transaction()?;
+        for (field, backend) in [
+            ("stable.version", &plan.stable),
+            ("canary.version", &plan.canary),
+        ] {
+            if store::get_policy(&tx, &backend.version)?.is_none() {
+                return Err(err(
+                    field,
+                    format!(
+                        "unknown policy version `{}`: register it first (canaryctl policy add)",
+                        backend.version
+                    ),
+                )
+                .into());
+            }
+        }
+        if let Some(active) = store::active_rollout(&tx, &plan.target)? {
+            return Err(conflict(
+                format!(
+                    "target {} already has an active rollout #{} ({}); pause, promote, roll back or abort it first",
+                    plan.target, active.id, active.state
+                ),
+                Some(active.state.phase.to_string()),
+            ));
+        }
+        if let Some(target) = store::get_target(&tx, &plan.target)? {
+            if target.stable != plan.stable {
+                return Err(err(
+                    "stable",
+                    format!(
+                        "the target's stable policy is {} on {}; a plan must start from it",
+                        target.stable.version, target.stable.cluster
+                    ),
+                )
+                .into());
+            }
+        }
+        let salt = match &plan.salt {
+            Some(salt) if store::salt_used(&tx, salt)? => {
+                return Err(err(
+                    "salt",
+                    "already used by another rollout; a new rollout needs a new salt",
+                )
+                .into())
+            }
+            Some(salt) => salt.clone(),
+            None => loop {
+                let salt = random_salt()?;
+                if !store::salt_used(&tx, &salt)? {
+                    break salt;
+                }
+            },
+        };
+        let pending = RolloutState::new(now);
+        let id = store::insert_rollout(&tx, &plan, &salt, &pending, now)?;
+        let row = RolloutRow {
+            id,
+            target: plan.target.clone(),
+            plan,
+            salt,
+            state: pending,
+            created_ms: now,
+            updated_ms: now,
+        };
+        let started = match transition(&pending, &row.plan, Action::Start, now) {
+            Ok(Transition::Changed(state)) => state,
+            _ => return Err(Error::Internal("a new rollout could not start".into())),
+        };
+        let change = Change {
+            action: "start",
+            actor,
+            reason: "rollout started",
+            details: None,
+        };
+        let event = apply(&tx, &row, started, &change, now)?;
+        tx.commit()?;
+        self.publish(&conn)?;
+        self.notifier.send(event);
+        let row = store::get_rollout(&conn, id)?.ok_or_else(|| not_found(id))?;
+        self.view(&conn, row, now)
+    }
+
+    /// Applies a person's (or the analysis') action to a rollout.
+    pub fn act(&self, id: i64, action: Action, actor: &str, reason: &str) -> Result<RolloutView> {
+        self.act_with(id, action, actor, reason, None)
+    }
+
+    pub(super) fn act_with(
+        &self,
+        id: i64,
+        action: Action,
+        actor: &str,
+        reason: &str,
+        details: Option<serde_json::Value>,
+    ) -> Result<RolloutView> {
+        let mut conn = self.db();
+        let now = now_ms();
+        let tx = conn.transaction()?;
+        let row = store::get_rollout(&tx, id)?.ok_or_else(|| not_found(id))?;
+        match transition(&row.state, &row.plan, action, now) {
+            Err(Illegal { action, phase }) => {
+                return Err(conflict(
+                    Illegal { action, phase }.to_string(),
+                    Some(phase.to_string()),
+                ))
+            }
+            Ok(Transition::Unchanged) => {
+                drop(tx);
+                return self.view(&conn, row, now);
+            }
+            Ok(Transition::Changed(next)) => {
+                let change = Change {
+                    action: action.name(),
+                    actor,
+                    reason,
+                    details,
+                };
+                let event = apply(&tx, &row, next, &change, now)?;
+                tx.commit()?;
+                self.publish(&conn)?;
+                self.notifier.send(event);
+            }
+        }
+        let row = store::get_rollout(&conn, id)?.ok_or_else(|| not_found(id))?;
+        self.view(&conn, row, now)
+    }
+}
+
+fn random_salt() -> Result<String> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    Ok(format!("ro-{}", hex(&bytes)))
+}
+
+pub(super) struct Change<'a> {
+    pub(super) action: &'a str,
+    pub(super) actor: &'a str,
+    pub(super) reason: &'a str,
+    pub(super) details: Option<serde_json::Value>,
+}
+
+/// Inside `tx`: stores `next`, rewrites the target's route table at a new revision
+/// and audits the change. Returns the notification to send after the commit.
+pub(super) fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    row: &RolloutRow,
+    next: RolloutState,
+    change: &Change<'_>,
+    now: i64,
+) -> Result<Event> {
+    store::update_rollout_state(tx, row.id, &next, now)?;
+    let revision = store::bump_revision(tx)?;
+    let (stable, table) = match route_for(&row.plan, &next, &row.salt, revision, now) {
+        Some(table) => (row.plan.stable.clone(), table),
+        None => {
+            let stable = stable_after(&row.plan, next.phase).clone();
+            let table = stable_only(&stable, &row.salt, revision);
+            (stable, table)
+        }
+    };
+    store::upsert_target(tx, &row.target, &stable, &table, now)?;
+    let from = if change.action == "start" {
+        Phase::Pending.to_string()
+    } else {
+        row.state.to_string()
+    };
+    let entry = store::insert_audit(
+        tx,
+        &NewAudit {
+            actor: change.actor.to_string(),
+            action: change.action.to_string(),
+            reason: change.reason.to_string(),
+            target: Some(row.target.clone()),
+            rollout_id: Some(row.id),
+            from: Some(from.clone()),
+            to: Some(next.to_string()),
+            // The share on the rollout's canary version: all of it once promoted.
+            canary_weight_bp: Some(if next.phase == Phase::Promoted {
+                Weight::FULL.bp()
+            } else {
+                table.canary_weight_bp
+            }),
+            details: change.details.clone(),
+        },
+        revision,
+        now,
+    )?;
+    Ok(Event {
+        event: event_name(change.action, row.state.phase, next.phase).to_string(),
+        rollout_id: row.id,
+        target: row.target.clone(),
+        from,
+        to: next.to_string(),
+        phase: next.phase,
+        stage: next.stage + 1,
+        weight: Weight(table.canary_weight_bp).to_string(),
+        stable_version: table.stable.version.clone(),
+        canary_version: row.plan.canary.version.clone(),
+        actor: entry.actor,
+        reason: entry.reason,
+        revision,
+        at_ms: now,
+    })
+}
+
+fn event_name(action: &str, from: Phase, to: Phase) -> &'static str {
+    match (action, to) {
+        ("start", Phase::Progressing) => "rollout.started",
+        (_, Phase::Promoted) => "rollout.promoted",
+        (_, Phase::RolledBack) => "rollout.rolled_back",
+        (_, Phase::Aborted) => "rollout.aborted",
+        (_, Phase::Paused) if from != Phase::Paused => "rollout.paused",
+        ("resume", _) => "rollout.resumed",
+        ("time_window", _) => "rollout.weight_capped",
+        _ => "rollout.stage_changed",
+    }
+}

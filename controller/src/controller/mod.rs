@@ -1,0 +1,291 @@
+//! The control plane's operations. Each change is one SQLite transaction that moves
+//! the rollout, recomputes its target's route table, bumps the route revision and
+//! appends to the audit log; only after the commit do long-polls wake and webhooks go.
+
+mod change;
+mod reconcile;
+
+use crate::analysis::judge::Judge;
+use crate::notify::Notifier;
+use crate::registry::PolicyBundle;
+use crate::rollout::view::RolloutView;
+use crate::rollout::Phase;
+use crate::store::{self, AuditEntry, NewAudit, PolicyRecord, RolloutRow, TargetRow};
+use crate::units::Weight;
+use policy_canary::config::{RouteTable, RoutesDocument};
+use policy_canary::error::ConfigError;
+use rusqlite::Connection;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::watch;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    BadRequest(#[from] ConfigError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        state: Option<String>,
+    },
+    #[error("storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+fn conflict(message: impl Into<String>, state: Option<String>) -> Error {
+    Error::Conflict {
+        message: message.into(),
+        state,
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub struct Controller {
+    db: Mutex<Connection>,
+    routes: RwLock<Arc<RoutesDocument>>,
+    revision_tx: watch::Sender<u64>,
+    notifier: Notifier,
+    judge: Box<dyn Judge>,
+    /// When each active rollout was last analysed.
+    last_check: Mutex<HashMap<i64, i64>>,
+}
+
+pub const AUTO_ACTOR: &str = "canaryctl";
+
+impl Controller {
+    pub fn open(state_dir: &Path, notifier: Notifier, judge: Box<dyn Judge>) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| Error::Internal(format!("cannot create {}: {e}", state_dir.display())))?;
+        let conn = store::open(&state_dir.join("canaryctl.db"))?;
+        let routes = Arc::new(load_routes(&conn)?);
+        let (revision_tx, _) = watch::channel(routes.revision);
+        Ok(Arc::new(Controller {
+            db: Mutex::new(conn),
+            routes: RwLock::new(routes),
+            revision_tx,
+            notifier,
+            judge,
+            last_check: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.db
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn routes(&self) -> Arc<RoutesDocument> {
+        self.routes
+            .read()
+            .map(|r| Arc::clone(&r))
+            .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision_tx.subscribe()
+    }
+
+    /// Re-reads the route tables after a commit and wakes the long-polls.
+    fn publish(&self, conn: &Connection) -> Result<()> {
+        let doc = Arc::new(load_routes(conn)?);
+        let revision = doc.revision;
+        if let Ok(mut routes) = self.routes.write() {
+            *routes = doc;
+        }
+        self.revision_tx.send_replace(revision);
+        Ok(())
+    }
+
+    pub fn add_policy(&self, text: &str, actor: &str) -> Result<(PolicyRecord, bool)> {
+        let bundle = PolicyBundle::parse(text)?;
+        let sha = bundle.sha256();
+        let mut conn = self.db();
+        if let Some(existing) = store::get_policy(&conn, &bundle.version)? {
+            if existing.sha256 == sha {
+                return Ok((existing, false));
+            }
+            return Err(conflict(
+                format!(
+                    "policy {} is already registered with sha256 {}; this bundle has sha256 {sha}. \
+                     Policies are immutable: register the change under a new version",
+                    bundle.version, existing.sha256
+                ),
+                None,
+            ));
+        }
+        let now = now_ms();
+        let tx = conn.transaction()?;
+        store::insert_policy(&tx, &bundle.version, &sha, &bundle.canonical_json(), now)?;
+        let revision = store::revision(&tx)?;
+        store::insert_audit(
+            &tx,
+            &NewAudit {
+                actor: actor.to_string(),
+                action: "policy_registered".into(),
+                reason: format!("{}@sha256:{sha}", bundle.version),
+                ..NewAudit::default()
+            },
+            revision,
+            now,
+        )?;
+        tx.commit()?;
+        let record = store::get_policy(&conn, &bundle.version)?
+            .ok_or_else(|| Error::Internal("policy vanished after insert".into()))?;
+        Ok((record, true))
+    }
+
+    pub fn policies(&self) -> Result<Vec<PolicyRecord>> {
+        Ok(store::list_policies(&self.db())?)
+    }
+
+    pub fn policy(&self, version: &str) -> Result<PolicyRecord> {
+        store::get_policy(&self.db(), version)?
+            .ok_or_else(|| Error::NotFound(format!("no policy version `{version}`")))
+    }
+
+    pub fn targets(&self) -> Result<Vec<TargetRow>> {
+        Ok(store::list_targets(&self.db())?)
+    }
+
+    pub fn rollouts(&self, active_only: bool) -> Result<Vec<RolloutView>> {
+        let conn = self.db();
+        let now = now_ms();
+        store::list_rollouts(&conn, active_only)?
+            .into_iter()
+            .map(|row| self.view(&conn, row, now))
+            .collect()
+    }
+
+    pub fn rollout(&self, id: i64) -> Result<RolloutView> {
+        let conn = self.db();
+        let row = store::get_rollout(&conn, id)?.ok_or_else(|| not_found(id))?;
+        self.view(&conn, row, now_ms())
+    }
+
+    pub fn rollout_rows(&self, active_only: bool) -> Result<Vec<RolloutRow>> {
+        Ok(store::list_rollouts(&self.db(), active_only)?)
+    }
+
+    /// The analysis of a rollout: its current stage's while it is under way, when an
+    /// analyst can give one; once it has ended, the comparison its last automatic
+    /// decision kept in the audit log, marked with that decision's time.
+    pub fn analysis(&self, id: i64) -> Result<serde_json::Value> {
+        let row = self.rollout_row(id)?;
+        let report = if row.state.phase.is_active() {
+            self.judge.report(&row, now_ms())
+        } else {
+            self.last_decision(id)?
+        };
+        Ok(serde_json::json!({
+            "rollout_id": row.id,
+            "phase": row.state.phase,
+            "stage": row.state.stage + 1,
+            "analysis": report,
+        }))
+    }
+
+    fn last_decision(&self, id: i64) -> Result<Option<serde_json::Value>> {
+        let audit = self.audit(Some(id), None, 0, 10_000)?;
+        Ok(audit.iter().rev().find_map(|e| {
+            let details = e.details.as_ref()?;
+            details["comparisons"].is_array().then(|| {
+                let mut analysis = details.clone();
+                analysis["decided_ms"] = e.at_ms.into();
+                analysis
+            })
+        }))
+    }
+
+    pub fn rollout_row(&self, id: i64) -> Result<RolloutRow> {
+        store::get_rollout(&self.db(), id)?.ok_or_else(|| not_found(id))
+    }
+
+    pub fn audit(
+        &self,
+        rollout_id: Option<i64>,
+        target: Option<&str>,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>> {
+        Ok(store::list_audit(
+            &self.db(),
+            rollout_id,
+            target,
+            after_id,
+            limit.clamp(1, 10_000),
+        )?)
+    }
+
+    fn view(&self, conn: &Connection, row: RolloutRow, now: i64) -> Result<RolloutView> {
+        let revision = store::get_target(conn, &row.target)?.map_or(0, |t| t.route.revision);
+        let weight = match row.state.phase {
+            Phase::Progressing | Phase::Paused => row.plan.effective_weight(row.state.stage, now),
+            Phase::Promoted => Weight::FULL,
+            _ => Weight(0),
+        };
+        let stage_weight = row
+            .plan
+            .stages
+            .get(row.state.stage)
+            .map_or(Weight(0), |s| s.weight);
+        Ok(RolloutView {
+            id: row.id,
+            target: row.target.clone(),
+            phase: row.state.phase,
+            stage: row.state.stage + 1,
+            stages: row.plan.stages.len(),
+            weight: weight.to_string(),
+            weight_bp: weight.bp(),
+            stage_weight: stage_weight.to_string(),
+            stage_started_ms: row.state.stage_started_ms,
+            salt: row.salt.clone(),
+            stable: row.plan.stable.clone(),
+            canary: row.plan.canary.clone(),
+            revision,
+            created_ms: row.created_ms,
+            updated_ms: row.updated_ms,
+            plan: row.plan,
+        })
+    }
+
+    /// Every cluster a target's rollouts have used (for the runtime driver).
+    pub fn known_clusters(&self) -> Result<HashMap<String, Vec<String>>> {
+        let mut clusters: HashMap<String, Vec<String>> = HashMap::new();
+        for row in store::list_rollouts(&self.db(), false)? {
+            let entry = clusters.entry(row.target).or_default();
+            for cluster in [row.plan.stable.cluster, row.plan.canary.cluster] {
+                if !entry.contains(&cluster) {
+                    entry.push(cluster);
+                }
+            }
+        }
+        Ok(clusters)
+    }
+}
+
+fn not_found(id: i64) -> Error {
+    Error::NotFound(format!("no rollout #{id}"))
+}
+
+fn load_routes(conn: &Connection) -> Result<RoutesDocument> {
+    let revision = store::revision(conn)?;
+    let routes = store::list_targets(conn)?
+        .into_iter()
+        .map(|t| (t.name, t.route))
+        .collect::<std::collections::BTreeMap<String, RouteTable>>();
+    Ok(RoutesDocument { revision, routes })
+}

@@ -1,0 +1,80 @@
+//! The control loop: at each rollout's analysis interval the judge decides, and
+//! route tables follow the plan's time windows.
+
+use super::change::{apply, Change};
+use super::{Controller, Error, Result, AUTO_ACTOR};
+use crate::rollout::{route_for, Phase};
+use crate::store;
+use crate::units::Weight;
+
+impl Controller {
+    /// One pass of the control loop: analysis at each rollout's interval, and
+    /// route tables kept in step with time windows.
+    pub fn reconcile(&self, now: i64) -> Result<()> {
+        let active = store::list_rollouts(&self.db(), true)?;
+        for row in active {
+            let due = {
+                let mut last = self.last_check.lock().unwrap_or_else(|p| p.into_inner());
+                let previous = *last.entry(row.id).or_insert(row.state.stage_started_ms);
+                let due = now - previous >= row.plan.analysis_interval.millis();
+                if due {
+                    last.insert(row.id, now);
+                }
+                due
+            };
+            if due && row.state.phase == Phase::Progressing {
+                let judgement = self.judge.check(&row, now);
+                if let Some((action, reason)) = judgement.decision.action(row.plan.on_inconclusive)
+                {
+                    let details = Some(judgement.details);
+                    match self.act_with(row.id, action, AUTO_ACTOR, reason, details) {
+                        Ok(_) | Err(Error::Conflict { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+            }
+            self.follow_windows(row.id, now)?;
+        }
+        if let Ok(mut last) = self.last_check.lock() {
+            if last.len() > 1024 {
+                last.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites a rollout's route table when a time window starts or ends.
+    fn follow_windows(&self, id: i64, now: i64) -> Result<()> {
+        let mut conn = self.db();
+        let tx = conn.transaction()?;
+        let Some(row) = store::get_rollout(&tx, id)? else {
+            return Ok(());
+        };
+        let Some(target) = store::get_target(&tx, &row.target)? else {
+            return Ok(());
+        };
+        let Some(wanted) = route_for(&row.plan, &row.state, &row.salt, target.route.revision, now)
+        else {
+            return Ok(());
+        };
+        if wanted == target.route {
+            return Ok(());
+        }
+        let change = Change {
+            action: "time_window",
+            actor: AUTO_ACTOR,
+            reason: &format!(
+                "time window: canary weight {} -> {}",
+                Weight(target.route.canary_weight_bp),
+                Weight(wanted.canary_weight_bp)
+            ),
+            details: None,
+        };
+        let event = apply(&tx, &row, row.state, &change, now)?;
+        tx.commit()?;
+        self.publish(&conn)?;
+        self.notifier.send(event);
+        Ok(())
+    }
+}

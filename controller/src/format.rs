@@ -1,0 +1,84 @@
+//! How rollouts, weights, numbers and times are written for people: shared by the
+//! CLI and the dashboard so that both say the same thing the same way.
+
+use crate::rollout::Phase;
+use crate::units::{Dur, Weight};
+use serde_json::Value;
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+pub fn is_active(rollout: &Value) -> bool {
+    let phase = s(&rollout["phase"]);
+    Phase::ALL
+        .iter()
+        .any(|p| p.is_active() && p.as_str() == phase)
+}
+
+/// A stage's minimum duration (as the API shows a plan stage), in milliseconds.
+pub fn min_duration_ms(stage: &Value) -> i64 {
+    stage["min_duration"]
+        .as_str()
+        .and_then(|d| Dur::parse(d).ok())
+        .map_or(0, |d| d.millis())
+}
+
+/// The comparisons an audit entry kept whose gate was breached.
+pub fn breaches(entry: &Value) -> impl Iterator<Item = &Value> {
+    entry["details"]["comparisons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| s(&c["verdict"]) == "breach")
+}
+
+/// Basis points as a weight is written (`25%`, `0.5%`).
+pub fn weight(bp: u64) -> String {
+    Weight(bp.min(u64::from(Weight::FULL.bp())) as u16).to_string()
+}
+
+/// A number as the dashboard and `canaryctl rollout status` show it.
+pub fn number(v: &Value) -> String {
+    v.as_f64().map_or("-".to_string(), |x| format!("{x:.4}"))
+}
+
+/// A count (sample sizes are sums of counters, kept as floats by the analysis).
+pub fn count(v: &Value) -> String {
+    v.as_f64()
+        .map_or("-".to_string(), |x| format!("{}", x.round() as i64))
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` from milliseconds since the epoch.
+pub fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_795_316_400_000), "2026-11-22T03:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+}
