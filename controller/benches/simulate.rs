@@ -408,7 +408,7 @@ pub fn decide_naive(
     let breached: Vec<&str> = enabled
         .clone()
         .filter(|c| c.estimate.is_some_and(|e| e > 0.0))
-        .map(|c| c.metric)
+        .map(|c| c.metric.name())
         .collect();
     if !breached.is_empty() {
         let failures = consecutive_failures + 1;
@@ -428,4 +428,3 @@ pub fn decide_naive(
     }
     (StageDecision::Hold, 0)
 }
-

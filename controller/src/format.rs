@@ -1,52 +1,34 @@
 //! How rollouts, weights, numbers and times are written for people: shared by the
 //! CLI and the dashboard so that both say the same thing the same way.
 
-use crate::rollout::Phase;
-use crate::units::{Dur, Weight};
-use serde_json::Value;
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
-
-pub fn is_active(rollout: &Value) -> bool {
-    let phase = s(&rollout["phase"]);
-    Phase::ALL
-        .iter()
-        .any(|p| p.is_active() && p.as_str() == phase)
-}
-
-/// A stage's minimum duration (as the API shows a plan stage), in milliseconds.
-pub fn min_duration_ms(stage: &Value) -> i64 {
-    stage["min_duration"]
-        .as_str()
-        .and_then(|d| Dur::parse(d).ok())
-        .map_or(0, |d| d.millis())
-}
-
-/// The comparisons an audit entry kept whose gate was breached.
-pub fn breaches(entry: &Value) -> impl Iterator<Item = &Value> {
-    entry["details"]["comparisons"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| s(&c["verdict"]) == "breach")
-}
-
-/// Basis points as a weight is written (`25%`, `0.5%`).
-pub fn weight(bp: u64) -> String {
-    Weight(bp.min(u64::from(Weight::FULL.bp())) as u16).to_string()
-}
+use crate::analysis::Analysis;
 
 /// A number as the dashboard and `canaryctl rollout status` show it.
-pub fn number(v: &Value) -> String {
-    v.as_f64().map_or("-".to_string(), |x| format!("{x:.4}"))
+pub fn number(value: Option<f64>) -> String {
+    value.map_or("-".to_string(), |x| format!("{x:.4}"))
 }
 
 /// A count (sample sizes are sums of counters, kept as floats by the analysis).
-pub fn count(v: &Value) -> String {
-    v.as_f64()
-        .map_or("-".to_string(), |x| format!("{}", x.round() as i64))
+pub fn count(value: f64) -> String {
+    format!("{}", value.round() as i64)
+}
+
+/// The comparisons that breached their gate, as one line (`metric change (stable x,
+/// canary y)`, joined by `; `), for the timeline and `rollout watch`.
+pub fn breached_gates(analysis: &Analysis) -> Vec<String> {
+    analysis
+        .breaches()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} (stable {}, canary {})",
+                c.metric,
+                c.change,
+                number(c.stable),
+                number(c.canary)
+            )
+        })
+        .collect()
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` from milliseconds since the epoch.

@@ -4,8 +4,8 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use canaryctl::api::{app, AppState};
 use canaryctl::analysis::judge::TimeOnlyJudge;
+use canaryctl::api::{app, AppState};
 use canaryctl::controller::Controller;
 use canaryctl::notify::Notifier;
 use http_body_util::BodyExt;
@@ -17,32 +17,20 @@ const TOKEN: &str = "test-token";
 
 struct Api {
     state: AppState,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _dir: tempfile::TempDir,
 }
 
 fn api() -> Api {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "canaryctl-api-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    let controller = Controller::open(&dir, Notifier::none(), Box::new(TimeOnlyJudge)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let controller =
+        Controller::open(dir.path(), Notifier::none(), Box::new(TimeOnlyJudge)).unwrap();
     Api {
         state: AppState {
             controller,
             token: Arc::from(TOKEN),
             webhooks: Notifier::none(),
         },
-        _dir: TempDir(dir),
+        _dir: dir,
     }
 }
 

@@ -7,6 +7,7 @@ use crate::analysis::gates::{Direction, Gate, Metric, Threshold};
 use crate::analysis::sequential::{
     batch_sigma, difference, margin, proportion_sigma, rate_sigma, ArmBound,
 };
+use policy_canary::stats::Counter;
 #[derive(Debug, Clone, Copy)]
 struct Arm {
     mean: f64,
@@ -40,15 +41,30 @@ pub(super) fn compare(
 ) -> Comparison {
     let arms = |f: &dyn Fn(&Sample) -> Arm| (f(stable), f(canary));
     let (s, c) = match metric {
-        Metric::CompletionRate => {
-            arms(&|v| proportion(v.get("tasks_completed"), v.get("tasks_total")))
+        Metric::CompletionRate => arms(&|v| {
+            proportion(
+                v.count(Counter::TasksCompleted),
+                v.count(Counter::TasksTotal),
+            )
+        }),
+        Metric::ErrorRate => {
+            arms(&|v| proportion(v.count(Counter::Rq5xx), v.count(Counter::RqTotal)))
         }
-        Metric::ErrorRate => arms(&|v| proportion(v.get("rq_5xx"), v.get("rq_total"))),
-        Metric::ToolErrorRate => arms(&|v| proportion(v.get("tool_errors"), v.get("tool_calls"))),
-        Metric::AbandonmentRate => {
-            arms(&|v| proportion(v.get("tasks_abandoned"), v.get("tasks_total")))
+        Metric::ToolErrorRate => {
+            arms(&|v| proportion(v.count(Counter::ToolErrors), v.count(Counter::ToolCalls)))
         }
-        Metric::GuardrailRate => arms(&|v| rate(v.get("guardrail_triggers"), v.get("rq_total"))),
+        Metric::AbandonmentRate => arms(&|v| {
+            proportion(
+                v.count(Counter::TasksAbandoned),
+                v.count(Counter::TasksTotal),
+            )
+        }),
+        Metric::GuardrailRate => arms(&|v| {
+            rate(
+                v.count(Counter::GuardrailTriggers),
+                v.count(Counter::RqTotal),
+            )
+        }),
         Metric::CostPerTask => {
             let per_task = |cost: f64, tasks: f64| if tasks > 0.0 { cost / tasks } else { 0.0 };
             let sigma = |pick: fn(&Batch) -> (f64, f64)| {
@@ -62,14 +78,20 @@ pub(super) fn compare(
             };
             (
                 Arm {
-                    mean: per_task(stable.get("cost_micros"), stable.get("tasks_total")),
+                    mean: per_task(
+                        stable.count(Counter::CostMicros),
+                        stable.count(Counter::TasksTotal),
+                    ),
                     sigma: sigma(|b| (b.stable_tasks, b.stable_cost)),
-                    n: stable.get("tasks_total"),
+                    n: stable.count(Counter::TasksTotal),
                 },
                 Arm {
-                    mean: per_task(canary.get("cost_micros"), canary.get("tasks_total")),
+                    mean: per_task(
+                        canary.count(Counter::CostMicros),
+                        canary.count(Counter::TasksTotal),
+                    ),
                     sigma: sigma(|b| (b.canary_tasks, b.canary_cost)),
-                    n: canary.get("tasks_total"),
+                    n: canary.count(Counter::TasksTotal),
                 },
             )
         }

@@ -70,7 +70,7 @@ pub fn decide(
             .comparisons
             .iter()
             .filter(|c| c.verdict == GateVerdict::Inconclusive)
-            .map(|c| c.metric)
+            .map(|c| c.metric.name())
             .collect();
         return (
             StageDecision::Inconclusive(format!(

@@ -29,6 +29,18 @@ pub enum Metric {
     AbandonmentRate,
 }
 
+impl PartialEq<&str> for Metric {
+    fn eq(&self, name: &&str) -> bool {
+        self.name() == *name
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Metric {
     pub const ALL: [Metric; 7] = [
         Metric::CompletionRate,

@@ -6,6 +6,7 @@
 use crate::analysis::analyse;
 use crate::analysis::decide::{decide, StageDecision};
 use crate::analysis::evidence::Window;
+use crate::rollout::view::AnalysisReport;
 use crate::store::RolloutRow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,7 @@ pub trait Judge: Send + Sync {
     fn check(&self, rollout: &RolloutRow, now_ms: i64) -> Judgement;
 
     /// The comparison behind the decisions, for people.
-    fn report(&self, _rollout: &RolloutRow, _now_ms: i64) -> Option<serde_json::Value> {
+    fn report(&self, _rollout: &RolloutRow, _now_ms: i64) -> Option<AnalysisReport> {
         None
     }
 }
@@ -133,12 +134,13 @@ impl Judge for EvidenceJudge {
         })
     }
 
-    fn report(&self, row: &RolloutRow, _now_ms: i64) -> Option<serde_json::Value> {
+    fn report(&self, row: &RolloutRow, _now_ms: i64) -> Option<AnalysisReport> {
         self.with(row, |t| {
-            let analysis = analyse(&row.plan, row.state.stage, &t.window);
-            let mut value = serde_json::to_value(&analysis).ok()?;
-            value["consecutive_failures"] = t.consecutive_failures.into();
-            Some(value)
+            Some(AnalysisReport {
+                analysis: analyse(&row.plan, row.state.stage, &t.window),
+                consecutive_failures: Some(t.consecutive_failures),
+                decided_ms: None,
+            })
         })
     }
 }

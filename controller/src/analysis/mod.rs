@@ -41,7 +41,8 @@ use crate::analysis::evidence::Window;
 use crate::analysis::gates::{Direction, Gate, Metric};
 use crate::rollout::plan::RolloutPlan;
 use compare::{change, compare};
-use serde::Serialize;
+use policy_canary::stats::Counter;
+use serde::{Deserialize, Serialize};
 
 pub use compare::{exceeding, quantile};
 pub use decide::{decide, StageDecision};
@@ -53,7 +54,7 @@ pub const MIN_SAMPLES: f64 = 30.0;
 /// Stable requests needed to take its P95 as known.
 pub const MIN_LATENCY_SAMPLES: f64 = 200.0;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GateVerdict {
     Pass,
@@ -63,10 +64,28 @@ pub enum GateVerdict {
     Disabled,
 }
 
+impl GateVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateVerdict::Pass => "pass",
+            GateVerdict::Breach => "breach",
+            GateVerdict::Inconclusive => "inconclusive",
+            GateVerdict::NotApplicable => "not_applicable",
+            GateVerdict::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for GateVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One metric, side by side.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
-    pub metric: &'static str,
+    pub metric: Metric,
     pub stable: Option<f64>,
     pub canary: Option<f64>,
     /// Canary vs stable in the gate's terms (`-19.0 points`, `+25.0%`).
@@ -92,7 +111,7 @@ impl Comparison {
         (n_stable, n_canary): (f64, f64),
     ) -> Comparison {
         Comparison {
-            metric: metric.name(),
+            metric,
             stable,
             canary,
             change: match (stable, canary) {
@@ -114,7 +133,7 @@ impl Comparison {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SafetyCheck {
     pub stable: f64,
     pub canary: f64,
@@ -123,7 +142,7 @@ pub struct SafetyCheck {
 }
 
 /// Everything one check saw.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Analysis {
     pub stage: usize,
     pub window_started_ms: i64,
@@ -179,7 +198,8 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
     let stable = window.version(&plan.stable.version);
     let canary = window.version(&plan.canary.version);
     let alpha = gate_alpha(plan);
-    let telemetry_missing = stable.get("tasks_total") == 0.0 && canary.get("tasks_total") == 0.0;
+    let telemetry_missing =
+        stable.count(Counter::TasksTotal) == 0.0 && canary.count(Counter::TasksTotal) == 0.0;
     let comparisons = Metric::ALL
         .iter()
         .map(|m| {
@@ -194,16 +214,16 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
         })
         .collect();
     let safety_enabled = plan.gates.safety_violations.enabled;
-    let canary_violations = canary.get("safety_violations");
+    let canary_violations = canary.count(Counter::SafetyViolations);
     Analysis {
         stage: stage + 1,
         window_started_ms: window.started_ms,
-        stable_requests: stable.get("rq_total"),
-        canary_requests: canary.get("rq_total"),
+        stable_requests: stable.count(Counter::RqTotal),
+        canary_requests: canary.count(Counter::RqTotal),
         alpha,
         comparisons,
         safety: SafetyCheck {
-            stable: stable.get("safety_violations"),
+            stable: stable.count(Counter::SafetyViolations),
             canary: canary_violations,
             enabled: safety_enabled,
             verdict: match (safety_enabled, canary_violations > 0.0) {
@@ -282,7 +302,7 @@ mod tests {
     fn verdict_of(a: &Analysis, metric: &str) -> GateVerdict {
         a.comparisons
             .iter()
-            .find(|c| c.metric == metric)
+            .find(|c| c.metric.name() == metric)
             .unwrap()
             .verdict
     }

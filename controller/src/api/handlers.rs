@@ -3,7 +3,8 @@
 
 use super::{actor, blocking, error, parse_id, text, AppState, MAX_WAIT};
 use crate::controller::Error;
-use crate::rollout::Action;
+use crate::rollout::view::{AuditList, PolicyList, RolloutList, TargetList};
+use crate::rollout::ManualAction;
 use crate::units::Dur;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -67,7 +68,7 @@ pub(super) async fn routes(
 pub(super) async fn list_policies(State(state): State<AppState>) -> Result<Response, Error> {
     let c = state.controller.clone();
     let policies = blocking(move || c.policies()).await?;
-    Ok(Json(json!({"policies": policies})).into_response())
+    Ok(Json(PolicyList { policies }).into_response())
 }
 
 pub(super) async fn show_policy(
@@ -99,7 +100,7 @@ pub(super) async fn add_policy(
 pub(super) async fn list_targets(State(state): State<AppState>) -> Result<Response, Error> {
     let c = state.controller.clone();
     let targets = blocking(move || c.targets()).await?;
-    Ok(Json(json!({"targets": targets})).into_response())
+    Ok(Json(TargetList { targets }).into_response())
 }
 
 #[derive(Deserialize)]
@@ -113,7 +114,7 @@ pub(super) async fn list_rollouts(
 ) -> Result<Response, Error> {
     let c = state.controller.clone();
     let rollouts = blocking(move || c.rollouts(q.active.unwrap_or(false))).await?;
-    Ok(Json(json!({"rollouts": rollouts})).into_response())
+    Ok(Json(RolloutList { rollouts }).into_response())
 }
 
 pub(super) async fn show_rollout(
@@ -180,18 +181,14 @@ pub(super) async fn act(
         })?
     };
     let to_end = body.to_end.or(q.to_end).unwrap_or(false);
-    let action = match action.as_str() {
-        "pause" => Action::Pause,
-        "resume" => Action::Resume,
-        "promote" => Action::Promote { to_end },
-        "rollback" => Action::Rollback,
-        "abort" => Action::Abort,
-        other => {
-            return Err(Error::NotFound(format!(
-                "no action `{other}` (pause, resume, promote, rollback, abort)"
-            )))
-        }
+    let Some(manual) = ManualAction::parse(&action) else {
+        let known: Vec<&str> = ManualAction::ALL.iter().map(|a| a.as_str()).collect();
+        return Err(Error::NotFound(format!(
+            "no action `{action}` ({})",
+            known.join(", ")
+        )));
     };
+    let action = manual.action(to_end);
     let actor = actor(&headers, body.actor.as_deref());
     let reason = body
         .reason
@@ -223,5 +220,5 @@ pub(super) async fn audit(
         )
     })
     .await?;
-    Ok(Json(json!({"audit": entries})).into_response())
+    Ok(Json(AuditList { audit: entries }).into_response())
 }

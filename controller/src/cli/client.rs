@@ -1,8 +1,21 @@
 //! The controller's HTTP client: token, actor, errors mapped to exit codes.
 
 use super::rollout::print_rollout;
-use super::{fail, print_or, s, ActArgs, Failure};
+use super::{fail, print_or, ActArgs, Failure};
+use crate::rollout::view::{RolloutAnalysis, RolloutList, RolloutStatus, RolloutView};
+use crate::rollout::ManualAction;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+/// The controller's answer to `path` read as `T`.
+fn typed<T: DeserializeOwned>(path: &str, value: Value) -> Result<T, Failure> {
+    serde_json::from_value(value).map_err(|e| {
+        fail(
+            1,
+            format!("the controller answered {path} with something unexpected: {e} (is it the same version as this canaryctl?)"),
+        )
+    })
+}
 
 pub(super) struct Client {
     pub(super) http: reqwest::Client,
@@ -41,12 +54,28 @@ impl Client {
             .await
     }
 
-    /// A rollout as the API shows it, with its analysis under `analysis`.
-    pub(super) async fn rollout_with_analysis(&self, id: i64) -> Result<Value, Failure> {
-        let mut v = self.get(&format!("/v1/rollouts/{id}")).await?;
-        let analysis = self.get(&format!("/v1/rollouts/{id}/analysis")).await?;
-        v["analysis"] = analysis["analysis"].clone();
-        Ok(v)
+    /// `GET path` read as `T`; an answer of another shape is an error that says so.
+    pub(super) async fn fetch<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        typed(path, self.get(path).await?)
+    }
+
+    /// `POST path` with `body`, the answer read as `T`.
+    pub(super) async fn post_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: String,
+    ) -> Result<T, Failure> {
+        typed(path, self.post(path, body).await?)
+    }
+
+    /// A rollout with its analysis.
+    pub(super) async fn rollout_status(&self, id: i64) -> Result<RolloutStatus, Failure> {
+        let rollout: RolloutView = self.fetch(&format!("/v1/rollouts/{id}")).await?;
+        let analysis: RolloutAnalysis = self.fetch(&format!("/v1/rollouts/{id}/analysis")).await?;
+        Ok(RolloutStatus {
+            rollout,
+            analysis: analysis.analysis,
+        })
     }
 
     pub(super) async fn post(&self, path: &str, body: String) -> Result<Value, Failure> {
@@ -64,22 +93,21 @@ impl Client {
         if let Some(id) = id {
             return Ok(id);
         }
-        let v = self.get("/v1/rollouts").await?;
-        let all: Vec<&Value> = v["rollouts"].as_array().into_iter().flatten().collect();
-        let matching = |r: &&Value| target.is_none_or(|t| s(&r["target"]) == t);
-        let active: Vec<&Value> = all
+        let list: RolloutList = self.fetch("/v1/rollouts").await?;
+        let matching = |r: &&RolloutView| target.is_none_or(|t| r.target == t);
+        let active: Vec<&RolloutView> = list
+            .rollouts
             .iter()
-            .copied()
             .filter(matching)
-            .filter(|r| crate::format::is_active(r))
+            .filter(|r| r.is_active())
             .collect();
         match active.as_slice() {
-            [one] => return one["id"].as_i64().ok_or_else(|| fail(1, "bad rollout id")),
+            [one] => return Ok(one.id),
             [] => {}
             several => {
                 let list: Vec<String> = several
                     .iter()
-                    .map(|r| format!("#{} {}", r["id"], s(&r["target"])))
+                    .map(|r| format!("#{} {}", r.id, r.target))
                     .collect();
                 return Err(fail(
                     1,
@@ -91,8 +119,8 @@ impl Client {
             }
         }
         if any_if_none_active {
-            if let Some(last) = all.iter().copied().rev().find(matching) {
-                return last["id"].as_i64().ok_or_else(|| fail(1, "bad rollout id"));
+            if let Some(last) = list.rollouts.iter().rev().find(matching) {
+                return Ok(last.id);
             }
         }
         Err(fail(1, "no active rollout: give a rollout id"))
@@ -101,7 +129,7 @@ impl Client {
     pub(super) async fn act(
         &self,
         a: ActArgs,
-        action: &str,
+        action: ManualAction,
         to_end: bool,
         json: bool,
     ) -> Result<(), Failure> {
@@ -113,8 +141,8 @@ impl Client {
         if to_end {
             body["to_end"] = true.into();
         }
-        let v = self
-            .post(&format!("/v1/rollouts/{id}/{action}"), body.to_string())
+        let v: RolloutView = self
+            .post_as(&format!("/v1/rollouts/{id}/{action}"), body.to_string())
             .await?;
         print_or(json, &v, || print_rollout(&v));
         Ok(())

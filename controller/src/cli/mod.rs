@@ -8,11 +8,11 @@ mod targets;
 mod watch;
 
 use crate::api::auth::read_token_file;
+use crate::rollout::view::TargetList;
 use crate::serve::{serve, ServeOptions};
 use crate::units::Dur;
 use clap::{Args, Parser, Subcommand};
 use client::Client;
-use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -344,7 +344,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(_) | Command::Agent(_) | Command::Traffic(_) => Ok(()),
         Command::Targets => {
-            let v = client.get("/v1/targets").await?;
+            let v: TargetList = client.fetch("/v1/targets").await?;
             print_or(json, &v, || targets::print_targets(&v));
             Ok(())
         }
@@ -353,11 +353,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-pub(super) fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
-
-pub(super) fn print_or(json: bool, v: &Value, text: impl FnOnce()) {
+pub(super) fn print_or<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce()) {
     if json {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     } else {

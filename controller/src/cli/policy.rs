@@ -1,7 +1,9 @@
 //! `canaryctl policy …`: the policy registry.
 
 use super::client::Client;
-use super::{print_or, read_file, s, Failure, PolicyCommand};
+use super::{print_or, read_file, Failure, PolicyCommand};
+use crate::rollout::view::PolicyList;
+use crate::store::PolicyRecord;
 
 pub(super) async fn run(
     client: &Client,
@@ -11,21 +13,19 @@ pub(super) async fn run(
     match command {
         PolicyCommand::Add { file } => {
             let text = read_file(&file)?;
-            let v = client.post("/v1/policies", text).await?;
-            print_or(json, &v, || {
-                println!("registered {}", v["id"].as_str().unwrap_or("?"))
-            });
+            let v: PolicyRecord = client.post_as("/v1/policies", text).await?;
+            print_or(json, &v, || println!("registered {}", v.id));
             Ok(())
         }
         PolicyCommand::List => {
-            let v = client.get("/v1/policies").await?;
+            let v: PolicyList = client.fetch("/v1/policies").await?;
             print_or(json, &v, || {
-                for p in v["policies"].as_array().into_iter().flatten() {
+                for p in &v.policies {
                     println!(
                         "{:<16} sha256:{}  {}",
-                        s(&p["version"]),
-                        s(&p["sha256"]),
-                        s(&p["bundle"]["model"])
+                        p.version,
+                        p.sha256,
+                        p.bundle["model"].as_str().unwrap_or("")
                     );
                 }
             });

@@ -1,22 +1,16 @@
 //! `canaryctl targets`: each target's stable policy and route table.
 
-use super::s;
-use serde_json::Value;
+use crate::rollout::view::TargetList;
 
-pub(super) fn print_targets(v: &Value) {
-    for t in v["targets"].as_array().into_iter().flatten() {
-        let route = &t["route"];
-        let canary = route["canary"]["version"]
-            .as_str()
-            .map_or(String::new(), |c| {
-                format!(", canary {c} at {}bp", route["canary_weight_bp"])
-            });
+pub(super) fn print_targets(v: &TargetList) {
+    for t in &v.targets {
+        let route = &t.route;
+        let canary = route.canary.as_ref().map_or(String::new(), |c| {
+            format!(", canary {} at {}bp", c.version, route.canary_weight_bp)
+        });
         println!(
             "{:<20} stable {}{}  (revision {})",
-            s(&t["name"]),
-            s(&t["stable"]["version"]),
-            canary,
-            route["revision"]
+            t.name, t.stable.version, canary, route.revision
         );
     }
 }

@@ -1,9 +1,13 @@
 //! `canaryctl rollout watch`: an audit line per change and a live line per stage.
 
 use super::client::Client;
-use super::{fail, s, Failure};
-use crate::format::utc;
-use serde_json::Value;
+use super::{fail, Failure};
+use crate::analysis::GateVerdict;
+use crate::format::{number, utc};
+use crate::rollout::view::{AnalysisReport, AuditList, RolloutView};
+use crate::rollout::Phase;
+use crate::store::AuditEntry;
+use crate::units::Weight;
 use std::time::Duration;
 
 /// Exit code of `rollout watch` when the rollout ends without the canary promoted.
@@ -12,21 +16,20 @@ pub const NOT_PROMOTED: i32 = 4;
 pub(super) async fn watch(client: &Client, id: i64, json: bool) -> Result<(), Failure> {
     use std::io::{IsTerminal, Write};
     let terminal = std::io::stdout().is_terminal() && !json;
-    let mut shown: Option<(String, u64)> = None;
+    let mut shown: Option<(Phase, usize)> = None;
     let mut last_audit = 0;
     let mut bar_drawn = false;
     let mut last_plain = std::time::Instant::now();
     loop {
-        let v = client.rollout_with_analysis(id).await?;
-        let audit = client
-            .get(&format!("/v1/audit?rollout={id}&after={last_audit}"))
+        let v = client.rollout_status(id).await?;
+        let audit: AuditList = client
+            .fetch(&format!("/v1/audit?rollout={id}&after={last_audit}"))
             .await?;
-        let phase = s(&v["phase"]).to_string();
-        let stage = v["stage"].as_u64().unwrap_or(0);
-        let key = (phase.clone(), stage);
+        let phase = v.rollout.phase;
+        let key = (phase, v.rollout.stage);
         let mut out = std::io::stdout().lock();
-        for e in audit["audit"].as_array().into_iter().flatten() {
-            last_audit = e["id"].as_i64().unwrap_or(last_audit);
+        for e in &audit.audit {
+            last_audit = e.id;
             if json {
                 let _ = writeln!(out, "{}", serde_json::json!({"audit": e}));
                 continue;
@@ -37,13 +40,13 @@ pub(super) async fn watch(client: &Client, id: i64, json: bool) -> Result<(), Fa
             }
             let _ = writeln!(out, "{}", audit_line(e));
         }
-        let ended = !crate::format::is_active(&v);
+        let ended = !v.rollout.is_active();
         if json {
             if shown.as_ref() != Some(&key) || ended {
-                let _ = writeln!(out, "{v}");
+                let _ = writeln!(out, "{}", serde_json::to_string(&v).unwrap_or_default());
             }
         } else if !ended {
-            let line = stage_line(&v, &v["analysis"]);
+            let line = stage_line(&v.rollout, v.analysis.as_ref());
             if terminal {
                 let _ = write!(out, "\r\x1b[2K{}", fit(&line));
                 bar_drawn = true;
@@ -64,15 +67,15 @@ pub(super) async fn watch(client: &Client, id: i64, json: bool) -> Result<(), Fa
                 let _ = writeln!(
                     out,
                     "rollout #{id} {phase}: {} now serves {}",
-                    s(&v["target"]),
-                    if phase == "promoted" {
-                        s(&v["canary"]["version"])
+                    v.rollout.target,
+                    if phase == Phase::Promoted {
+                        &v.rollout.canary.version
                     } else {
-                        s(&v["stable"]["version"])
+                        &v.rollout.stable.version
                     }
                 );
             }
-            return if phase == "promoted" {
+            return if phase == Phase::Promoted {
                 Ok(())
             } else {
                 Err(fail(NOT_PROMOTED, format!("rollout #{id} ended {phase}")))
@@ -85,44 +88,45 @@ pub(super) async fn watch(client: &Client, id: i64, json: bool) -> Result<(), Fa
 
 /// One audit entry as a watch line: what changed, by whom and why, with the
 /// breached gates of an automatic rollback.
-fn audit_line(e: &Value) -> String {
-    let at = utc(e["at_ms"].as_i64().unwrap_or(0));
-    let weight = e["canary_weight_bp"].as_u64().map_or(String::new(), |bp| {
-        format!("  canary {}", crate::format::weight(bp))
-    });
+fn audit_line(e: &AuditEntry) -> String {
+    let at = utc(e.at_ms);
+    let weight = e
+        .canary_weight_bp
+        .map_or(String::new(), |bp| format!("  canary {}", Weight(bp)));
     let mut line = format!(
         "{}  {:<14} {} -> {}{weight}  by {}: {}",
         &at[11..19],
-        s(&e["action"]),
-        s(&e["from"]),
-        s(&e["to"]),
-        s(&e["actor"]),
-        s(&e["reason"])
+        e.action.as_str(),
+        e.from.as_deref().unwrap_or(""),
+        e.to.as_deref().unwrap_or(""),
+        e.actor,
+        e.reason
     );
-    for c in crate::format::breaches(e) {
-        line.push_str(&format!(
-            "\n          breach: {} stable {} canary {} ({}, threshold {})",
-            s(&c["metric"]),
-            crate::format::number(&c["stable"]),
-            crate::format::number(&c["canary"]),
-            s(&c["change"]),
-            s(&c["threshold"])
-        ));
+    if let Some(analysis) = e.analysis() {
+        for c in analysis.breaches() {
+            line.push_str(&format!(
+                "\n          breach: {} stable {} canary {} ({}, threshold {})",
+                c.metric,
+                number(c.stable),
+                number(c.canary),
+                c.change,
+                c.threshold
+            ));
+        }
     }
     line
 }
 
 /// The current stage on one line: weight, a progress bar towards the stage's
 /// minimum duration and canary requests, samples and the gates' verdicts.
-pub fn stage_line(v: &Value, analysis: &Value) -> String {
-    let stage_index = v["stage"].as_u64().unwrap_or(1).saturating_sub(1) as usize;
-    let spec = &v["plan"]["stages"][stage_index];
-    let min_ms = crate::format::min_duration_ms(spec);
-    let min_requests = spec["min_requests"].as_f64().unwrap_or(0.0);
-    let elapsed =
-        (crate::controller::now_ms() - v["stage_started_ms"].as_i64().unwrap_or(0)).max(0);
-    let canary = analysis["canary_requests"].as_f64().unwrap_or(0.0);
-    let stable = analysis["stable_requests"].as_f64().unwrap_or(0.0);
+pub fn stage_line(v: &RolloutView, report: Option<&AnalysisReport>) -> String {
+    let (min_ms, min_requests) = v.current_stage().map_or((0, 0.0), |s| {
+        (s.min_duration.millis(), s.min_requests as f64)
+    });
+    let elapsed = (crate::controller::now_ms() - v.stage_started_ms).max(0);
+    let analysis = report.map(|r| &r.analysis);
+    let canary = analysis.map_or(0.0, |a| a.canary_requests);
+    let stable = analysis.map_or(0.0, |a| a.stable_requests);
     let time_part = if min_ms > 0 {
         (elapsed as f64 / min_ms as f64).min(1.0)
     } else {
@@ -134,40 +138,36 @@ pub fn stage_line(v: &Value, analysis: &Value) -> String {
         1.0
     };
     let filled = (time_part.min(request_part) * 20.0).round() as usize;
-    let mut counts: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-    for c in analysis["comparisons"].as_array().into_iter().flatten() {
-        counts
-            .entry(s(&c["verdict"]))
-            .or_default()
-            .push(s(&c["metric"]));
+    let mut counts: std::collections::BTreeMap<GateVerdict, Vec<&str>> = Default::default();
+    for c in analysis.map_or(&[][..], |a| &a.comparisons) {
+        counts.entry(c.verdict).or_default().push(c.metric.name());
     }
     let total: usize = counts.values().map(Vec::len).sum();
-    let pass = counts.get("pass").map_or(0, Vec::len);
-    let list = |k: &str, label: &str| {
+    let pass = counts.get(&GateVerdict::Pass).map_or(0, Vec::len);
+    let list = |k: GateVerdict, label: &str| {
         counts
-            .get(k)
+            .get(&k)
             .map_or(String::new(), |m| format!("  {label} {}", m.join(", ")))
     };
-    let gates = if analysis.is_null() {
-        "  no analysis".to_string()
-    } else {
-        format!(
+    let gates = match report {
+        None => "  no analysis".to_string(),
+        Some(report) => format!(
             "  gates pass {pass}/{total}{}{}{}",
-            list("breach", "BREACH"),
-            list("inconclusive", "waiting on"),
-            if crate::analysis::telemetry_missing(analysis) {
+            list(GateVerdict::Breach, "BREACH"),
+            list(GateVerdict::Inconclusive, "waiting on"),
+            if report.telemetry_missing() {
                 "  NO AGENT TELEMETRY"
             } else {
                 ""
             }
-        )
+        ),
     };
     format!(
         "stage {}/{} {:>4}{} [{}{}] {:>3}s/{}s  canary {}/{}  stable {}{gates}",
-        v["stage"],
-        v["stages"],
-        s(&v["weight"]),
-        if s(&v["phase"]) == "paused" {
+        v.stage,
+        v.stages,
+        v.weight,
+        if v.phase == Phase::Paused {
             " PAUSED"
         } else {
             ""
@@ -201,6 +201,8 @@ fn fit(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollout::view::fixtures;
+    use crate::rollout::view::fixtures::report;
 
     #[test]
     fn the_stage_line_shows_progress_verdicts_and_missing_telemetry() {
@@ -208,14 +210,23 @@ mod tests {
             "phase": "progressing", "stage_started_ms": crate::controller::now_ms() - 10_000,
             "plan": {"stages": [{"weight": "10%", "min_duration": "20s", "min_requests": 500}]}});
         let analysis = |missing: bool| {
-            serde_json::json!({"canary_requests": 250.0, "stable_requests": 2250.0,
-                "telemetry_missing": missing,
+            let comparison = |metric: &str, verdict: &str| {
+                serde_json::json!({"metric": metric, "verdict": verdict, "stable": null,
+                    "canary": null, "change": "n/a", "threshold": "+10%", "n_stable": 0.0,
+                    "n_canary": 0.0})
+            };
+            report(
+                serde_json::json!({"canary_requests": 250.0, "stable_requests": 2250.0,
+                "telemetry_missing": missing, "alpha": 0.001,
+                "safety": {"stable": 0.0, "canary": 0.0, "verdict": "pass"},
                 "comparisons": [
-                    {"metric": "error_rate", "verdict": "pass"},
-                    {"metric": "completion_rate", "verdict": "inconclusive"},
-                    {"metric": "abandonment_rate", "verdict": "breach"}]})
+                    comparison("error_rate", "pass"),
+                    comparison("completion_rate", "inconclusive"),
+                    comparison("abandonment_rate", "breach")]}),
+            )
         };
-        let line = stage_line(&rollout, &analysis(false));
+        let rollout = fixtures::rollout(rollout);
+        let line = stage_line(&rollout, Some(&analysis(false)));
         assert!(
             line.starts_with(
                 "stage 1/4  10% [##########----------]  10s/20s  canary 250/500  stable 2250"
@@ -226,6 +237,6 @@ mod tests {
             line.ends_with("gates pass 1/3  BREACH abandonment_rate  waiting on completion_rate"),
             "{line}"
         );
-        assert!(stage_line(&rollout, &analysis(true)).ends_with("  NO AGENT TELEMETRY"));
+        assert!(stage_line(&rollout, Some(&analysis(true))).ends_with("  NO AGENT TELEMETRY"));
     }
 }

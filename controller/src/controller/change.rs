@@ -7,8 +7,8 @@ use crate::notify::Event;
 use crate::rollout::plan::RolloutPlan;
 use crate::rollout::view::RolloutView;
 use crate::rollout::{
-    route_for, stable_after, stable_only, transition, Action, Illegal, Phase, RolloutState,
-    Transition,
+    route_for, stable_after, stable_only, transition, Action, AuditAction, Illegal, Phase,
+    RolloutState, Transition,
 };
 use crate::store::{self, NewAudit, RolloutRow};
 use crate::units::Weight;
@@ -90,7 +90,7 @@ impl Controller {
             _ => return Err(Error::Internal("a new rollout could not start".into())),
         };
         let change = Change {
-            action: "start",
+            action: AuditAction::Start,
             actor,
             reason: "rollout started",
             details: None,
@@ -133,7 +133,7 @@ impl Controller {
             }
             Ok(Transition::Changed(next)) => {
                 let change = Change {
-                    action: action.name(),
+                    action: action.into(),
                     actor,
                     reason,
                     details,
@@ -156,7 +156,7 @@ fn random_salt() -> Result<String> {
 }
 
 pub(super) struct Change<'a> {
-    pub(super) action: &'a str,
+    pub(super) action: AuditAction,
     pub(super) actor: &'a str,
     pub(super) reason: &'a str,
     pub(super) details: Option<serde_json::Value>,
@@ -182,7 +182,7 @@ pub(super) fn apply(
         }
     };
     store::upsert_target(tx, &row.target, &stable, &table, now)?;
-    let from = if change.action == "start" {
+    let from = if change.action == AuditAction::Start {
         Phase::Pending.to_string()
     } else {
         row.state.to_string()
@@ -191,7 +191,7 @@ pub(super) fn apply(
         tx,
         &NewAudit {
             actor: change.actor.to_string(),
-            action: change.action.to_string(),
+            action: change.action,
             reason: change.reason.to_string(),
             target: Some(row.target.clone()),
             rollout_id: Some(row.id),
@@ -226,15 +226,15 @@ pub(super) fn apply(
     })
 }
 
-fn event_name(action: &str, from: Phase, to: Phase) -> &'static str {
+fn event_name(action: AuditAction, from: Phase, to: Phase) -> &'static str {
     match (action, to) {
-        ("start", Phase::Progressing) => "rollout.started",
+        (AuditAction::Start, Phase::Progressing) => "rollout.started",
         (_, Phase::Promoted) => "rollout.promoted",
         (_, Phase::RolledBack) => "rollout.rolled_back",
         (_, Phase::Aborted) => "rollout.aborted",
         (_, Phase::Paused) if from != Phase::Paused => "rollout.paused",
-        ("resume", _) => "rollout.resumed",
-        ("time_window", _) => "rollout.weight_capped",
+        (AuditAction::Resume, _) => "rollout.resumed",
+        (AuditAction::TimeWindow, _) => "rollout.weight_capped",
         _ => "rollout.stage_changed",
     }
 }

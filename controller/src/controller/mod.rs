@@ -8,7 +8,8 @@ mod reconcile;
 use crate::analysis::judge::Judge;
 use crate::notify::Notifier;
 use crate::registry::PolicyBundle;
-use crate::rollout::view::RolloutView;
+use crate::rollout::view::{AnalysisReport, RolloutAnalysis, RolloutView};
+use crate::rollout::AuditAction;
 use crate::rollout::Phase;
 use crate::store::{self, AuditEntry, NewAudit, PolicyRecord, RolloutRow, TargetRow};
 use crate::units::Weight;
@@ -63,6 +64,8 @@ pub struct Controller {
 }
 
 pub const AUTO_ACTOR: &str = "canaryctl";
+/// Most audit entries one read returns.
+pub const MAX_AUDIT_PAGE: i64 = 10_000;
 
 impl Controller {
     pub fn open(state_dir: &Path, notifier: Notifier, judge: Box<dyn Judge>) -> Result<Arc<Self>> {
@@ -135,9 +138,14 @@ impl Controller {
             &tx,
             &NewAudit {
                 actor: actor.to_string(),
-                action: "policy_registered".into(),
+                action: AuditAction::PolicyRegistered,
                 reason: format!("{}@sha256:{sha}", bundle.version),
-                ..NewAudit::default()
+                target: None,
+                rollout_id: None,
+                from: None,
+                to: None,
+                canary_weight_bp: None,
+                details: None,
             },
             revision,
             now,
@@ -183,29 +191,29 @@ impl Controller {
     /// The analysis of a rollout: its current stage's while it is under way, when an
     /// analyst can give one; once it has ended, the comparison its last automatic
     /// decision kept in the audit log, marked with that decision's time.
-    pub fn analysis(&self, id: i64) -> Result<serde_json::Value> {
+    pub fn analysis(&self, id: i64) -> Result<RolloutAnalysis> {
         let row = self.rollout_row(id)?;
-        let report = if row.state.phase.is_active() {
+        let analysis = if row.state.phase.is_active() {
             self.judge.report(&row, now_ms())
         } else {
             self.last_decision(id)?
         };
-        Ok(serde_json::json!({
-            "rollout_id": row.id,
-            "phase": row.state.phase,
-            "stage": row.state.stage + 1,
-            "analysis": report,
-        }))
+        Ok(RolloutAnalysis {
+            rollout_id: row.id,
+            phase: row.state.phase,
+            stage: row.state.stage + 1,
+            analysis,
+        })
     }
 
-    fn last_decision(&self, id: i64) -> Result<Option<serde_json::Value>> {
-        let audit = self.audit(Some(id), None, 0, 10_000)?;
+    fn last_decision(&self, id: i64) -> Result<Option<AnalysisReport>> {
+        let audit = self.audit(Some(id), None, 0, MAX_AUDIT_PAGE)?;
         Ok(audit.iter().rev().find_map(|e| {
-            let details = e.details.as_ref()?;
-            details["comparisons"].is_array().then(|| {
-                let mut analysis = details.clone();
-                analysis["decided_ms"] = e.at_ms.into();
-                analysis
+            let analysis = e.analysis()?;
+            Some(AnalysisReport {
+                analysis,
+                consecutive_failures: None,
+                decided_ms: Some(e.at_ms),
             })
         }))
     }
@@ -226,7 +234,7 @@ impl Controller {
             rollout_id,
             target,
             after_id,
-            limit.clamp(1, 10_000),
+            limit.clamp(1, MAX_AUDIT_PAGE),
         )?)
     }
 

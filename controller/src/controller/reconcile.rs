@@ -3,7 +3,7 @@
 
 use super::change::{apply, Change};
 use super::{Controller, Error, Result, AUTO_ACTOR};
-use crate::rollout::{route_for, Phase};
+use crate::rollout::{route_for, AuditAction, Phase};
 use crate::store;
 use crate::units::Weight;
 
@@ -62,7 +62,7 @@ impl Controller {
             return Ok(());
         }
         let change = Change {
-            action: "time_window",
+            action: AuditAction::TimeWindow,
             actor: AUTO_ACTOR,
             reason: &format!(
                 "time window: canary weight {} -> {}",

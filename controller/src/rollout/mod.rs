@@ -7,6 +7,6 @@ pub mod state;
 pub mod view;
 
 pub use state::{
-    route_for, stable_after, stable_only, transition, Action, Illegal, Phase, RolloutState,
-    Transition,
+    route_for, stable_after, stable_only, transition, Action, AuditAction, Illegal, ManualAction,
+    Phase, RolloutState, Transition,
 };

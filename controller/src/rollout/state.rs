@@ -102,16 +102,144 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action's name as the audit log records it.
     pub fn name(self) -> &'static str {
+        AuditAction::from(self).as_str()
+    }
+}
+
+/// What a person can ask of a rollout: the API's `POST /v1/rollouts/{id}/{action}`,
+/// the CLI's `rollout <action>` and the dashboard's buttons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManualAction {
+    Pause,
+    Resume,
+    Promote,
+    Rollback,
+    Abort,
+}
+
+impl ManualAction {
+    pub const ALL: [ManualAction; 5] = [
+        ManualAction::Pause,
+        ManualAction::Resume,
+        ManualAction::Promote,
+        ManualAction::Rollback,
+        ManualAction::Abort,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            Action::Start => "start",
-            Action::Pause => "pause",
-            Action::Resume => "resume",
-            Action::Promote { to_end: false } => "promote",
-            Action::Promote { to_end: true } => "promote_to_end",
-            Action::Advance => "advance",
-            Action::Rollback => "rollback",
-            Action::Abort => "abort",
+            ManualAction::Pause => "pause",
+            ManualAction::Resume => "resume",
+            ManualAction::Promote => "promote",
+            ManualAction::Rollback => "rollback",
+            ManualAction::Abort => "abort",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ManualAction> {
+        ManualAction::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+
+    /// The state machine's action; `to_end` matters only for a promotion.
+    pub fn action(self, to_end: bool) -> Action {
+        match self {
+            ManualAction::Pause => Action::Pause,
+            ManualAction::Resume => Action::Resume,
+            ManualAction::Promote => Action::Promote { to_end },
+            ManualAction::Rollback => Action::Rollback,
+            ManualAction::Abort => Action::Abort,
+        }
+    }
+
+    /// Whether a rollout in `phase` accepts this action (the dashboard's buttons).
+    pub fn allowed_in(self, phase: Phase) -> bool {
+        match self {
+            ManualAction::Pause => phase == Phase::Progressing,
+            ManualAction::Resume => phase == Phase::Paused,
+            ManualAction::Promote | ManualAction::Rollback | ManualAction::Abort => {
+                phase.is_active()
+            }
+        }
+    }
+}
+
+impl fmt::Display for ManualAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an audit entry records: a rollout action, a time window moving the
+/// weight, or a policy registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    Start,
+    Pause,
+    Resume,
+    Promote,
+    PromoteToEnd,
+    Advance,
+    Rollback,
+    Abort,
+    TimeWindow,
+    PolicyRegistered,
+}
+
+impl AuditAction {
+    pub const ALL: [AuditAction; 10] = [
+        AuditAction::Start,
+        AuditAction::Pause,
+        AuditAction::Resume,
+        AuditAction::Promote,
+        AuditAction::PromoteToEnd,
+        AuditAction::Advance,
+        AuditAction::Rollback,
+        AuditAction::Abort,
+        AuditAction::TimeWindow,
+        AuditAction::PolicyRegistered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Start => "start",
+            AuditAction::Pause => "pause",
+            AuditAction::Resume => "resume",
+            AuditAction::Promote => "promote",
+            AuditAction::PromoteToEnd => "promote_to_end",
+            AuditAction::Advance => "advance",
+            AuditAction::Rollback => "rollback",
+            AuditAction::Abort => "abort",
+            AuditAction::TimeWindow => "time_window",
+            AuditAction::PolicyRegistered => "policy_registered",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AuditAction> {
+        AuditAction::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Action> for AuditAction {
+    fn from(action: Action) -> AuditAction {
+        match action {
+            Action::Start => AuditAction::Start,
+            Action::Pause => AuditAction::Pause,
+            Action::Resume => AuditAction::Resume,
+            Action::Promote { to_end: false } => AuditAction::Promote,
+            Action::Promote { to_end: true } => AuditAction::PromoteToEnd,
+            Action::Advance => AuditAction::Advance,
+            Action::Rollback => AuditAction::Rollback,
+            Action::Abort => AuditAction::Abort,
         }
     }
 }
@@ -243,6 +371,24 @@ pub fn stable_after(plan: &RolloutPlan, phase: Phase) -> &PolicyBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn action_names_read_back() {
+        for action in ManualAction::ALL {
+            assert_eq!(ManualAction::parse(action.as_str()), Some(action));
+            let json = serde_json::to_value(action).unwrap();
+            assert_eq!(json, action.as_str());
+        }
+        for action in AuditAction::ALL {
+            assert_eq!(AuditAction::parse(action.as_str()), Some(action));
+            assert_eq!(serde_json::to_value(action).unwrap(), action.as_str());
+        }
+        assert_eq!(ManualAction::parse("launch"), None);
+        assert_eq!(
+            Action::Promote { to_end: true }.name(),
+            AuditAction::PromoteToEnd.as_str()
+        );
+    }
     use crate::rollout::plan::RolloutPlan;
 
     fn plan() -> RolloutPlan {

@@ -2,8 +2,10 @@
 //! CLI read: its state and stages (`RolloutView`), its analysis
 //! (`RolloutAnalysis`) and, for a page, its audit entries.
 
-use crate::rollout::plan::RolloutPlan;
+use crate::analysis::Analysis;
+use crate::rollout::plan::{RolloutPlan, Stage};
 use crate::rollout::Phase;
+use crate::store::{AuditEntry, PolicyRecord, TargetRow};
 use serde::{Deserialize, Serialize};
 
 /// A rollout as the API shows it.
@@ -28,4 +30,141 @@ pub struct RolloutView {
     pub created_ms: i64,
     pub updated_ms: i64,
     pub plan: RolloutPlan,
+}
+
+impl RolloutView {
+    /// Whether the rollout is still under way.
+    pub fn is_active(&self) -> bool {
+        self.phase.is_active()
+    }
+
+    /// The current stage of the plan (`stage` is 1-based).
+    pub fn current_stage(&self) -> Option<&Stage> {
+        self.plan.stages.get(self.stage.checked_sub(1)?)
+    }
+}
+
+/// What the judge saw: the current stage window's analysis while a rollout is
+/// under way, or the one its last automatic decision kept once it has ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisReport {
+    #[serde(flatten)]
+    pub analysis: Analysis,
+    /// Checks in a row that breached a gate (under way only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// When the decision this analysis led to was made (ended rollouts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_ms: Option<i64>,
+}
+
+impl AnalysisReport {
+    /// Traffic flowed but neither version reported agent telemetry.
+    pub fn telemetry_missing(&self) -> bool {
+        self.analysis.telemetry_missing && self.analysis.canary_requests > 0.0
+    }
+}
+
+/// `GET /v1/rollouts/{id}/analysis`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutAnalysis {
+    pub rollout_id: i64,
+    pub phase: Phase,
+    /// 1-based stage number.
+    pub stage: usize,
+    pub analysis: Option<AnalysisReport>,
+}
+
+/// A rollout with its analysis: what `rollout status` shows (and prints with `--json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    #[serde(flatten)]
+    pub rollout: RolloutView,
+    pub analysis: Option<AnalysisReport>,
+}
+
+/// `GET /v1/rollouts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutList {
+    pub rollouts: Vec<RolloutView>,
+}
+
+/// `GET /v1/policies`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyList {
+    pub policies: Vec<PolicyRecord>,
+}
+
+/// `GET /v1/targets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetList {
+    pub targets: Vec<TargetRow>,
+}
+
+/// `GET /v1/audit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditList {
+    pub audit: Vec<AuditEntry>,
+}
+
+/// Typed values from partial JSON, for tests: what the fixture leaves out gets a
+/// neutral default.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use serde_json::json;
+
+    pub(crate) fn report(value: serde_json::Value) -> AnalysisReport {
+        let mut value = value;
+        for (key, default) in [
+            ("stage", json!(2)),
+            ("window_started_ms", json!(1_000)),
+            ("scrapes_ok", json!(10)),
+            ("scrapes_failed", json!(0)),
+            ("malformed_lines", json!(0)),
+            ("telemetry_missing", json!(false)),
+        ] {
+            if value.get(key).is_none() {
+                value[key] = default;
+            }
+        }
+        if let Some(comparisons) = value["comparisons"].as_array_mut() {
+            for c in comparisons {
+                c["direction"] = json!("lower_is_worse");
+                c["estimate"] = json!(null);
+                c["degradation"] = json!(null);
+            }
+        }
+        value["safety"]["enabled"] = json!(true);
+        serde_json::from_value(value).unwrap()
+    }
+
+    pub(crate) fn audit(value: serde_json::Value) -> AuditEntry {
+        let mut value = value;
+        for key in ["target", "rollout_id", "details"] {
+            if value.get(key).is_none() {
+                value[key] = json!(null);
+            }
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    pub(crate) fn rollout(value: serde_json::Value) -> RolloutView {
+        let mut value = value;
+        let defaults = json!({"id": 1, "target": "t", "phase": "progressing", "stage": 1,
+            "stages": 1, "weight": "0%", "weight_bp": 0, "stage_weight": "0%",
+            "stage_started_ms": 0, "salt": "s", "revision": 1, "created_ms": 0, "updated_ms": 0,
+            "stable": {"version": "v1", "cluster": "a"}, "canary": {"version": "v2", "cluster": "b"}});
+        for (key, default) in defaults.as_object().into_iter().flatten() {
+            if value.get(key).is_none() {
+                value[key] = default.clone();
+            }
+        }
+        for key in ["target", "stable", "canary"] {
+            if value["plan"].get(key).is_none() {
+                value["plan"][key] = value[key].clone();
+            }
+        }
+        serde_json::from_value(value).unwrap()
+    }
 }

@@ -2,10 +2,10 @@
 //! migrations (`PRAGMA user_version`).
 
 use crate::rollout::plan::RolloutPlan;
-use crate::rollout::{Phase, RolloutState};
+use crate::rollout::{AuditAction, Phase, RolloutState};
 use policy_canary::config::{PolicyBackend, RouteTable};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Each entry moves the schema one version up; never edit a released entry.
@@ -85,7 +85,7 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyRecord {
     pub version: String,
     pub sha256: String,
@@ -105,20 +105,21 @@ pub struct RolloutRow {
     pub updated_ms: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetRow {
     pub name: String,
     pub stable: PolicyBackend,
+    #[serde(deserialize_with = "route_from_json")]
     pub route: RouteTable,
     pub updated_ms: i64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditEntry {
     pub id: i64,
     pub at_ms: i64,
     pub actor: String,
-    pub action: String,
+    pub action: AuditAction,
     pub reason: String,
     pub target: Option<String>,
     pub rollout_id: Option<i64>,
@@ -130,11 +131,18 @@ pub struct AuditEntry {
     pub details: Option<serde_json::Value>,
 }
 
+impl AuditEntry {
+    /// The analysis an automatic decision kept in `details`, if it kept one.
+    pub fn analysis(&self) -> Option<crate::analysis::Analysis> {
+        serde_json::from_value(self.details.clone()?).ok()
+    }
+}
+
 /// A new audit entry (the id and time are assigned on insert).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewAudit {
     pub actor: String,
-    pub action: String,
+    pub action: AuditAction,
     pub reason: String,
     pub target: Option<String>,
     pub rollout_id: Option<i64>,
@@ -147,6 +155,22 @@ pub struct NewAudit {
 fn json_column<T: serde::de::DeserializeOwned>(text: String, index: usize) -> rusqlite::Result<T> {
     serde_json::from_str(&text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// A route table read back from the API (the table parses with the filter's own reader).
+fn route_from_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RouteTable, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    RouteTable::from_json(value.to_string().as_bytes()).map_err(serde::de::Error::custom)
+}
+
+fn audit_action(text: String) -> rusqlite::Result<AuditAction> {
+    AuditAction::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            3,
+            rusqlite::types::Type::Text,
+            format!("unknown audit action `{text}`").into(),
+        )
     })
 }
 
@@ -383,7 +407,7 @@ pub fn insert_audit(
         params![
             now_ms,
             entry.actor,
-            entry.action,
+            entry.action.as_str(),
             entry.reason,
             entry.target,
             entry.rollout_id,
@@ -398,7 +422,7 @@ pub fn insert_audit(
         id: tx.last_insert_rowid(),
         at_ms: now_ms,
         actor: entry.actor.clone(),
-        action: entry.action.clone(),
+        action: entry.action,
         reason: entry.reason.clone(),
         target: entry.target.clone(),
         rollout_id: entry.rollout_id,
@@ -430,7 +454,7 @@ pub fn list_audit(
             id: r.get(0)?,
             at_ms: r.get(1)?,
             actor: r.get(2)?,
-            action: r.get(3)?,
+            action: audit_action(r.get(3)?)?,
             reason: r.get(4)?,
             target: r.get(5)?,
             rollout_id: r.get(6)?,
@@ -450,10 +474,8 @@ mod tests {
 
     #[test]
     fn migrations_apply_once_and_refuse_a_newer_schema() {
-        let dir = std::env::temp_dir().join(format!("canaryctl-store-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("state.db");
-        let _ = std::fs::remove_file(&path);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
         let conn = open(&path).unwrap();
         assert_eq!(schema_version(&conn).unwrap(), MIGRATIONS.len());
         assert_eq!(revision(&conn).unwrap(), 0);
@@ -466,6 +488,5 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("newer canaryctl"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod envoy_admin;
 
+use policy_canary::stats::Counter;
 use std::collections::{BTreeMap, HashMap};
 
 /// Cumulative values of one version as one Envoy reports them (or, in a window,
@@ -20,6 +21,12 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// A counter of the filter's (`stats::Counter`).
+    pub fn count(&self, counter: Counter) -> f64 {
+        self.get(counter.suffix())
+    }
+
+    /// A counter by its series suffix (`rq_total`).
     pub fn get(&self, suffix: &str) -> f64 {
         self.counters.get(suffix).copied().unwrap_or(0.0)
     }
@@ -131,12 +138,12 @@ impl Window {
     /// Ends a collection pass over every Envoy, recording one cost batch.
     pub fn end_pass(&mut self, stable: &str, canary: &str) {
         let pass = std::mem::take(&mut self.pass);
-        let get = |v: &str, k: &str| pass.get(v).map_or(0.0, |s| s.get(k));
+        let get = |v: &str, c: Counter| pass.get(v).map_or(0.0, |s| s.count(c));
         let batch = Batch {
-            stable_tasks: get(stable, "tasks_total"),
-            stable_cost: get(stable, "cost_micros"),
-            canary_tasks: get(canary, "tasks_total"),
-            canary_cost: get(canary, "cost_micros"),
+            stable_tasks: get(stable, Counter::TasksTotal),
+            stable_cost: get(stable, Counter::CostMicros),
+            canary_tasks: get(canary, Counter::TasksTotal),
+            canary_cost: get(canary, Counter::CostMicros),
         };
         if batch.stable_tasks > 0.0 || batch.canary_tasks > 0.0 {
             self.batches.push(batch);

@@ -8,12 +8,12 @@ mod render;
 
 use crate::api::{blocking, parse_id, AppState};
 use crate::controller::{now_ms, Controller, Error, Result};
-use crate::format::is_active;
+use crate::rollout::view::{AnalysisReport, RolloutView};
+use crate::store::{AuditEntry, TargetRow};
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::Value;
 
 pub const SCRIPT: &str = include_str!("dashboard.js");
 pub const STYLE: &str = include_str!("dashboard.css");
@@ -25,50 +25,38 @@ pub const CONTENT_SECURITY_POLICY: &str =
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub now_ms: i64,
-    pub targets: Vec<Value>,
-    pub rollouts: Vec<Value>,
+    pub targets: Vec<TargetRow>,
+    pub rollouts: Vec<RolloutView>,
     /// The rollout in focus: the one asked for, else an active one, else the latest.
-    pub focus: Option<Value>,
-    pub analysis: Value,
-    pub audit: Vec<Value>,
+    pub focus: Option<RolloutView>,
+    pub analysis: Option<AnalysisReport>,
+    pub audit: Vec<AuditEntry>,
 }
 
 impl Snapshot {
     pub fn read(controller: &Controller, rollout: Option<i64>) -> Result<Snapshot> {
-        let targets = controller
-            .targets()?
-            .iter()
-            .filter_map(|t| serde_json::to_value(t).ok())
-            .collect();
-        let rollouts: Vec<Value> = controller
-            .rollouts(false)?
-            .iter()
-            .filter_map(|r| serde_json::to_value(r).ok())
-            .collect();
+        let targets = controller.targets()?;
+        let rollouts = controller.rollouts(false)?;
         let focus_id = rollout.or_else(|| {
             rollouts
                 .iter()
                 .rev()
-                .find(|r| is_active(r))
+                .find(|r| r.is_active())
                 .or(rollouts.last())
-                .and_then(|r| r["id"].as_i64())
+                .map(|r| r.id)
         });
         let (focus, analysis, audit) = match focus_id {
             Some(id) => {
                 // The list holds every rollout; asking again only finds a missing id.
-                let view = match rollouts.iter().find(|r| r["id"].as_i64() == Some(id)) {
+                let view = match rollouts.iter().find(|r| r.id == id) {
                     Some(view) => view.clone(),
-                    None => serde_json::to_value(controller.rollout(id)?).unwrap_or_default(),
+                    None => controller.rollout(id)?,
                 };
-                let audit: Vec<Value> = controller
-                    .audit(Some(id), None, 0, 1000)?
-                    .iter()
-                    .filter_map(|e| serde_json::to_value(e).ok())
-                    .collect();
-                let analysis = controller.analysis(id)?["analysis"].clone();
+                let audit = controller.audit(Some(id), None, 0, 1000)?;
+                let analysis = controller.analysis(id)?.analysis;
                 (Some(view), analysis, audit)
             }
-            None => (None, Value::Null, Vec::new()),
+            None => (None, None, Vec::new()),
         };
         Ok(Snapshot {
             now_ms: now_ms(),
@@ -80,8 +68,6 @@ impl Snapshot {
         })
     }
 }
-
-/// Whether a rollout (as the API shows it) is still under way.
 
 #[derive(Deserialize)]
 pub(in crate::api) struct DashboardQuery {
@@ -101,9 +87,9 @@ pub(in crate::api) async fn page(
     let c = state.controller.clone();
     let snapshot = blocking(move || Snapshot::read(&c, rollout)).await?;
     let html = if q.part.as_deref() == Some("main") {
-        render::main(&snapshot)
+        render::main(&snapshot).into_string()
     } else {
-        render::page(&snapshot)
+        render::page(&snapshot).into_string()
     };
     Ok(asset("text/html; charset=utf-8", html))
 }
