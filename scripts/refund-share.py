@@ -18,7 +18,7 @@ MASK = (1 << 64) - 1
 
 
 def mix64(x: int) -> int:
-    """splitmix64, as controller/src/traffic.rs."""
+    """splitmix64, as controller/src/demo/traffic.rs."""
     x = (x + 0x9E3779B97F4A7C15) & MASK
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK

@@ -13,8 +13,8 @@ pub fn count(value: f64) -> String {
     format!("{}", value.round() as i64)
 }
 
-/// The comparisons that breached their gate, as one line (`metric change (stable x,
-/// canary y)`, joined by `; `), for the timeline and `rollout watch`.
+/// The comparisons that breached their gate, one `metric change (stable x, canary y)`
+/// each (the dashboard's timeline).
 pub fn breached_gates(analysis: &Analysis) -> Vec<String> {
     analysis
         .breaches()

@@ -1,8 +1,8 @@
 //! The JSON endpoints: health, route tables (long-poll), policies, targets,
 //! rollouts and their actions, the audit log.
 
-use super::{actor, blocking, error, parse_id, text, AppState, MAX_WAIT};
-use crate::controller::Error;
+use super::{actor, blocking, document, error, parse_id, AppState, MAX_WAIT};
+use crate::controller::{Error, DEFAULT_AUDIT_PAGE};
 use crate::rollout::view::{AuditList, PolicyList, RolloutList, TargetList};
 use crate::rollout::ManualAction;
 use crate::units::Dur;
@@ -83,18 +83,17 @@ pub(super) async fn add_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let text = match text(&body) {
-        Ok(text) => text.to_string(),
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, Error> {
+    let text = document(&body)?;
     let actor = actor(&headers, None);
     let c = state.controller.clone();
-    match blocking(move || c.add_policy(&text, &actor)).await {
-        Ok((record, true)) => (StatusCode::CREATED, Json(record)).into_response(),
-        Ok((record, false)) => (StatusCode::OK, Json(record)).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let (record, created) = blocking(move || c.add_policy(&text, &actor)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(record)).into_response())
 }
 
 pub(super) async fn list_targets(State(state): State<AppState>) -> Result<Response, Error> {
@@ -139,17 +138,12 @@ pub(super) async fn start_rollout(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let text = match text(&body) {
-        Ok(text) => text.to_string(),
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, Error> {
+    let text = document(&body)?;
     let actor = actor(&headers, None);
     let c = state.controller.clone();
-    match blocking(move || c.start_rollout(&text, &actor)).await {
-        Ok(view) => (StatusCode::CREATED, Json(view)).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let view = blocking(move || c.start_rollout(&text, &actor)).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -216,7 +210,7 @@ pub(super) async fn audit(
             q.rollout,
             q.target.as_deref(),
             q.after.unwrap_or(0),
-            q.limit.unwrap_or(1000),
+            q.limit.unwrap_or(DEFAULT_AUDIT_PAGE),
         )
     })
     .await?;

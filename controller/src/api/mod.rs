@@ -10,7 +10,7 @@ use crate::controller::{Controller, Error};
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::{self};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -93,8 +93,11 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::Internal(format!("task failed: {e}")))?
 }
 
-fn text(body: &Bytes) -> Result<&str, Error> {
-    std::str::from_utf8(body).map_err(|_| Error::BadRequest(err("", "the body is not UTF-8 text")))
+/// A plan or policy sent as the request body (YAML or JSON text).
+fn document(body: &Bytes) -> Result<String, Error> {
+    std::str::from_utf8(body)
+        .map(str::to_string)
+        .map_err(|_| Error::BadRequest(err("", "the body is not UTF-8 text")))
 }
 
 fn actor(headers: &HeaderMap, from_body: Option<&str>) -> String {

@@ -10,9 +10,7 @@ use crate::notify::Notifier;
 use crate::registry::PolicyBundle;
 use crate::rollout::view::{AnalysisReport, RolloutAnalysis, RolloutView};
 use crate::rollout::AuditAction;
-use crate::rollout::Phase;
 use crate::store::{self, AuditEntry, NewAudit, PolicyRecord, RolloutRow, TargetRow};
-use crate::units::Weight;
 use policy_canary::config::{RouteTable, RoutesDocument};
 use policy_canary::error::ConfigError;
 use rusqlite::Connection;
@@ -66,6 +64,8 @@ pub struct Controller {
 pub const AUTO_ACTOR: &str = "canaryctl";
 /// Most audit entries one read returns.
 pub const MAX_AUDIT_PAGE: i64 = 10_000;
+/// Audit entries one read returns when the caller names no limit.
+pub const DEFAULT_AUDIT_PAGE: i64 = 1_000;
 
 impl Controller {
     pub fn open(state_dir: &Path, notifier: Notifier, judge: Box<dyn Judge>) -> Result<Arc<Self>> {
@@ -188,8 +188,8 @@ impl Controller {
         Ok(store::list_rollouts(&self.db(), active_only)?)
     }
 
-    /// The analysis of a rollout: its current stage's while it is under way, when an
-    /// analyst can give one; once it has ended, the comparison its last automatic
+    /// The analysis of a rollout: its current stage's while it is under way, when the
+    /// judge can give one; once it has ended, the comparison its last automatic
     /// decision kept in the audit log, marked with that decision's time.
     pub fn analysis(&self, id: i64) -> Result<RolloutAnalysis> {
         let row = self.rollout_row(id)?;
@@ -240,34 +240,7 @@ impl Controller {
 
     fn view(&self, conn: &Connection, row: RolloutRow, now: i64) -> Result<RolloutView> {
         let revision = store::get_target(conn, &row.target)?.map_or(0, |t| t.route.revision);
-        let weight = match row.state.phase {
-            Phase::Progressing | Phase::Paused => row.plan.effective_weight(row.state.stage, now),
-            Phase::Promoted => Weight::FULL,
-            _ => Weight(0),
-        };
-        let stage_weight = row
-            .plan
-            .stages
-            .get(row.state.stage)
-            .map_or(Weight(0), |s| s.weight);
-        Ok(RolloutView {
-            id: row.id,
-            target: row.target.clone(),
-            phase: row.state.phase,
-            stage: row.state.stage + 1,
-            stages: row.plan.stages.len(),
-            weight: weight.to_string(),
-            weight_bp: weight.bp(),
-            stage_weight: stage_weight.to_string(),
-            stage_started_ms: row.state.stage_started_ms,
-            salt: row.salt.clone(),
-            stable: row.plan.stable.clone(),
-            canary: row.plan.canary.clone(),
-            revision,
-            created_ms: row.created_ms,
-            updated_ms: row.updated_ms,
-            plan: row.plan,
-        })
+        Ok(RolloutView::new(row, revision, now))
     }
 
     /// Every cluster a target's rollouts have used (for the runtime driver).

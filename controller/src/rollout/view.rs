@@ -1,11 +1,14 @@
 //! The one typed view of a rollout that the API serves and the dashboard and the
 //! CLI read: its state and stages (`RolloutView`), its analysis
-//! (`RolloutAnalysis`) and, for a page, its audit entries.
+//! (`RolloutAnalysis`, `AnalysisReport`), both together (`RolloutStatus`), and the
+//! lists the API answers with.
 
 use crate::analysis::Analysis;
 use crate::rollout::plan::{RolloutPlan, Stage};
 use crate::rollout::Phase;
-use crate::store::{AuditEntry, PolicyRecord, TargetRow};
+use crate::store::{AuditEntry, PolicyRecord, RolloutRow, TargetRow};
+use crate::units::Weight;
+use policy_canary::config::PolicyBackend;
 use serde::{Deserialize, Serialize};
 
 /// A rollout as the API shows it.
@@ -24,8 +27,8 @@ pub struct RolloutView {
     pub stage_weight: String,
     pub stage_started_ms: i64,
     pub salt: String,
-    pub stable: policy_canary::config::PolicyBackend,
-    pub canary: policy_canary::config::PolicyBackend,
+    pub stable: PolicyBackend,
+    pub canary: PolicyBackend,
     pub revision: u64,
     pub created_ms: i64,
     pub updated_ms: i64,
@@ -33,6 +36,40 @@ pub struct RolloutView {
 }
 
 impl RolloutView {
+    /// The view of a stored rollout at `now_ms`; `revision` is its target's route revision.
+    pub fn new(row: RolloutRow, revision: u64, now_ms: i64) -> RolloutView {
+        let weight = match row.state.phase {
+            Phase::Progressing | Phase::Paused => {
+                row.plan.effective_weight(row.state.stage, now_ms)
+            }
+            Phase::Promoted => Weight::FULL,
+            Phase::Pending | Phase::RolledBack | Phase::Aborted => Weight(0),
+        };
+        let stage_weight = row
+            .plan
+            .stages
+            .get(row.state.stage)
+            .map_or(Weight(0), |s| s.weight);
+        RolloutView {
+            id: row.id,
+            target: row.target,
+            phase: row.state.phase,
+            stage: row.state.stage + 1,
+            stages: row.plan.stages.len(),
+            weight: weight.to_string(),
+            weight_bp: weight.bp(),
+            stage_weight: stage_weight.to_string(),
+            stage_started_ms: row.state.stage_started_ms,
+            salt: row.salt,
+            stable: row.plan.stable.clone(),
+            canary: row.plan.canary.clone(),
+            revision,
+            created_ms: row.created_ms,
+            updated_ms: row.updated_ms,
+            plan: row.plan,
+        }
+    }
+
     /// Whether the rollout is still under way.
     pub fn is_active(&self) -> bool {
         self.phase.is_active()

@@ -7,7 +7,7 @@
 mod render;
 
 use crate::api::{blocking, parse_id, AppState};
-use crate::controller::{now_ms, Controller, Error, Result};
+use crate::controller::{now_ms, Controller, Error, Result, DEFAULT_AUDIT_PAGE};
 use crate::rollout::view::{AnalysisReport, RolloutView};
 use crate::store::{AuditEntry, TargetRow};
 use axum::extract::{Query, State};
@@ -52,7 +52,7 @@ impl Snapshot {
                     Some(view) => view.clone(),
                     None => controller.rollout(id)?,
                 };
-                let audit = controller.audit(Some(id), None, 0, 1000)?;
+                let audit = controller.audit(Some(id), None, 0, DEFAULT_AUDIT_PAGE)?;
                 let analysis = controller.analysis(id)?.analysis;
                 (Some(view), analysis, audit)
             }
