@@ -1,13 +1,17 @@
 //! policy-canary: canary rollout of AI-agent policies at the proxy.
 //!
 //! The pure core (configuration, cohort assignment, routing decisions, telemetry and
-//! stats) is plain Rust shared with the controller. The proxy-wasm glue in `filter`
-//! is compiled only for wasm32, so host builds never link a second entry point.
+//! stats) is plain Rust shared with the controller. `plugin` is the filter's and the
+//! sync service's behaviour per proxy-wasm context, written against a small `Host`
+//! trait and tested with a mock host. The proxy-wasm glue in `filter` binds it to
+//! the SDK and is compiled only for wasm32, so host builds never link a second
+//! entry point.
 
 pub mod cohort;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod plugin;
 pub mod reader;
 pub mod routing;
 pub mod stats;

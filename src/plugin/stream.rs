@@ -1,0 +1,149 @@
+//! One HTTP stream: route the request (cohort, header edits), read the agent's
+//! telemetry from the response headers or trailers, count it all at the end.
+
+use super::host::{Host, MapKind};
+use super::worker::Worker;
+use crate::cohort::Cohort;
+use crate::config::RouteTable;
+use crate::routing::{route_request, served_cohort, Decision, Header, HeaderEdit};
+use crate::stats::StreamRecord;
+use crate::telemetry::is_telemetry_header;
+use std::rc::Rc;
+
+pub struct Stream {
+    /// `None` for a root that is not a configured filter: the stream passes through.
+    worker: Option<Rc<Worker>>,
+    /// The table this request was routed by, kept for its end even if the table changes.
+    table: Option<Rc<RouteTable>>,
+    decision: Option<Decision>,
+    record: StreamRecord,
+}
+
+impl Stream {
+    pub fn new(worker: Option<Rc<Worker>>) -> Stream {
+        Stream {
+            table: worker.as_ref().map(|w| w.current_table()),
+            worker,
+            decision: None,
+            record: StreamRecord::default(),
+        }
+    }
+
+    pub fn on_request_headers(&mut self, host: &impl Host) {
+        let (Some(worker), Some(table)) = (&self.worker, &self.table) else {
+            return;
+        };
+        let headers = host.map(MapKind::RequestHeaders).unwrap_or_else(|_| {
+            worker.host_error(host, "read request headers");
+            Vec::new()
+        });
+        let (decision, edits) =
+            route_request(&worker.config, table, &headers, || worker.random_bucket());
+        for edit in edits {
+            let result = match &edit {
+                HeaderEdit::Remove(name) => host.remove_map_value(MapKind::RequestHeaders, name),
+                HeaderEdit::Set(name, value) => {
+                    host.set_map_value(MapKind::RequestHeaders, name, value.as_bytes())
+                }
+            };
+            if result.is_err() {
+                worker.host_error(host, "edit request headers");
+            }
+        }
+        self.record.forced = decision.forced;
+        self.record.sessionless = decision.sessionless;
+        self.decision = Some(decision);
+    }
+
+    pub fn on_response_headers(&mut self, host: &impl Host) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let headers = host.map(MapKind::ResponseHeaders).unwrap_or_default();
+        self.record.status = headers
+            .iter()
+            .find(|(name, _)| name == ":status")
+            .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok());
+        self.read_telemetry(&worker, host, MapKind::ResponseHeaders, headers);
+    }
+
+    pub fn on_response_trailers(&mut self, host: &impl Host) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let trailers = host.map(MapKind::ResponseTrailers).unwrap_or_default();
+        self.read_telemetry(&worker, host, MapKind::ResponseTrailers, trailers);
+    }
+
+    /// Reads telemetry from a response header or trailer map and strips it if configured.
+    fn read_telemetry(
+        &mut self,
+        worker: &Worker,
+        host: &impl Host,
+        map: MapKind,
+        headers: Vec<Header>,
+    ) {
+        let telemetry = &worker.config.telemetry;
+        self.record.report.read(&telemetry.headers, &headers);
+        if !telemetry.strip {
+            return;
+        }
+        let is_telemetry = |(name, _): &Header| is_telemetry_header(&telemetry.headers, name);
+        let present = headers.iter().filter(|h| is_telemetry(h)).count();
+        let result = match present {
+            0 => Ok(()),
+            // One host call either way; removing touches less of Envoy's map.
+            1 => match headers.iter().find(|h| is_telemetry(h)) {
+                Some((name, _)) => host.remove_map_value(map, name),
+                None => Ok(()),
+            },
+            // Replacing the map once beats one host call per header.
+            _ => {
+                let kept: Vec<(&str, &[u8])> = headers
+                    .iter()
+                    .filter(|h| !is_telemetry(h))
+                    .map(|(name, value)| (name.as_str(), value.as_slice()))
+                    .collect();
+                host.set_map(map, &kept)
+            }
+        };
+        if result.is_err() {
+            worker.host_error(host, "strip telemetry");
+        }
+    }
+
+    /// The stream has ended: count it for the version that served it.
+    pub fn on_log(&mut self, host: &impl Host) {
+        let (Some(worker), Some(table), Some(decision)) =
+            (&self.worker, &self.table, self.decision)
+        else {
+            return;
+        };
+        let cluster = host.property(&["xds", "cluster_name"]).ok().flatten();
+        let cohort: Cohort = served_cohort(table, decision.cohort, cluster.as_deref());
+        let version = &table.backend(cohort).version;
+        if self.record.status.is_some_and(|s| s >= 500) {
+            // Envoy's own 5xx for an upstream that reset before answering.
+            let details = host.property(&["response", "code_details"]).ok().flatten();
+            self.record.upstream_reset = details.is_some_and(|d| d.starts_with(b"upstream_reset"));
+        }
+        worker
+            .pending
+            .borrow_mut()
+            .counters_mut(version)
+            .record(&self.record);
+        let duration = host.property(&["request", "duration"]).ok().flatten();
+        if let Some(nanos) = duration.and_then(|d| <[u8; 8]>::try_from(d.as_slice()).ok()) {
+            let millis = u64::try_from(i64::from_le_bytes(nanos)).unwrap_or(0) / 1_000_000;
+            let id = worker
+                .metrics
+                .borrow_mut()
+                .latency(host, &worker.config.target, version);
+            if let Some(id) = id {
+                if host.record_metric(id, millis).is_err() {
+                    worker.host_error(host, "record latency");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The plugin's contexts against a mock host: header edits, telemetry, counts and
+//! metrics, the sync service, and what happens when host calls fail.
+
+use super::host::mock::MockHost;
+use super::host::{LogLevel, MapKind};
+use super::*;
+use crate::sync::ROUTES_KEY;
+
+const CONFIG: &str = r#"{
+  "target": "support-agent",
+  "route": {
+    "revision": 1,
+    "salt": "s1",
+    "canary_weight_bp": 10000,
+    "stable": {"version": "v1", "cluster": "agent_stable"},
+    "canary": {"version": "v2", "cluster": "agent_canary"}
+  }
+}"#;
+
+const SYNC_CONFIG: &str = r#"{"sync": {"cluster": "controller", "wait_ms": 1000}}"#;
+
+fn filter(host: &MockHost) -> Role {
+    Role::configure(host, Some(b"filter"), CONFIG.as_bytes()).unwrap()
+}
+
+fn stat(version: &str, suffix: &str) -> String {
+    format!("policy_canary.target.support-agent.version.{version}.{suffix}")
+}
+
+/// One whole stream through `role`, on `host`'s maps.
+fn run_stream(role: &Role, host: &MockHost) {
+    let mut stream = role.new_stream();
+    stream.on_request_headers(host);
+    stream.on_response_headers(host);
+    stream.on_response_trailers(host);
+    stream.on_log(host);
+}
+
+#[test]
+fn routes_the_request_and_removes_what_the_client_must_not_send() {
+    let host = MockHost::default().with_map(
+        MapKind::RequestHeaders,
+        &[
+            ("x-session-id", b"user-1"),
+            ("x-policy-cluster", b"evil"),
+            ("x-agent-policy", b"v0"),
+        ],
+    );
+    let role = filter(&host);
+    role.new_stream().on_request_headers(&host);
+    assert_eq!(
+        host.header(MapKind::RequestHeaders, "x-policy-cluster"),
+        Some(b"agent_canary".to_vec()),
+        "100% canary: the filter's own cluster replaces the client's"
+    );
+    assert_eq!(
+        host.header(MapKind::RequestHeaders, "x-agent-policy"),
+        Some(b"v2".to_vec())
+    );
+    assert!(host.logs.borrow().is_empty());
+}
+
+#[test]
+fn counts_telemetry_strips_it_and_flushes_metrics_on_the_tick() {
+    let host = MockHost::default()
+        .with_map(MapKind::RequestHeaders, &[("x-session-id", b"user-1")])
+        .with_map(
+            MapKind::ResponseHeaders,
+            &[
+                (":status", b"200"),
+                ("x-agent-outcome", b"completed"),
+                ("x-agent-tokens", b"120"),
+                ("content-type", b"text/plain"),
+            ],
+        )
+        .with_map(
+            MapKind::ResponseTrailers,
+            &[("x-agent-cost-micros", b"1500")],
+        )
+        .with_property(&["request", "duration"], &42_000_000i64.to_le_bytes())
+        .with_property(&["xds", "cluster_name"], b"agent_canary");
+    let mut role = filter(&host);
+    run_stream(&role, &host);
+    // Two telemetry headers: the map is replaced once; one trailer: removed.
+    let response = host.maps.borrow()[&MapKind::ResponseHeaders].clone();
+    let names: Vec<&str> = response.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, vec![":status", "content-type"]);
+    assert_eq!(
+        host.header(MapKind::ResponseTrailers, "x-agent-cost-micros"),
+        None
+    );
+    assert_eq!(host.histogram(&stat("v2", "rq_latency_ms")), vec![42]);
+    // Counts reach Envoy on every FLUSH_EVERY_TICKS-th tick, not before.
+    for _ in 1..worker::FLUSH_EVERY_TICKS {
+        role.on_tick(&host);
+    }
+    assert_eq!(host.metric(&stat("v2", "rq_total")), None);
+    role.on_tick(&host);
+    assert_eq!(host.metric(&stat("v2", "rq_total")), Some(1));
+    assert_eq!(host.metric(&stat("v2", "rq_2xx")), Some(1));
+    assert_eq!(host.metric(&stat("v2", "tasks_completed")), Some(1));
+    assert_eq!(host.metric(&stat("v2", "tokens")), Some(120));
+    assert_eq!(host.metric(&stat("v2", "cost_micros")), Some(1500));
+}
+
+#[test]
+fn a_failed_header_read_routes_as_sessionless_and_is_logged_once() {
+    let host = MockHost::default().failing("map");
+    let role = filter(&host);
+    run_stream(&role, &host);
+    run_stream(&role, &host);
+    let logs = host.logs.borrow();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0].0, LogLevel::Warn);
+    assert!(logs[0].1.contains("read request headers"), "{logs:?}");
+}
+
+#[test]
+fn failed_header_edits_are_logged_once_and_the_stream_goes_on() {
+    let host = MockHost::default()
+        .with_map(MapKind::RequestHeaders, &[("x-session-id", b"user-1")])
+        .failing("set_map_value");
+    let mut role = filter(&host);
+    run_stream(&role, &host);
+    run_stream(&role, &host);
+    assert_eq!(host.logs.borrow().len(), 1);
+    assert!(host.logs.borrow()[0].1.contains("edit request headers"));
+    // Both streams are still counted.
+    for _ in 0..worker::FLUSH_EVERY_TICKS {
+        role.on_tick(&host);
+    }
+    assert_eq!(host.metric(&stat("v2", "rq_total")), Some(2));
+}
+
+#[test]
+fn counts_survive_a_failing_metric_host_until_it_recovers() {
+    let host = MockHost::default()
+        .with_map(MapKind::RequestHeaders, &[("x-session-id", b"user-1")])
+        .failing("increment_metric");
+    let mut role = filter(&host);
+    run_stream(&role, &host);
+    for _ in 0..worker::FLUSH_EVERY_TICKS {
+        role.on_tick(&host);
+    }
+    assert_eq!(host.metric(&stat("v2", "rq_total")), Some(0));
+    host.failing.borrow_mut().clear();
+    for _ in 0..worker::FLUSH_EVERY_TICKS {
+        role.on_tick(&host);
+    }
+    assert_eq!(host.metric(&stat("v2", "rq_total")), Some(1));
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_the_field_named() {
+    let host = MockHost::default();
+    let bad = CONFIG.replace("canary_weight_bp", "canary_weight");
+    assert!(Role::configure(&host, Some(b"filter"), bad.as_bytes()).is_none());
+    assert!(Role::configure(&host, Some(SYNC_ROOT_ID.as_bytes()), b"{}").is_none());
+    let logs = host.logs.borrow();
+    assert_eq!(logs.len(), 2);
+    assert!(logs.iter().all(|(level, _)| *level == LogLevel::Error));
+    assert!(logs[0].1.contains("canary_weight"), "{logs:?}");
+    assert!(logs[1].1.contains("invalid sync configuration"), "{logs:?}");
+}
+
+#[test]
+fn streams_of_a_sync_root_pass_through() {
+    let host = MockHost::default().with_map(MapKind::RequestHeaders, &[("x-session-id", b"u")]);
+    let sync =
+        Role::configure(&host, Some(SYNC_ROOT_ID.as_bytes()), SYNC_CONFIG.as_bytes()).unwrap();
+    run_stream(&sync, &host);
+    assert_eq!(
+        host.header(MapKind::RequestHeaders, "x-policy-cluster"),
+        None
+    );
+}
+
+fn routes(revision: u64, weight: u16) -> Vec<u8> {
+    format!(
+        r#"{{"revision": {revision}, "routes": {{"support-agent": {{"revision": {revision},
+        "salt": "s2", "canary_weight_bp": {weight},
+        "stable": {{"version": "v1", "cluster": "agent_stable"}},
+        "canary": {{"version": "v2", "cluster": "agent_canary"}}}}}}}}"#
+    )
+    .into_bytes()
+}
+
+/// The controller answers the sync service's open poll.
+fn answer(sync: &mut Role, host: &MockHost, headers: &[(&str, &[u8])], body: &[u8]) {
+    *host.call_body.borrow_mut() = body.to_vec();
+    host.maps.borrow_mut().insert(
+        MapKind::HttpCallResponseHeaders,
+        headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_vec()))
+            .collect(),
+    );
+    let token = host.calls.borrow().len() as u32;
+    sync.on_http_call_response(host, token, body.len());
+}
+
+#[test]
+fn the_sync_service_stores_the_table_and_every_worker_follows_it() {
+    let host =
+        MockHost::default().with_map(MapKind::RequestHeaders, &[("x-session-id", b"user-1")]);
+    host.now.set(1_000);
+    let mut sync =
+        Role::configure(&host, Some(SYNC_ROOT_ID.as_bytes()), SYNC_CONFIG.as_bytes()).unwrap();
+    let mut role = filter(&host);
+    sync.on_tick(&host);
+    {
+        let calls = host.calls.borrow();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].0, "controller");
+        assert!(calls[0]
+            .1
+            .contains(&(":path".into(), "/v1/routes?revision=0&wait=1000ms".into())));
+    }
+    // A header value that is not UTF-8 must not matter (the SDK's get_map would panic).
+    answer(
+        &mut sync,
+        &host,
+        &[(":status", b"200"), ("x-odd", b"\xff\xfe")],
+        &routes(5, 0),
+    );
+    assert!(host.shared.borrow().contains_key(ROUTES_KEY));
+    assert_eq!(host.metric("policy_canary.sync.revision"), Some(5));
+    assert_eq!(
+        host.calls.borrow().len(),
+        2,
+        "the next long-poll starts at once"
+    );
+    role.on_tick(&host);
+    role.new_stream().on_request_headers(&host);
+    assert_eq!(
+        host.header(MapKind::RequestHeaders, "x-policy-cluster"),
+        Some(b"agent_stable".to_vec()),
+        "revision 5 sends everyone to stable"
+    );
+}
+
+#[test]
+fn the_sync_service_fails_static_and_says_so_once() {
+    let host = MockHost::default();
+    host.now.set(1_000);
+    let mut sync =
+        Role::configure(&host, Some(SYNC_ROOT_ID.as_bytes()), SYNC_CONFIG.as_bytes()).unwrap();
+    sync.on_tick(&host);
+    answer(&mut sync, &host, &[(":status", b"200")], &routes(5, 0));
+    let stored = host.shared.borrow()[ROUTES_KEY].clone();
+    // The controller is down for two polls: said once.
+    for now in [60_000, 120_000] {
+        answer(&mut sync, &host, &[(":status", b"503")], b"");
+        host.now.set(now);
+        sync.on_tick(&host);
+    }
+    answer(&mut sync, &host, &[(":status", b"200")], b"{not json");
+    assert_eq!(
+        host.shared.borrow()[ROUTES_KEY],
+        stored,
+        "the last good table stays"
+    );
+    assert_eq!(host.metric("policy_canary.sync.polls_failed"), Some(2));
+    assert_eq!(
+        host.metric("policy_canary.sync.documents_rejected"),
+        Some(1)
+    );
+    let warnings: Vec<String> = host
+        .logs
+        .borrow()
+        .iter()
+        .filter(|(level, _)| *level == LogLevel::Warn)
+        .map(|(_, line)| line.clone())
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        2,
+        "one line per kind of failure: {warnings:?}"
+    );
+    assert!(warnings[0].contains("unreachable") && warnings[0].contains("fail static"));
+    assert!(warnings[1].contains("bad routes document"), "{warnings:?}");
+}
+
+#[test]
+fn a_failed_dispatch_is_counted_and_retried_later() {
+    let host = MockHost::default().failing("dispatch_http_call");
+    host.now.set(1_000);
+    let mut sync =
+        Role::configure(&host, Some(SYNC_ROOT_ID.as_bytes()), SYNC_CONFIG.as_bytes()).unwrap();
+    sync.on_tick(&host);
+    assert_eq!(host.metric("policy_canary.sync.polls_failed"), Some(1));
+    host.failing.borrow_mut().clear();
+    host.now.set(100_000);
+    sync.on_tick(&host);
+    assert_eq!(host.calls.borrow().len(), 1);
+}

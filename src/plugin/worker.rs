@@ -1,0 +1,190 @@
+//! What a worker's root context shares with its streams: the configuration, the
+//! route table in force, counts not yet flushed, metric ids. A worker VM runs on one
+//! thread, so `Rc` and `RefCell` suffice.
+
+use super::host::{Host, LogLevel, MetricKind};
+use crate::config::{PluginConfig, RouteTable};
+use crate::stats::{stat_name, Counter, PendingCounts, LATENCY_SUFFIX};
+use crate::sync::{Follow, TableFollower, ROUTES_KEY};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+pub struct Worker {
+    pub config: PluginConfig,
+    /// The table new requests are routed by: the configuration's until the sync
+    /// service delivers a newer one for this target.
+    pub table: RefCell<Rc<RouteTable>>,
+    follower: RefCell<TableFollower>,
+    ticks: Cell<u32>,
+    pub pending: RefCell<PendingCounts>,
+    pub metrics: RefCell<MetricIds>,
+    rng: Cell<u64>,
+    host_error_logged: Cell<bool>,
+}
+
+/// Counts live in wasm memory per worker and reach Envoy every this many ticks.
+pub const FLUSH_EVERY_TICKS: u32 = 5;
+
+impl Worker {
+    /// A worker for a valid configuration; the sync service's table, if one is
+    /// already in shared data, applies at once.
+    pub fn new(config: PluginConfig, host: &impl Host) -> Worker {
+        let table = Rc::new(config.route.clone());
+        let worker = Worker {
+            config,
+            table: RefCell::new(table),
+            follower: RefCell::default(),
+            ticks: Cell::new(0),
+            pending: RefCell::default(),
+            metrics: RefCell::default(),
+            rng: Cell::new(host.now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+            host_error_logged: Cell::new(false),
+        };
+        worker.follow(host);
+        worker
+    }
+
+    /// The table a new stream is routed by.
+    pub fn current_table(&self) -> Rc<RouteTable> {
+        Rc::clone(&self.table.borrow())
+    }
+
+    /// xorshift64*: buckets for sessionless requests under `missing: random`.
+    pub fn random_bucket(&self) -> u16 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u16
+    }
+
+    /// Logs the first failed host call of this worker; later ones are only dropped.
+    pub fn host_error(&self, host: &impl Host, what: &str) {
+        if !self.host_error_logged.replace(true) {
+            host.log(
+                LogLevel::Warn,
+                &format!("policy_canary: host call failed: {what} (further failures not logged)"),
+            );
+        }
+    }
+
+    /// The root's tick: follow the shared table, flush counts every few ticks.
+    pub fn on_tick(&self, host: &impl Host) {
+        self.follow(host);
+        let ticks = self.ticks.get().wrapping_add(1);
+        self.ticks.set(ticks);
+        if ticks.is_multiple_of(FLUSH_EVERY_TICKS) {
+            self.flush(host);
+        }
+    }
+
+    /// Picks up a newer route table from shared data, parsing only a changed document.
+    pub fn follow(&self, host: &impl Host) {
+        let Ok((value, cas)) = host.shared_data(ROUTES_KEY) else {
+            return;
+        };
+        let current = self.table.borrow().revision;
+        let outcome =
+            self.follower
+                .borrow_mut()
+                .follow(&self.config.target, current, value.as_deref(), cas);
+        match outcome {
+            Follow::Newer(table) => *self.table.borrow_mut() = Rc::new(table),
+            Follow::Invalid(error) => host.log(
+                LogLevel::Warn,
+                &format!("policy_canary: ignoring the shared routes document: {error}"),
+            ),
+            Follow::Same | Follow::NothingForTarget => {}
+        }
+    }
+
+    /// Adds the pending counts to Envoy's metrics; what fails stays pending.
+    pub fn flush(&self, host: &impl Host) {
+        let mut metrics = self.metrics.borrow_mut();
+        let target = &self.config.target;
+        self.pending.borrow_mut().flush(|version, counter, value| {
+            let Some(id) = metrics.counter(host, target, version, counter) else {
+                return 0;
+            };
+            let amount = value.min(i64::MAX as u64);
+            match host.increment_metric(id, amount as i64) {
+                Ok(()) => amount,
+                Err(_) => 0,
+            }
+        });
+    }
+}
+
+/// Envoy metric ids, defined the first time a version needs them.
+#[derive(Default)]
+pub struct MetricIds {
+    /// Few versions per worker: a short list beats hashing on every request.
+    versions: Vec<(String, VersionMetrics)>,
+}
+
+#[derive(Default)]
+struct VersionMetrics {
+    counters: [Option<u32>; Counter::ALL.len()],
+    latency: Option<u32>,
+}
+
+impl MetricIds {
+    fn entry(&mut self, version: &str) -> &mut VersionMetrics {
+        let index = match self.versions.iter().position(|(v, _)| v == version) {
+            Some(index) => index,
+            None => {
+                self.versions
+                    .push((version.to_string(), VersionMetrics::default()));
+                self.versions.len() - 1
+            }
+        };
+        &mut self.versions[index].1
+    }
+
+    pub fn counter(
+        &mut self,
+        host: &impl Host,
+        target: &str,
+        version: &str,
+        counter: Counter,
+    ) -> Option<u32> {
+        let slot = &mut self.entry(version).counters[counter as usize];
+        define(
+            host,
+            slot,
+            MetricKind::Counter,
+            target,
+            version,
+            counter.suffix(),
+        )
+    }
+
+    pub fn latency(&mut self, host: &impl Host, target: &str, version: &str) -> Option<u32> {
+        let slot = &mut self.entry(version).latency;
+        define(
+            host,
+            slot,
+            MetricKind::Histogram,
+            target,
+            version,
+            LATENCY_SUFFIX,
+        )
+    }
+}
+
+fn define(
+    host: &impl Host,
+    slot: &mut Option<u32>,
+    kind: MetricKind,
+    target: &str,
+    version: &str,
+    suffix: &str,
+) -> Option<u32> {
+    if slot.is_none() {
+        *slot = host
+            .define_metric(kind, &stat_name(target, version, suffix))
+            .ok();
+    }
+    *slot
+}
