@@ -1,18 +1,26 @@
 //! canaryctl: the policy-canary control plane and its command-line client.
 //!
 //! Each room holds one concern:
-//! - `rollout`: plans, the pure state machine, and the typed view of a rollout;
-//! - `analysis`: gates, anytime-valid bounds, stage decisions, and `evidence`
-//!   with one module per source;
-//! - `controller`: the operations (one SQLite transaction each) and the control loop;
+//! - `rollout`: plans and their gates, and the pure state machine;
+//! - `analysis`: anytime-valid bounds, comparisons, stage decisions, judges, and
+//!   `evidence` with one module per source;
+//! - `controller`: the operations (one SQLite transaction each), the control loop
+//!   and the Envoy runtime-weights driver;
+//! - `view`: the one typed view of a rollout that the API serves and the CLI and
+//!   the dashboard read;
 //! - `store`: SQLite state and its migrations; `registry`: policy bundles;
 //! - `api`: the HTTP router, auth, handlers and the dashboard;
-//! - `envoy`: the Envoy admin client and the runtime-weights driver;
+//! - `envoy`: the Envoy admin client;
 //! - `notify`: webhooks; `cli`: the client commands; `demo`: the demo agent and
 //!   traffic generator (`canaryctl agent`, `canaryctl traffic`), kept apart from
 //!   the control plane;
 //! - `units`, `document`, `format`: weights and durations, YAML/JSON documents, and
 //!   the formatting the CLI and the dashboard share.
+//!
+//! The rooms form layers with no import cycle (`tests/layout.rs` checks it): each
+//! uses only rooms listed before it in `units`, `document`, `rollout`, `registry`,
+//! `store`, `notify`, `envoy`, `analysis`, `format`, `view`, `controller`, `demo`,
+//! `api`, `serve`, `cli`.
 
 pub mod analysis;
 pub mod api;
@@ -28,3 +36,4 @@ pub mod rollout;
 pub mod serve;
 pub mod store;
 pub mod units;
+pub mod view;

@@ -42,8 +42,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let controller = Controller::open(&options.state_dir, notifier.clone(), judge)
         .with_context(|| format!("opening the state in {}", options.state_dir.display()))?;
     if let Some(judge) = evidence_judge {
+        let store = Arc::clone(&controller);
         tokio::spawn(envoy_admin::collect(
-            Arc::clone(&controller),
+            move || store.rollout_rows(true),
             judge,
             options.envoy_admins.clone(),
             options.scrape_interval,
@@ -70,7 +71,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             !options.envoy_admins.is_empty(),
             "--runtime-weights needs at least one --envoy-admin URL"
         );
-        tokio::spawn(crate::envoy::runtime::run(
+        tokio::spawn(crate::controller::runtime_weights::run(
             Arc::clone(&controller),
             options.envoy_admins.clone(),
         ));

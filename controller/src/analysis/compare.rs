@@ -3,10 +3,10 @@
 
 use super::{Comparison, GateVerdict, MIN_LATENCY_SAMPLES, MIN_SAMPLES};
 use crate::analysis::evidence::{Batch, Sample, Window};
-use crate::analysis::gates::{Direction, Gate, Metric, Threshold};
 use crate::analysis::sequential::{
     batch_sigma, difference, margin, proportion_sigma, rate_sigma, ArmBound,
 };
+use crate::rollout::gates::{Direction, Gate, Metric, Threshold};
 use policy_canary::stats::Counter;
 #[derive(Debug, Clone, Copy)]
 struct Arm {

@@ -6,7 +6,7 @@
 use crate::analysis::analyse;
 use crate::analysis::decide::{decide, StageDecision};
 use crate::analysis::evidence::Window;
-use crate::rollout::view::AnalysisReport;
+use crate::analysis::AnalysisReport;
 use crate::store::RolloutRow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -33,13 +33,13 @@
 pub mod compare;
 pub mod decide;
 pub mod evidence;
-pub mod gates;
 pub mod judge;
 pub mod sequential;
 
 use crate::analysis::evidence::Window;
-use crate::analysis::gates::{Direction, Gate, Metric};
+use crate::rollout::gates::{Direction, Gate, Metric};
 use crate::rollout::plan::RolloutPlan;
+use crate::store::AuditEntry;
 use compare::{change, compare};
 use policy_canary::stats::Counter;
 use serde::{Deserialize, Serialize};
@@ -159,6 +159,11 @@ pub struct Analysis {
 }
 
 impl Analysis {
+    /// The analysis an automatic decision kept in its audit entry, if it kept one.
+    pub fn from_audit(entry: &AuditEntry) -> Option<Analysis> {
+        serde_json::from_value(entry.details.clone()?).ok()
+    }
+
     pub fn breaches(&self) -> Vec<&Comparison> {
         self.comparisons
             .iter()
@@ -236,6 +241,27 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
         scrapes_ok: window.scrapes_ok,
         scrapes_failed: window.scrapes_failed,
         malformed_lines: window.malformed_lines,
+    }
+}
+
+/// What the judge saw: the current stage window's analysis while a rollout is
+/// under way, or the one its last automatic decision kept once it has ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisReport {
+    #[serde(flatten)]
+    pub analysis: Analysis,
+    /// Checks in a row that breached a gate (under way only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// When the decision this analysis led to was made (ended rollouts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_ms: Option<i64>,
+}
+
+impl AnalysisReport {
+    /// Traffic flowed but neither version reported agent telemetry.
+    pub fn telemetry_missing(&self) -> bool {
+        self.analysis.telemetry_missing && self.analysis.canary_requests > 0.0
     }
 }
 

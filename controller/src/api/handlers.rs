@@ -3,9 +3,9 @@
 
 use super::{actor, blocking, document, error, parse_id, AppState, MAX_WAIT};
 use crate::controller::{Error, DEFAULT_AUDIT_PAGE};
-use crate::rollout::view::{AuditList, PolicyList, RolloutList, TargetList};
 use crate::rollout::ManualAction;
 use crate::units::Dur;
+use crate::view::{AuditList, PolicyList, RolloutList, TargetList};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};

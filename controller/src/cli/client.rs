@@ -2,8 +2,8 @@
 
 use super::rollout::print_rollout;
 use super::{fail, print_or, ActArgs, Failure};
-use crate::rollout::view::{RolloutAnalysis, RolloutList, RolloutStatus, RolloutView};
 use crate::rollout::ManualAction;
+use crate::view::{RolloutAnalysis, RolloutList, RolloutStatus, RolloutView};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 

@@ -8,9 +8,9 @@ mod targets;
 mod watch;
 
 use crate::api::auth::read_token_file;
-use crate::rollout::view::TargetList;
 use crate::serve::{serve, ServeOptions};
 use crate::units::Dur;
+use crate::view::TargetList;
 use clap::{Args, Parser, Subcommand};
 use client::Client;
 use std::net::SocketAddr;

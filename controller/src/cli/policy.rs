@@ -2,8 +2,8 @@
 
 use super::client::Client;
 use super::{print_or, read_file, Failure, PolicyCommand};
-use crate::rollout::view::PolicyList;
 use crate::store::PolicyRecord;
+use crate::view::PolicyList;
 
 pub(super) async fn run(
     client: &Client,

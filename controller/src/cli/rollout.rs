@@ -2,10 +2,11 @@
 
 use super::client::Client;
 use super::{print_or, read_file, watch, Failure, RolloutCommand};
+use crate::analysis::AnalysisReport;
 use crate::analysis::TELEMETRY_MISSING;
 use crate::format::{count, number, utc};
-use crate::rollout::view::{AnalysisReport, AuditList, RolloutList, RolloutView};
 use crate::rollout::{ManualAction, Phase};
+use crate::view::{AuditList, RolloutList, RolloutView};
 use std::time::Duration;
 
 pub(super) async fn run(

@@ -1,6 +1,6 @@
 //! `canaryctl targets`: each target's stable policy and route table.
 
-use crate::rollout::view::TargetList;
+use crate::view::TargetList;
 
 pub(super) fn print_targets(v: &TargetList) {
     for t in &v.targets {

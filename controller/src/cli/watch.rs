@@ -2,12 +2,13 @@
 
 use super::client::Client;
 use super::{fail, Failure};
-use crate::analysis::GateVerdict;
+use crate::analysis::AnalysisReport;
+use crate::analysis::{Analysis, GateVerdict};
 use crate::format::{number, utc};
-use crate::rollout::view::{AnalysisReport, AuditList, RolloutView};
 use crate::rollout::Phase;
 use crate::store::AuditEntry;
 use crate::units::Weight;
+use crate::view::{AuditList, RolloutView};
 use std::time::Duration;
 
 /// Exit code of `rollout watch` when the rollout ends without the canary promoted.
@@ -102,7 +103,7 @@ fn audit_line(e: &AuditEntry) -> String {
         e.actor,
         e.reason
     );
-    if let Some(analysis) = e.analysis() {
+    if let Some(analysis) = Analysis::from_audit(e) {
         for c in analysis.breaches() {
             line.push_str(&format!(
                 "\n          breach: {} stable {} canary {} ({}, threshold {})",
@@ -201,8 +202,8 @@ fn fit(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::view::fixtures;
-    use crate::rollout::view::fixtures::report;
+    use crate::view::fixtures;
+    use crate::view::fixtures::report;
 
     #[test]
     fn the_stage_line_shows_progress_verdicts_and_missing_telemetry() {

@@ -5,13 +5,13 @@
 use super::{conflict, not_found, now_ms, Controller, Error, Result};
 use crate::notify::Event;
 use crate::rollout::plan::RolloutPlan;
-use crate::rollout::view::RolloutView;
 use crate::rollout::{
     route_for, stable_after, stable_only, transition, Action, AuditAction, Illegal, Phase,
     RolloutState, Transition,
 };
 use crate::store::{self, NewAudit, RolloutRow};
 use crate::units::Weight;
+use crate::view::RolloutView;
 use policy_canary::digest::hex;
 use policy_canary::error::err;
 

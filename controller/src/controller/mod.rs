@@ -4,13 +4,16 @@
 
 mod change;
 mod reconcile;
+pub mod runtime_weights;
 
 use crate::analysis::judge::Judge;
+use crate::analysis::Analysis;
+use crate::analysis::AnalysisReport;
 use crate::notify::Notifier;
 use crate::registry::PolicyBundle;
-use crate::rollout::view::{AnalysisReport, RolloutAnalysis, RolloutView};
 use crate::rollout::AuditAction;
 use crate::store::{self, AuditEntry, NewAudit, PolicyRecord, RolloutRow, TargetRow};
+use crate::view::{RolloutAnalysis, RolloutView};
 use policy_canary::config::{RouteTable, RoutesDocument};
 use policy_canary::error::ConfigError;
 use rusqlite::Connection;
@@ -209,7 +212,7 @@ impl Controller {
     fn last_decision(&self, id: i64) -> Result<Option<AnalysisReport>> {
         let audit = self.audit(Some(id), None, 0, MAX_AUDIT_PAGE)?;
         Ok(audit.iter().rev().find_map(|e| {
-            let analysis = e.analysis()?;
+            let analysis = Analysis::from_audit(e)?;
             Some(AnalysisReport {
                 analysis,
                 consecutive_failures: None,

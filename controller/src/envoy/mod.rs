@@ -1,5 +1,4 @@
-//! Talking to Envoy: one admin client (`admin`) used by the analysis' evidence
-//! source and by the runtime-weights driver (`runtime`).
+//! Talking to Envoy's admin endpoint: one client (`admin`), used by the analysis'
+//! evidence source and by the controller's runtime-weights driver.
 
 pub mod admin;
-pub mod runtime;

@@ -1,10 +1,10 @@
-//! Rollouts: the plan a person writes (`plan`), the pure state machine (`state`)
-//! and the one typed view of a rollout that the API, the dashboard and the CLI
-//! share (`view`).
+//! Rollouts: the plan a person writes (`plan`, with its metric `gates`) and the
+//! pure state machine (`state`). Depends on nothing of the controller's but units
+//! and documents: every other room builds on it.
 
+pub mod gates;
 pub mod plan;
 pub mod state;
-pub mod view;
 
 pub use state::{
     route_for, stable_after, stable_only, transition, Action, AuditAction, Illegal, ManualAction,

@@ -1,7 +1,7 @@
 //! Rollout plans: what to roll out, in which stages, under which rules.
 
-use crate::analysis::gates::Gates;
 use crate::document::parse_document;
+use crate::rollout::gates::Gates;
 use crate::units::{Dur, Weight};
 use policy_canary::config::{
     check_header, check_name, check_salt, check_segment_count, check_version, PolicyBackend,
@@ -274,15 +274,15 @@ gates:
         assert_eq!(plan.on_inconclusive, InconclusiveAction::Pause);
         let completion = plan
             .gates
-            .gate(crate::analysis::gates::Metric::CompletionRate);
+            .gate(crate::rollout::gates::Metric::CompletionRate);
         assert_eq!(
             completion.threshold,
-            crate::analysis::gates::Threshold::Absolute(0.03)
+            crate::rollout::gates::Threshold::Absolute(0.03)
         );
         assert!(
             !plan
                 .gates
-                .gate(crate::analysis::gates::Metric::CostPerTask)
+                .gate(crate::rollout::gates::Metric::CostPerTask)
                 .enabled
         );
         let json = serde_json::to_string(&plan).unwrap();

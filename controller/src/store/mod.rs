@@ -57,13 +57,6 @@ pub struct AuditEntry {
     pub details: Option<serde_json::Value>,
 }
 
-impl AuditEntry {
-    /// The analysis an automatic decision kept in `details`, if it kept one.
-    pub fn analysis(&self) -> Option<crate::analysis::Analysis> {
-        serde_json::from_value(self.details.clone()?).ok()
-    }
-}
-
 /// A new audit entry (the id and time are assigned on insert).
 #[derive(Debug, Clone)]
 pub struct NewAudit {

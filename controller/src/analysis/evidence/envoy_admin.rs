@@ -4,14 +4,14 @@
 
 use super::Scrape;
 use crate::analysis::judge::EvidenceJudge;
-use crate::controller::Controller;
 use crate::envoy::admin::{AdminClient, HealthChange, SourceHealth};
-use std::sync::Arc;
+use crate::store::RolloutRow;
 use std::time::Duration;
 
-/// Scrapes every Envoy admin for every active rollout, every `interval`.
-pub async fn collect(
-    controller: Arc<Controller>,
+/// Scrapes every Envoy admin for every active rollout (as `active_rollouts` lists
+/// them, from a blocking store read), every `interval`.
+pub async fn collect<E: Send + 'static>(
+    active_rollouts: impl Fn() -> Result<Vec<RolloutRow>, E> + Clone + Send + Sync + 'static,
     judge: EvidenceJudge,
     admins: Vec<String>,
     interval: Duration,
@@ -19,8 +19,8 @@ pub async fn collect(
     let client = AdminClient::default();
     let mut health = SourceHealth::default();
     loop {
-        let c = Arc::clone(&controller);
-        let rows = tokio::task::spawn_blocking(move || c.rollout_rows(true))
+        let list = active_rollouts.clone();
+        let rows = tokio::task::spawn_blocking(list)
             .await
             .ok()
             .and_then(Result::ok)

@@ -6,10 +6,11 @@
 
 mod render;
 
+use crate::analysis::AnalysisReport;
 use crate::api::{blocking, parse_id, AppState};
 use crate::controller::{now_ms, Controller, Error, Result, DEFAULT_AUDIT_PAGE};
-use crate::rollout::view::{AnalysisReport, RolloutView};
 use crate::store::{AuditEntry, TargetRow};
+use crate::view::RolloutView;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};

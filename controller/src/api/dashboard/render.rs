@@ -2,12 +2,13 @@
 //! wrapped in `PreEscaped` (only the SVG path below, built from numbers).
 
 use super::Snapshot;
-use crate::analysis::TELEMETRY_MISSING;
+use crate::analysis::AnalysisReport;
+use crate::analysis::{Analysis, TELEMETRY_MISSING};
 use crate::format::{breached_gates, count, number, utc};
-use crate::rollout::view::{AnalysisReport, RolloutView};
 use crate::rollout::{ManualAction, Phase};
 use crate::store::AuditEntry;
 use crate::units::Weight;
+use crate::view::RolloutView;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use std::fmt::Write as _;
 
@@ -294,7 +295,7 @@ fn timeline(audit: &[AuditEntry]) -> Markup {
             h2 { "Audit timeline" }
             ol class="timeline" {
                 @for e in audit.iter().rev() {
-                    @let breached = e.analysis().map(|a| breached_gates(&a)).unwrap_or_default();
+                    @let breached = Analysis::from_audit(e).map(|a| breached_gates(&a)).unwrap_or_default();
                     li data-audit-id=(e.id) class={ "action-" (e.action) } {
                         time { (utc(e.at_ms)) } " " b { (e.action) } " "
                         @if let (Some(from), Some(to)) = (&e.from, &e.to) { (from) " → " (to) }
@@ -331,7 +332,7 @@ fn rollout_list(snapshot: &Snapshot) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::view::fixtures::{audit, report};
+    use crate::view::fixtures::{audit, report};
     use serde_json::json;
 
     #[test]

@@ -1,9 +1,9 @@
 //! The one typed view of a rollout that the API serves and the dashboard and the
 //! CLI read: its state and stages (`RolloutView`), its analysis
-//! (`RolloutAnalysis`, `AnalysisReport`), both together (`RolloutStatus`), and the
+//! (`RolloutAnalysis`, carrying the analysis' `AnalysisReport`), both together (`RolloutStatus`), and the
 //! lists the API answers with.
 
-use crate::analysis::Analysis;
+use crate::analysis::AnalysisReport;
 use crate::rollout::plan::{RolloutPlan, Stage};
 use crate::rollout::Phase;
 use crate::store::{AuditEntry, PolicyRecord, RolloutRow, TargetRow};
@@ -78,27 +78,6 @@ impl RolloutView {
     /// The current stage of the plan (`stage` is 1-based).
     pub fn current_stage(&self) -> Option<&Stage> {
         self.plan.stages.get(self.stage.checked_sub(1)?)
-    }
-}
-
-/// What the judge saw: the current stage window's analysis while a rollout is
-/// under way, or the one its last automatic decision kept once it has ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnalysisReport {
-    #[serde(flatten)]
-    pub analysis: Analysis,
-    /// Checks in a row that breached a gate (under way only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_failures: Option<u32>,
-    /// When the decision this analysis led to was made (ended rollouts only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decided_ms: Option<i64>,
-}
-
-impl AnalysisReport {
-    /// Traffic flowed but neither version reported agent telemetry.
-    pub fn telemetry_missing(&self) -> bool {
-        self.analysis.telemetry_missing && self.analysis.canary_requests > 0.0
     }
 }
 
