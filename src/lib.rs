@@ -7,12 +7,14 @@
 //! the SDK and is compiled only for wasm32, so host builds never link a second
 //! entry point.
 
+pub mod check;
 pub mod cohort;
 pub mod config;
 pub mod digest;
 pub mod error;
 pub mod plugin;
 pub mod reader;
+pub mod route;
 pub mod routing;
 pub mod stats;
 pub mod sync;

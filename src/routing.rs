@@ -3,8 +3,9 @@
 //! headers and applies the edits.
 
 use crate::cohort::{bucket, cohort_for, Cohort, BUCKETS};
-use crate::config::{MissingSession, PluginConfig, RouteTable, INTERNAL_HEADERS};
+use crate::config::{MissingSession, PluginConfig, INTERNAL_HEADERS};
 use crate::digest::{constant_time_eq_ignore_ascii_case, sha256_hex};
+use crate::route::RouteTable;
 use std::borrow::Cow;
 
 /// A header as Envoy hands it over: lowercase name, raw value bytes.
@@ -240,7 +241,7 @@ fn segment_weight(table: &RouteTable, headers: &[Header]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Segment;
+    use crate::route::Segment;
 
     fn config() -> PluginConfig {
         PluginConfig::from_json(

@@ -2,9 +2,9 @@
 //! keep the last good one (fail static), back off on failure. Pure: the glue does
 //! the HTTP calls and shared-data writes.
 
-use crate::config::read_routes;
 use crate::error::{err, ConfigError};
 use crate::reader::Reader;
+use crate::route::read_routes;
 
 /// Shared-data key holding the last good routes document (JSON, as served).
 pub const ROUTES_KEY: &str = "policy_canary/routes";
@@ -50,7 +50,7 @@ impl SyncConfig {
             max_body_bytes: s.u64("max_body_bytes")?.unwrap_or(1 << 20) as usize,
             max_backoff_ms: s.u64("max_backoff_ms")?.unwrap_or(5_000),
         };
-        crate::config::check_name("sync.cluster", &config.cluster)?;
+        crate::check::check_name("sync.cluster", &config.cluster)?;
         if !config.path.starts_with('/') || config.path.contains(['?', ' ']) {
             return Err(err("sync.path", "must be an absolute path without a query"));
         }
@@ -242,7 +242,7 @@ pub enum Follow {
     /// Nothing new (same CAS, or no document).
     Same,
     /// A newer table for the worker's target.
-    Newer(crate::config::RouteTable),
+    Newer(crate::route::RouteTable),
     /// The document is new but has nothing newer for this target.
     NothingForTarget,
     Invalid(String),

@@ -2,7 +2,7 @@
 //! sha256 of their canonical JSON.
 
 use crate::document::parse_document;
-use policy_canary::config::check_version;
+use policy_canary::check::check_version;
 use policy_canary::digest::sha256_hex;
 use policy_canary::error::{err, ConfigError};
 use serde::{Deserialize, Serialize};

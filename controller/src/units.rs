@@ -1,6 +1,6 @@
 //! Weights and durations as people write them in plans: `"5%"`, `"0.5%"`, `"10m"`.
 
-use policy_canary::config::MAX_WEIGHT_BP;
+use policy_canary::cohort::MAX_WEIGHT_BP;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;

@@ -8,7 +8,7 @@ use crate::rollout::plan::{RolloutPlan, Stage};
 use crate::rollout::Phase;
 use crate::store::{AuditEntry, PolicyRecord, RolloutRow, TargetRow};
 use crate::units::Weight;
-use policy_canary::config::PolicyBackend;
+use policy_canary::route::PolicyBackend;
 use serde::{Deserialize, Serialize};
 
 /// A rollout as the API shows it.

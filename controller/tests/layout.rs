@@ -31,6 +31,8 @@ const CORE_LAYERS: &[&str] = &[
     "digest",
     "cohort",
     "reader",
+    "check",
+    "route",
     "config",
     "routing",
     "telemetry",
@@ -40,8 +42,9 @@ const CORE_LAYERS: &[&str] = &[
     "filter",
 ];
 
-/// Longest source file, tests included, that still reads in one sitting.
-const MAX_LINES: usize = 900;
+/// Longest source file, its unit tests included (about 500 lines of code and the
+/// table-driven tests beside them).
+const MAX_LINES: usize = 650;
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -4,7 +4,7 @@
 use super::host::{Host, MapKind};
 use super::worker::Worker;
 use crate::cohort::Cohort;
-use crate::config::RouteTable;
+use crate::route::RouteTable;
 use crate::routing::{route_request, served_cohort, Decision, Header, HeaderEdit};
 use crate::stats::StreamRecord;
 use crate::telemetry::is_telemetry_header;

@@ -3,7 +3,8 @@
 //! thread, so `Rc` and `RefCell` suffice.
 
 use super::host::{Host, LogLevel, MetricKind};
-use crate::config::{PluginConfig, RouteTable};
+use crate::config::PluginConfig;
+use crate::route::RouteTable;
 use crate::stats::{stat_name, Counter, PendingCounts, LATENCY_SUFFIX};
 use crate::sync::{Follow, TableFollower, ROUTES_KEY};
 use std::cell::{Cell, RefCell};

@@ -6,7 +6,7 @@
 use crate::controller::Controller;
 use crate::envoy::admin::{AdminClient, HealthChange, SourceHealth};
 use crate::units::Weight;
-use policy_canary::config::RoutesDocument;
+use policy_canary::route::RoutesDocument;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +97,7 @@ async fn sync_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_canary::config::{PolicyBackend, RouteTable};
+    use policy_canary::route::{PolicyBackend, RouteTable};
 
     #[test]
     fn weights_for_a_rollout_and_after_promotion() {

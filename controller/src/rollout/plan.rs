@@ -3,10 +3,11 @@
 use crate::document::parse_document;
 use crate::rollout::gates::Gates;
 use crate::units::{Dur, Weight};
-use policy_canary::config::{
-    check_header, check_name, check_salt, check_segment_count, check_version, PolicyBackend,
+use policy_canary::check::{
+    check_header, check_name, check_salt, check_segment_count, check_version,
 };
 use policy_canary::error::{err, ConfigError};
+use policy_canary::route::PolicyBackend;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! them only gather inputs and persist outputs.
 
 use crate::rollout::plan::RolloutPlan;
-use policy_canary::config::{PolicyBackend, RouteTable, Segment};
+use policy_canary::route::{PolicyBackend, RouteTable, Segment};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

@@ -7,7 +7,7 @@ pub use schema::{open, schema_version};
 
 use crate::rollout::plan::RolloutPlan;
 use crate::rollout::{AuditAction, Phase, RolloutState};
-use policy_canary::config::{PolicyBackend, RouteTable};
+use policy_canary::route::{PolicyBackend, RouteTable};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,106 @@
+//! Field checks shared by the plugin configuration, route tables and the
+//! controller's plans, with the limits they enforce; each error names the field.
+
+use crate::cohort::MAX_WEIGHT_BP;
+use crate::error::{err, ConfigError};
+
+/// Longest salt a route table may carry.
+pub const MAX_SALT_BYTES: usize = 256;
+/// Most segments a route table may carry.
+pub const MAX_SEGMENTS: usize = 64;
+
+/// A salt fits a route table: at most `MAX_SALT_BYTES`.
+pub fn check_salt(path: &str, salt: &str) -> Result<(), ConfigError> {
+    if salt.len() > MAX_SALT_BYTES {
+        return Err(err(path, format!("must be at most {MAX_SALT_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// A route table holds at most `MAX_SEGMENTS` segments.
+pub fn check_segment_count(path: &str, count: usize) -> Result<(), ConfigError> {
+    if count > MAX_SEGMENTS {
+        return Err(err(path, format!("at most {MAX_SEGMENTS} segments")));
+    }
+    Ok(())
+}
+
+pub fn check_weight(path: &str, weight: u16) -> Result<(), ConfigError> {
+    if weight > MAX_WEIGHT_BP {
+        return Err(err(
+            path,
+            format!("must be at most {MAX_WEIGHT_BP} basis points (100%), got {weight}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Lowercase HTTP header names: Envoy stores them lowercased.
+pub fn check_header(path: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!("`{name}` is not a lowercase header name (a-z, 0-9, '-', '_')"),
+        ))
+    }
+}
+
+pub fn check_cookie_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(err(path, format!("`{name}` is not a valid cookie name")))
+    }
+}
+
+/// Targets and clusters appear in stat names and headers.
+pub fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!("`{name}` must be 1-128 characters of A-Z, a-z, 0-9, '-', '_'"),
+        ))
+    }
+}
+
+/// Versions appear in stat names, where dots are fine (the stats tag regex allows them).
+pub fn check_version(path: &str, version: &str) -> Result<(), ConfigError> {
+    let valid = !version.is_empty()
+        && version.len() <= 128
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !version.starts_with('.')
+        && !version.ends_with('.')
+        && !version.contains("..");
+    if valid {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!(
+                "`{version}` must be 1-128 characters of A-Z, a-z, 0-9, '-', '_', '.' \
+                 (no leading, trailing or double dot)"
+            ),
+        ))
+    }
+}

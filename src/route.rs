@@ -1,0 +1,183 @@
+//! The route table: which policy version and cluster serve stable and canary, at
+//! which weight, with which salt and segments. One type, served by the controller
+//! (`Serialize`) and read by the filter (with `reader`, which names the field path).
+
+use crate::check::{
+    check_header, check_name, check_salt, check_segment_count, check_version, check_weight,
+};
+use crate::error::{err, ConfigError};
+use crate::reader::{Object, Reader};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where a cohort's requests go: the policy version and the Envoy cluster serving it.
+/// (`Deserialize` is for the controller's plans; the filter reads JSON with `reader`.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBackend {
+    pub version: String,
+    pub cluster: String,
+}
+
+/// Requests whose `header` equals `value` use `canary_weight_bp` instead of the
+/// table's weight. The first matching segment wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Segment {
+    pub header: String,
+    pub value: String,
+    pub canary_weight_bp: u16,
+}
+
+/// The routing state of one target at one revision: the document the controller
+/// serves and the `route` field of the plugin configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteTable {
+    pub revision: u64,
+    pub salt: String,
+    pub canary_weight_bp: u16,
+    pub stable: PolicyBackend,
+    /// No canary: every request goes to stable and forcing the canary is ignored.
+    pub canary: Option<PolicyBackend>,
+    pub segments: Vec<Segment>,
+}
+
+/// Every target's route table at one revision: what the controller serves at
+/// `GET /v1/routes` and the sync service hands to the filters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct RoutesDocument {
+    pub revision: u64,
+    pub routes: BTreeMap<String, RouteTable>,
+}
+
+impl RoutesDocument {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let mut routes = BTreeMap::new();
+        let revision = read_routes(bytes, |target, table| {
+            routes.insert(target.to_string(), table);
+        })?;
+        Ok(RoutesDocument { revision, routes })
+    }
+}
+
+/// Validates a routes document and hands each target's table to `visit`; returns
+/// the document's revision. (The filter uses this directly, without a map.)
+pub fn read_routes(
+    bytes: &[u8],
+    mut visit: impl FnMut(&str, RouteTable),
+) -> Result<u64, ConfigError> {
+    let reader = Reader::parse(bytes)?;
+    let root = reader.root()?;
+    root.only(&["revision", "routes"])?;
+    let revision = root
+        .u64("revision")?
+        .ok_or_else(|| err("revision", "missing field"))?;
+    for (target, table) in root.entries("routes")? {
+        check_name(&format!("routes.{target}"), target)?;
+        let table = RouteTable::read(&table)?;
+        table.validate(&format!("routes.{target}."))?;
+        if table.revision > revision {
+            return Err(err(
+                format!("routes.{target}.revision"),
+                format!(
+                    "{} is newer than the document's revision {revision}",
+                    table.revision
+                ),
+            ));
+        }
+        visit(target, table);
+    }
+    Ok(revision)
+}
+
+impl RouteTable {
+    /// Parses and validates a route table, as served by the controller.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let reader = Reader::parse(bytes)?;
+        let table = Self::read(&reader.root()?)?;
+        table.validate("")?;
+        Ok(table)
+    }
+
+    /// Reads a table from a JSON object (the plugin configuration's `route`).
+    pub(crate) fn read(o: &Object<'_>) -> Result<Self, ConfigError> {
+        o.only(&[
+            "revision",
+            "salt",
+            "canary_weight_bp",
+            "stable",
+            "canary",
+            "segments",
+        ])?;
+        let mut segments = Vec::new();
+        for s in o.objects("segments")? {
+            s.only(&["header", "value", "canary_weight_bp"])?;
+            segments.push(Segment {
+                header: s.required_string("header")?,
+                value: s.required_string("value")?,
+                canary_weight_bp: s.required_weight("canary_weight_bp")?,
+            });
+        }
+        Ok(RouteTable {
+            revision: o.u64("revision")?.unwrap_or(0),
+            salt: o.required_string("salt")?,
+            canary_weight_bp: o.weight("canary_weight_bp")?.unwrap_or(0),
+            stable: PolicyBackend::read(&o.required_object("stable")?)?,
+            canary: o
+                .object("canary")?
+                .map(|c| PolicyBackend::read(&c))
+                .transpose()?,
+            segments,
+        })
+    }
+
+    /// Validates the table; `prefix` is prepended to field paths in errors.
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        check_salt(&format!("{prefix}salt"), &self.salt)?;
+        check_weight(&format!("{prefix}canary_weight_bp"), self.canary_weight_bp)?;
+        self.stable.validate(&format!("{prefix}stable."))?;
+        if let Some(canary) = &self.canary {
+            canary.validate(&format!("{prefix}canary."))?;
+            if canary.version == self.stable.version {
+                return Err(err(
+                    format!("{prefix}canary.version"),
+                    format!("must differ from the stable version `{}`", canary.version),
+                ));
+            }
+        } else if self.canary_weight_bp > 0 {
+            return Err(err(
+                format!("{prefix}canary_weight_bp"),
+                "must be 0 when there is no canary",
+            ));
+        }
+        check_segment_count(&format!("{prefix}segments"), self.segments.len())?;
+        for (i, segment) in self.segments.iter().enumerate() {
+            let p = format!("{prefix}segments[{i}].");
+            check_header(&format!("{p}header"), &segment.header)?;
+            check_weight(&format!("{p}canary_weight_bp"), segment.canary_weight_bp)?;
+        }
+        Ok(())
+    }
+
+    /// The backend serving `cohort`; stable when there is no canary.
+    pub fn backend(&self, cohort: crate::cohort::Cohort) -> &PolicyBackend {
+        match (cohort, &self.canary) {
+            (crate::cohort::Cohort::Canary, Some(canary)) => canary,
+            _ => &self.stable,
+        }
+    }
+}
+
+impl PolicyBackend {
+    fn read(o: &Object<'_>) -> Result<Self, ConfigError> {
+        o.only(&["version", "cluster"])?;
+        Ok(PolicyBackend {
+            version: o.required_string("version")?,
+            cluster: o.required_string("cluster")?,
+        })
+    }
+
+    fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        check_version(&format!("{prefix}version"), &self.version)?;
+        check_name(&format!("{prefix}cluster"), &self.cluster)
+    }
+}
