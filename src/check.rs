@@ -82,6 +82,20 @@ pub fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// An Envoy cluster name as meshes write them: Istio's
+/// `outbound|7070||canaryctl.policy-canary.svc.cluster.local`, Envoy Gateway's
+/// `httproute/policy-canary/canaryctl/rule/0`.
+pub fn check_cluster(path: &str, name: &str) -> Result<(), ConfigError> {
+    if !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!("`{name}` must be 1-255 visible ASCII characters (an Envoy cluster name)"),
+        ))
+    }
+}
+
 /// Versions appear in stat names, where dots are fine (the stats tag regex allows them).
 pub fn check_version(path: &str, version: &str) -> Result<(), ConfigError> {
     let valid = !version.is_empty()

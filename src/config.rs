@@ -7,6 +7,7 @@ use crate::check::{check_cookie_name, check_header, check_name};
 use crate::error::{err, ConfigError};
 use crate::reader::{Object, Reader};
 use crate::route::RouteTable;
+use crate::sync::SyncConfig;
 use serde::Serialize;
 
 /// What to do with a request that carries no session id.
@@ -122,6 +123,10 @@ pub struct PluginConfig {
     pub bucket_header: String,
     pub telemetry: TelemetryConfig,
     pub route: RouteTable,
+    /// Filter-side sync: with this block the filter follows the controller itself
+    /// (one worker per Envoy polls, holding a lease in shared data), for Envoys that
+    /// cannot load a bootstrap extension (Istio's WasmPlugin, Envoy Gateway).
+    pub sync: Option<SyncConfig>,
 }
 
 /// Headers only the filter may set; client-sent copies are always removed.
@@ -146,6 +151,7 @@ impl PluginConfig {
             "bucket_header",
             "telemetry",
             "route",
+            "sync",
         ])?;
         let session = match o.object("session")? {
             None => SessionConfig::default(),
@@ -234,6 +240,10 @@ impl PluginConfig {
                 .unwrap_or_else(|| "x-canary-bucket".into()),
             telemetry,
             route: RouteTable::read(&o.required_object("route")?)?,
+            sync: o
+                .object("sync")?
+                .map(|s| SyncConfig::read(&s))
+                .transpose()?,
         })
     }
 

@@ -2,15 +2,16 @@
 //! keep the last good one (fail static), back off on failure. Pure: the glue does
 //! the HTTP calls and shared-data writes.
 
+use crate::check::check_cluster;
 use crate::error::{err, ConfigError};
-use crate::reader::Reader;
+use crate::reader::{Object, Reader};
 use crate::route::read_routes;
 
 /// Shared-data key holding the last good routes document (JSON, as served).
 pub const ROUTES_KEY: &str = "policy_canary/routes";
 
 /// The sync service's plugin configuration: `{"sync": {...}}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SyncConfig {
     /// Envoy cluster of the controller.
     pub cluster: String,
@@ -23,14 +24,36 @@ pub struct SyncConfig {
     pub max_body_bytes: usize,
     /// Longest pause between failed polls, ms.
     pub max_backoff_ms: u64,
+    /// How this Envoy names itself to the controller; default: the environment
+    /// variable `envoy_id_env`, else a name generated once per Envoy.
+    pub envoy_id: Option<String>,
+    /// The VM environment variable naming this Envoy (default `HOSTNAME`, the pod name).
+    pub envoy_id_env: String,
+}
+
+/// Request header naming the polling Envoy (its pod name), so that the controller
+/// can show which Envoys follow which revision.
+pub const ENVOY_ID_HEADER: &str = "x-canary-envoy";
+/// Longest Envoy name the controller keeps.
+pub const MAX_ENVOY_ID_BYTES: usize = 128;
+
+/// Whether `id` can name an Envoy: 1 to `MAX_ENVOY_ID_BYTES` visible ASCII characters
+/// (Istio's node ids hold `~`, `.` and `|`).
+pub fn is_envoy_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ENVOY_ID_BYTES && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
 impl SyncConfig {
+    /// The sync service's own configuration: `{"sync": {...}}` and nothing else.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let reader = Reader::parse(bytes)?;
         let root = reader.root()?;
         root.only(&["sync"])?;
-        let s = root.required_object("sync")?;
+        Self::read(&root.required_object("sync")?)
+    }
+
+    /// A `sync` block: the service's, or the filter's own (filter-side sync).
+    pub fn read(s: &Object<'_>) -> Result<Self, ConfigError> {
         s.only(&[
             "cluster",
             "authority",
@@ -39,6 +62,8 @@ impl SyncConfig {
             "timeout_ms",
             "max_body_bytes",
             "max_backoff_ms",
+            "envoy_id",
+            "envoy_id_env",
         ])?;
         let wait_ms = s.u64("wait_ms")?.unwrap_or(25_000);
         let config = SyncConfig {
@@ -49,8 +74,20 @@ impl SyncConfig {
             timeout_ms: s.u64("timeout_ms")?.unwrap_or(wait_ms + 5_000),
             max_body_bytes: s.u64("max_body_bytes")?.unwrap_or(1 << 20) as usize,
             max_backoff_ms: s.u64("max_backoff_ms")?.unwrap_or(5_000),
+            envoy_id: s.string("envoy_id")?,
+            envoy_id_env: s
+                .string("envoy_id_env")?
+                .unwrap_or_else(|| "HOSTNAME".into()),
         };
-        crate::check::check_name("sync.cluster", &config.cluster)?;
+        check_cluster("sync.cluster", &config.cluster)?;
+        if let Some(id) = &config.envoy_id {
+            if !is_envoy_id(id) {
+                return Err(err(
+                    "sync.envoy_id",
+                    format!("`{id}` must be 1-{MAX_ENVOY_ID_BYTES} visible ASCII characters"),
+                ));
+            }
+        }
         if !config.path.starts_with('/') || config.path.contains(['?', ' ']) {
             return Err(err("sync.path", "must be an absolute path without a query"));
         }
@@ -64,6 +101,61 @@ impl SyncConfig {
             ));
         }
         Ok(config)
+    }
+}
+
+/// Shared-data key of the filter-side sync lease (`<holder>:<expires_ms>`, hex and
+/// decimal): the one root context per Envoy that polls the controller holds it.
+pub const LEASE_KEY: &str = "policy_canary/sync_lease";
+/// How long a lease lasts without renewal; its holder renews it in its second half.
+pub const LEASE_MS: u64 = 2_000;
+
+/// The lease as stored in shared data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub holder: u64,
+    pub expires_ms: u64,
+}
+
+impl LeaseRecord {
+    pub fn parse(bytes: &[u8]) -> Option<LeaseRecord> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (holder, expires) = text.split_once(':')?;
+        Some(LeaseRecord {
+            holder: u64::from_str_radix(holder, 16).ok()?,
+            expires_ms: expires.parse().ok()?,
+        })
+    }
+
+    pub fn encode(&self) -> String {
+        format!("{:x}:{}", self.holder, self.expires_ms)
+    }
+}
+
+/// What a root context does about the lease on its tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStep {
+    /// It holds the lease and it is fresh.
+    Hold,
+    /// It holds the lease, in its second half: extend it (compare-and-set).
+    Renew,
+    /// Nobody holds a live lease (absent, expired or unreadable): take it.
+    Take,
+    /// Another root holds a live lease.
+    Wait,
+}
+
+pub fn lease_step(current: Option<&LeaseRecord>, me: u64, now_ms: u64) -> LeaseStep {
+    match current {
+        Some(lease) if lease.holder == me => {
+            if lease.expires_ms.saturating_sub(now_ms) < LEASE_MS / 2 {
+                LeaseStep::Renew
+            } else {
+                LeaseStep::Hold
+            }
+        }
+        Some(lease) if lease.expires_ms > now_ms => LeaseStep::Wait,
+        _ => LeaseStep::Take,
     }
 }
 
@@ -289,6 +381,52 @@ mod tests {
     const DOC: &str = r#"{"revision": 4, "routes": {"support-agent": {"revision": 4, "salt": "s",
         "canary_weight_bp": 500, "stable": {"version": "v1", "cluster": "a"},
         "canary": {"version": "v2", "cluster": "b"}}}}"#;
+
+    #[test]
+    fn the_lease_reads_back_and_passes_on_only_when_it_lapses() {
+        let lease = LeaseRecord {
+            holder: 0xabc,
+            expires_ms: 5_000,
+        };
+        assert_eq!(lease.encode(), "abc:5000");
+        assert_eq!(LeaseRecord::parse(lease.encode().as_bytes()), Some(lease));
+        for garbage in [&b""[..], b"abc", b"zz:1", b"1:x", b"\xff:1"] {
+            assert_eq!(LeaseRecord::parse(garbage), None);
+        }
+        let held = Some(&lease);
+        assert_eq!(lease_step(held, 0xabc, 3_000), LeaseStep::Hold);
+        assert_eq!(lease_step(held, 0xabc, 4_500), LeaseStep::Renew);
+        assert_eq!(lease_step(held, 0xdef, 4_999), LeaseStep::Wait);
+        assert_eq!(lease_step(held, 0xdef, 5_000), LeaseStep::Take);
+        assert_eq!(lease_step(None, 0xdef, 0), LeaseStep::Take);
+    }
+
+    #[test]
+    fn mesh_cluster_names_and_envoy_ids_are_accepted() {
+        for cluster in [
+            "outbound|7070||canaryctl.policy-canary.svc.cluster.local",
+            "httproute/policy-canary/canaryctl/rule/0",
+        ] {
+            let json = format!(r#"{{"sync": {{"cluster": "{cluster}"}}}}"#);
+            assert_eq!(
+                SyncConfig::from_json(json.as_bytes()).unwrap().cluster,
+                cluster
+            );
+        }
+        assert!(SyncConfig::from_json(br#"{"sync": {"cluster": "a b"}}"#).is_err());
+        assert!(is_envoy_id(
+            "router~10.0.0.1~gw-7d9.istio-system~cluster.local"
+        ));
+        assert!(!is_envoy_id(""));
+        assert!(!is_envoy_id("two words"));
+        assert!(!is_envoy_id(&"x".repeat(MAX_ENVOY_ID_BYTES + 1)));
+        let named = SyncConfig::from_json(br#"{"sync": {"cluster": "c", "envoy_id": "edge-1"}}"#);
+        assert_eq!(named.unwrap().envoy_id.as_deref(), Some("edge-1"));
+        let message = SyncConfig::from_json(br#"{"sync": {"cluster": "c", "envoy_id": ""}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("sync.envoy_id:"), "{message}");
+    }
 
     #[test]
     fn config_defaults_and_errors() {

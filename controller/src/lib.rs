@@ -10,7 +10,7 @@
 //!   the dashboard read;
 //! - `store`: SQLite state and its migrations; `registry`: policy bundles;
 //! - `api`: the HTTP router, auth, handlers and the dashboard;
-//! - `envoy`: the Envoy admin client;
+//! - `envoy`: the Envoy admin client; `fleet`: which Envoys follow which revision;
 //! - `notify`: webhooks; `cli`: the client commands; `demo`: the demo agent and
 //!   traffic generator (`canaryctl agent`, `canaryctl traffic`), kept apart from
 //!   the control plane;
@@ -19,7 +19,7 @@
 //!
 //! The rooms form layers with no import cycle (`tests/layout.rs` checks it): each
 //! uses only rooms listed before it in `units`, `document`, `rollout`, `registry`,
-//! `store`, `notify`, `envoy`, `analysis`, `format`, `view`, `controller`, `demo`,
+//! `store`, `notify`, `envoy`, `fleet`, `analysis`, `format`, `view`, `controller`, `demo`,
 //! `api`, `serve`, `cli`.
 
 pub mod analysis;
@@ -29,6 +29,7 @@ pub mod controller;
 pub mod demo;
 pub mod document;
 pub mod envoy;
+pub mod fleet;
 pub mod format;
 pub mod notify;
 pub mod registry;

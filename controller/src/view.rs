@@ -4,6 +4,7 @@
 //! lists the API answers with.
 
 use crate::analysis::AnalysisReport;
+use crate::fleet::EnvoyList;
 use crate::rollout::plan::{RolloutPlan, Stage};
 use crate::rollout::Phase;
 use crate::store::{AuditEntry, PolicyRecord, RolloutRow, TargetRow};
@@ -115,6 +116,16 @@ pub struct PolicyList {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetList {
     pub targets: Vec<TargetRow>,
+}
+
+/// What `canaryctl targets` shows: each target's table, and which Envoys hold
+/// which revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetsView {
+    #[serde(flatten)]
+    pub targets: TargetList,
+    #[serde(flatten)]
+    pub envoys: EnvoyList,
 }
 
 /// `GET /v1/audit`.

@@ -470,3 +470,48 @@ async fn the_dashboard_shows_the_rollout_and_loads_nothing_from_elsewhere() {
         );
     }
 }
+
+/// `GET /v1/routes` as an Envoy sends it: naming itself, holding `revision`.
+async fn poll_as(api: &Api, envoy: &str, revision: u64) {
+    let response = app(api.state.clone())
+        .oneshot(
+            Request::get(format!("/v1/routes?revision={revision}&wait=0s"))
+                .header("x-canary-envoy", envoy)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn each_polling_envoy_is_listed_with_the_revision_it_holds() {
+    let api = api().with_policies().await;
+    assert_eq!(api.get("/v1/envoys").await["envoys"], json!([]));
+    let (status, _) = api.post("/v1/rollouts", PLAN).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let current = api.get("/v1/routes").await["revision"].as_u64().unwrap();
+    poll_as(&api, "edge-1", current).await;
+    poll_as(&api, "edge-2", current - 1).await;
+    poll_as(&api, "not an id", current).await;
+    let listed = api.get("/v1/envoys").await;
+    assert_eq!(listed["revision"].as_u64(), Some(current));
+    let envoys = listed["envoys"].as_array().unwrap();
+    assert_eq!(envoys.len(), 2, "{listed}");
+    assert_eq!(envoys[0]["id"], "edge-1");
+    assert_eq!(envoys[0]["in_sync"], true);
+    assert_eq!(envoys[0]["open_polls"], 0, "the poll was answered");
+    assert_eq!(envoys[1]["id"], "edge-2");
+    assert_eq!(envoys[1]["in_sync"], false);
+    // A rollback moves the revision: edge-1 is behind until it polls again.
+    let id = api.get("/v1/rollouts").await["rollouts"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let (status, _) = api.post(&format!("/v1/rollouts/{id}/rollback"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(api.get("/v1/envoys").await["envoys"][0]["in_sync"], false);
+    let current = api.get("/v1/routes").await["revision"].as_u64().unwrap();
+    poll_as(&api, "edge-1", current).await;
+    assert_eq!(api.get("/v1/envoys").await["envoys"][0]["in_sync"], true);
+}

@@ -64,8 +64,8 @@ impl Host for ProxyWasmHost {
         hostcalls::get_shared_data(key).map_err(status)
     }
 
-    fn set_shared_data(&self, key: &str, value: &[u8]) -> HostResult<()> {
-        hostcalls::set_shared_data(key, Some(value), None).map_err(status)
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(status)
     }
 
     fn dispatch_http_call(
@@ -84,11 +84,16 @@ impl Host for ProxyWasmHost {
             .map_err(status)
     }
 
-    fn now_ms(&self) -> u64 {
+    fn now_ns(&self) -> u64 {
         hostcalls::get_current_time()
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as u64)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        // WASI's environ, as Envoy's `vm_config.environment_variables` sets it.
+        std::env::var(name).ok()
     }
 
     fn log(&self, level: LogLevel, message: &str) {

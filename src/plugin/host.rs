@@ -46,7 +46,8 @@ pub trait Host {
     fn record_metric(&self, id: u32, value: u64) -> HostResult<()>;
     /// The value under `key` and its CAS.
     fn shared_data(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)>;
-    fn set_shared_data(&self, key: &str, value: &[u8]) -> HostResult<()>;
+    /// Writes `value` under `key` if its CAS is still `cas` (`None` or 0: unconditionally).
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()>;
     /// Starts an HTTP call; its answer arrives as `on_http_call_response(token, …)`.
     fn dispatch_http_call(
         &self,
@@ -56,9 +57,15 @@ pub trait Host {
     ) -> HostResult<u32>;
     /// The body of the HTTP call being answered (at most `size` bytes).
     fn http_call_body(&self, size: usize) -> HostResult<Vec<u8>>;
+    /// Nanoseconds since the epoch (0 when the host cannot tell).
+    fn now_ns(&self) -> u64;
     /// Milliseconds since the epoch (0 when the host cannot tell).
-    fn now_ms(&self) -> u64;
+    fn now_ms(&self) -> u64 {
+        self.now_ns() / 1_000_000
+    }
     fn log(&self, level: LogLevel, message: &str);
+    /// An environment variable the VM was given (Envoy's `vm_config.environment_variables`).
+    fn env(&self, name: &str) -> Option<String>;
 }
 
 /// An in-memory host for tests: maps, properties, metrics, shared data and log
@@ -84,6 +91,8 @@ pub mod mock {
         pub call_body: RefCell<Vec<u8>>,
         pub logs: RefCell<Vec<(LogLevel, String)>>,
         pub now: std::cell::Cell<u64>,
+        readings: std::cell::Cell<u64>,
+        pub env: RefCell<HashMap<String, String>>,
         /// Names of the calls that fail (`map`, `set_map_value`, `remove_map_value`,
         /// `set_map`, `property`, `define_metric`, `increment_metric`, `record_metric`,
         /// `shared_data`, `set_shared_data`, `dispatch_http_call`, `http_call_body`).
@@ -228,11 +237,16 @@ pub mod mock {
             })
         }
 
-        fn set_shared_data(&self, key: &str, value: &[u8]) -> HostResult<()> {
+        fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
             self.check("set_shared_data")?;
             let mut shared = self.shared.borrow_mut();
-            let cas = shared.get(key).map_or(1, |(_, cas)| cas + 1);
-            shared.insert(key.to_string(), (value.to_vec(), cas));
+            let current = shared.get(key).map(|(_, cas)| *cas);
+            // As in Envoy, CAS 0 writes unconditionally.
+            if cas.is_some_and(|expected| expected != 0 && current != Some(expected)) {
+                return Err(HostError);
+            }
+            let next = current.map_or(1, |cas| cas + 1);
+            shared.insert(key.to_string(), (value.to_vec(), next));
             Ok(())
         }
 
@@ -260,12 +274,20 @@ pub mod mock {
             Ok(body[..size.min(body.len())].to_vec())
         }
 
-        fn now_ms(&self) -> u64 {
-            self.now.get()
+        /// The mock's clock (`now`, in ms) plus a count of the readings, so that
+        /// two roots configured at the same millisecond still differ.
+        fn now_ns(&self) -> u64 {
+            let readings = self.readings.get() + 1;
+            self.readings.set(readings);
+            self.now.get() * 1_000_000 + readings
         }
 
         fn log(&self, level: LogLevel, message: &str) {
             self.logs.borrow_mut().push((level, message.to_string()));
+        }
+
+        fn env(&self, name: &str) -> Option<String> {
+            self.env.borrow().get(name).cloned()
         }
     }
 }

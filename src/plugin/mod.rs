@@ -1,10 +1,12 @@
 //! The plugin's behaviour in each proxy-wasm context, written against the `Host`
 //! trait so that it runs in tests without Envoy: the root context's role
-//! (`Role`), a worker's shared state (`worker`), one HTTP stream (`stream`) and the
-//! sync service (`sync_service`). The wasm glue in `filter` only binds these to
+//! (`Role`), a worker's shared state (`worker`), one HTTP stream (`stream`), the
+//! sync service (`sync_service`) and, for filter-side sync, the lease that lets one
+//! root per Envoy run it (`lease`). The wasm glue in `filter` only binds these to
 //! `proxy_wasm`'s traits and host calls.
 
 pub mod host;
+pub mod lease;
 pub mod stream;
 pub mod sync_service;
 pub mod worker;
@@ -83,8 +85,10 @@ impl Role {
     }
 
     pub fn on_http_call_response(&mut self, host: &impl Host, token: u32, body_size: usize) {
-        if let Role::Sync(sync) = self {
-            sync.on_response(host, token, body_size);
+        match self {
+            Role::Sync(sync) => sync.on_response(host, token, body_size, true),
+            Role::Filter(worker) => worker.on_http_call_response(host, token, body_size),
+            Role::Unconfigured => {}
         }
     }
 

@@ -294,3 +294,129 @@ fn a_failed_dispatch_is_counted_and_retried_later() {
     sync.on_tick(&host);
     assert_eq!(host.calls.borrow().len(), 1);
 }
+
+const FILTER_SYNC_CONFIG: &str = r#"{
+  "target": "support-agent",
+  "route": {"revision": 0, "salt": "boot", "stable": {"version": "v1", "cluster": "agent_stable"}},
+  "sync": {"cluster": "outbound|7070||canaryctl.policy-canary.svc.cluster.local", "wait_ms": 1000}
+}"#;
+
+/// Every root ticks once, the clock moving one tick period.
+fn tick_all(roots: &mut [Role], host: &MockHost) {
+    host.now
+        .set(host.now.get() + FOLLOW_PERIOD.as_millis() as u64);
+    for root in roots.iter_mut() {
+        root.on_tick(host);
+    }
+}
+
+fn header_of(call: &super::host::mock::Call, name: &str) -> Option<String> {
+    call.1
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+}
+
+#[test]
+fn filter_side_sync_has_one_poller_per_envoy_and_a_successor() {
+    let host =
+        MockHost::default().with_map(MapKind::RequestHeaders, &[("x-session-id", b"user-1")]);
+    host.env
+        .borrow_mut()
+        .insert("HOSTNAME".into(), "edge-1".into());
+    host.now.set(1_000);
+    // Four workers and the main thread's root, as Envoy creates them.
+    let mut roots: Vec<Role> = (0..5)
+        .map(|_| Role::configure(&host, Some(b"filter"), FILTER_SYNC_CONFIG.as_bytes()).unwrap())
+        .collect();
+    for _ in 0..10 {
+        tick_all(&mut roots, &host);
+    }
+    {
+        let calls = host.calls.borrow();
+        assert_eq!(calls.len(), 1, "one open poll per Envoy: {calls:?}");
+        assert_eq!(
+            calls[0].0,
+            "outbound|7070||canaryctl.policy-canary.svc.cluster.local"
+        );
+        assert_eq!(
+            header_of(&calls[0], "x-canary-envoy").as_deref(),
+            Some("edge-1")
+        );
+    }
+    let leader = (0..roots.len())
+        .find(|&i| matches!(&roots[i], Role::Filter(w) if w.sync_leading()))
+        .expect("a leader");
+    // The controller answers the leader: every worker routes by the new table.
+    *host.call_body.borrow_mut() = routes(5, 10_000);
+    host.maps.borrow_mut().insert(
+        MapKind::HttpCallResponseHeaders,
+        vec![(":status".into(), b"200".to_vec())],
+    );
+    roots[leader].on_http_call_response(&host, 1, routes(5, 10_000).len());
+    assert_eq!(
+        host.calls.borrow().len(),
+        2,
+        "the leader polls again at once"
+    );
+    tick_all(&mut roots, &host);
+    for root in &roots {
+        root.new_stream().on_request_headers(&host);
+        assert_eq!(
+            host.header(MapKind::RequestHeaders, "x-policy-cluster"),
+            Some(b"agent_canary".to_vec())
+        );
+    }
+    // The leader goes away (its VM stops ticking): another root takes over once the
+    // lease lapses, and waits for a change past revision 5 instead of refetching.
+    let mut rest: Vec<Role> = roots
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, r)| r)
+        .collect();
+    let lapse = crate::sync::LEASE_MS / FOLLOW_PERIOD.as_millis() as u64 + 3;
+    for _ in 0..lapse {
+        tick_all(&mut rest, &host);
+    }
+    let calls = host.calls.borrow();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    let path = header_of(&calls[2], ":path").unwrap();
+    assert!(path.contains("revision=5"), "{path}");
+    assert_eq!(
+        header_of(&calls[2], "x-canary-envoy").as_deref(),
+        Some("edge-1")
+    );
+}
+
+#[test]
+fn without_a_hostname_the_roots_share_one_generated_name() {
+    let host = MockHost::default();
+    host.now.set(1_000);
+    let sync = |host: &MockHost| match Role::configure(
+        host,
+        Some(b"filter"),
+        FILTER_SYNC_CONFIG.as_bytes(),
+    ) {
+        Some(Role::Filter(worker)) => worker,
+        _ => panic!("a filter root"),
+    };
+    let (a, b) = (sync(&host), sync(&host));
+    let (name_a, name_b) = (a.envoy_id(&host), b.envoy_id(&host));
+    assert_eq!(name_a, name_b);
+    assert!(
+        name_a.as_deref().is_some_and(|n| n.starts_with("envoy-")),
+        "{name_a:?}"
+    );
+}
+
+#[test]
+fn a_filter_without_a_sync_block_never_polls() {
+    let host = MockHost::default();
+    let mut roots = vec![filter(&host), filter(&host)];
+    for _ in 0..100 {
+        tick_all(&mut roots, &host);
+    }
+    assert!(host.calls.borrow().is_empty());
+    assert!(host.shared.borrow().get(crate::sync::LEASE_KEY).is_none());
+}

@@ -3,6 +3,8 @@
 //! thread, so `Rc` and `RefCell` suffice.
 
 use super::host::{Host, LogLevel, MetricKind};
+use super::lease::Lease;
+use super::sync_service::SyncService;
 use crate::config::PluginConfig;
 use crate::route::RouteTable;
 use crate::stats::{stat_name, Counter, PendingCounts, LATENCY_SUFFIX};
@@ -21,6 +23,17 @@ pub struct Worker {
     pub metrics: RefCell<MetricIds>,
     rng: Cell<u64>,
     host_error_logged: Cell<bool>,
+    /// Filter-side sync, when the configuration has a `sync` block.
+    sync: Option<RefCell<FilterSync>>,
+}
+
+/// A filter root's part in filter-side sync: the lease, and the poller it runs
+/// while it holds it.
+struct FilterSync {
+    lease: Lease,
+    service: SyncService,
+    /// It polled at its last tick.
+    leading: bool,
 }
 
 /// Counts live in wasm memory per worker and reach Envoy every this many ticks.
@@ -31,6 +44,13 @@ impl Worker {
     /// already in shared data, applies at once.
     pub fn new(config: PluginConfig, host: &impl Host) -> Worker {
         let table = Rc::new(config.route.clone());
+        let sync = config.sync.clone().map(|sync| {
+            RefCell::new(FilterSync {
+                lease: Lease::new(host),
+                service: SyncService::new(sync, host),
+                leading: false,
+            })
+        });
         let worker = Worker {
             config,
             table: RefCell::new(table),
@@ -40,6 +60,7 @@ impl Worker {
             metrics: RefCell::default(),
             rng: Cell::new(host.now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             host_error_logged: Cell::new(false),
+            sync,
         };
         worker.follow(host);
         worker
@@ -70,14 +91,47 @@ impl Worker {
         }
     }
 
-    /// The root's tick: follow the shared table, flush counts every few ticks.
+    /// The root's tick: poll the controller if this root leads filter-side sync,
+    /// follow the shared table, flush counts every few ticks.
     pub fn on_tick(&self, host: &impl Host) {
+        if let Some(sync) = &self.sync {
+            let mut sync = sync.borrow_mut();
+            let may_poll = sync.lease.tick(host, host.now_ms());
+            if may_poll && !sync.leading {
+                sync.service.resume_from_shared(host);
+            }
+            sync.leading = may_poll;
+            if may_poll {
+                sync.service.on_tick(host);
+            }
+        }
         self.follow(host);
         let ticks = self.ticks.get().wrapping_add(1);
         self.ticks.set(ticks);
         if ticks.is_multiple_of(FLUSH_EVERY_TICKS) {
             self.flush(host);
         }
+    }
+
+    /// The answer to a filter-side sync poll.
+    pub fn on_http_call_response(&self, host: &impl Host, token: u32, body_size: usize) {
+        if let Some(sync) = &self.sync {
+            let mut sync = sync.borrow_mut();
+            let may_poll = sync.leading && sync.lease.holding();
+            sync.service.on_response(host, token, body_size, may_poll);
+        }
+    }
+
+    /// This root runs filter-side sync now.
+    pub fn sync_leading(&self) -> bool {
+        self.sync.as_ref().is_some_and(|s| s.borrow().leading)
+    }
+
+    /// How this Envoy names itself to the controller, with filter-side sync.
+    pub fn envoy_id(&self, host: &impl Host) -> Option<String> {
+        self.sync
+            .as_ref()
+            .map(|s| s.borrow().service.envoy_id(host))
     }
 
     /// Picks up a newer route table from shared data, parsing only a changed document.

@@ -674,7 +674,25 @@ impl Controller {
 
 /// The shipped controller-mode config (envoy/envoy.yaml) pointed at these ports.
 pub fn controller_mode_config(stable: u16, canary: u16, controller: u16) -> String {
-    let text = shipped_config("envoy.yaml", stable, canary);
+    with_controller("envoy.yaml", stable, canary, controller)
+}
+
+/// The shipped filter-side sync config (envoy/envoy-filter-sync.yaml: the HTTP
+/// filter alone, no bootstrap extension) pointed at these ports, its Envoy named
+/// `envoy_id`.
+pub fn filter_sync_config(stable: u16, canary: u16, controller: u16, envoy_id: &str) -> String {
+    let text = with_controller("envoy-filter-sync.yaml", stable, canary, controller);
+    assert!(!text.contains("bootstrap_extensions"));
+    let from_host = "environment_variables: {host_env_keys: [HOSTNAME]}";
+    assert!(text.contains(from_host));
+    text.replace(
+        from_host,
+        &format!("environment_variables: {{key_values: {{HOSTNAME: {envoy_id}}}}}"),
+    )
+}
+
+fn with_controller(name: &str, stable: u16, canary: u16, controller: u16) -> String {
+    let text = shipped_config(name, stable, canary);
     assert!(text.contains("port_value: 7070}"));
     text.replace("port_value: 7070}", &format!("port_value: {controller}}}"))
 }

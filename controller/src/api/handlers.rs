@@ -1,8 +1,8 @@
 //! The JSON endpoints: health, route tables (long-poll), policies, targets,
 //! rollouts and their actions, the audit log.
 
-use super::{actor, blocking, document, error, parse_id, AppState, MAX_WAIT};
-use crate::controller::{Error, DEFAULT_AUDIT_PAGE};
+use super::{actor, blocking, document, error, parse_id, AppState, ENVOY_STALE_AFTER, MAX_WAIT};
+use crate::controller::{now_ms, Error, DEFAULT_AUDIT_PAGE};
 use crate::rollout::ManualAction;
 use crate::units::Dur;
 use crate::view::{AuditList, PolicyList, RolloutList, TargetList};
@@ -11,6 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use policy_canary::sync::ENVOY_ID_HEADER;
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
@@ -37,10 +38,12 @@ pub(in crate::api) struct RoutesQuery {
 }
 
 /// The route tables; with `revision=N&wait=30s`, answers as soon as the revision
-/// moves past N, or with the current tables when the wait ends.
+/// moves past N, or with the current tables when the wait ends. A poll naming its
+/// Envoy (`x-canary-envoy`) is recorded for `GET /v1/envoys`.
 pub(super) async fn routes(
     State(state): State<AppState>,
     Query(q): Query<RoutesQuery>,
+    headers: HeaderMap,
 ) -> Response {
     let known: Option<u64> = match q.revision.as_deref().map(str::parse) {
         None => None,
@@ -58,11 +61,31 @@ pub(super) async fn routes(
         Some(Ok(d)) => d.0.min(MAX_WAIT),
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("wait: {e}"), None),
     };
+    let envoy = headers
+        .get(ENVOY_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let _open = state
+        .controller
+        .fleet()
+        .poll(envoy, known.unwrap_or(0), now_ms());
     if let Some(known) = known {
         let mut rx = state.controller.subscribe();
         let _ = tokio::time::timeout(wait, rx.wait_for(|revision| *revision > known)).await;
     }
     Json(state.controller.routes().as_ref().clone()).into_response()
+}
+
+/// Every Envoy that polls, with the revision it holds.
+pub(super) async fn list_envoys(State(state): State<AppState>) -> Response {
+    let current = state.controller.routes().revision;
+    Json(
+        state
+            .controller
+            .fleet()
+            .status(current, now_ms(), ENVOY_STALE_AFTER),
+    )
+    .into_response()
 }
 
 pub(super) async fn list_policies(State(state): State<AppState>) -> Result<Response, Error> {

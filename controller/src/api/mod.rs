@@ -23,6 +23,8 @@ use std::time::Duration;
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Longest a `GET /v1/routes` long-poll may wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// An Envoy with no open poll and none for this long is shown as stale.
+pub const ENVOY_STALE_AFTER: Duration = Duration::from_secs(75);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -44,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/policies/{version}", get(handlers::show_policy))
         .route("/v1/targets", get(handlers::list_targets))
+        .route("/v1/envoys", get(handlers::list_envoys))
         .route(
             "/v1/rollouts",
             get(handlers::list_rollouts).post(handlers::start_rollout),

@@ -10,7 +10,7 @@ mod watch;
 use crate::api::auth::read_token_file;
 use crate::serve::{serve, ServeOptions};
 use crate::units::Dur;
-use crate::view::TargetList;
+use crate::view::TargetsView;
 use clap::{Args, Parser, Subcommand};
 use client::Client;
 use std::net::SocketAddr;
@@ -344,7 +344,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(_) | Command::Agent(_) | Command::Traffic(_) => Ok(()),
         Command::Targets => {
-            let v: TargetList = client.fetch("/v1/targets").await?;
+            let v = TargetsView {
+                targets: client.fetch("/v1/targets").await?,
+                envoys: client.fetch("/v1/envoys").await?,
+            };
             print_or(json, &v, || targets::print_targets(&v));
             Ok(())
         }

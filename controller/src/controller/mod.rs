@@ -9,6 +9,7 @@ pub mod runtime_weights;
 use crate::analysis::judge::Judge;
 use crate::analysis::Analysis;
 use crate::analysis::AnalysisReport;
+use crate::fleet::Fleet;
 use crate::notify::Notifier;
 use crate::registry::PolicyBundle;
 use crate::rollout::AuditAction;
@@ -62,6 +63,7 @@ pub struct Controller {
     judge: Box<dyn Judge>,
     /// When each active rollout was last analysed.
     last_check: Mutex<HashMap<i64, i64>>,
+    fleet: Arc<Fleet>,
 }
 
 pub const AUTO_ACTOR: &str = "canaryctl";
@@ -84,6 +86,7 @@ impl Controller {
             notifier,
             judge,
             last_check: Mutex::new(HashMap::new()),
+            fleet: Arc::default(),
         }))
     }
 
@@ -99,6 +102,11 @@ impl Controller {
             .read()
             .map(|r| Arc::clone(&r))
             .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
+    }
+
+    /// The Envoys that poll for route tables.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

@@ -7,8 +7,9 @@
 mod render;
 
 use crate::analysis::AnalysisReport;
-use crate::api::{blocking, parse_id, AppState};
+use crate::api::{blocking, parse_id, AppState, ENVOY_STALE_AFTER};
 use crate::controller::{now_ms, Controller, Error, Result, DEFAULT_AUDIT_PAGE};
+use crate::fleet::EnvoyList;
 use crate::store::{AuditEntry, TargetRow};
 use crate::view::RolloutView;
 use axum::extract::{Query, State};
@@ -27,6 +28,8 @@ pub const CONTENT_SECURITY_POLICY: &str =
 pub struct Snapshot {
     pub now_ms: i64,
     pub targets: Vec<TargetRow>,
+    /// Which Envoys follow which revision.
+    pub envoys: EnvoyList,
     pub rollouts: Vec<RolloutView>,
     /// The rollout in focus: the one asked for, else an active one, else the latest.
     pub focus: Option<RolloutView>,
@@ -37,6 +40,10 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn read(controller: &Controller, rollout: Option<i64>) -> Result<Snapshot> {
         let targets = controller.targets()?;
+        let envoys =
+            controller
+                .fleet()
+                .status(controller.routes().revision, now_ms(), ENVOY_STALE_AFTER);
         let rollouts = controller.rollouts(false)?;
         let focus_id = rollout.or_else(|| {
             rollouts
@@ -62,6 +69,7 @@ impl Snapshot {
         Ok(Snapshot {
             now_ms: now_ms(),
             targets,
+            envoys,
             rollouts,
             focus,
             analysis,

@@ -57,6 +57,7 @@ pub fn main(snapshot: &Snapshot) -> Markup {
     html! {
         main id="main" data-rollout=(focus_id) data-rendered-ms=(snapshot.now_ms) {
             (targets(snapshot))
+            (envoys(snapshot))
             @if let Some(rollout) = &snapshot.focus {
                 (rollout_summary(rollout, snapshot.now_ms))
                 (stages(rollout, snapshot.analysis.as_ref(), snapshot.now_ms))
@@ -95,6 +96,34 @@ fn targets(snapshot: &Snapshot) -> Markup {
                                 td { (t.route.canary.as_ref().map_or("—", |c| c.version.as_str())) }
                                 td class="num" { (Weight(t.route.canary_weight_bp)) }
                                 td class="num" { (t.route.revision) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn envoys(snapshot: &Snapshot) -> Markup {
+    let fleet = &snapshot.envoys;
+    html! {
+        section id="envoys" {
+            h2 { "Envoys" }
+            @if fleet.envoys.is_empty() {
+                p { "No Envoy has polled this controller yet (revision " (fleet.revision) ")." }
+            } @else {
+                table {
+                    thead { tr { th { "envoy" } th { "revision" } th { "state" } th { "last poll" } th { "open polls" } } }
+                    tbody {
+                        @for e in &fleet.envoys {
+                            @let state = if e.stale { "stale" } else if e.in_sync { "in sync" } else { "behind" };
+                            tr data-envoy=(e.id) class={ "envoy-" (state.replace(' ', "-")) } {
+                                td { (e.id) }
+                                td class="num" { (e.revision) " / " (fleet.revision) }
+                                td data-col="state" { (state) }
+                                td { ((snapshot.now_ms - e.last_poll_ms).max(0) / 1000) "s ago" }
+                                td class="num" { (e.open_polls) }
                             }
                         }
                     }
@@ -363,6 +392,12 @@ mod tests {
     fn renders_the_rollout_the_analysis_and_the_timeline() {
         let snapshot = Snapshot {
             now_ms: 11_000,
+            envoys: serde_json::from_value(json!({"revision": 7, "envoys": [
+                {"id": "edge-1", "revision": 7, "last_poll_ms": 10_000, "open_polls": 1,
+                 "in_sync": true, "stale": false},
+                {"id": "edge-2", "revision": 5, "last_poll_ms": 1_000, "open_polls": 0,
+                 "in_sync": false, "stale": true}]}))
+            .unwrap(),
             targets: vec![serde_json::from_value(
                 json!({"name": "support<agent>", "stable": {"version": "v1", "cluster": "a"},
                 "updated_ms": 0,
@@ -404,6 +439,8 @@ mod tests {
         );
         assert!(html.contains("300 / 400 canary requests"));
         assert!(html.contains("aria-label=\"canary weight over time, now 25%\""));
+        assert!(html.contains("<tr data-envoy=\"edge-1\" class=\"envoy-in-sync\">"));
+        assert!(html.contains("<tr data-envoy=\"edge-2\" class=\"envoy-stale\">"));
         // Newest audit entry first; pause enabled, resume not.
         assert!(html.find("data-audit-id=\"2\"") < html.find("data-audit-id=\"1\""));
         assert!(html.contains("data-action=\"pause\" data-rollout=\"3\">"));
@@ -430,5 +467,6 @@ mod tests {
         let html = page(&Snapshot::default()).into_string();
         assert!(html.contains("No rollout yet"));
         assert!(html.contains("No target has a route table yet"));
+        assert!(html.contains("No Envoy has polled this controller yet"));
     }
 }

@@ -1,0 +1,52 @@
+//! Filter-side sync's lease: among the filter's root contexts of one Envoy (one
+//! per worker, plus the main thread's), the one holding the lease in shared data
+//! polls the controller; the others only follow the table it stores.
+
+use super::host::Host;
+use crate::sync::{lease_step, LeaseRecord, LeaseStep, LEASE_KEY, LEASE_MS};
+
+pub struct Lease {
+    /// This root's holder id (from the clock in nanoseconds: unique among the roots).
+    me: u64,
+    /// It held the lease at its last tick.
+    holding: bool,
+}
+
+impl Lease {
+    pub fn new(host: &impl Host) -> Lease {
+        Lease {
+            me: host.now_ns().wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            holding: false,
+        }
+    }
+
+    /// Takes, renews or waits for the lease. Returns whether this root may poll:
+    /// it held the lease at its previous tick and still does, so two roots that
+    /// took an absent lease at the same moment settle before either polls.
+    pub fn tick(&mut self, host: &impl Host, now_ms: u64) -> bool {
+        let held_before = self.holding;
+        self.holding = match host.shared_data(LEASE_KEY) {
+            Err(_) => false,
+            Ok((value, cas)) => {
+                let current = value.as_deref().and_then(LeaseRecord::parse);
+                match lease_step(current.as_ref(), self.me, now_ms) {
+                    LeaseStep::Hold => true,
+                    LeaseStep::Wait => false,
+                    LeaseStep::Renew | LeaseStep::Take => {
+                        let lease = LeaseRecord {
+                            holder: self.me,
+                            expires_ms: now_ms + LEASE_MS,
+                        };
+                        host.set_shared_data(LEASE_KEY, lease.encode().as_bytes(), cas)
+                            .is_ok()
+                    }
+                }
+            }
+        };
+        held_before && self.holding
+    }
+
+    pub fn holding(&self) -> bool {
+        self.holding
+    }
+}
