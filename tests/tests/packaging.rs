@@ -133,49 +133,110 @@ fn the_compose_file_parses_and_mounts_configs_that_validate() {
     }
 }
 
-#[test]
-fn the_istio_example_carries_a_plugin_configuration_the_filter_accepts() {
-    let path = repo_root().join("envoy/istio/policy-canary.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let documents: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+/// The YAML documents of a shipped manifest, and a lookup by kind (and name).
+fn documents(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo_root().join(path)).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
-    let kind = |k: &str| {
-        documents
-            .iter()
-            .find(|d| d["kind"] == k)
-            .unwrap_or_else(|| panic!("no {k}"))
-    };
-    let plugin = kind("WasmPlugin");
-    let config_json = serde_json::to_vec(&plugin["spec"]["pluginConfig"]).unwrap();
-    let config = PluginConfig::from_json(&config_json)
-        .unwrap_or_else(|e| panic!("the filter refuses the WasmPlugin's pluginConfig: {e}"));
-    let canary = config
-        .route
-        .canary
+        .collect()
+}
+
+fn find<'a>(documents: &'a [Value], kind: &str, name: Option<&str>) -> &'a Value {
+    documents
+        .iter()
+        .find(|d| d["kind"] == kind && name.is_none_or(|n| d["metadata"]["name"] == n))
+        .unwrap_or_else(|| panic!("no {kind} {name:?}"))
+}
+
+/// A mesh's plugin configuration, through the filter's own parser: controller mode
+/// with filter-side sync, stable alone until the controller answers.
+fn mesh_plugin_config(config: &Value, sync_cluster: &str) -> PluginConfig {
+    let config = PluginConfig::from_json(&serde_json::to_vec(config).unwrap())
+        .unwrap_or_else(|e| panic!("the filter refuses the plugin configuration: {e}"));
+    let sync = config
+        .sync
         .as_ref()
-        .expect("a canary in the example");
-    // The VirtualService sends the version the filter names to the canary subset.
-    let virtual_service = kind("VirtualService");
-    let routes = virtual_service["spec"]["http"].as_array().unwrap();
-    assert_eq!(
-        routes[0]["match"][0]["headers"][config.version_header.as_str()]["exact"],
-        canary.version.as_str()
+        .expect("a sync block (controller mode)");
+    assert_eq!(sync.cluster, sync_cluster);
+    assert!(
+        config.route.canary.is_none(),
+        "stable alone until the controller answers"
     );
-    let subsets: Vec<&str> = kind("DestinationRule")["spec"]["subsets"]
+    assert!(
+        config.force.token_sha256.is_some(),
+        "an edge forces only with a token"
+    );
+    config
+}
+
+#[test]
+fn the_istio_example_follows_the_controller_and_routes_by_its_cluster_header() {
+    let documents = documents("envoy/istio/policy-canary.yaml");
+    let plugin = find(&documents, "WasmPlugin", None);
+    let config = mesh_plugin_config(
+        &plugin["spec"]["pluginConfig"],
+        "outbound|7070||canaryctl.policy-canary.svc.cluster.local",
+    );
+    assert_eq!(plugin["spec"]["vmConfig"]["env"][0]["name"], "HOSTNAME");
+    assert_eq!(plugin["spec"]["vmConfig"]["env"][0]["valueFrom"], "HOST");
+    // Every route sends a cluster name to the subset of that name; stable catches the rest.
+    let subsets: Vec<&str> = find(&documents, "DestinationRule", None)["spec"]["subsets"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
+    let routes = find(&documents, "VirtualService", None)["spec"]["http"]
+        .as_array()
+        .unwrap();
     for route in routes {
         let subset = route["route"][0]["destination"]["subset"].as_str().unwrap();
         assert!(subsets.contains(&subset), "{subset}");
+        if let Some(cluster) =
+            route["match"][0]["headers"][config.cluster_header.as_str()]["exact"].as_str()
+        {
+            assert_eq!(cluster, subset);
+        }
+    }
+    let last = routes.last().unwrap();
+    assert_eq!(last["match"], Value::Null, "a catch-all route");
+    assert_eq!(
+        last["route"][0]["destination"]["subset"],
+        config.route.stable.cluster.as_str()
+    );
+}
+
+#[test]
+fn the_envoy_gateway_example_follows_the_controller_and_routes_by_its_cluster_header() {
+    let documents = documents("envoy/envoy-gateway/policy-canary.yaml");
+    let policy = find(&documents, "EnvoyExtensionPolicy", None);
+    let wasm = &policy["spec"]["wasm"][0];
+    let config = mesh_plugin_config(&wasm["config"], "httproute/agents/canaryctl/rule/0");
+    assert_eq!(wasm["rootID"], "policy_canary");
+    assert_eq!(wasm["env"]["hostKeys"][0], "HOSTNAME");
+    // The sync cluster is the one Envoy Gateway makes for the canaryctl route.
+    let controller_route = find(&documents, "HTTPRoute", Some("canaryctl"));
+    let namespace = controller_route["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(
+        config.sync.as_ref().unwrap().cluster,
+        format!("httproute/{namespace}/canaryctl/rule/0")
+    );
+    assert_eq!(
+        controller_route["spec"]["hostnames"][0],
+        config.sync.as_ref().unwrap().authority.as_str()
+    );
+    let agents = find(&documents, "HTTPRoute", Some("support-agent"));
+    let rules = agents["spec"]["rules"].as_array().unwrap();
+    for rule in rules {
+        let backend = rule["backendRefs"][0]["name"].as_str().unwrap();
+        if let Some(header) = rule["matches"][0]["headers"][0].as_object() {
+            assert_eq!(header["name"], config.cluster_header.as_str());
+            assert_eq!(header["value"], backend);
+        }
     }
     assert_eq!(
-        routes.last().unwrap()["match"],
-        Value::Null,
-        "stable catches the rest"
+        rules.last().unwrap()["backendRefs"][0]["name"],
+        config.route.stable.cluster.as_str()
     );
 }
 

@@ -316,17 +316,47 @@ fn cpu() {
 const CHANGES: usize = 100;
 
 /// From a change acknowledged by the controller's API to the first request that
-/// Envoy (2 workers) routes by the new table, over `CHANGES` changes.
+/// Envoy (2 workers) routes by the new table, over `CHANGES` changes, for the
+/// singleton sync service and for filter-side sync side by side.
 fn propagation() {
+    let runs = [
+        (
+            "singleton sync service (envoy.yaml)",
+            propagation_with(controller_mode_config),
+        ),
+        (
+            "filter-side sync, lease (envoy-filter-sync.yaml)",
+            propagation_with(|stable, canary, controller| {
+                filter_sync_config(stable, canary, controller, "bench-envoy")
+            }),
+        ),
+    ];
+    println!();
+    println!("Propagation: API acknowledgement -> first request routed by the new table (Envoy 2 workers, {CHANGES} changes)");
+    println!();
+    println!("| sync | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, mut latencies) in runs {
+        latencies.sort_by(f64::total_cmp);
+        let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            latencies[latencies.len() - 1]
+        );
+    }
+}
+
+/// Propagation latencies (ms) of `CHANGES` changes through Envoy started with `config`.
+fn propagation_with(config: impl Fn(u16, u16, u16) -> String) -> Vec<f64> {
     let backend = profile_dir().join("test-backend");
     let backend = backend.to_string_lossy();
     let controller = Controller::start(&[]).with_policies(&["v2.3.1", "v2.4.0"]);
     let stable = Backend::start(&backend, "stable");
     let canary = Backend::start(&backend, "canary");
-    let envoy = Envoy::start(
-        &controller_mode_config(stable.port, canary.port, controller.port),
-        2,
-    );
+    let envoy = Envoy::start(&config(stable.port, canary.port, controller.port), 2);
     let client = Client::new(envoy.port);
     // The probe is in a 100% segment: on the canary while a rollout runs, on stable after it.
     let plan = "target: support-agent\nstable: {version: v2.3.1, cluster: agent_stable}\ncanary: {version: v2.4.0, cluster: agent_canary}\nstages: [{weight: 1%, min_duration: 1h}, {weight: 100%}]\nsegments: [{header: x-probe, value: \"1\", weight: 100%}]\n";
@@ -366,18 +396,5 @@ fn propagation() {
             );
         }
     }
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
-    println!();
-    println!("Propagation: API acknowledgement -> first request routed by the new table (Envoy 2 workers, {CHANGES} changes)");
-    println!();
-    println!("| p50 ms | p90 ms | p99 ms | max ms |");
-    println!("|---:|---:|---:|---:|");
-    println!(
-        "| {:.1} | {:.1} | {:.1} | {:.1} |",
-        at(0.5),
-        at(0.9),
-        at(0.99),
-        latencies[latencies.len() - 1]
-    );
+    latencies
 }
