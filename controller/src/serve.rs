@@ -1,11 +1,13 @@
 //! `canaryctl serve`: the control plane process.
 
 use crate::analysis::evidence::envoy_admin;
+use crate::analysis::evidence::prometheus::{self, Prometheus, PrometheusOptions};
 use crate::analysis::judge::{EvidenceJudge, Judge, TimeOnlyJudge};
 use crate::api::auth::resolve_token;
 use crate::api::{app, AppState};
-use crate::controller::{now_ms, Controller};
+use crate::controller::Controller;
 use crate::notify::Notifier;
+use crate::units::now_ms;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +26,8 @@ pub struct ServeOptions {
     pub tick: Duration,
     /// How often every Envoy's stats are read.
     pub scrape_interval: Duration,
+    /// Evidence from Prometheus instead of the Envoy admins, and how often it is read.
+    pub prometheus: Option<(PrometheusOptions, Duration)>,
 }
 
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
@@ -33,8 +37,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| options.state_dir.join("token"));
     let token = resolve_token(options.token.clone(), &token_file)?;
     let notifier = Notifier::spawn(options.webhooks.clone(), 5, Duration::from_millis(500));
-    // With Envoy admins to read, stages move on evidence; without, on time alone.
-    let evidence_judge = (!options.envoy_admins.is_empty()).then(EvidenceJudge::default);
+    // With an evidence source (Prometheus, else the Envoy admins), stages move on
+    // evidence; without, on time alone.
+    let has_evidence = options.prometheus.is_some() || !options.envoy_admins.is_empty();
+    let evidence_judge = has_evidence.then(EvidenceJudge::default);
     let judge: Box<dyn Judge> = match &evidence_judge {
         Some(j) => Box::new(j.clone()),
         None => Box::new(TimeOnlyJudge),
@@ -43,12 +49,26 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("opening the state in {}", options.state_dir.display()))?;
     if let Some(judge) = evidence_judge {
         let store = Arc::clone(&controller);
-        tokio::spawn(envoy_admin::collect(
-            move || store.rollout_rows(true),
-            judge,
-            options.envoy_admins.clone(),
-            options.scrape_interval,
-        ));
+        let active = move || store.rollout_rows(true);
+        match options.prometheus.clone() {
+            Some((prometheus, interval)) => {
+                tracing::info!(prometheus = %prometheus.url, "evidence from Prometheus");
+                tokio::spawn(prometheus::collect(
+                    active,
+                    judge,
+                    Prometheus::new(prometheus),
+                    interval,
+                ));
+            }
+            None => {
+                tokio::spawn(envoy_admin::collect(
+                    active,
+                    judge,
+                    options.envoy_admins.clone(),
+                    options.scrape_interval,
+                ));
+            }
+        }
     }
 
     let loop_controller = Arc::clone(&controller);

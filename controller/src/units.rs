@@ -1,9 +1,17 @@
-//! Weights and durations as people write them in plans: `"5%"`, `"0.5%"`, `"10m"`.
+//! Weights and durations as people write them in plans (`"5%"`, `"0.5%"`, `"10m"`),
+//! and the wall clock.
 
 use policy_canary::cohort::MAX_WEIGHT_BP;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
+
+/// Milliseconds since the epoch, by the wall clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 /// A traffic weight in basis points (0..=10000). Written as `"5%"`, `"0.25%"`, a
 /// number of percent (`5`), or `"500bp"`.

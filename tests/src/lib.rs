@@ -734,3 +734,87 @@ mod tests {
         }
     }
 }
+
+/// A real Prometheus server (Debian `prometheus`) on a free loopback port,
+/// scraping the given Envoy admin ports' `/stats/prometheus` every second.
+pub struct PrometheusServer {
+    pub port: u16,
+    child: Option<ChildGuard>,
+    _dir: TempDir,
+}
+
+impl PrometheusServer {
+    pub fn start(envoy_admin_ports: &[u16]) -> PrometheusServer {
+        let dir = TempDir::new("prometheus");
+        let targets: Vec<String> = envoy_admin_ports
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        let config = format!(
+            "global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n\
+             - job_name: envoy\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: [{}]\n",
+            targets.join(", ")
+        );
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus (make test installs Debian's prometheus)");
+        let guard = ChildGuard(child);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
+        wait_for("Prometheus to be ready", Duration::from_secs(30), || {
+            let response = agent
+                .get(&format!("http://127.0.0.1:{port}/-/ready"))
+                .call()
+                .ok()?;
+            (response.status() == 200).then_some(())
+        });
+        PrometheusServer {
+            port,
+            child: Some(guard),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the server (killed and reaped).
+    pub fn stop(&mut self) {
+        self.child = None;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The value of an instant query's first series (`None` without any).
+    pub fn value(&self, query: &str) -> Option<f64> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let text = agent
+            .get(&format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .query("query", query)
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        let body: serde_json::Value = serde_json::from_str(&text).ok()?;
+        body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}

@@ -121,6 +121,19 @@ impl Judge for EvidenceJudge {
         self.with(row, |t| {
             let analysis = analyse(&row.plan, row.state.stage, &t.window);
             let elapsed = now_ms - row.state.stage_started_ms;
+            if let Some(reason) = &analysis.evidence_unavailable {
+                // No evidence is never a pass: hold, until the stage's maximum duration.
+                let decision = if elapsed >= row.plan.max_stage_duration.millis() {
+                    StageDecision::Inconclusive(format!(
+                        "no evidence for the stage's maximum duration {}: {reason}",
+                        row.plan.max_stage_duration
+                    ))
+                } else {
+                    StageDecision::Hold
+                };
+                let details = serde_json::to_value(&analysis).unwrap_or_default();
+                return Judgement { decision, details };
+            }
             let (decision, failures) = decide(
                 &row.plan,
                 row.state.stage,

@@ -156,6 +156,9 @@ pub struct Analysis {
     pub scrapes_ok: u64,
     pub scrapes_failed: u64,
     pub malformed_lines: u64,
+    /// Why the evidence source cannot be trusted now (the stage is held).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_unavailable: Option<String>,
 }
 
 impl Analysis {
@@ -241,6 +244,7 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
         scrapes_ok: window.scrapes_ok,
         scrapes_failed: window.scrapes_failed,
         malformed_lines: window.malformed_lines,
+        evidence_unavailable: window.unavailable.clone(),
     }
 }
 

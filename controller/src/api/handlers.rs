@@ -2,8 +2,9 @@
 //! rollouts and their actions, the audit log.
 
 use super::{actor, blocking, document, error, parse_id, AppState, ENVOY_STALE_AFTER, MAX_WAIT};
-use crate::controller::{now_ms, Error, DEFAULT_AUDIT_PAGE};
+use crate::controller::{Error, DEFAULT_AUDIT_PAGE};
 use crate::rollout::ManualAction;
+use crate::units::now_ms;
 use crate::units::Dur;
 use crate::view::{AuditList, PolicyList, RolloutList, TargetList};
 use axum::body::Bytes;

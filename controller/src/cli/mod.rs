@@ -7,6 +7,7 @@ mod rollout;
 mod targets;
 mod watch;
 
+use crate::analysis::evidence::prometheus::PrometheusOptions;
 use crate::api::auth::read_token_file;
 use crate::serve::{serve, ServeOptions};
 use crate::units::Dur;
@@ -168,6 +169,25 @@ pub struct ServeArgs {
     /// How often every --envoy-admin's stats are read for the analysis.
     #[arg(long, default_value = "1s", value_parser = parse_dur)]
     pub scrape_interval: Dur,
+    /// Read the evidence from this Prometheus (or Thanos, Mimir, VictoriaMetrics)
+    /// instead of --envoy-admin: every Envoy's series, summed, since the stage started.
+    #[arg(long, env = "CANARYCTL_PROMETHEUS")]
+    pub prometheus: Option<String>,
+    /// The label Prometheus gives the target.
+    #[arg(long, default_value = "target")]
+    pub prometheus_target_label: String,
+    /// The label Prometheus gives the policy version.
+    #[arg(long, default_value = "policy_version")]
+    pub prometheus_version_label: String,
+    /// How often the stage windows are recomputed from Prometheus.
+    #[arg(long, default_value = "5s", value_parser = parse_dur)]
+    pub prometheus_interval: Dur,
+    /// Slices the cost gate's batches are measured over (at least 2 scrape intervals).
+    #[arg(long, default_value = "30s", value_parser = parse_dur)]
+    pub prometheus_step: Dur,
+    /// Prometheus is lagging (stages held) when its newest sample is older than this.
+    #[arg(long, default_value = "60s", value_parser = parse_dur)]
+    pub prometheus_max_lag: Dur,
 }
 
 fn parse_dur(text: &str) -> Result<Dur, String> {
@@ -309,6 +329,18 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             runtime_weights: args.runtime_weights,
             tick: args.tick.0.max(Duration::from_millis(10)),
             scrape_interval: args.scrape_interval.0.max(Duration::from_millis(50)),
+            prometheus: args.prometheus.clone().map(|url| {
+                (
+                    PrometheusOptions {
+                        url,
+                        target_label: args.prometheus_target_label.clone(),
+                        version_label: args.prometheus_version_label.clone(),
+                        step: args.prometheus_step.0.max(Duration::from_secs(1)),
+                        max_lag: args.prometheus_max_lag.0,
+                    },
+                    args.prometheus_interval.0.max(Duration::from_millis(100)),
+                )
+            }),
         })
         .await
         .map_err(|e| fail(1, format!("{e:#}")));

@@ -114,7 +114,7 @@ pub(super) fn print_rollout(v: &RolloutView) {
         other => other.to_string(),
     };
     println!("  state     {stage_line}");
-    let ago = (crate::controller::now_ms() - v.stage_started_ms).max(0) / 1000;
+    let ago = (crate::units::now_ms() - v.stage_started_ms).max(0) / 1000;
     println!("  since     {} ({ago}s ago)", utc(v.stage_started_ms));
     println!("  salt      {}   route revision {}", v.salt, v.revision);
 }

@@ -1,7 +1,7 @@
 //! `canaryctl targets`: each target's stable policy and route table, and which
 //! Envoys follow which revision.
 
-use crate::controller::now_ms;
+use crate::units::now_ms;
 use crate::view::TargetsView;
 
 pub(super) fn print_targets(v: &TargetsView) {

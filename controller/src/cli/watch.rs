@@ -124,7 +124,7 @@ pub fn stage_line(v: &RolloutView, report: Option<&AnalysisReport>) -> String {
     let (min_ms, min_requests) = v.current_stage().map_or((0, 0.0), |s| {
         (s.min_duration.millis(), s.min_requests as f64)
     });
-    let elapsed = (crate::controller::now_ms() - v.stage_started_ms).max(0);
+    let elapsed = (crate::units::now_ms() - v.stage_started_ms).max(0);
     let analysis = report.map(|r| &r.analysis);
     let canary = analysis.map_or(0.0, |a| a.canary_requests);
     let stable = analysis.map_or(0.0, |a| a.stable_requests);
@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn the_stage_line_shows_progress_verdicts_and_missing_telemetry() {
         let rollout = serde_json::json!({"stage": 1, "stages": 4, "weight": "10%",
-            "phase": "progressing", "stage_started_ms": crate::controller::now_ms() - 10_000,
+            "phase": "progressing", "stage_started_ms": crate::units::now_ms() - 10_000,
             "plan": {"stages": [{"weight": "10%", "min_duration": "20s", "min_requests": 500}]}});
         let analysis = |missing: bool| {
             let comparison = |metric: &str, verdict: &str| {

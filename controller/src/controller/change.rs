@@ -2,7 +2,7 @@
 //! `apply`, which stores a new state, rewrites the target's route table at a new
 //! revision and audits it, all inside one transaction.
 
-use super::{conflict, not_found, now_ms, Controller, Error, Result};
+use super::{conflict, not_found, Controller, Error, Result};
 use crate::notify::Event;
 use crate::rollout::plan::RolloutPlan;
 use crate::rollout::{
@@ -10,6 +10,7 @@ use crate::rollout::{
     RolloutState, Transition,
 };
 use crate::store::{self, NewAudit, RolloutRow};
+use crate::units::now_ms;
 use crate::units::Weight;
 use crate::view::RolloutView;
 use policy_canary::digest::hex;

@@ -14,6 +14,7 @@ use crate::notify::Notifier;
 use crate::registry::PolicyBundle;
 use crate::rollout::AuditAction;
 use crate::store::{self, AuditEntry, NewAudit, PolicyRecord, RolloutRow, TargetRow};
+use crate::units::now_ms;
 use crate::view::{RolloutAnalysis, RolloutView};
 use policy_canary::error::ConfigError;
 use policy_canary::route::{RouteTable, RoutesDocument};
@@ -47,12 +48,6 @@ fn conflict(message: impl Into<String>, state: Option<String>) -> Error {
         message: message.into(),
         state,
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub struct Controller {

@@ -1,11 +1,13 @@
 //! Evidence: the filter's per-version counts, accumulated as deltas over the
 //! current stage window. One module per source: `envoy_admin` reads every Envoy's
-//! `/stats/prometheus`.
+//! `/stats/prometheus`; `prometheus` asks a Prometheus server (or Thanos, Mimir,
+//! VictoriaMetrics) for the whole fleet's increases since the stage started.
 //!
 //! Counter resets (an Envoy restart) count the new value as the delta; a source
 //! that cannot be reached adds nothing (less evidence, never a pass).
 
 pub mod envoy_admin;
+pub mod prometheus;
 
 use policy_canary::stats::Counter;
 use std::collections::{BTreeMap, HashMap};
@@ -95,6 +97,9 @@ pub struct Window {
     pub scrapes_ok: u64,
     pub scrapes_failed: u64,
     pub malformed_lines: u64,
+    /// Why there is no trustworthy evidence now (the source is down, erroring or
+    /// lagging): the stage is held, never passed.
+    pub unavailable: Option<String>,
     pass: HashMap<String, Sample>,
 }
 
@@ -102,6 +107,32 @@ impl Window {
     pub fn new(started_ms: i64) -> Window {
         Window {
             started_ms,
+            ..Window::default()
+        }
+    }
+
+    /// A window computed whole by a source that keeps history (Prometheus): each
+    /// version's increases since the stage started, and the cost batches.
+    pub fn from_increases(
+        started_ms: i64,
+        totals: HashMap<String, Sample>,
+        batches: Vec<Batch>,
+    ) -> Window {
+        Window {
+            started_ms,
+            totals,
+            batches,
+            scrapes_ok: 1,
+            ..Window::default()
+        }
+    }
+
+    /// A window whose source cannot be trusted now.
+    pub fn unavailable(started_ms: i64, reason: String) -> Window {
+        Window {
+            started_ms,
+            scrapes_failed: 1,
+            unavailable: Some(reason),
             ..Window::default()
         }
     }

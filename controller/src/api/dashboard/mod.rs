@@ -8,9 +8,10 @@ mod render;
 
 use crate::analysis::AnalysisReport;
 use crate::api::{blocking, parse_id, AppState, ENVOY_STALE_AFTER};
-use crate::controller::{now_ms, Controller, Error, Result, DEFAULT_AUDIT_PAGE};
+use crate::controller::{Controller, Error, Result, DEFAULT_AUDIT_PAGE};
 use crate::fleet::EnvoyList;
 use crate::store::{AuditEntry, TargetRow};
+use crate::units::now_ms;
 use crate::view::RolloutView;
 use axum::extract::{Query, State};
 use axum::http::header;

@@ -1,0 +1,493 @@
+//! Evidence source: a Prometheus server (or anything with its query API: Thanos,
+//! Mimir, VictoriaMetrics) that scrapes every Envoy. At each pass the controller
+//! recomputes each active rollout's whole stage window from the stage start, so a
+//! controller restart loses nothing and Envoys that come and go are all counted.
+//!
+//! Counts are exact, not extrapolated: `increase()` extrapolates to the window's
+//! edges, so per series the controller takes the last sample in the window
+//! (`last_over_time`) minus the last sample before it (the value at the stage
+//! start); a series whose counter was reset in between (`resets() > 0`, an Envoy
+//! restart) is summed sample by sample, a reset counting its new value whole, as
+//! the Envoy admin source does. Cost batches for the cost gate's variance come from
+//! `increase()` over `step`-long slices (`query_range`), where extrapolation does
+//! not bias the estimate. Unreachable, erroring or lagging Prometheus: the window
+//! is marked unavailable and the stage is held, never passed.
+
+use super::{Batch, Sample, Window};
+use crate::analysis::judge::EvidenceJudge;
+use crate::envoy::admin::{HealthChange, SourceHealth};
+use crate::store::RolloutRow;
+use policy_canary::stats::{Counter, LATENCY_SUFFIX};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Where the series are and what their labels are called.
+#[derive(Debug, Clone)]
+pub struct PrometheusOptions {
+    /// Base URL, e.g. `http://prometheus:9090` (the API is under `/api/v1`).
+    pub url: String,
+    pub target_label: String,
+    pub version_label: String,
+    /// Length of the slices the cost batches are measured over.
+    pub step: Duration,
+    /// Newer samples than this must exist, else the source is lagging.
+    pub max_lag: Duration,
+}
+
+/// Series names: the filter's stats as Envoy's `/stats/prometheus` shows them.
+const PREFIX: &str = "policy_canary_";
+
+pub struct Prometheus {
+    options: PrometheusOptions,
+    http: reqwest::Client,
+}
+
+/// A series' labels, without `__name__`.
+type Labels = BTreeMap<String, String>;
+/// One series of an instant vector: its labels and value.
+type Series = (Labels, f64);
+/// One series of a matrix: its labels and points by time (ms).
+type Points = (Labels, BTreeMap<i64, f64>);
+
+impl Prometheus {
+    pub fn new(options: PrometheusOptions) -> Prometheus {
+        Prometheus {
+            options,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The rollout's stage window, from the stage start to `now_ms`.
+    pub async fn window(&self, row: &RolloutRow, now_ms: i64) -> Result<Window, String> {
+        let started_ms = row.state.stage_started_ms;
+        let now = now_ms as f64 / 1000.0;
+        let start = started_ms as f64 / 1000.0;
+        let selector = format!(
+            "{{{}=\"{}\"}}",
+            self.options.target_label,
+            escape(&row.target)
+        );
+        self.check_lag(&selector, now).await?;
+        // The range (now − stage start, in ms) holds exactly the samples after the
+        // stage started; the value at the start is the last sample before it.
+        let range = (now_ms - started_ms).max(1);
+        let mut totals: HashMap<String, Sample> = HashMap::new();
+        for counter in Counter::ALL {
+            let metric = format!("{PREFIX}{}", counter.suffix());
+            for (labels, delta) in self
+                .increases(&metric, &selector, range, start, now)
+                .await?
+            {
+                if let Some(version) = labels.get(&self.options.version_label) {
+                    *totals
+                        .entry(version.clone())
+                        .or_default()
+                        .counters
+                        .entry(counter.suffix().to_string())
+                        .or_default() += delta;
+                }
+            }
+        }
+        let buckets = format!("{PREFIX}{LATENCY_SUFFIX}_bucket");
+        let mut latency: HashMap<String, BTreeMap<String, f64>> = HashMap::new();
+        for (labels, delta) in self
+            .increases(&buckets, &selector, range, start, now)
+            .await?
+        {
+            if let (Some(version), Some(le)) =
+                (labels.get(&self.options.version_label), labels.get("le"))
+            {
+                *latency
+                    .entry(version.clone())
+                    .or_default()
+                    .entry(le.clone())
+                    .or_default() += delta;
+            }
+        }
+        for (version, by_le) in latency {
+            let sample = totals.entry(version).or_default();
+            for (le, count) in by_le {
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().map_err(|_| format!("bucket bound `{le}`"))?
+                };
+                sample.latency.push((bound, count));
+            }
+            sample.latency.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        let batches = self.batches(row, &selector, start, now).await?;
+        Ok(Window::from_increases(started_ms, totals, batches))
+    }
+
+    /// Each series' exact increase of `metric` over the last `range` milliseconds,
+    /// from its value at `start`.
+    async fn increases(
+        &self,
+        metric: &str,
+        selector: &str,
+        range: i64,
+        start: f64,
+        now: f64,
+    ) -> Result<Vec<Series>, String> {
+        let series = format!("{metric}{selector}");
+        let last = self
+            .instant(&format!("last_over_time({series}[{range}ms])"), now)
+            .await?;
+        if last.is_empty() {
+            return Ok(Vec::new());
+        }
+        let before: HashMap<BTreeMap<String, String>, f64> =
+            self.instant(&series, start).await?.into_iter().collect();
+        let resets: HashMap<BTreeMap<String, String>, f64> = self
+            .instant(&format!("resets({series}[{range}ms])"), now)
+            .await?
+            .into_iter()
+            .collect();
+        let mut out = Vec::with_capacity(last.len());
+        for (labels, value) in last {
+            let baseline = before.get(&labels).copied().unwrap_or(0.0);
+            let reset = resets.get(&labels).copied().unwrap_or(0.0) > 0.0 || value < baseline;
+            let delta = if reset {
+                let samples = self
+                    .samples(&format!("{metric}{}[{range}ms]", exact(&labels)), now)
+                    .await?;
+                sum_of_steps(baseline, &samples)
+            } else {
+                value - baseline
+            };
+            out.push((labels, delta));
+        }
+        Ok(out)
+    }
+
+    /// Cost batches: tasks and cost per `step` slice since the stage start, summed
+    /// over the fleet, for the stable and the canary version.
+    async fn batches(
+        &self,
+        row: &RolloutRow,
+        selector: &str,
+        start: f64,
+        now: f64,
+    ) -> Result<Vec<Batch>, String> {
+        let step = self.options.step.as_secs().max(1);
+        if now - start < step as f64 {
+            return Ok(Vec::new());
+        }
+        let version = &self.options.version_label;
+        let per_slice = |counter: Counter| {
+            format!(
+                "sum by ({version}) (increase({PREFIX}{}{selector}[{step}s]))",
+                counter.suffix()
+            )
+        };
+        let from = start + step as f64;
+        let tasks = self
+            .range(&per_slice(Counter::TasksTotal), from, now, step)
+            .await?;
+        let cost = self
+            .range(&per_slice(Counter::CostMicros), from, now, step)
+            .await?;
+        let at = |m: &HashMap<String, BTreeMap<i64, f64>>, v: &str, t: i64| {
+            m.get(v).and_then(|s| s.get(&t)).copied().unwrap_or(0.0)
+        };
+        let (stable, canary) = (&row.plan.stable.version, &row.plan.canary.version);
+        let times: std::collections::BTreeSet<i64> = tasks
+            .values()
+            .flat_map(|points| points.keys().copied())
+            .collect();
+        Ok(times
+            .into_iter()
+            .map(|t| Batch {
+                stable_tasks: at(&tasks, stable, t),
+                stable_cost: at(&cost, stable, t),
+                canary_tasks: at(&tasks, canary, t),
+                canary_cost: at(&cost, canary, t),
+            })
+            .filter(|b| b.stable_tasks > 0.0 || b.canary_tasks > 0.0)
+            .collect())
+    }
+
+    /// Fails when the newest scraped sample of the rollout's series is too old.
+    async fn check_lag(&self, selector: &str, now: f64) -> Result<(), String> {
+        let newest = self
+            .instant(
+                &format!(
+                    "max(timestamp({PREFIX}{}{selector}))",
+                    Counter::RqTotal.suffix()
+                ),
+                now,
+            )
+            .await?;
+        if let Some((_, at)) = newest.first() {
+            let lag = now - at;
+            if lag > self.options.max_lag.as_secs_f64() {
+                return Err(format!(
+                    "Prometheus is lagging: its newest sample is {lag:.0}s old (more than {}s)",
+                    self.options.max_lag.as_secs()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, path: &str, params: &[(&str, String)]) -> Result<Value, String> {
+        let url = format!("{}{path}", self.options.url.trim_end_matches('/'));
+        let response = self
+            .http
+            .get(&url)
+            .query(params)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach Prometheus at {url}: {e}"))?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| format!("Prometheus answered {status} with no JSON: {e}"))?;
+        if body["status"] != "success" {
+            return Err(format!(
+                "Prometheus answered {status}: {}",
+                body["error"].as_str().unwrap_or("no error message")
+            ));
+        }
+        Ok(body["data"].clone())
+    }
+
+    /// An instant query answered with a vector.
+    async fn instant(&self, query: &str, time: f64) -> Result<Vec<Series>, String> {
+        let data = self
+            .get(
+                "/api/v1/query",
+                &[("query", query.to_string()), ("time", format!("{time:.3}"))],
+            )
+            .await?;
+        parse_vector(&data)
+    }
+
+    /// An instant query of a range selector: each series' raw samples.
+    async fn samples(&self, query: &str, time: f64) -> Result<Vec<f64>, String> {
+        let data = self
+            .get(
+                "/api/v1/query",
+                &[("query", query.to_string()), ("time", format!("{time:.3}"))],
+            )
+            .await?;
+        let matrix = parse_matrix(&data)?;
+        Ok(matrix
+            .into_iter()
+            .next()
+            .map(|(_, points)| points.into_values().collect())
+            .unwrap_or_default())
+    }
+
+    /// A range query, by the version label: value per (whole-second) time.
+    async fn range(
+        &self,
+        query: &str,
+        start: f64,
+        end: f64,
+        step: u64,
+    ) -> Result<HashMap<String, BTreeMap<i64, f64>>, String> {
+        let data = self
+            .get(
+                "/api/v1/query_range",
+                &[
+                    ("query", query.to_string()),
+                    ("start", format!("{start:.3}")),
+                    ("end", format!("{end:.3}")),
+                    ("step", format!("{step}s")),
+                ],
+            )
+            .await?;
+        Ok(parse_matrix(&data)?
+            .into_iter()
+            .filter_map(|(labels, points)| {
+                Some((labels.get(&self.options.version_label)?.clone(), points))
+            })
+            .collect())
+    }
+}
+
+/// Label values inside PromQL double quotes.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// A selector matching exactly these labels.
+fn exact(labels: &BTreeMap<String, String>) -> String {
+    let matchers: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    format!("{{{}}}", matchers.join(","))
+}
+
+/// The increase of a counter read as `samples` after `baseline`: every step up
+/// counts, a step down (a reset) counts the new value whole.
+pub fn sum_of_steps(baseline: f64, samples: &[f64]) -> f64 {
+    let mut previous = baseline;
+    let mut total = 0.0;
+    for &value in samples {
+        total += if value >= previous {
+            value - previous
+        } else {
+            value
+        };
+        previous = value;
+    }
+    total
+}
+
+fn labels_of(metric: &Value) -> BTreeMap<String, String> {
+    metric
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != "__name__")
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect()
+}
+
+fn number(point: &Value) -> Result<(f64, f64), String> {
+    let time = point[0].as_f64().ok_or("a sample without a time")?;
+    let value: f64 = point[1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .ok_or("a sample without a number")?;
+    Ok((time, value))
+}
+
+/// `{"resultType": "vector", "result": [{"metric": {...}, "value": [t, "v"]}]}`.
+pub fn parse_vector(data: &Value) -> Result<Vec<Series>, String> {
+    if data["resultType"] != "vector" {
+        return Err(format!("expected a vector, got {}", data["resultType"]));
+    }
+    data["result"]
+        .as_array()
+        .ok_or("a vector without results")?
+        .iter()
+        .map(|s| {
+            let (_, value) = number(&s["value"])?;
+            Ok((labels_of(&s["metric"]), value))
+        })
+        .filter(|r: &Result<Series, String>| r.as_ref().map_or(true, |(_, v)| v.is_finite()))
+        .collect()
+}
+
+/// `{"resultType": "matrix", "result": [{"metric": {...}, "values": [[t, "v"], ...]}]}`,
+/// each series' points by whole millisecond time.
+pub fn parse_matrix(data: &Value) -> Result<Vec<Points>, String> {
+    if data["resultType"] != "matrix" {
+        return Err(format!("expected a matrix, got {}", data["resultType"]));
+    }
+    data["result"]
+        .as_array()
+        .ok_or("a matrix without results")?
+        .iter()
+        .map(|s| {
+            let mut points = BTreeMap::new();
+            for point in s["values"].as_array().ok_or("a series without values")? {
+                let (time, value) = number(point)?;
+                if value.is_finite() {
+                    points.insert((time * 1000.0).round() as i64, value);
+                }
+            }
+            Ok((labels_of(&s["metric"]), points))
+        })
+        .collect()
+}
+
+/// Recomputes every active rollout's window from Prometheus, every `interval`.
+pub async fn collect<E: Send + 'static>(
+    active_rollouts: impl Fn() -> Result<Vec<RolloutRow>, E> + Clone + Send + Sync + 'static,
+    judge: EvidenceJudge,
+    prometheus: Prometheus,
+    interval: Duration,
+) {
+    let mut health = SourceHealth::default();
+    let source = prometheus.options.url.clone();
+    loop {
+        let list = active_rollouts.clone();
+        let rows = tokio::task::spawn_blocking(list)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        judge.forget_all_but(&rows.iter().map(|r| r.id).collect::<Vec<_>>());
+        for row in &rows {
+            let now = crate::units::now_ms();
+            let window = match prometheus.window(row, now).await {
+                Ok(window) => {
+                    if health.observe(&source, true) == Some(HealthChange::Recovered) {
+                        tracing::info!(prometheus = %source, "evidence from Prometheus again");
+                    }
+                    window
+                }
+                Err(reason) => {
+                    if health.observe(&source, false) == Some(HealthChange::Failing) {
+                        tracing::warn!(prometheus = %source, %reason, "no evidence from Prometheus: stages are held");
+                    }
+                    Window::unavailable(row.state.stage_started_ms, reason)
+                }
+            };
+            judge.with(row, |t| t.window = window);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn steps_count_resets_whole() {
+        assert_eq!(sum_of_steps(10.0, &[12.0, 15.0]), 5.0);
+        assert_eq!(sum_of_steps(10.0, &[12.0, 3.0, 7.0]), 2.0 + 3.0 + 4.0);
+        assert_eq!(sum_of_steps(0.0, &[]), 0.0);
+    }
+
+    #[test]
+    fn reads_vectors_and_matrices_and_refuses_other_shapes() {
+        let vector = json!({"resultType": "vector", "result": [
+            {"metric": {"__name__": "x", "policy_version": "v2"}, "value": [1.5, "42"]},
+            {"metric": {"policy_version": "v3"}, "value": [1.5, "NaN"]}]});
+        let series = parse_vector(&vector).unwrap();
+        assert_eq!(series.len(), 1);
+        assert_eq!(series[0].0["policy_version"], "v2");
+        assert!(!series[0].0.contains_key("__name__"));
+        assert_eq!(series[0].1, 42.0);
+        let matrix = json!({"resultType": "matrix", "result": [
+            {"metric": {"policy_version": "v2"}, "values": [[1.0, "1"], [2.0, "3"]]}]});
+        let parsed = parse_matrix(&matrix).unwrap();
+        assert_eq!(
+            parsed[0].1.values().copied().collect::<Vec<_>>(),
+            vec![1.0, 3.0]
+        );
+        for bad in [
+            json!({"resultType": "scalar", "result": [1, "2"]}),
+            json!({"resultType": "vector", "result": [{"metric": {}, "value": [1, "x"]}]}),
+            json!({"resultType": "vector"}),
+        ] {
+            assert!(parse_vector(&bad).is_err(), "{bad}");
+        }
+        assert!(
+            parse_matrix(&json!({"resultType": "matrix", "result": [{"metric": {}}]})).is_err()
+        );
+    }
+
+    #[test]
+    fn selectors_escape_label_values() {
+        let labels = BTreeMap::from([
+            ("instance".to_string(), "a\"b".to_string()),
+            ("le".to_string(), "+Inf".to_string()),
+        ]);
+        assert_eq!(exact(&labels), r#"{instance="a\"b",le="+Inf"}"#);
+    }
+}

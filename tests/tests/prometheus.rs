@@ -1,0 +1,218 @@
+//! Evidence from Prometheus: a real Prometheus server (1 s scrapes) reads two real
+//! Envoys that share the traffic, and `canaryctl serve --prometheus` takes the
+//! whole fleet's counts from it. Traffic is bounded in count and time.
+
+use policy_canary_e2e::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const BACKEND: &str = env!("CARGO_BIN_EXE_test-backend");
+
+struct Fleet {
+    envoys: Vec<Envoy>,
+    admin_ports: Vec<u16>,
+    config: String,
+    controller: Controller,
+    prometheus: PrometheusServer,
+    _backends: (Backend, Backend),
+}
+
+fn fleet(stable: &[&str], canary: &[&str]) -> Fleet {
+    let stable = Backend::start_with(BACKEND, "stable", stable);
+    let canary = Backend::start_with(BACKEND, "canary", canary);
+    let admin_ports = vec![free_port(), free_port()];
+    let prometheus = PrometheusServer::start(&admin_ports);
+    let controller = Controller::start(&[
+        "--prometheus",
+        &prometheus.url(),
+        "--prometheus-interval",
+        "300ms",
+        "--prometheus-step",
+        "2s",
+        "--tick",
+        "50ms",
+    ])
+    .with_policies(&["v2.3.1", "v2.4.0"]);
+    let config = controller_mode_config(stable.port, canary.port, controller.port);
+    let envoys = admin_ports
+        .iter()
+        .map(|port| Envoy::start_with_admin(&config, 1, *port))
+        .collect();
+    Fleet {
+        envoys,
+        admin_ports,
+        config,
+        controller,
+        prometheus,
+        _backends: (stable, canary),
+    }
+}
+
+/// Requests from `sessions` through one Envoy; returns how many each backend answered.
+fn send(envoy: &Envoy, sessions: std::ops::Range<usize>) -> (u64, u64) {
+    let client = Client::new(envoy.port);
+    let (mut stable, mut canary) = (0, 0);
+    for i in sessions {
+        let reply = client.session(&format!("user-{i}"));
+        assert_eq!(reply.status, 200);
+        match reply.backend.as_str() {
+            "canary" => canary += 1,
+            _ => stable += 1,
+        }
+    }
+    (stable, canary)
+}
+
+fn analysis(f: &Fleet, id: i64) -> Value {
+    f.controller.get(&format!("/v1/rollouts/{id}/analysis"))["analysis"].clone()
+}
+
+/// Waits until Prometheus holds `count` requests counted by the Envoy on `admin_port`.
+fn scraped(f: &Fleet, admin_port: u16, count: u64) {
+    let query = format!("sum(policy_canary_rq_total{{instance=\"127.0.0.1:{admin_port}\"}})");
+    wait_for(
+        &format!("Prometheus to scrape {count} requests from :{admin_port}"),
+        Duration::from_secs(20),
+        || (f.prometheus.value(&query) == Some(count as f64)).then_some(()),
+    );
+}
+
+#[test]
+fn counts_equal_the_envoys_own_across_a_restart() {
+    let mut f = fleet(&["completion=0.9"], &["completion=0.9"]);
+    let plan = "target: support-agent\nstable: {version: v2.3.1, cluster: agent_stable}\ncanary: {version: v2.4.0, cluster: agent_canary}\nanalysis_interval: 500ms\nstages: [{weight: 50%, min_duration: 1h, min_requests: 1000000}, {weight: 100%}]\n";
+    let id = f.controller.post_ok("/v1/rollouts", plan)["id"]
+        .as_i64()
+        .unwrap();
+    let revision = f.controller.get("/v1/routes")["revision"].clone();
+    // Both Envoys route by the rollout's table before the traffic starts.
+    for envoy in &f.envoys {
+        wait_for("the table on every Envoy", Duration::from_secs(10), || {
+            let stats = envoy.admin_get("/stats?filter=policy_canary.sync.revision");
+            stats.contains(&format!(": {revision}")).then_some(())
+        });
+    }
+    let (mut stable, mut canary) = (0, 0);
+    let mut add = |(s, c): (u64, u64)| {
+        stable += s;
+        canary += c;
+    };
+    add(send(&f.envoys[0], 0..300));
+    add(send(&f.envoys[1], 300..600));
+    // Envoy 2's counts are in Prometheus; then it restarts (its counters reset).
+    scraped(&f, f.admin_ports[1], 300);
+    let config = f.config.clone();
+    let port = f.admin_ports[1];
+    drop(f.envoys.pop());
+    f.envoys.push(Envoy::start_with_admin(&config, 1, port));
+    wait_for(
+        "the restarted Envoy to follow",
+        Duration::from_secs(10),
+        || {
+            let stats = f.envoys[1].admin_get("/stats?filter=policy_canary.sync.revision");
+            stats.contains(&format!(": {revision}")).then_some(())
+        },
+    );
+    add(send(&f.envoys[1], 600..800));
+    add(send(&f.envoys[0], 800..900));
+    assert_eq!(stable + canary, 900);
+    assert!(canary > 300 && stable > 300, "a 50% split: {canary} canary");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        last = analysis(&f, id);
+        if last["stable_requests"].as_f64() == Some(stable as f64)
+            && last["canary_requests"].as_f64() == Some(canary as f64)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        (
+            last["stable_requests"].as_f64(),
+            last["canary_requests"].as_f64()
+        ),
+        (Some(stable as f64), Some(canary as f64)),
+        "the controller's counts are the Envoys' own: {last}"
+    );
+    assert_eq!(last.get("evidence_unavailable"), None);
+    // Tasks counted too (every answer ends a task).
+    let completion = last["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["metric"] == "completion_rate")
+        .unwrap()
+        .clone();
+    assert_eq!(completion["n_canary"].as_f64(), Some(canary as f64));
+    // Prometheus gone: the stage is held, and status says why.
+    f.prometheus.stop();
+    let held = wait_for(
+        "evidence marked unavailable",
+        Duration::from_secs(20),
+        || {
+            let a = analysis(&f, id);
+            a["evidence_unavailable"].as_str().map(str::to_string)
+        },
+    );
+    assert!(held.contains("cannot reach Prometheus"), "{held}");
+    assert_eq!(
+        f.controller.get(&format!("/v1/rollouts/{id}"))["phase"],
+        "progressing"
+    );
+}
+
+const PLAN: &str = "target: support-agent
+stable: {version: v2.3.1, cluster: agent_stable}
+canary: {version: v2.4.0, cluster: agent_canary}
+analysis_interval: 500ms
+failure_threshold: 2
+stages: [{weight: 20%, min_duration: 1s, min_requests: 100}, {weight: 50%, min_duration: 1s, min_requests: 100}, {weight: 100%}]
+";
+
+/// Sends sessions through both Envoys in turn until `done` (at most `max` or 120 s).
+fn drive(f: &Fleet, max: usize, mut done: impl FnMut() -> bool) -> usize {
+    let clients: Vec<Client> = f.envoys.iter().map(|e| Client::new(e.port)).collect();
+    let started = Instant::now();
+    for i in 0..max {
+        let reply = clients[i % 2].session(&format!("user-{i}"));
+        assert_eq!(reply.status, 200);
+        if i % 100 == 99 && done() {
+            return i + 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no decision after {i} requests"
+        );
+    }
+    panic!("no decision after {max} requests");
+}
+
+fn phase(f: &Fleet, id: i64) -> Value {
+    f.controller.get(&format!("/v1/rollouts/{id}"))["phase"].clone()
+}
+
+#[test]
+fn a_regression_is_rolled_back_and_an_identical_canary_promoted() {
+    let f = fleet(&["completion=0.9"], &["completion=0.7"]);
+    let id = f.controller.post_ok("/v1/rollouts", PLAN)["id"]
+        .as_i64()
+        .unwrap();
+    drive(&f, 60_000, || phase(&f, id) == "rolled_back");
+    let audit = f.controller.get(&format!("/v1/audit?rollout={id}"));
+    let last = audit["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["actor"], "canaryctl");
+    assert!(last["reason"].as_str().unwrap().contains("completion_rate"));
+    drop(f);
+
+    let f = fleet(&["completion=0.9"], &["completion=0.9"]);
+    let id = f.controller.post_ok("/v1/rollouts", PLAN)["id"]
+        .as_i64()
+        .unwrap();
+    drive(&f, 60_000, || phase(&f, id) == "promoted");
+    assert_eq!(
+        f.controller.audit_actions(id),
+        ["start", "advance", "advance"]
+    );
+}
