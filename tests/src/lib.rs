@@ -712,29 +712,6 @@ pub fn start_agent(registry: u16, seed: u64, time_scale: f64) -> (ChildGuard, u1
 
 pub mod webdriver;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn breached_gates_are_read_from_watch_lines() {
-        // Lines as `canaryctl rollout watch` printed them in two real runs.
-        let abandonment = "06:43:49  rollback       progressing (stage 1) -> rolled_back  canary 0%  by canaryctl: gate breached in 2 consecutive checks: abandonment_rate +90.1% (threshold +10%)\n          breach: abandonment_rate stable 0.0503 canary 0.0956 (+90.1%, threshold +10%)\n";
-        assert_eq!(breached_gates(abandonment), ["abandonment_rate"]);
-        assert_refund_regression_breach(abandonment);
-        let both = "          breach: completion_rate stable 0.8483 canary 0.6904 (-15.8 points, threshold 5 points)\n          breach: abandonment_rate stable 0.0504 canary 0.1170 (+132.1%, threshold +10%)\n";
-        assert_eq!(
-            breached_gates(both),
-            ["completion_rate", "abandonment_rate"]
-        );
-        assert!(breached_gates("stage 1/4  BREACH completion_rate").is_empty());
-        for wrong in ["", "          breach: latency_p95 stable 180 canary 400\n"] {
-            let caught = std::panic::catch_unwind(|| assert_refund_regression_breach(wrong));
-            assert!(caught.is_err(), "{wrong:?}");
-        }
-    }
-}
-
 /// A real Prometheus server (Debian `prometheus`) on a free loopback port,
 /// scraping the given Envoy admin ports' `/stats/prometheus` every second.
 pub struct PrometheusServer {
@@ -816,5 +793,28 @@ impl PrometheusServer {
             .ok()?;
         let body: serde_json::Value = serde_json::from_str(&text).ok()?;
         body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breached_gates_are_read_from_watch_lines() {
+        // Lines as `canaryctl rollout watch` printed them in two real runs.
+        let abandonment = "06:43:49  rollback       progressing (stage 1) -> rolled_back  canary 0%  by canaryctl: gate breached in 2 consecutive checks: abandonment_rate +90.1% (threshold +10%)\n          breach: abandonment_rate stable 0.0503 canary 0.0956 (+90.1%, threshold +10%)\n";
+        assert_eq!(breached_gates(abandonment), ["abandonment_rate"]);
+        assert_refund_regression_breach(abandonment);
+        let both = "          breach: completion_rate stable 0.8483 canary 0.6904 (-15.8 points, threshold 5 points)\n          breach: abandonment_rate stable 0.0504 canary 0.1170 (+132.1%, threshold +10%)\n";
+        assert_eq!(
+            breached_gates(both),
+            ["completion_rate", "abandonment_rate"]
+        );
+        assert!(breached_gates("stage 1/4  BREACH completion_rate").is_empty());
+        for wrong in ["", "          breach: latency_p95 stable 180 canary 400\n"] {
+            let caught = std::panic::catch_unwind(|| assert_refund_regression_breach(wrong));
+            assert!(caught.is_err(), "{wrong:?}");
+        }
     }
 }
