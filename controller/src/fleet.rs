@@ -6,6 +6,7 @@
 use policy_canary::sync::is_envoy_id;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,29 +47,50 @@ struct Seen {
 #[derive(Debug, Default)]
 pub struct Fleet {
     envoys: Mutex<HashMap<String, Seen>>,
+    /// Polls open now, named or not.
+    open: AtomicU64,
 }
 
 /// An open long-poll; dropping it (answered, timed out or abandoned) closes it.
 pub struct OpenPoll {
     fleet: Arc<Fleet>,
-    id: String,
+    /// The Envoy it is counted for, when it named one.
+    id: Option<String>,
 }
 
 impl Drop for OpenPoll {
     fn drop(&mut self) {
+        self.fleet.open.fetch_sub(1, Ordering::Relaxed);
+        let Some(id) = &self.id else {
+            return;
+        };
         let mut envoys = self.fleet.envoys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(seen) = envoys.get_mut(&self.id) {
+        if let Some(seen) = envoys.get_mut(id) {
             seen.open_polls = seen.open_polls.saturating_sub(1);
         }
     }
 }
 
 impl Fleet {
-    /// Records a poll from `id` holding `revision`; `None` when the name is not one
-    /// (not recorded). Keep the guard for as long as the poll is open.
-    pub fn poll(self: &Arc<Self>, id: &str, revision: u64, now_ms: i64) -> Option<OpenPoll> {
+    /// Records a poll from `id` holding `revision` (counted, but not listed, when
+    /// `id` is not an Envoy name). Keep the guard for as long as the poll is open.
+    pub fn poll(self: &Arc<Self>, id: &str, revision: u64, now_ms: i64) -> OpenPoll {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let listed = self.record(id, revision, now_ms);
+        OpenPoll {
+            fleet: Arc::clone(self),
+            id: listed.then(|| id.to_string()),
+        }
+    }
+
+    /// Polls open now, named or not.
+    pub fn open_polls(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, id: &str, revision: u64, now_ms: i64) -> bool {
         if !is_envoy_id(id) {
-            return None;
+            return false;
         }
         let mut envoys = self.envoys.lock().unwrap_or_else(|p| p.into_inner());
         if !envoys.contains_key(id) && envoys.len() >= MAX_ENVOYS {
@@ -81,7 +103,7 @@ impl Fleet {
                 Some(oldest) => {
                     envoys.remove(&oldest);
                 }
-                None => return None,
+                None => return false,
             }
         }
         let seen = envoys.entry(id.to_string()).or_insert(Seen {
@@ -92,10 +114,7 @@ impl Fleet {
         seen.revision = revision;
         seen.last_poll_ms = now_ms;
         seen.open_polls += 1;
-        Some(OpenPoll {
-            fleet: Arc::clone(self),
-            id: id.to_string(),
-        })
+        true
     }
 
     /// Every Envoy, by id, against the controller's `current` revision.
@@ -130,8 +149,11 @@ mod tests {
     #[test]
     fn polls_are_counted_while_open_and_envoys_go_stale() {
         let fleet = Arc::new(Fleet::default());
-        let poll = fleet.poll("edge-1", 4, 1_000).unwrap();
-        assert!(fleet.poll("two words", 4, 1_000).is_none());
+        let poll = fleet.poll("edge-1", 4, 1_000);
+        let unnamed = fleet.poll("two words", 4, 1_000);
+        assert_eq!(fleet.open_polls(), 2);
+        drop(unnamed);
+        assert_eq!(fleet.open_polls(), 1);
         let list = fleet.status(5, 2_000, STALE);
         assert_eq!(list.envoys.len(), 1);
         let edge = &list.envoys[0];
@@ -140,7 +162,7 @@ mod tests {
             (4, 1, false, false)
         );
         drop(poll);
-        let _again = fleet.poll("edge-1", 5, 3_000).unwrap();
+        let _again = fleet.poll("edge-1", 5, 3_000);
         let edge = &fleet.status(5, 3_000, STALE).envoys[0];
         assert_eq!((edge.revision, edge.open_polls, edge.in_sync), (5, 1, true));
         drop(_again);

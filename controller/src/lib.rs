@@ -11,6 +11,7 @@
 //! - `store`: SQLite state and its migrations; `registry`: policy bundles;
 //! - `api`: the HTTP router, auth, handlers and the dashboard;
 //! - `envoy`: the Envoy admin client; `fleet`: which Envoys follow which revision;
+//!   `metrics`: the controller's own Prometheus metrics;
 //! - `notify`: webhooks; `cli`: the client commands; `demo`: the demo agent and
 //!   traffic generator (`canaryctl agent`, `canaryctl traffic`), kept apart from
 //!   the control plane;
@@ -19,7 +20,7 @@
 //!
 //! The rooms form layers with no import cycle (`tests/layout.rs` checks it): each
 //! uses only rooms listed before it in `units`, `document`, `rollout`, `registry`,
-//! `store`, `notify`, `envoy`, `fleet`, `analysis`, `format`, `view`, `controller`, `demo`,
+//! `store`, `notify`, `envoy`, `fleet`, `metrics`, `analysis`, `format`, `view`, `controller`, `demo`,
 //! `api`, `serve`, `cli`.
 
 pub mod analysis;
@@ -31,6 +32,7 @@ pub mod document;
 pub mod envoy;
 pub mod fleet;
 pub mod format;
+pub mod metrics;
 pub mod notify;
 pub mod registry;
 pub mod rollout;

@@ -58,6 +58,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                     judge,
                     Prometheus::new(prometheus),
                     interval,
+                    Arc::clone(controller.metrics()),
                 ));
             }
             None => {
@@ -66,6 +67,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                     judge,
                     options.envoy_admins.clone(),
                     options.scrape_interval,
+                    Arc::clone(controller.metrics()),
                 ));
             }
         }

@@ -16,6 +16,7 @@ const CONTROLLER_LAYERS: &[&str] = &[
     "notify",
     "envoy",
     "fleet",
+    "metrics",
     "analysis",
     "format",
     "view",

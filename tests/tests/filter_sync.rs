@@ -122,6 +122,43 @@ fn one_poller_per_envoy_and_every_worker_follows_the_controller() {
     assert_eq!(envoy.wasm_failures(), Vec::<String>::new());
     let listed = controller.get("/v1/envoys");
     assert_eq!(listed["envoys"].as_array().unwrap().len(), 1, "{listed}");
+
+    // The controller's own metrics say the same, and pass promtool's lint.
+    let (status, metrics) = http_get(controller.port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "canaryctl_envoys{state=\"in_sync\"} 1",
+        "canaryctl_open_long_polls 1",
+        "canaryctl_rollouts{phase=\"rolled_back\"} 1",
+        "canaryctl_canary_weight_basis_points{target=\"support-agent\"} 0",
+        &format!("canaryctl_envoy_route_revision{{envoy=\"edge-1\"}} {revision}"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (make test installs Debian's prometheus)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
 #[test]

@@ -247,6 +247,10 @@ fn the_prometheus_config_and_rules_pass_promtool() {
     assert!(ok, "{text}");
     let (ok, text) = run("promtool", &["test", "rules", "rules_test.yml"], &dir);
     assert!(ok, "{text}");
+    let (ok, text) = run("promtool", &["check", "rules", "alerts.yml"], &dir);
+    assert!(ok, "{text}");
+    let (ok, text) = run("promtool", &["test", "rules", "alerts_test.yml"], &dir);
+    assert!(ok, "{text}");
 }
 
 /// The Dockerfile's Rust is the workspace's `rust-version`, and that is at least

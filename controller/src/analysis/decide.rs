@@ -91,6 +91,16 @@ pub fn decide(
 }
 
 impl StageDecision {
+    /// `hold`, `advance`, `rollback` or `inconclusive` (the controller's metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageDecision::Hold => "hold",
+            StageDecision::Advance(_) => "advance",
+            StageDecision::Rollback(_) => "rollback",
+            StageDecision::Inconclusive(_) => "inconclusive",
+        }
+    }
+
     /// The rollout action this decision asks of the control loop, with its reason;
     /// an undecided stage past its maximum duration follows `on_inconclusive`.
     pub fn action(&self, on_inconclusive: InconclusiveAction) -> Option<(Action, &str)> {

@@ -77,6 +77,26 @@ pub(super) async fn routes(
     Json(state.controller.routes().as_ref().clone()).into_response()
 }
 
+/// The controller's own metrics (Prometheus text format).
+pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, Error> {
+    let c = state.controller.clone();
+    let text = blocking(move || {
+        let envoys = c
+            .fleet()
+            .status(c.routes().revision, now_ms(), ENVOY_STALE_AFTER);
+        c.metrics_text(&envoys)
+    })
+    .await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 /// Every Envoy that polls, with the revision it holds.
 pub(super) async fn list_envoys(State(state): State<AppState>) -> Response {
     let current = state.controller.routes().revision;

@@ -39,6 +39,7 @@ pub fn app(state: AppState) -> Router {
         .route("/dashboard.js", get(dashboard::script))
         .route("/dashboard.css", get(dashboard::style))
         .route("/healthz", get(handlers::health))
+        .route("/metrics", get(handlers::metrics))
         .route("/v1/routes", get(handlers::routes))
         .route(
             "/v1/policies",

@@ -9,10 +9,12 @@ pub mod runtime_weights;
 use crate::analysis::judge::Judge;
 use crate::analysis::Analysis;
 use crate::analysis::AnalysisReport;
-use crate::fleet::Fleet;
+use crate::fleet::{EnvoyList, Fleet};
+use crate::metrics::{self, Metrics};
 use crate::notify::Notifier;
 use crate::registry::PolicyBundle;
 use crate::rollout::AuditAction;
+use crate::rollout::Phase;
 use crate::store::{self, AuditEntry, NewAudit, PolicyRecord, RolloutRow, TargetRow};
 use crate::units::now_ms;
 use crate::view::{RolloutAnalysis, RolloutView};
@@ -59,6 +61,7 @@ pub struct Controller {
     /// When each active rollout was last analysed.
     last_check: Mutex<HashMap<i64, i64>>,
     fleet: Arc<Fleet>,
+    metrics: Arc<Metrics>,
 }
 
 pub const AUTO_ACTOR: &str = "canaryctl";
@@ -82,6 +85,7 @@ impl Controller {
             judge,
             last_check: Mutex::new(HashMap::new()),
             fleet: Arc::default(),
+            metrics: Arc::default(),
         }))
     }
 
@@ -102,6 +106,32 @@ impl Controller {
     /// The Envoys that poll for route tables.
     pub fn fleet(&self) -> &Arc<Fleet> {
         &self.fleet
+    }
+
+    /// The counters behind `/metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// `/metrics`: the counters and what the state says now.
+    pub fn metrics_text(&self, envoys: &EnvoyList) -> Result<String> {
+        let rows = store::list_rollouts(&self.db(), false)?;
+        let by_phase: Vec<(&'static str, u64)> = Phase::ALL
+            .iter()
+            .map(|phase| {
+                let n = rows.iter().filter(|r| r.state.phase == *phase).count();
+                (phase.as_str(), n as u64)
+            })
+            .collect();
+        Ok(metrics::render(
+            &self.metrics,
+            &metrics::Snapshot {
+                rollouts_by_phase: &by_phase,
+                routes: &self.routes(),
+                envoys,
+                open_polls: self.fleet.open_polls(),
+            },
+        ))
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

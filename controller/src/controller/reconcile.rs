@@ -24,6 +24,7 @@ impl Controller {
             };
             if due && row.state.phase == Phase::Progressing {
                 let judgement = self.judge.check(&row, now);
+                self.metrics.decided(judgement.decision.kind());
                 if let Some((action, reason)) = judgement.decision.action(row.plan.on_inconclusive)
                 {
                     let details = Some(judgement.details);

@@ -5,7 +5,9 @@
 use super::Scrape;
 use crate::analysis::judge::EvidenceJudge;
 use crate::envoy::admin::{AdminClient, HealthChange, SourceHealth};
+use crate::metrics::{EvidenceSource, Metrics};
 use crate::store::RolloutRow;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Scrapes every Envoy admin for every active rollout (as `active_rollouts` lists
@@ -15,6 +17,7 @@ pub async fn collect<E: Send + 'static>(
     judge: EvidenceJudge,
     admins: Vec<String>,
     interval: Duration,
+    metrics: Arc<Metrics>,
 ) {
     let client = AdminClient::default();
     let mut health = SourceHealth::default();
@@ -30,6 +33,7 @@ pub async fn collect<E: Send + 'static>(
         if !rows.is_empty() {
             for admin in &admins {
                 let text = client.policy_stats(admin).await.ok();
+                metrics.evidence_read(EvidenceSource::EnvoyAdmin, text.is_some());
                 match health.observe(admin, text.is_some()) {
                     Some(HealthChange::Failing) => tracing::warn!(
                         admin,

@@ -16,10 +16,12 @@
 use super::{Batch, Sample, Window};
 use crate::analysis::judge::EvidenceJudge;
 use crate::envoy::admin::{HealthChange, SourceHealth};
+use crate::metrics::{EvidenceSource, Metrics};
 use crate::store::RolloutRow;
 use policy_canary::stats::{Counter, LATENCY_SUFFIX};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the series are and what their labels are called.
@@ -408,6 +410,7 @@ pub async fn collect<E: Send + 'static>(
     judge: EvidenceJudge,
     prometheus: Prometheus,
     interval: Duration,
+    metrics: Arc<Metrics>,
 ) {
     let mut health = SourceHealth::default();
     let source = prometheus.options.url.clone();
@@ -421,7 +424,9 @@ pub async fn collect<E: Send + 'static>(
         judge.forget_all_but(&rows.iter().map(|r| r.id).collect::<Vec<_>>());
         for row in &rows {
             let now = crate::units::now_ms();
-            let window = match prometheus.window(row, now).await {
+            let result = prometheus.window(row, now).await;
+            metrics.evidence_read(EvidenceSource::Prometheus, result.is_ok());
+            let window = match result {
                 Ok(window) => {
                     if health.observe(&source, true) == Some(HealthChange::Recovered) {
                         tracing::info!(prometheus = %source, "evidence from Prometheus again");
