@@ -157,6 +157,18 @@ fn counts_equal_the_envoys_own_across_a_restart() {
         },
     );
     assert!(held.contains("cannot reach Prometheus"), "{held}");
+    let status = std::process::Command::new(canaryctl_bin())
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{}", f.controller.port),
+            "rollout",
+            "status",
+            &id.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("EVIDENCE UNAVAILABLE, stage held"), "{text}");
     assert_eq!(
         f.controller.get(&format!("/v1/rollouts/{id}"))["phase"],
         "progressing"

@@ -168,4 +168,7 @@ fn print_analysis(report: Option<&AnalysisReport>) {
     if report.telemetry_missing() {
         println!("  {TELEMETRY_MISSING}");
     }
+    if let Some(reason) = &a.evidence_unavailable {
+        println!("  EVIDENCE UNAVAILABLE, stage held: {reason}");
+    }
 }

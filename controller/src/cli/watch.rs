@@ -153,11 +153,16 @@ pub fn stage_line(v: &RolloutView, report: Option<&AnalysisReport>) -> String {
     let gates = match report {
         None => "  no analysis".to_string(),
         Some(report) => format!(
-            "  gates pass {pass}/{total}{}{}{}",
+            "  gates pass {pass}/{total}{}{}{}{}",
             list(GateVerdict::Breach, "BREACH"),
             list(GateVerdict::Inconclusive, "waiting on"),
             if report.telemetry_missing() {
                 "  NO AGENT TELEMETRY"
+            } else {
+                ""
+            },
+            if report.analysis.evidence_unavailable.is_some() {
+                "  NO EVIDENCE (held)"
             } else {
                 ""
             }

@@ -311,6 +311,11 @@ fn analysis(report: Option<&AnalysisReport>) -> Markup {
                 @if report.telemetry_missing() {
                     p id="telemetry-missing" class="warning" { (TELEMETRY_MISSING) }
                 }
+                @if let Some(reason) = &a.evidence_unavailable {
+                    p id="evidence-unavailable" class="warning" {
+                        "No evidence now, so the stage is held (never passed): " (reason)
+                    }
+                }
             } @else {
                 p { "No analysis: start the controller with " code { "--envoy-admin" } " to compare metrics." }
             }
@@ -460,6 +465,14 @@ mod tests {
         assert!(analysis(true)
             .contains("<p id=\"telemetry-missing\" class=\"warning\">No agent telemetry"));
         assert!(!analysis(false).contains("telemetry-missing"));
+        let held = super::analysis(Some(&report(
+            json!({"stable_requests": 0.0, "canary_requests": 0.0, "alpha": 0.0005,
+                "comparisons": [], "evidence_unavailable": "cannot reach Prometheus at http://p:9090",
+                "safety": {"stable": 0.0, "canary": 0.0, "verdict": "pass"}}),
+        )))
+        .into_string();
+        assert!(held.contains("<p id=\"evidence-unavailable\" class=\"warning\">"));
+        assert!(held.contains("cannot reach Prometheus"));
     }
 
     #[test]
