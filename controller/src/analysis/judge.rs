@@ -157,3 +157,63 @@ impl Judge for EvidenceJudge {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::GateVerdict;
+    use crate::rollout::plan::RolloutPlan;
+    use crate::rollout::{Phase, RolloutState};
+
+    fn row(min_requests: u64) -> RolloutRow {
+        let plan = RolloutPlan::parse(&format!(
+            "target: t\nstable: {{version: v1, cluster: a}}\ncanary: {{version: v2, cluster: b}}\n\
+             max_stage_duration: 1h\nstages: [{{weight: 5%, min_duration: 0s, min_requests: {min_requests}}}, {{weight: 100%}}]\n"
+        ))
+        .unwrap();
+        RolloutRow {
+            id: 1,
+            target: "t".into(),
+            plan,
+            salt: "s".into(),
+            state: RolloutState {
+                phase: Phase::Progressing,
+                stage: 0,
+                stage_started_ms: 0,
+            },
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    /// Unavailable evidence holds the stage, whatever the stage asks for.
+    #[test]
+    fn no_evidence_holds_the_stage_and_proves_no_gate() {
+        let judge = EvidenceJudge::default();
+        let row = row(0);
+        judge.with(&row, |t| {
+            t.window = Window::unavailable(0, "cannot reach Prometheus at http://p".into())
+        });
+        let judgement = judge.check(&row, 60_000);
+        assert_eq!(judgement.decision, StageDecision::Hold);
+        let report = judge.report(&row, 60_000).unwrap();
+        assert!(report
+            .analysis
+            .comparisons
+            .iter()
+            .all(|c| c.verdict == GateVerdict::Inconclusive));
+        assert_eq!(report.analysis.safety.verdict, GateVerdict::Inconclusive);
+        assert!(report.analysis.evidence_unavailable.is_some());
+        // Past the stage's maximum duration the plan's on_inconclusive applies.
+        let late = judge.check(&row, 3_600_000);
+        assert!(
+            matches!(&late.decision, StageDecision::Inconclusive(r) if r.contains("no evidence")),
+            "{:?}",
+            late.decision
+        );
+        // Evidence back: the analysis no longer says it is missing.
+        judge.with(&row, |t| t.window = Window::new(0));
+        let report = judge.report(&row, 60_000).unwrap();
+        assert_eq!(report.analysis.evidence_unavailable, None);
+    }
+}

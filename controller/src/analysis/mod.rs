@@ -17,7 +17,8 @@
 //! the threshold), **inconclusive** otherwise or with fewer than `MIN_SAMPLES` in an
 //! arm, **not applicable** when neither arm has any (no tool calls, say). When
 //! neither version reported a task at all, a plan with `require_telemetry` keeps the
-//! gates measured from agent telemetry inconclusive instead.
+//! gates measured from agent telemetry inconclusive instead; an evidence source that
+//! cannot be trusted now (`Window::unavailable`) makes every gate inconclusive.
 //! A relative gate whose allowed degradation `r · stable` falls below the gate's
 //! `floor` (error rate 0.5 points, tool error, abandonment 1 point, guardrail 0.01
 //! per request) uses the floor as an absolute threshold instead: on rates near zero
@@ -212,7 +213,9 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
         .iter()
         .map(|m| {
             let mut c = compare(*m, plan.gates.gate(*m), &stable, &canary, window, alpha);
-            if plan.require_telemetry && telemetry_missing && m.from_agent_telemetry() {
+            let unproven = window.unavailable.is_some()
+                || (plan.require_telemetry && telemetry_missing && m.from_agent_telemetry());
+            if unproven {
                 c.verdict = match c.verdict {
                     GateVerdict::Disabled => GateVerdict::Disabled,
                     _ => GateVerdict::Inconclusive,
@@ -237,6 +240,8 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
             verdict: match (safety_enabled, canary_violations > 0.0) {
                 (false, _) => GateVerdict::Disabled,
                 (true, true) => GateVerdict::Breach,
+                // No evidence proves no violation.
+                (true, false) if window.unavailable.is_some() => GateVerdict::Inconclusive,
                 (true, false) => GateVerdict::Pass,
             },
         },
