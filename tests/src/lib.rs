@@ -712,6 +712,27 @@ pub fn start_agent(registry: u16, seed: u64, time_scale: f64) -> (ChildGuard, u1
 
 pub mod webdriver;
 
+/// Sends one request per session (`user-0`, `user-1`, …) through the clients in
+/// turn until `done` says so, asked every 100 requests; at most `max` requests and
+/// `limit` of time. Returns how many it sent.
+pub fn drive_sessions(
+    clients: &[Client],
+    max: usize,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> usize {
+    let started = Instant::now();
+    for i in 0..max {
+        let reply = clients[i % clients.len()].session(&format!("user-{i}"));
+        assert_eq!(reply.status, 200);
+        if i % 100 == 99 && done() {
+            return i + 1;
+        }
+        assert!(started.elapsed() < limit, "no decision after {i} requests");
+    }
+    panic!("no decision after {max} requests");
+}
+
 /// A real Prometheus server (Debian `prometheus`) on a free loopback port,
 /// scraping the given Envoy admin ports' `/stats/prometheus` every second.
 pub struct PrometheusServer {

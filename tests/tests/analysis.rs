@@ -3,7 +3,7 @@
 
 use policy_canary_e2e::*;
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BACKEND: &str = env!("CARGO_BIN_EXE_test-backend");
 
@@ -44,21 +44,13 @@ stages: [{weight: 20%, min_duration: 1s, min_requests: 100}, {weight: 50%, min_d
 ";
 
 /// Sends sessions through Envoy until `done` says so (at most `max` requests or 90 s).
-fn drive(s: &Stack, max: usize, mut done: impl FnMut() -> bool) -> usize {
-    let client = Client::new(s.envoy.port);
-    let started = Instant::now();
-    for i in 0..max {
-        let reply = client.session(&format!("user-{i}"));
-        assert_eq!(reply.status, 200);
-        if i % 100 == 99 && done() {
-            return i + 1;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "no decision after {i} requests"
-        );
-    }
-    panic!("no decision after {max} requests");
+fn drive(s: &Stack, max: usize, done: impl FnMut() -> bool) -> usize {
+    drive_sessions(
+        &[Client::new(s.envoy.port)],
+        max,
+        Duration::from_secs(90),
+        done,
+    )
 }
 
 /// What `canaryctl rollout status ID` prints.

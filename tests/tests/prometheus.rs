@@ -184,21 +184,9 @@ stages: [{weight: 20%, min_duration: 1s, min_requests: 100}, {weight: 50%, min_d
 ";
 
 /// Sends sessions through both Envoys in turn until `done` (at most `max` or 120 s).
-fn drive(f: &Fleet, max: usize, mut done: impl FnMut() -> bool) -> usize {
+fn drive(f: &Fleet, max: usize, done: impl FnMut() -> bool) -> usize {
     let clients: Vec<Client> = f.envoys.iter().map(|e| Client::new(e.port)).collect();
-    let started = Instant::now();
-    for i in 0..max {
-        let reply = clients[i % 2].session(&format!("user-{i}"));
-        assert_eq!(reply.status, 200);
-        if i % 100 == 99 && done() {
-            return i + 1;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no decision after {i} requests"
-        );
-    }
-    panic!("no decision after {max} requests");
+    drive_sessions(&clients, max, Duration::from_secs(120), done)
 }
 
 fn phase(f: &Fleet, id: i64) -> Value {

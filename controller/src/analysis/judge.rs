@@ -109,10 +109,20 @@ impl EvidenceJudge {
         f(entry)
     }
 
-    /// Drops the windows of rollouts that are no longer active.
-    pub fn forget_all_but(&self, active: &[i64]) {
+    /// The active rollouts, as `list` reads them from the store (off the async
+    /// workers); the windows of every other rollout are dropped.
+    pub async fn active<E: Send + 'static>(
+        &self,
+        list: impl FnOnce() -> Result<Vec<RolloutRow>, E> + Send + 'static,
+    ) -> Vec<RolloutRow> {
+        let rows = tokio::task::spawn_blocking(list)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         let mut tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
-        tracked.retain(|id, _| active.contains(id));
+        tracked.retain(|id, _| rows.iter().any(|r| r.id == *id));
+        rows
     }
 }
 

@@ -22,13 +22,7 @@ pub async fn collect<E: Send + 'static>(
     let client = AdminClient::default();
     let mut health = SourceHealth::default();
     loop {
-        let list = active_rollouts.clone();
-        let rows = tokio::task::spawn_blocking(list)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        judge.forget_all_but(&rows.iter().map(|r| r.id).collect::<Vec<_>>());
+        let rows = judge.active(active_rollouts.clone()).await;
         let mut texts = Vec::new();
         if !rows.is_empty() {
             for admin in &admins {

@@ -415,13 +415,7 @@ pub async fn collect<E: Send + 'static>(
     let mut health = SourceHealth::default();
     let source = prometheus.options.url.clone();
     loop {
-        let list = active_rollouts.clone();
-        let rows = tokio::task::spawn_blocking(list)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        judge.forget_all_but(&rows.iter().map(|r| r.id).collect::<Vec<_>>());
+        let rows = judge.active(active_rollouts.clone()).await;
         for row in &rows {
             let now = crate::units::now_ms();
             let result = prometheus.window(row, now).await;
