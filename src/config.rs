@@ -493,6 +493,7 @@ mod tests {
     fn routes_document_round_trips_and_rejects_garbage() {
         let config = PluginConfig::from_json(DESIGN_EXAMPLE.as_bytes()).unwrap();
         let mut doc = RoutesDocument {
+            epoch: 0,
             revision: 3,
             routes: BTreeMap::new(),
         };

@@ -45,29 +45,60 @@ pub struct RouteTable {
 /// `GET /v1/routes` and the sync service hands to the filters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct RoutesDocument {
+    /// The controller process's generation: a new one on every start. Revisions
+    /// only compare within a generation, so a controller whose revisions went back
+    /// (restored from a backup, a lost state directory) is still followed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub epoch: u64,
     pub revision: u64,
     pub routes: BTreeMap<String, RouteTable>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A routes document's generation and revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DocumentVersion {
+    /// 0: a controller that does not say (before generations existed).
+    pub epoch: u64,
+    pub revision: u64,
+}
+
+impl DocumentVersion {
+    /// Whether a document at `self` replaces one at `held`: any revision of another
+    /// generation, else only a newer revision.
+    pub fn replaces(&self, held: &DocumentVersion) -> bool {
+        self.epoch != held.epoch || self.revision > held.revision
+    }
 }
 
 impl RoutesDocument {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let mut routes = BTreeMap::new();
-        let revision = read_routes(bytes, |target, table| {
+        let version = read_routes(bytes, |target, table| {
             routes.insert(target.to_string(), table);
         })?;
-        Ok(RoutesDocument { revision, routes })
+        Ok(RoutesDocument {
+            epoch: version.epoch,
+            revision: version.revision,
+            routes,
+        })
     }
 }
 
 /// Validates a routes document and hands each target's table to `visit`; returns
-/// the document's revision. (The filter uses this directly, without a map.)
+/// the document's generation and revision. (The filter uses this directly, without
+/// a map.)
 pub fn read_routes(
     bytes: &[u8],
     mut visit: impl FnMut(&str, RouteTable),
-) -> Result<u64, ConfigError> {
+) -> Result<DocumentVersion, ConfigError> {
     let reader = Reader::parse(bytes)?;
     let root = reader.root()?;
-    root.only(&["revision", "routes"])?;
+    root.only(&["epoch", "revision", "routes"])?;
+    let epoch = root.u64("epoch")?.unwrap_or(0);
     let revision = root
         .u64("revision")?
         .ok_or_else(|| err("revision", "missing field"))?;
@@ -86,7 +117,7 @@ pub fn read_routes(
         }
         visit(target, table);
     }
-    Ok(revision)
+    Ok(DocumentVersion { epoch, revision })
 }
 
 impl RouteTable {

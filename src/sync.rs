@@ -5,7 +5,7 @@
 use crate::check::check_cluster;
 use crate::error::{err, ConfigError};
 use crate::reader::{Object, Reader};
-use crate::route::read_routes;
+use crate::route::{read_routes, DocumentVersion};
 
 /// Shared-data key holding the last good routes document (JSON, as served).
 pub const ROUTES_KEY: &str = "policy_canary/routes";
@@ -207,8 +207,9 @@ impl PollFailure {
 /// What the glue should do after a poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AfterPoll {
-    /// Store the body in shared data: it holds this newer revision.
-    Store { revision: u64 },
+    /// Store the body in shared data: it holds this newer revision (or another
+    /// generation of the controller).
+    Store { version: DocumentVersion },
     /// Same revision as held: nothing to write.
     Unchanged,
     /// Keep the last good document.
@@ -226,6 +227,8 @@ pub enum HealthChange {
 pub struct SyncState {
     /// Revision of the document in shared data.
     pub revision: u64,
+    /// The controller generation that document came from (0 before any).
+    pub epoch: u64,
     pub consecutive_failures: u32,
     /// When the next poll may start (ms, host clock).
     pub next_poll_ms: u64,
@@ -245,9 +248,17 @@ impl SyncState {
 
     pub fn poll_path(&self, config: &SyncConfig) -> String {
         format!(
-            "{}?revision={}&wait={}ms",
-            config.path, self.revision, config.wait_ms
+            "{}?revision={}&epoch={}&wait={}ms",
+            config.path, self.revision, self.epoch, config.wait_ms
         )
+    }
+
+    /// The version of the document in shared data.
+    pub fn version(&self) -> DocumentVersion {
+        DocumentVersion {
+            epoch: self.epoch,
+            revision: self.revision,
+        }
     }
 
     pub fn started(&mut self, now_ms: u64) {
@@ -275,16 +286,21 @@ impl SyncState {
         if body_size > config.max_body_bytes {
             return AfterPoll::Keep(PollFailure::TooLarge(body_size));
         }
+        let held = self.version();
         match read_routes(body, |_, _| {}) {
             Err(e) => AfterPoll::Keep(PollFailure::BadDocument(e.to_string())),
-            Ok(revision) if revision < self.revision => {
+            // A new controller generation starts its own count: follow it.
+            Ok(version) if version.epoch != held.epoch => AfterPoll::Store { version },
+            Ok(version) if version.revision < held.revision => {
                 AfterPoll::Keep(PollFailure::OlderRevision {
-                    got: revision,
-                    have: self.revision,
+                    got: version.revision,
+                    have: held.revision,
                 })
             }
-            Ok(revision) if revision == self.revision && self.revision > 0 => AfterPoll::Unchanged,
-            Ok(revision) => AfterPoll::Store { revision },
+            Ok(version) if version.revision == held.revision && held.revision > 0 => {
+                AfterPoll::Unchanged
+            }
+            Ok(version) => AfterPoll::Store { version },
         }
     }
 
@@ -308,8 +324,9 @@ impl SyncState {
                 changed.then(|| HealthChange::Failing(failure.clone()))
             }
             AfterPoll::Store { .. } | AfterPoll::Unchanged => {
-                if let AfterPoll::Store { revision } = outcome {
-                    self.revision = *revision;
+                if let AfterPoll::Store { version } = outcome {
+                    self.revision = version.revision;
+                    self.epoch = version.epoch;
                 }
                 self.next_poll_ms = now_ms;
                 let failures = std::mem::take(&mut self.consecutive_failures);
@@ -326,6 +343,8 @@ impl SyncState {
 #[derive(Debug, Default)]
 pub struct TableFollower {
     last_cas: Option<u32>,
+    /// The controller generation of the table in force (0: the configuration's).
+    epoch: u64,
 }
 
 /// What a worker should do with the shared document.
@@ -361,9 +380,22 @@ impl TableFollower {
                 mine = Some(table);
             }
         });
+        let held = DocumentVersion {
+            epoch: self.epoch,
+            revision: current_revision,
+        };
         match (read, mine) {
             (Err(e), _) => Follow::Invalid(e.to_string()),
-            (Ok(_), Some(table)) if table.revision > current_revision => Follow::Newer(table),
+            (Ok(version), Some(table))
+                if (DocumentVersion {
+                    epoch: version.epoch,
+                    revision: table.revision,
+                })
+                .replaces(&held) =>
+            {
+                self.epoch = version.epoch;
+                Follow::Newer(table)
+            }
             (Ok(_), _) => Follow::NothingForTarget,
         }
     }
@@ -381,6 +413,61 @@ mod tests {
     const DOC: &str = r#"{"revision": 4, "routes": {"support-agent": {"revision": 4, "salt": "s",
         "canary_weight_bp": 500, "stable": {"version": "v1", "cluster": "a"},
         "canary": {"version": "v2", "cluster": "b"}}}}"#;
+
+    fn document(epoch: u64, revision: u64) -> String {
+        format!(
+            r#"{{"epoch": {epoch}, "revision": {revision}, "routes": {{"support-agent": {{"revision": {revision},
+            "salt": "s", "canary_weight_bp": 500, "stable": {{"version": "v1", "cluster": "a"}},
+            "canary": {{"version": "v2", "cluster": "b"}}}}}}}}"#
+        )
+    }
+
+    /// A controller restored from an older backup (or with a lost state directory)
+    /// serves lower revisions under a new generation: followed, not refused.
+    #[test]
+    fn a_new_generation_is_followed_even_with_lower_revisions() {
+        let c = config();
+        let mut state = SyncState::default();
+        let store = |state: &mut SyncState, epoch: u64, revision: u64| {
+            let body = document(epoch, revision);
+            let outcome = state.judge(&c, 200, body.len(), body.as_bytes());
+            state.finished(&c, &outcome, 0);
+            outcome
+        };
+        assert!(matches!(store(&mut state, 7, 40), AfterPoll::Store { .. }));
+        assert_eq!(
+            state.poll_path(&c),
+            "/v1/routes?revision=40&epoch=7&wait=1000ms"
+        );
+        // Same generation: an older revision is refused, as before.
+        assert!(matches!(
+            store(&mut state, 7, 39),
+            AfterPoll::Keep(PollFailure::OlderRevision { got: 39, have: 40 })
+        ));
+        // Restored controller, new generation, revision 12: followed.
+        assert!(matches!(store(&mut state, 9, 12), AfterPoll::Store { .. }));
+        assert_eq!((state.epoch, state.revision), (9, 12));
+        // Workers follow it too.
+        let mut follower = TableFollower::default();
+        let first = document(7, 40);
+        assert!(matches!(
+            follower.follow("support-agent", 0, Some(first.as_bytes()), Some(1)),
+            Follow::Newer(t) if t.revision == 40
+        ));
+        let older_same = document(7, 39);
+        assert_eq!(
+            follower.follow("support-agent", 40, Some(older_same.as_bytes()), Some(2)),
+            Follow::NothingForTarget
+        );
+        let restored = document(9, 12);
+        assert!(matches!(
+            follower.follow("support-agent", 40, Some(restored.as_bytes()), Some(3)),
+            Follow::Newer(t) if t.revision == 12
+        ));
+        // A document without a generation (an older controller) reads as generation 0.
+        let plain = DOC;
+        assert_eq!(read_routes(plain.as_bytes(), |_, _| {}).unwrap().epoch, 0);
+    }
 
     #[test]
     fn the_lease_reads_back_and_passes_on_only_when_it_lapses() {
@@ -459,10 +546,18 @@ mod tests {
     fn judges_answers() {
         let c = config();
         let mut state = SyncState::default();
-        assert_eq!(state.poll_path(&c), "/v1/routes?revision=0&wait=1000ms");
+        assert_eq!(
+            state.poll_path(&c),
+            "/v1/routes?revision=0&epoch=0&wait=1000ms"
+        );
         assert_eq!(
             state.judge(&c, 200, DOC.len(), DOC.as_bytes()),
-            AfterPoll::Store { revision: 4 }
+            AfterPoll::Store {
+                version: DocumentVersion {
+                    epoch: 0,
+                    revision: 4
+                }
+            }
         );
         state.revision = 4;
         assert_eq!(
@@ -525,7 +620,16 @@ mod tests {
             other,
             Some(HealthChange::Failing(PollFailure::Status(500)))
         ));
-        let back = state.finished(&c, &AfterPoll::Store { revision: 7 }, 5_000);
+        let back = state.finished(
+            &c,
+            &AfterPoll::Store {
+                version: DocumentVersion {
+                    epoch: 0,
+                    revision: 7,
+                },
+            },
+            5_000,
+        );
         assert_eq!(back, Some(HealthChange::Recovered { after_failures: 23 }));
         assert_eq!((state.revision, state.next_poll_ms), (7, 5_000));
         assert!(state.should_poll(&c, 5_000));

@@ -357,7 +357,22 @@ async fn long_poll_answers_when_the_revision_moves() {
         .await;
     assert!(began.elapsed() >= std::time::Duration::from_millis(250));
     assert_eq!(same["revision"].as_u64(), Some(now));
+    // A poller holding another generation's table is answered at once.
+    let epoch = same["epoch"]
+        .as_u64()
+        .expect("the document names its generation");
+    assert_ne!(epoch, 0);
+    let began = std::time::Instant::now();
+    let other = api
+        .get(&format!(
+            "/v1/routes?revision={now}&epoch={}&wait=20s",
+            epoch + 1
+        ))
+        .await;
+    assert!(began.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(other["epoch"].as_u64(), Some(epoch));
     for bad in [
+        "/v1/routes?revision=1&epoch=x",
         "/v1/routes?revision=x",
         "/v1/routes?revision=1&wait=-1s",
         "/v1/routes?revision=1&wait=soon",

@@ -80,8 +80,11 @@ impl SyncService {
     /// taking over filter-side sync), so that its first poll waits for a change.
     pub fn resume_from_shared(&mut self, host: &impl Host) {
         if let Ok((Some(document), _)) = host.shared_data(ROUTES_KEY) {
-            if let Ok(revision) = read_routes(&document, |_, _| {}) {
-                self.state.revision = self.state.revision.max(revision);
+            if let Ok(version) = read_routes(&document, |_, _| {}) {
+                if version.replaces(&self.state.version()) {
+                    self.state.revision = version.revision;
+                    self.state.epoch = version.epoch;
+                }
             }
         }
     }
@@ -116,13 +119,13 @@ impl SyncService {
             Vec::new()
         };
         let mut outcome = self.state.judge(&self.config, status, body_size, &body);
-        if let AfterPoll::Store { revision } = outcome {
+        if let AfterPoll::Store { version } = outcome {
             if host.set_shared_data(ROUTES_KEY, &body, None).is_err() {
                 outcome = AfterPoll::Keep(PollFailure::BadDocument(
                     "could not store it in shared data".into(),
                 ));
             } else if let Some(id) = self.metrics.revision {
-                let _ = host.record_metric(id, revision);
+                let _ = host.record_metric(id, version.revision);
             }
         }
         let now = host.now_ms();

@@ -212,9 +212,10 @@ fn the_sync_service_stores_the_table_and_every_worker_follows_it() {
         let calls = host.calls.borrow();
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].0, "controller");
-        assert!(calls[0]
-            .1
-            .contains(&(":path".into(), "/v1/routes?revision=0&wait=1000ms".into())));
+        assert!(calls[0].1.contains(&(
+            ":path".into(),
+            "/v1/routes?revision=0&epoch=0&wait=1000ms".into()
+        )));
     }
     // A header value that is not UTF-8 must not matter (the SDK's get_map would panic).
     answer(

@@ -555,3 +555,87 @@ fn the_runtime_driver_sets_envoy_weights_and_reapplies_them() {
         "2500"
     );
 }
+
+/// Copies a state directory (the controller stopped, so SQLite's files are whole).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// A controller restored from an older backup serves lower revisions than the
+/// Envoys hold: they follow it all the same (a new generation), so a rollback on
+/// the restored controller reaches every worker.
+#[test]
+fn a_controller_restored_from_an_older_backup_is_followed() {
+    let mut s = stack(&[]);
+    let probe_plan = plan(
+        "[{weight: 1%, min_duration: 1h}, {weight: 5%, min_duration: 1h}, {weight: 25%, min_duration: 1h}, {weight: 100%}]",
+        "segments: [{header: x-probe, value: \"1\", weight: 100%}]\n",
+    );
+    let probe = |client: &Client| {
+        client
+            .get("/chat", &[("x-session-id", "probe"), ("x-probe", "1")])
+            .backend
+    };
+    let id = s.controller.post_ok("/v1/rollouts", &probe_plan)["id"]
+        .as_i64()
+        .unwrap();
+    wait_for("the probe on the canary", Duration::from_secs(10), || {
+        (probe(&s.client) == "canary").then_some(())
+    });
+    // The backup: the state as it is now.
+    s.controller.kill();
+    let backup = TempDir::new("backup");
+    copy_dir(&s.controller.state_dir, backup.path());
+    s.controller.restart();
+    // More changes: the Envoys now hold a higher revision than the backup's.
+    for action in ["pause", "resume", "promote", "promote"] {
+        s.controller
+            .post_ok(&format!("/v1/rollouts/{id}/{action}"), "");
+    }
+    let high = s.controller.get("/v1/routes")["revision"].as_u64().unwrap();
+    wait_for(
+        "the Envoy at the high revision",
+        Duration::from_secs(10),
+        || {
+            let stats = s
+                .envoy
+                .admin_get("/stats?filter=policy_canary.sync.revision");
+            stats.contains(&format!(": {high}")).then_some(())
+        },
+    );
+    // Restore the backup and roll back there: a lower revision than the Envoy holds.
+    s.controller.kill();
+    std::fs::remove_dir_all(&s.controller.state_dir).unwrap();
+    copy_dir(backup.path(), &s.controller.state_dir);
+    s.controller.restart();
+    s.controller
+        .post_ok(&format!("/v1/rollouts/{id}/rollback"), "");
+    let restored = s.controller.get("/v1/routes")["revision"].as_u64().unwrap();
+    assert!(restored < high, "restored revision {restored} vs {high}");
+    let rolled_back = Instant::now();
+    wait_for(
+        "every worker to follow the restored controller",
+        Duration::from_secs(10),
+        || {
+            (0..20)
+                .all(|_| probe(&Client::new(s.envoy.port)) == "stable")
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "followed the restored controller in {:?}",
+        rolled_back.elapsed()
+    );
+    // The only wasm lines beyond info are the sync's own notes on the restarts.
+    let failures: Vec<String> = s
+        .envoy
+        .wasm_failures()
+        .into_iter()
+        .filter(|l| !l.contains("controller answering again after"))
+        .collect();
+    assert_eq!(failures, Vec::<String>::new());
+}

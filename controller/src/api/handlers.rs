@@ -35,11 +35,13 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
 #[derive(Deserialize)]
 pub(in crate::api) struct RoutesQuery {
     revision: Option<String>,
+    epoch: Option<String>,
     wait: Option<String>,
 }
 
 /// The route tables; with `revision=N&wait=30s`, answers as soon as the revision
-/// moves past N, or with the current tables when the wait ends. A poll naming its
+/// moves past N, or with the current tables when the wait ends; at once when
+/// `epoch=E` names another controller generation than this one. A poll naming its
 /// Envoy (`x-canary-envoy`) is recorded for `GET /v1/envoys`.
 pub(super) async fn routes(
     State(state): State<AppState>,
@@ -57,6 +59,18 @@ pub(super) async fn routes(
             )
         }
     };
+    // A poller that holds another generation's table gets this one at once.
+    let other_generation = match q.epoch.as_deref().map(str::parse::<u64>) {
+        None => false,
+        Some(Ok(epoch)) => epoch != state.controller.routes().epoch,
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "epoch: expected a whole number",
+                None,
+            )
+        }
+    };
     let wait = match q.wait.as_deref().map(Dur::parse) {
         None => Duration::ZERO,
         Some(Ok(d)) => d.0.min(MAX_WAIT),
@@ -70,7 +84,7 @@ pub(super) async fn routes(
         .controller
         .fleet()
         .poll(envoy, known.unwrap_or(0), now_ms());
-    if let Some(known) = known {
+    if let Some(known) = known.filter(|_| !other_generation) {
         let mut rx = state.controller.subscribe();
         let _ = tokio::time::timeout(wait, rx.wait_for(|revision| *revision > known)).await;
     }

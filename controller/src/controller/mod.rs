@@ -75,7 +75,10 @@ impl Controller {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| Error::Internal(format!("cannot create {}: {e}", state_dir.display())))?;
         let conn = store::open(&state_dir.join("canaryctl.db"))?;
-        let routes = Arc::new(load_routes(&conn)?);
+        // A new generation on every start: after a restore from an older backup
+        // the revisions go back, and Envoys must follow them all the same.
+        let epoch = random_epoch()?;
+        let routes = Arc::new(load_routes(&conn, epoch)?);
         let (revision_tx, _) = watch::channel(routes.revision);
         Ok(Arc::new(Controller {
             db: Mutex::new(conn),
@@ -140,7 +143,7 @@ impl Controller {
 
     /// Re-reads the route tables after a commit and wakes the long-polls.
     fn publish(&self, conn: &Connection) -> Result<()> {
-        let doc = Arc::new(load_routes(conn)?);
+        let doc = Arc::new(load_routes(conn, self.routes().epoch)?);
         let revision = doc.revision;
         if let Ok(mut routes) = self.routes.write() {
             *routes = doc;
@@ -298,11 +301,22 @@ fn not_found(id: i64) -> Error {
     Error::NotFound(format!("no rollout #{id}"))
 }
 
-fn load_routes(conn: &Connection) -> Result<RoutesDocument> {
+/// A generation id: random, non-zero, exact as a JSON number in any client (48 bits).
+fn random_epoch() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    Ok((u64::from_le_bytes(bytes) & 0xffff_ffff_ffff) | 1)
+}
+
+fn load_routes(conn: &Connection, epoch: u64) -> Result<RoutesDocument> {
     let revision = store::revision(conn)?;
     let routes = store::list_targets(conn)?
         .into_iter()
         .map(|t| (t.name, t.route))
         .collect::<std::collections::BTreeMap<String, RouteTable>>();
-    Ok(RoutesDocument { revision, routes })
+    Ok(RoutesDocument {
+        epoch,
+        revision,
+        routes,
+    })
 }
