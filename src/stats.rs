@@ -15,6 +15,8 @@ pub enum Counter {
     Rq4xx,
     Rq5xx,
     RqReset,
+    /// The stream ended without any response status (reset, or the client left).
+    RqNoResponse,
     TasksTotal,
     TasksCompleted,
     TasksFailed,
@@ -31,13 +33,14 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::RqTotal,
         Counter::RqForced,
         Counter::Rq2xx,
         Counter::Rq4xx,
         Counter::Rq5xx,
         Counter::RqReset,
+        Counter::RqNoResponse,
         Counter::TasksTotal,
         Counter::TasksCompleted,
         Counter::TasksFailed,
@@ -61,6 +64,7 @@ impl Counter {
             Counter::Rq4xx => "rq_4xx",
             Counter::Rq5xx => "rq_5xx",
             Counter::RqReset => "rq_reset",
+            Counter::RqNoResponse => "rq_no_response",
             Counter::TasksTotal => "tasks_total",
             Counter::TasksCompleted => "tasks_completed",
             Counter::TasksFailed => "tasks_failed",
@@ -132,6 +136,9 @@ impl CounterSet {
         }
         if stream.status.is_none() || stream.upstream_reset {
             self.add(Counter::RqReset, 1);
+        }
+        if stream.status.is_none() {
+            self.add(Counter::RqNoResponse, 1);
         }
         let report = &stream.report;
         if let Some(outcome) = report.outcome {
@@ -214,7 +221,7 @@ mod tests {
             "policy_canary.target.support-agent.version.v2.4.0.rq_total"
         );
         let suffixes: Vec<&str> = Counter::ALL.iter().map(|c| c.suffix()).collect();
-        assert_eq!(suffixes.len(), 19);
+        assert_eq!(suffixes.len(), 20);
         for (i, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, i, "ALL is in declaration order");
         }

@@ -12,13 +12,14 @@ const TARGET: &str = "support-agent";
 const STABLE: &str = "v2.3.1";
 const CANARY: &str = "v2.4.0";
 
-const SUFFIXES: [&str; 19] = [
+const SUFFIXES: [&str; 20] = [
     "rq_total",
     "rq_forced",
     "rq_2xx",
     "rq_4xx",
     "rq_5xx",
     "rq_reset",
+    "rq_no_response",
     "tasks_total",
     "tasks_completed",
     "tasks_failed",
@@ -210,6 +211,7 @@ fn stats_equal_what_was_sent_per_version() {
         drop(stream);
         want_stable.add("rq_total", 1);
         want_stable.add("rq_reset", 1);
+        want_stable.add("rq_no_response", 1);
     }
 
     // Malformed telemetry is counted, never fails the response.

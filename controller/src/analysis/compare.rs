@@ -47,9 +47,13 @@ pub(super) fn compare(
                 v.count(Counter::TasksTotal),
             )
         }),
-        Metric::ErrorRate => {
-            arms(&|v| proportion(v.count(Counter::Rq5xx), v.count(Counter::RqTotal)))
-        }
+        // A request with no response at all (reset) failed as surely as a 5xx.
+        Metric::ErrorRate => arms(&|v| {
+            proportion(
+                v.count(Counter::Rq5xx) + v.count(Counter::RqNoResponse),
+                v.count(Counter::RqTotal),
+            )
+        }),
         Metric::ToolErrorRate => {
             arms(&|v| proportion(v.count(Counter::ToolErrors), v.count(Counter::ToolCalls)))
         }

@@ -342,6 +342,17 @@ mod tests {
             .verdict
     }
 
+    /// Requests the canary never answered (resets) count as errors, like 5xx.
+    #[test]
+    fn requests_without_a_response_count_in_the_error_gate() {
+        let mut stable = tasks(20_000.0, 18_000.0);
+        stable.push(("rq_5xx", 100.0));
+        let mut canary = tasks(2_000.0, 1_800.0);
+        canary.push(("rq_no_response", 200.0));
+        let a = analyse(&plan(), 0, &window(&stable, &canary));
+        assert_eq!(verdict_of(&a, "error_rate"), GateVerdict::Breach);
+    }
+
     #[test]
     fn a_clear_drop_in_completion_breaches() {
         let w = window(&tasks(20_000.0, 18_000.0), &tasks(1_000.0, 700.0));
