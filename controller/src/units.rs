@@ -112,6 +112,10 @@ impl<'de> Deserialize<'de> for Weight {
     }
 }
 
+/// Longest duration accepted (about 31,700 years): anything longer is a mistake,
+/// and sums of parts stay far from overflowing.
+const MAX_DURATION_MS: f64 = 1e15;
+
 /// A duration written as `"90s"`, `"10m"`, `"1h30m"`, `"250ms"` or a number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Dur(pub Duration);
@@ -171,7 +175,12 @@ impl Dur {
                     ))
                 }
             };
-            total += Duration::from_millis((number * millis).round() as u64);
+            let part = (number * millis).round();
+            total = (part.is_finite() && part < MAX_DURATION_MS)
+                .then(|| total.checked_add(Duration::from_millis(part as u64)))
+                .flatten()
+                .filter(|t| t.as_millis() < MAX_DURATION_MS as u128)
+                .ok_or_else(|| format!("duration `{text}` is too long"))?;
         }
         Ok(Dur(total))
     }
@@ -268,6 +277,15 @@ mod tests {
             ("0s", 0),
         ] {
             assert_eq!(Dur::parse(text).map(|d| d.0.as_millis()), Ok(ms), "{text}");
+        }
+        // Too long to be meant, and never a panic (reachable as `wait=` without a token).
+        for huge in [
+            "18446744073709551615s18446744073709551615s",
+            "99999999999999999999999999999999999999999h",
+            "18446744073709551615ms1ms",
+        ] {
+            let message = Dur::parse(huge).unwrap_err();
+            assert!(message.contains("too long"), "{huge}: {message}");
         }
         for bad in ["-5s", "5", "", "s", "5x", "1h-2m"] {
             if bad == "5" {

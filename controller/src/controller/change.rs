@@ -47,7 +47,8 @@ impl Controller {
                 Some(active.state.phase.to_string()),
             ));
         }
-        if let Some(target) = store::get_target(&tx, &plan.target)? {
+        let known_target = store::get_target(&tx, &plan.target)?;
+        if let Some(target) = &known_target {
             if target.stable != plan.stable {
                 return Err(err(
                     "stable",
@@ -90,10 +91,18 @@ impl Controller {
             Ok(Transition::Changed(state)) => state,
             _ => return Err(Error::Internal("a new rollout could not start".into())),
         };
+        // A target's first rollout fixes its stable policy and cluster: say so.
+        let reason = match known_target {
+            Some(_) => "rollout started".to_string(),
+            None => format!(
+                "rollout started; first rollout of {}: its stable policy is now {} on cluster {}",
+                row.target, row.plan.stable.version, row.plan.stable.cluster
+            ),
+        };
         let change = Change {
             action: AuditAction::Start,
             actor,
-            reason: "rollout started",
+            reason: &reason,
             details: None,
         };
         let event = apply(&tx, &row, started, &change, now)?;

@@ -150,6 +150,15 @@ impl RolloutPlan {
         if self.stable.version == self.canary.version {
             return Err(err("canary.version", "must differ from stable.version"));
         }
+        if self.stable.cluster == self.canary.cluster {
+            return Err(err(
+                "canary.cluster",
+                format!(
+                    "must differ from stable.cluster `{}`: the canary needs its own backend",
+                    self.stable.cluster
+                ),
+            ));
+        }
         if self.stages.is_empty() {
             return Err(err("stages", "at least one stage is needed"));
         }
@@ -325,6 +334,10 @@ gates:
             (
                 PLAN.replace("agent_canary", "agent canary"),
                 "canary.cluster:",
+            ),
+            (
+                PLAN.replace("agent_canary", "agent_stable"),
+                "canary.cluster: must differ from stable.cluster `agent_stable`",
             ),
             (PLAN.replace("\"02:00\"", "\"25:00\""), "windows[0].start:"),
             (
