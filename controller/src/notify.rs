@@ -67,8 +67,17 @@ impl Notifier {
             .unwrap_or_default();
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
-                for url in &urls {
-                    deliver(&client, url, &event, attempts, first_backoff, &task_counts).await;
+                for (index, url) in urls.iter().enumerate() {
+                    let webhook = Webhook { index, url };
+                    deliver(
+                        &client,
+                        webhook,
+                        &event,
+                        attempts,
+                        first_backoff,
+                        &task_counts,
+                    )
+                    .await;
                 }
             }
         });
@@ -85,9 +94,17 @@ impl Notifier {
     }
 }
 
+/// A webhook: its URL is a secret (chat webhooks carry their token in it), so logs
+/// name it by its position among the `--webhook` flags instead.
+#[derive(Clone, Copy)]
+struct Webhook<'a> {
+    index: usize,
+    url: &'a str,
+}
+
 async fn deliver(
     client: &reqwest::Client,
-    url: &str,
+    webhook: Webhook<'_>,
     event: &Event,
     attempts: u32,
     first_backoff: Duration,
@@ -95,22 +112,24 @@ async fn deliver(
 ) {
     let mut backoff = first_backoff;
     for attempt in 1..=attempts.max(1) {
-        let result = client.post(url).json(event).send().await;
+        let result = client.post(webhook.url).json(event).send().await;
         let error = match result {
             Ok(response) if response.status().is_success() => {
                 counts.delivered.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Ok(response) => format!("HTTP {}", response.status()),
-            Err(e) => e.to_string(),
+            // reqwest's errors name the URL: never in a log line.
+            Err(e) => e.without_url().to_string(),
         };
+        let number = webhook.index + 1;
         if attempt == attempts.max(1) {
             counts.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(url, event = %event.event, rollout = event.rollout_id, attempts, %error, "webhook delivery failed");
+            tracing::warn!(webhook = number, event = %event.event, rollout = event.rollout_id, attempts, %error, "webhook delivery failed");
             return;
         }
         counts.retries.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(url, attempt, %error, "webhook failed, retrying");
+        tracing::debug!(webhook = number, attempt, %error, "webhook failed, retrying");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(60));
     }

@@ -567,6 +567,8 @@ pub struct Controller {
     pub state_dir: PathBuf,
     pub token: String,
     args: Vec<String>,
+    /// Where the process logs (debug level), if not to the test's stderr.
+    log: Option<PathBuf>,
     _dir: Option<TempDir>,
 }
 
@@ -580,10 +582,35 @@ impl Controller {
             state_dir,
             token: String::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            log: None,
             _dir: Some(dir),
         };
         c.restart();
         c
+    }
+
+    /// Like `start`, logging at debug level into a file (`log_text`).
+    pub fn start_logging(args: &[&str]) -> Controller {
+        let dir = TempDir::new("controller");
+        let mut c = Controller {
+            child: None,
+            port: free_port(),
+            state_dir: dir.path().join("state"),
+            token: String::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            log: Some(dir.path().join("canaryctl.log")),
+            _dir: Some(dir),
+        };
+        c.restart();
+        c
+    }
+
+    /// What the controller logged (with `start_logging`).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
     }
 
     /// (Re)starts the process on the same port and state directory.
@@ -595,10 +622,22 @@ impl Controller {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(&self.args)
-            .env("CANARYCTL_LOG", "warn")
+            .env(
+                "CANARYCTL_LOG",
+                if self.log.is_some() { "debug" } else { "warn" },
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("the controller's log file"),
+                ),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("spawn canaryctl");
         let stdout = child.stdout.take().unwrap();

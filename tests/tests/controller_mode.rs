@@ -639,3 +639,26 @@ fn a_controller_restored_from_an_older_backup_is_followed() {
         .collect();
     assert_eq!(failures, Vec::<String>::new());
 }
+
+/// Webhook URLs carry secrets (chat webhooks hold their token in the path): a
+/// failing webhook is logged by its position, never by its URL.
+#[test]
+fn webhook_urls_never_reach_the_log() {
+    let closed = free_port();
+    let secret = "T0KEN-in-the-path-4f9a";
+    let url = format!("http://127.0.0.1:{closed}/hooks/{secret}");
+    let c = Controller::start_logging(&["--webhook", &url]).with_policies(&["v1", "v2"]);
+    c.post_ok(
+        "/v1/rollouts",
+        "target: t\nstable: {version: v1, cluster: a}\ncanary: {version: v2, cluster: b}\n",
+    );
+    wait_for(
+        "the webhook to fail for good",
+        Duration::from_secs(30),
+        || (c.get("/healthz")["webhooks"]["failed"] == 1).then_some(()),
+    );
+    let log = c.log_text();
+    assert!(log.contains("webhook delivery failed"), "{log}");
+    assert!(log.contains("webhook=1"), "{log}");
+    assert!(!log.contains(secret), "the webhook URL was logged:\n{log}");
+}
