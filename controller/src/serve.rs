@@ -35,6 +35,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .token_file
         .clone()
         .unwrap_or_else(|| options.state_dir.join("token"));
+    // The state directory first, private: the token may be written into it.
+    crate::store::create_private_dir(&options.state_dir)
+        .with_context(|| format!("creating {}", options.state_dir.display()))?;
     let token = resolve_token(options.token.clone(), &token_file)?;
     let notifier = Notifier::spawn(options.webhooks.clone(), 5, Duration::from_millis(500));
     // With an evidence source (Prometheus, else the Envoy admins), stages move on

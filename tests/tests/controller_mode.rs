@@ -662,3 +662,32 @@ fn webhook_urls_never_reach_the_log() {
     assert!(log.contains("webhook=1"), "{log}");
     assert!(!log.contains(secret), "the webhook URL was logged:\n{log}");
 }
+
+/// Two controllers on one state directory would both decide and serve different
+/// tables: the second refuses to start. The state is the owner's alone.
+#[test]
+fn a_second_controller_on_the_same_state_refuses_to_run() {
+    let c = Controller::start(&[]);
+    let second = std::process::Command::new(canaryctl_bin())
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--state-dir")
+        .arg(&c.state_dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains("another canaryctl serves the state directory"),
+        "{said}"
+    );
+    // The first one is unaffected.
+    assert_eq!(c.get("/healthz")["status"], "ok");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&c.state_dir), 0o700);
+        assert_eq!(mode(&c.state_dir.join("canaryctl.db")), 0o600);
+    }
+}

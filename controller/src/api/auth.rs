@@ -63,7 +63,8 @@ pub fn resolve_token(token: Option<String>, file: &Path) -> anyhow::Result<Strin
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let token = hex(&bytes);
     if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::store::create_private_dir(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
     write_private(file, &token).with_context(|| format!("writing {}", file.display()))?;
     tracing::info!(file = %file.display(), "generated an API token");

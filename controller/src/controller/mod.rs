@@ -62,6 +62,8 @@ pub struct Controller {
     last_check: Mutex<HashMap<i64, i64>>,
     fleet: Arc<Fleet>,
     metrics: Arc<Metrics>,
+    /// Held while the controller lives: no second controller on this state.
+    _lock: store::StateLock,
 }
 
 pub const AUTO_ACTOR: &str = "canaryctl";
@@ -72,8 +74,9 @@ pub const DEFAULT_AUDIT_PAGE: i64 = 1_000;
 
 impl Controller {
     pub fn open(state_dir: &Path, notifier: Notifier, judge: Box<dyn Judge>) -> Result<Arc<Self>> {
-        std::fs::create_dir_all(state_dir)
+        store::create_private_dir(state_dir)
             .map_err(|e| Error::Internal(format!("cannot create {}: {e}", state_dir.display())))?;
+        let lock = store::lock(state_dir).map_err(Error::Internal)?;
         let conn = store::open(&state_dir.join("canaryctl.db"))?;
         // A new generation on every start: after a restore from an older backup
         // the revisions go back, and Envoys must follow them all the same.
@@ -89,6 +92,7 @@ impl Controller {
             last_check: Mutex::new(HashMap::new()),
             fleet: Arc::default(),
             metrics: Arc::default(),
+            _lock: lock,
         }))
     }
 

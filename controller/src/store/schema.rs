@@ -49,14 +49,81 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    create_private(path).map_err(|e| {
+        rusqlite::Error::InvalidParameterName(format!("cannot create {}: {e}", path.display()))
+    })?;
     let mut conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL is what makes every change durable without blocking readers: refuse to run
+    // without it (a file system that cannot, an in-memory database).
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "the state database {} cannot use WAL (journal mode `{mode}`)",
+            path.display()
+        )));
+    }
     // FULL: an acknowledged change survives a crash of the process and of the machine.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// Creates the database file readable by its owner only (SQLite gives its WAL and
+/// shared-memory files the same mode); an existing file is left as it is.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    if path.exists() || path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the state directory (and missing parents) readable by its owner only.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// An exclusive lock on a state directory, held for the process's life: two
+/// controllers on one state would both decide and serve different tables.
+pub struct StateLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the state directory's lock (`<dir>/lock`), or says who holds it.
+pub fn lock(dir: &Path) -> Result<StateLock, String> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; the kernel drops the
+        // lock when the process ends, however it ends.
+        let held = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if held != 0 {
+            return Err(format!(
+                "another canaryctl serves the state directory {} (it holds {}): one controller per state directory",
+                dir.display(),
+                path.display()
+            ));
+        }
+    }
+    Ok(StateLock(file))
 }
 
 pub fn schema_version(conn: &Connection) -> rusqlite::Result<usize> {
@@ -101,5 +168,33 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("newer canaryctl"));
+    }
+
+    #[test]
+    fn the_database_is_private_and_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        drop(open(&path).unwrap());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        }
+        let message = open(Path::new(":memory:")).unwrap_err().to_string();
+        assert!(message.contains("cannot use WAL"), "{message}");
+    }
+
+    #[test]
+    fn one_lock_per_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock(dir.path()).unwrap();
+        let second = lock(dir.path()).err().unwrap();
+        assert!(second.contains("another canaryctl"), "{second}");
+        drop(first);
+        assert!(
+            lock(dir.path()).is_ok(),
+            "free again once the holder is gone"
+        );
     }
 }
