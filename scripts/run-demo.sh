@@ -91,7 +91,7 @@ Try, in another terminal (the state directory holds the token):
   export CANARYCTL_STATE_DIR=$state/state PATH=\$PWD/target/release:\$PATH
   canaryctl rollout status
   canaryctl rollout pause --reason 'having a look'
-  curl -s -H 'x-session-id: user-42' -H 'x-canary: true' 127.0.0.1:$listener_port/chat
+  curl -s -H 'x-session-id: user-42' -H 'x-canary: true' -H 'x-canary-token: demo-force-token' 127.0.0.1:$listener_port/chat
   curl -s 127.0.0.1:$admin_port/stats/prometheus | grep '^policy_canary_tasks'
 
 TXT

@@ -89,6 +89,20 @@ pub fn stat_name(target: &str, version: &str, suffix: &str) -> String {
     format!("policy_canary.target.{target}.version.{version}.{suffix}")
 }
 
+/// Forced streams are counted apart, under the target `<target>.forced`: they stay
+/// visible in their own stats, and out of the analysis' evidence, so that whoever
+/// can send `x-canary` cannot fill a stage's minimum requests or fail its gates.
+pub fn stat_target(target: &str, forced: bool) -> std::borrow::Cow<'_, str> {
+    if forced {
+        format!("{target}{FORCED_TARGET_SUFFIX}").into()
+    } else {
+        target.into()
+    }
+}
+
+/// What `stat_target` appends for forced streams.
+pub const FORCED_TARGET_SUFFIX: &str = ".forced";
+
 /// What the filter saw of one stream, gathered by the end of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamRecord {
@@ -171,30 +185,36 @@ impl CounterSet {
 /// and briefly the previous ones after a route change), so a short list beats a map.
 #[derive(Debug, Default)]
 pub struct PendingCounts {
-    versions: Vec<(String, CounterSet)>,
+    /// By version and whether the streams were forced.
+    versions: Vec<((String, bool), CounterSet)>,
 }
 
 impl PendingCounts {
-    pub fn counters_mut(&mut self, version: &str) -> &mut CounterSet {
-        let index = match self.versions.iter().position(|(v, _)| v == version) {
+    pub fn counters_mut(&mut self, version: &str, forced: bool) -> &mut CounterSet {
+        let index = match self
+            .versions
+            .iter()
+            .position(|((v, f), _)| v == version && *f == forced)
+        {
             Some(index) => index,
             None => {
                 self.versions
-                    .push((version.to_string(), CounterSet::default()));
+                    .push(((version.to_string(), forced), CounterSet::default()));
                 self.versions.len() - 1
             }
         };
         &mut self.versions[index].1
     }
 
-    /// Hands every non-zero count to `flush`, which returns how much of it went out;
-    /// the rest stays pending, so a failed flush is retried on the next call.
-    pub fn flush(&mut self, mut flush: impl FnMut(&str, Counter, u64) -> u64) {
-        for (version, counters) in &mut self.versions {
+    /// Hands every non-zero count (version, forced, counter, value) to `flush`,
+    /// which returns how much of it went out; the rest stays pending, so a failed
+    /// flush is retried on the next call.
+    pub fn flush(&mut self, mut flush: impl FnMut(&str, bool, Counter, u64) -> u64) {
+        for ((version, forced), counters) in &mut self.versions {
             for counter in Counter::ALL {
                 let value = counters.get(counter);
                 if value > 0 {
-                    let sent = flush(version, counter, value).min(value);
+                    let sent = flush(version, *forced, counter, value).min(value);
                     counters.0[counter as usize] = value - sent;
                 }
             }
@@ -290,10 +310,10 @@ mod tests {
     #[test]
     fn failed_flush_is_retried() {
         let mut pending = PendingCounts::default();
-        pending.counters_mut("v1").add(Counter::RqTotal, 3);
-        pending.counters_mut("v2").add(Counter::Tokens, 9);
+        pending.counters_mut("v1", false).add(Counter::RqTotal, 3);
+        pending.counters_mut("v2", false).add(Counter::Tokens, 9);
         let mut seen = Vec::new();
-        pending.flush(|v, c, n| {
+        pending.flush(|v, _, c, n| {
             seen.push((v.to_string(), c, n));
             if v == "v1" {
                 n
@@ -304,11 +324,34 @@ mod tests {
         assert_eq!(seen.len(), 2);
         assert!(!pending.is_empty());
         let mut again = Vec::new();
-        pending.flush(|v, c, n| {
+        pending.flush(|v, _, c, n| {
             again.push((v.to_string(), c, n));
             n
         });
         assert_eq!(again, vec![("v2".to_string(), Counter::Tokens, 5)]);
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn forced_streams_are_counted_apart() {
+        let mut pending = PendingCounts::default();
+        pending.counters_mut("v2", false).add(Counter::RqTotal, 1);
+        pending.counters_mut("v2", true).add(Counter::RqTotal, 5);
+        let mut seen = Vec::new();
+        pending.flush(|v, forced, c, n| {
+            seen.push((stat_name(&stat_target("t", forced), v, c.suffix()), n));
+            n
+        });
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    "policy_canary.target.t.forced.version.v2.rq_total".to_string(),
+                    5
+                ),
+                ("policy_canary.target.t.version.v2.rq_total".to_string(), 1),
+            ]
+        );
     }
 }

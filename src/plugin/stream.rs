@@ -130,15 +130,17 @@ impl Stream {
         worker
             .pending
             .borrow_mut()
-            .counters_mut(version)
+            .counters_mut(version, self.record.forced)
             .record(&self.record);
         let duration = host.property(&["request", "duration"]).ok().flatten();
         if let Some(nanos) = duration.and_then(|d| <[u8; 8]>::try_from(d.as_slice()).ok()) {
             let millis = u64::try_from(i64::from_le_bytes(nanos)).unwrap_or(0) / 1_000_000;
-            let id = worker
-                .metrics
-                .borrow_mut()
-                .latency(host, &worker.config.target, version);
+            let id = worker.metrics.borrow_mut().latency(
+                host,
+                &worker.config.target,
+                version,
+                self.record.forced,
+            );
             if let Some(id) = id {
                 if host.record_metric(id, millis).is_err() {
                     worker.host_error(host, "record latency");

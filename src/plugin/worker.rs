@@ -7,7 +7,7 @@ use super::lease::Lease;
 use super::sync_service::SyncService;
 use crate::config::PluginConfig;
 use crate::route::RouteTable;
-use crate::stats::{stat_name, Counter, PendingCounts, LATENCY_SUFFIX};
+use crate::stats::{stat_name, stat_target, Counter, PendingCounts, LATENCY_SUFFIX};
 use crate::sync::{Follow, TableFollower, ROUTES_KEY};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -158,24 +158,27 @@ impl Worker {
     pub fn flush(&self, host: &impl Host) {
         let mut metrics = self.metrics.borrow_mut();
         let target = &self.config.target;
-        self.pending.borrow_mut().flush(|version, counter, value| {
-            let Some(id) = metrics.counter(host, target, version, counter) else {
-                return 0;
-            };
-            let amount = value.min(i64::MAX as u64);
-            match host.increment_metric(id, amount as i64) {
-                Ok(()) => amount,
-                Err(_) => 0,
-            }
-        });
+        self.pending
+            .borrow_mut()
+            .flush(|version, forced, counter, value| {
+                let Some(id) = metrics.counter(host, target, version, forced, counter) else {
+                    return 0;
+                };
+                let amount = value.min(i64::MAX as u64);
+                match host.increment_metric(id, amount as i64) {
+                    Ok(()) => amount,
+                    Err(_) => 0,
+                }
+            });
     }
 }
 
 /// Envoy metric ids, defined the first time a version needs them.
 #[derive(Default)]
 pub struct MetricIds {
-    /// Few versions per worker: a short list beats hashing on every request.
-    versions: Vec<(String, VersionMetrics)>,
+    /// Few versions per worker (each plain and forced): a short list beats hashing
+    /// on every request.
+    versions: Vec<((String, bool), VersionMetrics)>,
 }
 
 #[derive(Default)]
@@ -185,12 +188,16 @@ struct VersionMetrics {
 }
 
 impl MetricIds {
-    fn entry(&mut self, version: &str) -> &mut VersionMetrics {
-        let index = match self.versions.iter().position(|(v, _)| v == version) {
+    fn entry(&mut self, version: &str, forced: bool) -> &mut VersionMetrics {
+        let index = match self
+            .versions
+            .iter()
+            .position(|((v, f), _)| v == version && *f == forced)
+        {
             Some(index) => index,
             None => {
                 self.versions
-                    .push((version.to_string(), VersionMetrics::default()));
+                    .push(((version.to_string(), forced), VersionMetrics::default()));
                 self.versions.len() - 1
             }
         };
@@ -202,26 +209,35 @@ impl MetricIds {
         host: &impl Host,
         target: &str,
         version: &str,
+        forced: bool,
         counter: Counter,
     ) -> Option<u32> {
-        let slot = &mut self.entry(version).counters[counter as usize];
+        let slot = &mut self.entry(version, forced).counters[counter as usize];
+        let target = stat_target(target, forced);
         define(
             host,
             slot,
             MetricKind::Counter,
-            target,
+            &target,
             version,
             counter.suffix(),
         )
     }
 
-    pub fn latency(&mut self, host: &impl Host, target: &str, version: &str) -> Option<u32> {
-        let slot = &mut self.entry(version).latency;
+    pub fn latency(
+        &mut self,
+        host: &impl Host,
+        target: &str,
+        version: &str,
+        forced: bool,
+    ) -> Option<u32> {
+        let slot = &mut self.entry(version, forced).latency;
+        let target = stat_target(target, forced);
         define(
             host,
             slot,
             MetricKind::Histogram,
-            target,
+            &target,
             version,
             LATENCY_SUFFIX,
         )

@@ -216,3 +216,64 @@ fn a_plan_that_requires_telemetry_holds_a_stage_without_it() {
         "{text}"
     );
 }
+
+/// Whoever can force the canary cannot steer the gates: thousands of forced
+/// requests, all failing their task, neither fill the stage's evidence nor roll it
+/// back; they are counted apart, under `<target>.forced`.
+#[test]
+fn forced_requests_change_no_gate() {
+    let s = stack(&["completion=0.9"], &["completion=0.1"]);
+    let id = s.controller.post_ok("/v1/rollouts", PLAN)["id"]
+        .as_i64()
+        .unwrap();
+    let client = Client::new(s.envoy.port);
+    let forced = |session: &str| {
+        client.get(
+            "/chat",
+            &[
+                ("x-session-id", session),
+                ("x-canary", "true"),
+                ("x-canary-token", "demo-force-token"),
+            ],
+        )
+    };
+    wait_for(
+        "the rollout's table in Envoy",
+        Duration::from_secs(10),
+        || (forced("forcer-first").backend == "canary").then_some(()),
+    );
+    // The shipped controller-mode config asks for the force token.
+    let untrusted = client.get("/", &[("x-session-id", "forcer-x"), ("x-canary", "true")]);
+    assert!(!untrusted.received.contains_key("x-canary"));
+    for i in 1..2_000 {
+        assert_eq!(forced(&format!("forcer-{i}")).backend, "canary");
+    }
+    wait_for(
+        "the forced requests counted apart",
+        Duration::from_secs(10),
+        || {
+            let n = s
+                .envoy
+                .policy_stat("support-agent.forced", "v2.4.0", "rq_total");
+            (n >= 2_000).then_some(())
+        },
+    );
+    // Several analysis intervals later: no evidence from them, no decision.
+    std::thread::sleep(Duration::from_millis(2_000));
+    let analysis = s.controller.get(&format!("/v1/rollouts/{id}/analysis"))["analysis"].clone();
+    assert_eq!(
+        analysis["canary_requests"].as_f64(),
+        Some(0.0),
+        "{analysis}"
+    );
+    assert!(
+        analysis["comparisons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["verdict"] != "breach"),
+        "{analysis}"
+    );
+    assert_eq!(rollout(&s, id)["phase"], "progressing");
+    assert_eq!(s.controller.audit_actions(id), ["start"]);
+}

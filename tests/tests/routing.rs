@@ -163,9 +163,20 @@ fn x_canary_forces_either_cohort() {
     wait_for(
         "forced requests counted",
         std::time::Duration::from_secs(5),
-        || (s.envoy.policy_stat(TARGET, "v2.4.0", "rq_forced") == 6).then_some(()),
+        || {
+            (s.envoy
+                .policy_stat(&format!("{TARGET}.forced"), "v2.4.0", "rq_forced")
+                == 6)
+                .then_some(())
+        },
     );
-    assert_eq!(s.envoy.policy_stat(TARGET, "v2.3.1", "rq_forced"), 3);
+    // Counted apart, under `<target>.forced`: never in the analysis' evidence.
+    assert_eq!(
+        s.envoy
+            .policy_stat(&format!("{TARGET}.forced"), "v2.3.1", "rq_forced"),
+        3
+    );
+    assert_eq!(s.envoy.policy_stat(TARGET, "v2.4.0", "rq_forced"), 0);
 }
 
 #[test]
