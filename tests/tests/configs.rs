@@ -31,6 +31,13 @@ fn every_shipped_envoy_config_validates() {
         }
         let (ok, text) = validate(&path);
         assert!(ok, "{name} does not validate:\n{text}");
+        // Every wasm plugin says what Envoy does if its VM fails: reload it.
+        let config = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            config.matches("failure_policy: FAIL_RELOAD").count(),
+            config.matches("root_id:").count(),
+            "{name}: a wasm plugin without failure_policy"
+        );
         checked += 1;
     }
     assert!(checked >= 2, "only {checked} configs found");

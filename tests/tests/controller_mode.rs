@@ -298,6 +298,8 @@ mod fake {
         Garbage,
         Huge,
         Hang,
+        /// This document, with a response header whose value is not UTF-8.
+        OddHeader(String),
     }
 
     pub struct Fake {
@@ -318,8 +320,9 @@ mod fake {
                     let mut buf = [0u8; 4096];
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                     let _ = stream.read(&mut buf);
+                    let odd = matches!(answer, Answer::OddHeader(_));
                     let (status, body) = match answer {
-                        Answer::Document(doc) => (200, doc),
+                        Answer::Document(doc) | Answer::OddHeader(doc) => (200, doc),
                         Answer::Status(s) => (s, "{\"error\": \"boom\"}".to_string()),
                         Answer::Garbage => (200, "<html>definitely not routes</html>".to_string()),
                         Answer::Huge => (
@@ -334,10 +337,13 @@ mod fake {
                             return;
                         }
                     };
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    let odd_header: &[u8] = if odd { b"x-odd: caf\xe9 \xff\r\n" } else { b"" };
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
                         body.len()
+                    );
+                    let _ = stream.write_all(
+                        &[head.as_bytes(), odd_header, b"\r\n", body.as_bytes()].concat(),
                     );
                 });
             }
@@ -382,6 +388,9 @@ fn bad_controller_answers_keep_the_last_table() {
         ), // older revision
         (fake::Answer::Huge, "documents_rejected"),
         (fake::Answer::Hang, "polls_failed"),
+        // A header value that is not UTF-8 must not kill the sync service (the SDK's
+        // `get_map` would panic on it): the same document, read as usual.
+        (fake::Answer::OddHeader(routes_doc(5, 3_000)), "polls_ok"),
     ];
     for (answer, counter) in cases {
         let before = stat(counter);
