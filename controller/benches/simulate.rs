@@ -224,7 +224,7 @@ fn run(
                     minutes,
                 }
             }
-            StageDecision::Inconclusive(_) => {
+            StageDecision::Inconclusive(_) | StageDecision::Pause(_) => {
                 return Trial {
                     end: End::Inconclusive,
                     exposed,

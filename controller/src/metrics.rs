@@ -28,7 +28,7 @@ impl EvidenceSource {
 }
 
 /// What the judge decided at a check.
-pub const DECISIONS: [&str; 4] = ["hold", "advance", "rollback", "inconclusive"];
+pub const DECISIONS: [&str; 5] = ["hold", "advance", "rollback", "pause", "inconclusive"];
 
 #[derive(Debug, Default)]
 pub struct Metrics {

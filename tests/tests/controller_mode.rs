@@ -700,3 +700,42 @@ fn a_second_controller_on_the_same_state_refuses_to_run() {
         assert_eq!(mode(&c.state_dir.join("canaryctl.db")), 0o600);
     }
 }
+
+/// With every evidence source unreachable a canary is unmonitored (safety
+/// included): after the plan's evidence_timeout the stage pauses (first stage) or
+/// rolls back (later ones), audited like any automatic decision.
+#[test]
+fn losing_all_evidence_stops_the_stage() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let c = Controller::start(&[
+        "--envoy-admin",
+        &dead,
+        "--scrape-interval",
+        "100ms",
+        "--tick",
+        "50ms",
+    ])
+    .with_policies(&["v1", "v2"]);
+    let plan = "target: t\nstable: {version: v1, cluster: a}\ncanary: {version: v2, cluster: b}\nanalysis_interval: 200ms\nevidence_timeout: 1s\nstages: [{weight: 5%, min_duration: 1s}, {weight: 50%, min_duration: 1s}, {weight: 100%}]\n";
+    let id = c.post_ok("/v1/rollouts", plan)["id"].as_i64().unwrap();
+    wait_for(
+        "the rollout paused for lack of evidence",
+        Duration::from_secs(15),
+        || (c.get(&format!("/v1/rollouts/{id}"))["phase"] == "paused").then_some(()),
+    );
+    let audit = c.get(&format!("/v1/audit?rollout={id}"));
+    let last = audit["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["actor"], "canaryctl");
+    let reason = last["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no evidence") && reason.contains("no Envoy admin answered"),
+        "{reason}"
+    );
+    // Resumed in a later stage with the evidence still missing: rolled back.
+    c.post_ok(&format!("/v1/rollouts/{id}/promote"), "");
+    wait_for(
+        "the rollout rolled back for lack of evidence",
+        Duration::from_secs(15),
+        || (c.get(&format!("/v1/rollouts/{id}"))["phase"] == "rolled_back").then_some(()),
+    );
+}

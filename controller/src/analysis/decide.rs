@@ -11,6 +11,8 @@ pub enum StageDecision {
     Hold,
     Advance(String),
     Rollback(String),
+    /// Stop and wait for a person.
+    Pause(String),
     Inconclusive(String),
 }
 
@@ -97,6 +99,7 @@ impl StageDecision {
             StageDecision::Hold => "hold",
             StageDecision::Advance(_) => "advance",
             StageDecision::Rollback(_) => "rollback",
+            StageDecision::Pause(_) => "pause",
             StageDecision::Inconclusive(_) => "inconclusive",
         }
     }
@@ -108,6 +111,7 @@ impl StageDecision {
             StageDecision::Hold => None,
             StageDecision::Advance(reason) => Some((Action::Advance, reason)),
             StageDecision::Rollback(reason) => Some((Action::Rollback, reason)),
+            StageDecision::Pause(reason) => Some((Action::Pause, reason)),
             StageDecision::Inconclusive(reason) => Some(match on_inconclusive {
                 InconclusiveAction::Pause => (Action::Pause, reason),
                 InconclusiveAction::Rollback => (Action::Rollback, reason),

@@ -7,6 +7,7 @@ use crate::analysis::analyse;
 use crate::analysis::decide::{decide, StageDecision};
 use crate::analysis::evidence::Window;
 use crate::analysis::AnalysisReport;
+use crate::rollout::plan::InconclusiveAction;
 use crate::store::RolloutRow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,8 @@ pub struct Tracked {
     stage_started_ms: i64,
     pub window: Window,
     consecutive_failures: u32,
+    /// Since when the evidence has been unavailable, at the judge's checks.
+    evidence_lost_since: Option<i64>,
 }
 
 impl Tracked {
@@ -79,6 +82,7 @@ impl Tracked {
             stage_started_ms: row.state.stage_started_ms,
             window: Window::new(row.state.stage_started_ms),
             consecutive_failures: 0,
+            evidence_lost_since: None,
         }
     }
 
@@ -132,8 +136,24 @@ impl Judge for EvidenceJudge {
             let analysis = analyse(&row.plan, row.state.stage, &t.window);
             let elapsed = now_ms - row.state.stage_started_ms;
             if let Some(reason) = &analysis.evidence_unavailable {
-                // No evidence is never a pass: hold, until the stage's maximum duration.
-                let decision = if elapsed >= row.plan.max_stage_duration.millis() {
+                // No evidence is never a pass: hold; after `evidence_timeout` without
+                // any, the plan's `on_evidence_loss` (unmonitored, a canary may be
+                // harming users, safety included).
+                let since = *t.evidence_lost_since.get_or_insert(now_ms);
+                let lost_for = now_ms - since;
+                let decision = if lost_for >= row.plan.evidence_timeout.millis() {
+                    let why = format!(
+                        "no evidence for {} (evidence_timeout {}): {reason}",
+                        crate::units::Dur(std::time::Duration::from_millis(
+                            u64::try_from(lost_for).unwrap_or(0)
+                        )),
+                        row.plan.evidence_timeout
+                    );
+                    match row.plan.evidence_loss_action(row.state.stage) {
+                        InconclusiveAction::Pause => StageDecision::Pause(why),
+                        InconclusiveAction::Rollback => StageDecision::Rollback(why),
+                    }
+                } else if elapsed >= row.plan.max_stage_duration.millis() {
                     StageDecision::Inconclusive(format!(
                         "no evidence for the stage's maximum duration {}: {reason}",
                         row.plan.max_stage_duration
@@ -144,6 +164,7 @@ impl Judge for EvidenceJudge {
                 let details = serde_json::to_value(&analysis).unwrap_or_default();
                 return Judgement { decision, details };
             }
+            t.evidence_lost_since = None;
             let (decision, failures) = decide(
                 &row.plan,
                 row.state.stage,
@@ -214,13 +235,31 @@ mod tests {
             .all(|c| c.verdict == GateVerdict::Inconclusive));
         assert_eq!(report.analysis.safety.verdict, GateVerdict::Inconclusive);
         assert!(report.analysis.evidence_unavailable.is_some());
-        // Past the stage's maximum duration the plan's on_inconclusive applies.
-        let late = judge.check(&row, 3_600_000);
+        // Unmonitored for the plan's evidence_timeout (2 minutes): in the first
+        // stage it pauses, past it it rolls back (audited and notified by the loop).
+        let late = judge.check(&row, 60_000 + 120_000);
         assert!(
-            matches!(&late.decision, StageDecision::Inconclusive(r) if r.contains("no evidence")),
+            matches!(&late.decision, StageDecision::Pause(r) if r.contains("no evidence for 2m")),
             "{:?}",
             late.decision
         );
+        let mut later_stage = row.clone();
+        later_stage.state.stage = 1;
+        let judge = EvidenceJudge::default();
+        judge.with(&later_stage, |t| {
+            t.window = Window::unavailable(0, "no Envoy admin answered (2 tried)".into())
+        });
+        assert_eq!(
+            judge.check(&later_stage, 1_000).decision,
+            StageDecision::Hold
+        );
+        assert!(matches!(
+            judge.check(&later_stage, 1_000 + 120_000).decision,
+            StageDecision::Rollback(r) if r.contains("no Envoy admin answered")
+        ));
+        let judge = EvidenceJudge::default();
+        judge.with(&row, |t| t.window = Window::unavailable(0, "down".into()));
+        let _ = judge.check(&row, 60_000);
         // Evidence back: the analysis no longer says it is missing.
         judge.with(&row, |t| t.window = Window::new(0));
         let report = judge.report(&row, 60_000).unwrap();

@@ -92,6 +92,13 @@ pub struct RolloutPlan {
     pub max_stage_duration: Dur,
     #[serde(default)]
     pub on_inconclusive: InconclusiveAction,
+    /// How long a stage may go without trustworthy evidence (every source down,
+    /// erroring or lagging) before `on_evidence_loss` applies.
+    #[serde(default = "default_evidence_timeout")]
+    pub evidence_timeout: Dur,
+    /// What to do then; default: roll back past the first stage, pause in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_evidence_loss: Option<InconclusiveAction>,
     /// When neither version reports agent telemetry in a stage window, the gates
     /// measured from it are inconclusive instead of not applicable: a stage cannot
     /// pass on the HTTP gates alone (say, when a proxy strips the telemetry headers).
@@ -127,6 +134,9 @@ fn default_interval() -> Dur {
 }
 fn default_failure_threshold() -> u32 {
     2
+}
+fn default_evidence_timeout() -> Dur {
+    Dur::secs(120)
 }
 fn default_max_stage() -> Dur {
     Dur::secs(4 * 3600)
@@ -214,6 +224,15 @@ impl RolloutPlan {
             .filter(|w| w.contains(now_ms))
             .map(|w| w.max_weight)
             .fold(weight, Weight::min)
+    }
+
+    /// What a stage does once its evidence has been missing for `evidence_timeout`.
+    pub fn evidence_loss_action(&self, stage: usize) -> InconclusiveAction {
+        self.on_evidence_loss.unwrap_or(if stage == 0 {
+            InconclusiveAction::Pause
+        } else {
+            InconclusiveAction::Rollback
+        })
     }
 
     /// Whether entering `stage` completes the rollout: a 100% stage.

@@ -41,8 +41,12 @@ pub async fn collect<E: Send + 'static>(
                 texts.push((admin.clone(), text));
             }
         }
+        // Some Envoys unreadable: less evidence. None readable: no evidence at all.
+        let none_answered = !texts.is_empty() && texts.iter().all(|(_, text)| text.is_none());
         for row in &rows {
             judge.with(row, |t| {
+                t.window.unavailable = none_answered
+                    .then(|| format!("no Envoy admin answered ({} tried)", texts.len()));
                 for (admin, text) in &texts {
                     match text {
                         Some(text) => t.window.add(admin, &parse_prometheus(text, &row.target)),
