@@ -12,6 +12,7 @@ pub mod cohort;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod lease;
 pub mod plugin;
 pub mod reader;
 pub mod route;

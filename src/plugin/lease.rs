@@ -3,7 +3,7 @@
 //! polls the controller; the others only follow the table it stores.
 
 use super::host::Host;
-use crate::sync::{lease_step, LeaseRecord, LeaseStep, LEASE_KEY, LEASE_MS};
+use crate::lease::{lease_step, LeaseRecord, LeaseStep, LEASE_KEY, LEASE_MS};
 
 pub struct Lease {
     /// This root's holder id (from the clock in nanoseconds: unique among the roots).

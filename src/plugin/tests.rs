@@ -376,7 +376,7 @@ fn filter_side_sync_has_one_poller_per_envoy_and_a_successor() {
         .filter(|(i, _)| *i != leader)
         .map(|(_, r)| r)
         .collect();
-    let lapse = crate::sync::LEASE_MS / FOLLOW_PERIOD.as_millis() as u64 + 3;
+    let lapse = crate::lease::LEASE_MS / FOLLOW_PERIOD.as_millis() as u64 + 3;
     for _ in 0..lapse {
         tick_all(&mut rest, &host);
     }
@@ -419,5 +419,5 @@ fn a_filter_without_a_sync_block_never_polls() {
         tick_all(&mut roots, &host);
     }
     assert!(host.calls.borrow().is_empty());
-    assert!(host.shared.borrow().get(crate::sync::LEASE_KEY).is_none());
+    assert!(host.shared.borrow().get(crate::lease::LEASE_KEY).is_none());
 }
