@@ -563,6 +563,18 @@ fn the_runtime_driver_sets_envoy_weights_and_reapplies_them() {
         runtime["entries"]["policy_canary.support-agent.agent_canary"]["final_value"],
         "2500"
     );
+
+    // While the rollout runs, forcing reaches the canary; once it is rolled back the
+    // canary is gone, and forcing must not reach it any more.
+    let force = || client.get("/", &[("x-session-id", "forcer"), ("x-canary", "true")]);
+    assert_eq!(force().backend, "canary");
+    c.post_ok(&format!("/v1/rollouts/{id}/rollback"), "");
+    wait_for_split(&client, &sessions, "rollout-2026-11-22", 0);
+    wait_for(
+        "forcing to follow the rollback",
+        Duration::from_secs(10),
+        || (force().backend == "stable").then_some(()),
+    );
 }
 
 /// Copies a state directory (the controller stopped, so SQLite's files are whole).

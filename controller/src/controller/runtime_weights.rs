@@ -11,11 +11,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Runtime key (after the target's prefix) gating the forced-canary route.
+pub const FORCING_KEY: &str = "forcing";
+
 /// How often the driver re-checks every Envoy even without a route change.
 pub const RECHECK: Duration = Duration::from_secs(2);
 
 /// Runtime keys and values for every target: stable gets `100% - w`, the canary
-/// `w`, any other cluster a rollout of the target used 0.
+/// `w`, any other cluster a rollout of the target used 0; `<prefix>.forcing` is
+/// 100 (percent of forced requests the forced route takes) while the target has a
+/// canary and 0 when it has none.
 pub fn desired_weights(
     doc: &RoutesDocument,
     known: &HashMap<String, Vec<String>>,
@@ -34,6 +39,10 @@ pub fn desired_weights(
         if let Some(c) = &table.canary {
             keys.insert(format!("{prefix}.{}", c.cluster), canary);
         }
+        keys.insert(
+            format!("{prefix}.{FORCING_KEY}"),
+            if table.canary.is_some() { 100 } else { 0 },
+        );
     }
     keys
 }
@@ -124,6 +133,7 @@ mod tests {
         let w = desired_weights(&doc, &known);
         assert_eq!(w["policy_canary.support-agent.agent_canary"], 500);
         assert_eq!(w["policy_canary.support-agent.agent_stable"], 9_500);
+        assert_eq!(w["policy_canary.support-agent.forcing"], 100);
         let table = doc.routes.get_mut("support-agent").unwrap();
         table.stable = backend("v2", "agent_canary");
         table.canary = None;
@@ -131,5 +141,9 @@ mod tests {
         let w = desired_weights(&doc, &known);
         assert_eq!(w["policy_canary.support-agent.agent_canary"], 10_000);
         assert_eq!(w["policy_canary.support-agent.agent_stable"], 0);
+        assert_eq!(
+            w["policy_canary.support-agent.forcing"], 0,
+            "no canary, no forcing"
+        );
     }
 }
