@@ -530,3 +530,71 @@ async fn each_polling_envoy_is_listed_with_the_revision_it_holds() {
     poll_as(&api, "edge-1", current).await;
     assert_eq!(api.get("/v1/envoys").await["envoys"][0]["in_sync"], true);
 }
+
+/// `POST /v1/rollouts/{id}/{action}` with headers.
+async fn act(api: &Api, path: &str, body: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("authorization", format!("Bearer {TOKEN}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app(api.state.clone())
+        .oneshot(request.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn actions_apply_once_and_only_to_the_stage_seen() {
+    let api = api().with_policies().await;
+    let (status, started) = api.post("/v1/rollouts", PLAN).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = started["id"].as_i64().unwrap();
+    let promote = format!("/v1/rollouts/{id}/promote");
+    // A retried promotion (same key) promotes once.
+    for _ in 0..2 {
+        let (status, view) = act(&api, &promote, "", &[("idempotency-key", "k-1")]).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        assert_eq!(view["stage"], 2);
+    }
+    let audit = api.get(&format!("/v1/audit?rollout={id}")).await;
+    let actions: Vec<&str> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["start", "promote"]);
+    // The same key for another request is refused.
+    let (status, body) = act(
+        &api,
+        &format!("/v1/rollouts/{id}/pause"),
+        "",
+        &[("idempotency-key", "k-1")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // Acting on a stage the rollout has left is refused, and changes nothing.
+    let (status, body) = act(&api, &promote, r#"{"expected_stage": 1}"#, &[]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        body["error"].as_str().unwrap().contains("moved meanwhile"),
+        "{body}"
+    );
+    assert_eq!(api.get(&format!("/v1/rollouts/{id}")).await["stage"], 2);
+    let (status, view) = act(&api, &promote, r#"{"expected_stage": 2}"#, &[]).await;
+    assert_eq!(
+        (status, view["phase"].as_str()),
+        (StatusCode::OK, Some("promoted"))
+    );
+    let (status, _) = act(&api, &promote, "", &[("idempotency-key", "bad key")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

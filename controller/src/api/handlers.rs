@@ -2,7 +2,7 @@
 //! rollouts and their actions, the audit log.
 
 use super::{actor, blocking, document, error, parse_id, AppState, ENVOY_STALE_AFTER, MAX_WAIT};
-use crate::controller::{Error, DEFAULT_AUDIT_PAGE};
+use crate::controller::{Error, Guard, DEFAULT_AUDIT_PAGE};
 use crate::rollout::ManualAction;
 use crate::units::now_ms;
 use crate::units::Dur;
@@ -210,6 +210,8 @@ pub(in crate::api) struct ActionBody {
     actor: Option<String>,
     reason: Option<String>,
     to_end: Option<bool>,
+    /// Apply only if the rollout is still at this (1-based) stage.
+    expected_stage: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -245,8 +247,31 @@ pub(super) async fn act(
     let reason = body
         .reason
         .unwrap_or_else(|| format!("manual {}", action.name().replace('_', " ")));
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(key)
+                if !key.is_empty()
+                    && key.len() <= 128
+                    && key.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Some(key.to_string())
+            }
+            _ => {
+                return Err(Error::BadRequest(policy_canary::error::err(
+                    "Idempotency-Key",
+                    "must be 1-128 visible ASCII characters",
+                )))
+            }
+        },
+    };
+    let guard = Guard {
+        expected_stage: body.expected_stage,
+        expected_stage_started_ms: None,
+        idempotency_key,
+    };
     let c = state.controller.clone();
-    let view = blocking(move || c.act(id, action, &actor, &reason)).await?;
+    let view = blocking(move || c.act_guarded(id, action, &actor, &reason, &guard)).await?;
     Ok(Json(view).into_response())
 }
 

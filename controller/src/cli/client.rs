@@ -7,6 +7,13 @@ use crate::view::{RolloutAnalysis, RolloutList, RolloutStatus, RolloutView};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+/// A fresh key for one command's request and its retries.
+fn idempotency_key() -> Result<String, Failure> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| fail(1, format!("no randomness: {e}")))?;
+    Ok(policy_canary::digest::hex(&bytes))
+}
+
 /// The controller's answer to `path` read as `T`.
 fn typed<T: DeserializeOwned>(path: &str, value: Value) -> Result<T, Failure> {
     serde_json::from_value(value).map_err(|e| {
@@ -134,16 +141,35 @@ impl Client {
         json: bool,
     ) -> Result<(), Failure> {
         let id = self.resolve(a.id, a.target.as_deref(), false).await?;
-        let mut body = serde_json::json!({"actor": self.actor});
+        // Act on the stage seen now, once: a retry after a lost answer reuses the
+        // key, and the controller applies the action only once.
+        let seen: RolloutView = self.fetch(&format!("/v1/rollouts/{id}")).await?;
+        let mut body = serde_json::json!({"actor": self.actor, "expected_stage": seen.stage});
         if let Some(reason) = a.reason {
             body["reason"] = reason.into();
         }
         if to_end {
             body["to_end"] = true.into();
         }
-        let v: RolloutView = self
-            .post_as(&format!("/v1/rollouts/{id}/{action}"), body.to_string())
-            .await?;
+        let key = idempotency_key()?;
+        let path = format!("{}/v1/rollouts/{id}/{action}", self.base);
+        let mut attempt = 1;
+        let v = loop {
+            let request = self
+                .http
+                .post(&path)
+                .header("idempotency-key", &key)
+                .body(body.to_string());
+            match self.send(request).await {
+                // The controller could not be reached (or its answer was lost): retry.
+                Err(failure) if failure.code == 3 && attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                result => break result?,
+            }
+        };
+        let v: RolloutView = typed(&path, v)?;
         print_or(json, &v, || print_rollout(&v));
         Ok(())
     }

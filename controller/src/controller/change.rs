@@ -115,7 +115,21 @@ impl Controller {
 
     /// Applies a person's (or the analysis') action to a rollout.
     pub fn act(&self, id: i64, action: Action, actor: &str, reason: &str) -> Result<RolloutView> {
-        self.act_with(id, action, actor, reason, None)
+        self.act_with(id, action, actor, reason, None, &Guard::default())
+    }
+
+    /// `act`, applied only if the rollout is where the caller saw it
+    /// (`guard.expected_stage`), and once per `guard.idempotency_key`: a retried
+    /// request answers with the rollout as it is and changes nothing.
+    pub fn act_guarded(
+        &self,
+        id: i64,
+        action: Action,
+        actor: &str,
+        reason: &str,
+        guard: &Guard,
+    ) -> Result<RolloutView> {
+        self.act_with(id, action, actor, reason, None, guard)
     }
 
     pub(super) fn act_with(
@@ -125,11 +139,44 @@ impl Controller {
         actor: &str,
         reason: &str,
         details: Option<serde_json::Value>,
+        guard: &Guard,
     ) -> Result<RolloutView> {
         let mut conn = self.db();
         let now = now_ms();
         let tx = conn.transaction()?;
         let row = store::get_rollout(&tx, id)?.ok_or_else(|| not_found(id))?;
+        if let Some(key) = &guard.idempotency_key {
+            match store::idempotent_request(&tx, key)? {
+                Some((rollout, done)) if rollout == id && done == action.name() => {
+                    drop(tx);
+                    return self.view(&conn, row, now);
+                }
+                Some(_) => {
+                    return Err(conflict(
+                        "this idempotency key was used for another request",
+                        None,
+                    ))
+                }
+                None => {}
+            }
+        }
+        // Compare-and-set: act only on the state the caller (a person, or the
+        // control loop's judgement) saw, in this same transaction.
+        let moved = guard
+            .expected_stage
+            .is_some_and(|stage| stage != row.state.stage + 1)
+            || guard
+                .expected_stage_started_ms
+                .is_some_and(|started| started != row.state.stage_started_ms);
+        if moved {
+            return Err(conflict(
+                format!(
+                    "rollout #{id} moved meanwhile: it is {} now; look again and retry",
+                    row.state
+                ),
+                Some(row.state.phase.to_string()),
+            ));
+        }
         match transition(&row.state, &row.plan, action, now) {
             Err(Illegal { action, phase }) => {
                 return Err(conflict(
@@ -149,6 +196,9 @@ impl Controller {
                     details,
                 };
                 let event = apply(&tx, &row, next, &change, now)?;
+                if let Some(key) = &guard.idempotency_key {
+                    store::insert_idempotency(&tx, key, id, action.name(), now)?;
+                }
                 tx.commit()?;
                 self.publish(&conn)?;
                 self.notifier.send(event);
@@ -163,6 +213,17 @@ fn random_salt() -> Result<String> {
     let mut bytes = [0u8; 12];
     getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
     Ok(format!("ro-{}", hex(&bytes)))
+}
+
+/// What an action must find to apply: the stage it was decided at, and a key
+/// that makes a retry harmless.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    /// 1-based stage number the caller saw.
+    pub expected_stage: Option<usize>,
+    /// When that stage started (the control loop's judgements carry it).
+    pub expected_stage_started_ms: Option<i64>,
+    pub idempotency_key: Option<String>,
 }
 
 pub(super) struct Change<'a> {

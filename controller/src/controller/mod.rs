@@ -4,6 +4,8 @@
 
 mod change;
 mod reconcile;
+
+pub use change::Guard;
 pub mod runtime_weights;
 
 use crate::analysis::judge::Judge;

@@ -2,7 +2,7 @@
 //! route tables follow the plan's time windows.
 
 use super::change::{apply, Change};
-use super::{Controller, Error, Result, AUTO_ACTOR};
+use super::{Controller, Error, Guard, Result, AUTO_ACTOR};
 use crate::rollout::{route_for, AuditAction, Phase};
 use crate::store;
 use crate::units::Weight;
@@ -28,7 +28,13 @@ impl Controller {
                 if let Some((action, reason)) = judgement.decision.action(row.plan.on_inconclusive)
                 {
                     let details = Some(judgement.details);
-                    match self.act_with(row.id, action, AUTO_ACTOR, reason, details) {
+                    // Applied only to the stage the judgement was made on.
+                    let guard = Guard {
+                        expected_stage: Some(row.state.stage + 1),
+                        expected_stage_started_ms: Some(row.state.stage_started_ms),
+                        idempotency_key: None,
+                    };
+                    match self.act_with(row.id, action, AUTO_ACTOR, reason, details, &guard) {
                         Ok(_) | Err(Error::Conflict { .. }) => {}
                         Err(e) => return Err(e),
                     }

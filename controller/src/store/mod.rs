@@ -386,3 +386,35 @@ pub fn list_audit(
     })?;
     rows.collect()
 }
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_MS: i64 = 24 * 3_600_000;
+
+/// The request an idempotency key was first used for: rollout id and action.
+pub fn idempotent_request(conn: &Connection, key: &str) -> rusqlite::Result<Option<(i64, String)>> {
+    conn.query_row(
+        "SELECT rollout_id, action FROM idempotency WHERE key = ?1",
+        [key],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+/// Remembers that `key` applied `action` to a rollout (forgetting keys past their day).
+pub fn insert_idempotency(
+    tx: &Transaction<'_>,
+    key: &str,
+    rollout_id: i64,
+    action: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "DELETE FROM idempotency WHERE at_ms < ?1",
+        [now_ms - IDEMPOTENCY_MS],
+    )?;
+    tx.execute(
+        "INSERT INTO idempotency (key, rollout_id, action, at_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![key, rollout_id, action, now_ms],
+    )?;
+    Ok(())
+}

@@ -46,6 +46,12 @@ const MIGRATIONS: &[&str] = &[
         details TEXT);",
     // 2: the canary weight each change put in force (the dashboard's weight over time).
     "ALTER TABLE audit ADD COLUMN canary_weight_bp INTEGER;",
+    // 3: idempotency keys of applied actions (a retried request changes nothing).
+    "CREATE TABLE idempotency (
+        key TEXT PRIMARY KEY,
+        rollout_id INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        at_ms INTEGER NOT NULL);",
 ];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
