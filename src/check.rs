@@ -17,6 +17,20 @@ pub fn check_salt(path: &str, salt: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Longest header value a segment may match.
+pub const MAX_SEGMENT_VALUE_BYTES: usize = 256;
+
+/// A segment's header value fits: at most `MAX_SEGMENT_VALUE_BYTES`.
+pub fn check_segment_value(path: &str, value: &str) -> Result<(), ConfigError> {
+    if value.len() > MAX_SEGMENT_VALUE_BYTES {
+        return Err(err(
+            path,
+            format!("must be at most {MAX_SEGMENT_VALUE_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// A route table holds at most `MAX_SEGMENTS` segments.
 pub fn check_segment_count(path: &str, count: usize) -> Result<(), ConfigError> {
     if count > MAX_SEGMENTS {

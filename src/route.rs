@@ -3,7 +3,8 @@
 //! (`Serialize`) and read by the filter (with `reader`, which names the field path).
 
 use crate::check::{
-    check_header, check_name, check_salt, check_segment_count, check_version, check_weight,
+    check_header, check_name, check_salt, check_segment_count, check_segment_value, check_version,
+    check_weight,
 };
 use crate::error::{err, ConfigError};
 use crate::reader::{Object, Reader};
@@ -77,9 +78,18 @@ impl DocumentVersion {
 impl RoutesDocument {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let mut routes = BTreeMap::new();
-        let version = read_routes(bytes, |target, table| {
-            routes.insert(target.to_string(), table);
+        let mut invalid = None;
+        let version = read_routes(bytes, |target, table| match table {
+            Ok(table) => {
+                routes.insert(target.to_string(), table);
+            }
+            Err(e) => {
+                invalid.get_or_insert(e);
+            }
         })?;
+        if let Some(e) = invalid {
+            return Err(e);
+        }
         Ok(RoutesDocument {
             epoch: version.epoch,
             revision: version.revision,
@@ -88,12 +98,14 @@ impl RoutesDocument {
     }
 }
 
-/// Validates a routes document and hands each target's table to `visit`; returns
-/// the document's generation and revision. (The filter uses this directly, without
-/// a map.)
+/// Validates a routes document and hands each target's table to `visit`, or the
+/// error that table has: one target's bad table does not hold back the others.
+/// Returns the document's generation and revision; errors of the document itself
+/// (not JSON, no revision, unknown fields) fail the whole of it. (The filter uses
+/// this directly, without a map.)
 pub fn read_routes(
     bytes: &[u8],
-    mut visit: impl FnMut(&str, RouteTable),
+    mut visit: impl FnMut(&str, Result<RouteTable, ConfigError>),
 ) -> Result<DocumentVersion, ConfigError> {
     let reader = Reader::parse(bytes)?;
     let root = reader.root()?;
@@ -103,19 +115,22 @@ pub fn read_routes(
         .u64("revision")?
         .ok_or_else(|| err("revision", "missing field"))?;
     for (target, table) in root.entries("routes")? {
-        check_name(&format!("routes.{target}"), target)?;
-        let table = RouteTable::read(&table)?;
-        table.validate(&format!("routes.{target}."))?;
-        if table.revision > revision {
-            return Err(err(
-                format!("routes.{target}.revision"),
-                format!(
-                    "{} is newer than the document's revision {revision}",
-                    table.revision
-                ),
-            ));
-        }
-        visit(target, table);
+        let read = || -> Result<RouteTable, ConfigError> {
+            check_name(&format!("routes.{target}"), target)?;
+            let table = RouteTable::read(&table)?;
+            table.validate(&format!("routes.{target}."))?;
+            if table.revision > revision {
+                return Err(err(
+                    format!("routes.{target}.revision"),
+                    format!(
+                        "{} is newer than the document's revision {revision}",
+                        table.revision
+                    ),
+                ));
+            }
+            Ok(table)
+        };
+        visit(target, read());
     }
     Ok(DocumentVersion { epoch, revision })
 }
@@ -184,6 +199,7 @@ impl RouteTable {
         for (i, segment) in self.segments.iter().enumerate() {
             let p = format!("{prefix}segments[{i}].");
             check_header(&format!("{p}header"), &segment.header)?;
+            check_segment_value(&format!("{p}value"), &segment.value)?;
             check_weight(&format!("{p}canary_weight_bp"), segment.canary_weight_bp)?;
         }
         Ok(())

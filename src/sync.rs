@@ -320,11 +320,20 @@ impl TableFollower {
         }
         self.last_cas = cas;
         let mut mine = None;
-        let read = read_routes(value, |name, table| {
+        let mut read = read_routes(value, |name, table| {
             if name == target {
                 mine = Some(table);
             }
         });
+        // Only this target's own table can be wrong for this worker.
+        let mine = match mine {
+            Some(Err(e)) => {
+                read = Err(e);
+                None
+            }
+            Some(Ok(table)) => Some(table),
+            None => None,
+        };
         let held = DocumentVersion {
             epoch: self.epoch,
             revision: current_revision,
@@ -412,6 +421,48 @@ mod tests {
         // A document without a generation (an older controller) reads as generation 0.
         let plain = DOC;
         assert_eq!(read_routes(plain.as_bytes(), |_, _| {}).unwrap().epoch, 0);
+    }
+
+    /// One target's bad table (here a weight over 100%) does not hold back the
+    /// other targets' updates; that target keeps its last table.
+    #[test]
+    fn a_bad_table_holds_back_only_its_own_target() {
+        let good = |rev: u64| {
+            format!(
+                r#""support-agent": {{"revision": {rev}, "salt": "s", "canary_weight_bp": 500,
+                "stable": {{"version": "v1", "cluster": "a"}}, "canary": {{"version": "v2", "cluster": "b"}}}}"#
+            )
+        };
+        let bad = r#""billing-agent": {"revision": 2, "salt": "s", "canary_weight_bp": 20000,
+            "stable": {"version": "v1", "cluster": "a"}, "canary": {"version": "v2", "cluster": "b"}}"#;
+        let doc = format!(r#"{{"revision": 2, "routes": {{{}, {bad}}}}}"#, good(2));
+        let c = config();
+        let state = SyncState::default();
+        assert!(matches!(
+            state.judge(&c, 200, doc.len(), doc.as_bytes()),
+            AfterPoll::Store { .. }
+        ));
+        let mut support = TableFollower::default();
+        assert!(matches!(
+            support.follow("support-agent", 0, Some(doc.as_bytes()), Some(1)),
+            Follow::Newer(t) if t.revision == 2
+        ));
+        let mut billing = TableFollower::default();
+        assert!(matches!(
+            billing.follow("billing-agent", 0, Some(doc.as_bytes()), Some(1)),
+            Follow::Invalid(e) if e.contains("routes.billing-agent.canary_weight_bp")
+        ));
+        // A segment value longer than 256 bytes is a bad table too.
+        let long = format!(
+            r#"{{"revision": 3, "routes": {{"support-agent": {{"revision": 3, "salt": "s",
+            "stable": {{"version": "v1", "cluster": "a"}},
+            "segments": [{{"header": "x-g", "value": "{}", "canary_weight_bp": 0}}]}}}}}}"#,
+            "v".repeat(257)
+        );
+        assert!(matches!(
+            TableFollower::default().follow("support-agent", 0, Some(long.as_bytes()), Some(1)),
+            Follow::Invalid(e) if e.contains("segments[0].value")
+        ));
     }
 
     #[test]
@@ -511,16 +562,19 @@ mod tests {
             state.judge(&c, 200, 2 << 20, b""),
             AfterPoll::Keep(PollFailure::TooLarge(2 << 20))
         );
-        for garbage in [
-            &b"<html>"[..],
-            b"{}",
-            br#"{"revision": 10, "routes": {"x": {"salt": 1}}}"#,
-        ] {
+        for garbage in [&b"<html>"[..], b"{}", br#"{"revision": 10, "routes": 5}"#] {
             assert!(matches!(
                 state.judge(&c, 200, garbage.len(), garbage),
                 AfterPoll::Keep(PollFailure::BadDocument(_))
             ));
         }
+        // A document whose only bad part is one target's table is kept: that
+        // target's workers refuse its table, the others follow the rest.
+        let one_bad_table = br#"{"revision": 10, "routes": {"x": {"salt": 1}}}"#;
+        assert!(matches!(
+            state.judge(&c, 200, one_bad_table.len(), one_bad_table),
+            AfterPoll::Store { .. }
+        ));
     }
 
     #[test]

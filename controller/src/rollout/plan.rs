@@ -4,7 +4,7 @@ use crate::document::parse_document;
 use crate::rollout::gates::Gates;
 use crate::units::{Dur, Weight};
 use policy_canary::check::{
-    check_header, check_name, check_salt, check_segment_count, check_version,
+    check_header, check_name, check_salt, check_segment_count, check_segment_value, check_version,
 };
 use policy_canary::error::{err, ConfigError};
 use policy_canary::route::PolicyBackend;
@@ -196,6 +196,7 @@ impl RolloutPlan {
         check_segment_count("segments", self.segments.len())?;
         for (i, segment) in self.segments.iter().enumerate() {
             check_header(&format!("segments[{i}].header"), &segment.header)?;
+            check_segment_value(&format!("segments[{i}].value"), &segment.value)?;
         }
         for (i, window) in self.windows.iter().enumerate() {
             for (field, value) in [("start", &window.start), ("end", &window.end)] {
