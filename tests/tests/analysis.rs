@@ -261,11 +261,11 @@ fn forced_requests_change_no_gate() {
     // Several analysis intervals later: no evidence from them, no decision.
     std::thread::sleep(Duration::from_millis(2_000));
     let analysis = s.controller.get(&format!("/v1/rollouts/{id}/analysis"))["analysis"].clone();
-    assert_eq!(
-        analysis["canary_requests"].as_f64(),
-        Some(0.0),
-        "{analysis}"
-    );
+    // Only the few unforced requests above count (the probes sent before the
+    // table arrived, the untrusted one): none of the 2,000 forced.
+    let counted = analysis["canary_requests"].as_f64().unwrap()
+        + analysis["stable_requests"].as_f64().unwrap();
+    assert!(counted < 20.0, "{analysis}");
     assert!(
         analysis["comparisons"]
             .as_array()

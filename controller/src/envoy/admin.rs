@@ -25,10 +25,11 @@ impl Default for AdminClient {
 }
 
 impl AdminClient {
-    /// The filter's series (`policy_canary_*`) from `/stats/prometheus`.
+    /// The filter's series (`policy_canary_*`) and Envoy's uptime (a restart
+    /// resets every counter) from `/stats/prometheus`.
     pub async fn policy_stats(&self, admin: &str) -> Result<String, String> {
         let url = format!(
-            "{}/stats/prometheus?usedonly&filter=policy_canary",
+            "{}/stats/prometheus?usedonly&filter=policy_canary%7C%5Eserver%5C.uptime%24",
             admin.trim_end_matches('/')
         );
         let response = self

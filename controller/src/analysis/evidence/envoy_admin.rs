@@ -66,6 +66,15 @@ pub fn parse_prometheus(text: &str, target: &str) -> Scrape {
     let mut scrape = Scrape::default();
     for line in text.lines() {
         let line = line.trim();
+        if let Some(rest) = line.strip_prefix("envoy_server_uptime") {
+            // `envoy_server_uptime{} 123` or `envoy_server_uptime 123`.
+            scrape.uptime_s = rest
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .filter(|v: &f64| v.is_finite());
+            continue;
+        }
         if line.is_empty() || line.starts_with('#') || !line.starts_with("policy_canary_") {
             continue;
         }

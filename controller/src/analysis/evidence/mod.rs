@@ -75,6 +75,8 @@ impl Sample {
 pub struct Scrape {
     pub versions: HashMap<String, Sample>,
     pub malformed_lines: u64,
+    /// Envoy's `server.uptime` (s): lower than at the last scrape means a restart.
+    pub uptime_s: Option<f64>,
 }
 
 /// Costs and tasks one collection pass added, per arm: the batches of the
@@ -92,6 +94,8 @@ pub struct Batch {
 pub struct Window {
     pub started_ms: i64,
     last: HashMap<String, HashMap<String, Sample>>,
+    /// Each Envoy's uptime at its last scrape.
+    last_uptime: HashMap<String, f64>,
     pub totals: HashMap<String, Sample>,
     pub batches: Vec<Batch>,
     pub scrapes_ok: u64,
@@ -140,8 +144,10 @@ impl Window {
     /// Starts a new stage window; the last values seen stay the baseline.
     pub fn restart(&mut self, started_ms: i64) {
         let last = std::mem::take(&mut self.last);
+        let last_uptime = std::mem::take(&mut self.last_uptime);
         *self = Window::new(started_ms);
         self.last = last;
+        self.last_uptime = last_uptime;
     }
 
     /// Adds one Envoy's scrape: its deltas since the last scrape of that Envoy.
@@ -150,7 +156,19 @@ impl Window {
         self.scrapes_ok += 1;
         self.malformed_lines += scrape.malformed_lines;
         let first_time = !self.last.contains_key(envoy);
+        // A restart resets every counter, even one that has grown past its old value
+        // by the next scrape: the uptime says so, counter by counter cannot.
+        let restarted = match (scrape.uptime_s, self.last_uptime.get(envoy)) {
+            (Some(now), Some(before)) => now < *before,
+            _ => false,
+        };
+        if let Some(uptime) = scrape.uptime_s {
+            self.last_uptime.insert(envoy.to_string(), uptime);
+        }
         let last = self.last.entry(envoy.to_string()).or_default();
+        if restarted {
+            last.clear();
+        }
         for (version, sample) in &scrape.versions {
             if !first_time {
                 let before = last.get(version).cloned().unwrap_or_default();
@@ -216,5 +234,25 @@ mod tests {
             5.0,
             "the baseline survives a stage change"
         );
+    }
+
+    /// An Envoy restarted between two scrapes whose counter has already grown past
+    /// its old value: the uptime tells, and the new value counts whole.
+    #[test]
+    fn a_restart_is_told_by_the_uptime() {
+        let scrape = |total: f64, uptime: f64| {
+            parse_prometheus(
+                &format!(
+                    "envoy_server_uptime{{}} {uptime}\npolicy_canary_rq_total{{target=\"t\",policy_version=\"v2\"}} {total}\n"
+                ),
+                "t",
+            )
+        };
+        assert_eq!(scrape(1.0, 42.0).uptime_s, Some(42.0));
+        let mut w = Window::new(0);
+        w.add("a", &scrape(100.0, 50.0)); // baseline
+        w.add("a", &scrape(120.0, 51.0)); // +20
+        w.add("a", &scrape(150.0, 3.0)); // restarted 3 s ago: +150, not +30
+        assert_eq!(w.version("v2").get("rq_total"), 170.0);
     }
 }
