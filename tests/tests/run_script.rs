@@ -222,7 +222,9 @@ fn make_run_static_prints_commands_that_work() {
     };
     let stats = wait_for("the counts in Envoy", Duration::from_secs(10), || {
         let stats = paste(commands[5]);
-        (sum(&stats, "rq_total") == 1008.0).then_some(stats)
+        // A worker's flush adds its counters one by one: wait for the last of them too.
+        (sum(&stats, "rq_total") == 1008.0 && sum(&stats, "tasks_completed") == 1.0)
+            .then_some(stats)
     });
     assert!(
         stats.lines().all(|l| l.starts_with("policy_canary_")),
