@@ -181,36 +181,56 @@ impl CounterSet {
     }
 }
 
-/// Counts not yet flushed to Envoy, per version. Versions are few (stable, canary,
-/// and briefly the previous ones after a route change), so a short list beats a map.
-#[derive(Debug, Default)]
-pub struct PendingCounts {
-    /// By version and whether the streams were forced.
-    versions: Vec<((String, bool), CounterSet)>,
+/// One `T` per (version, forced). Versions are few (stable, canary, and briefly the
+/// previous ones after a route change), so a short list beats hashing on every request.
+#[derive(Debug)]
+pub struct ByVersion<T> {
+    entries: Vec<((String, bool), T)>,
 }
 
-impl PendingCounts {
-    pub fn counters_mut(&mut self, version: &str, forced: bool) -> &mut CounterSet {
+impl<T> Default for ByVersion<T> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<T: Default> ByVersion<T> {
+    /// The entry for `version` (forced or not), made empty the first time.
+    pub fn get_mut(&mut self, version: &str, forced: bool) -> &mut T {
         let index = match self
-            .versions
+            .entries
             .iter()
             .position(|((v, f), _)| v == version && *f == forced)
         {
             Some(index) => index,
             None => {
-                self.versions
-                    .push(((version.to_string(), forced), CounterSet::default()));
-                self.versions.len() - 1
+                self.entries
+                    .push(((version.to_string(), forced), T::default()));
+                self.entries.len() - 1
             }
         };
-        &mut self.versions[index].1
+        &mut self.entries[index].1
+    }
+}
+
+/// Counts not yet flushed to Envoy, by version and whether the streams were forced.
+#[derive(Debug, Default)]
+pub struct PendingCounts {
+    versions: ByVersion<CounterSet>,
+}
+
+impl PendingCounts {
+    pub fn counters_mut(&mut self, version: &str, forced: bool) -> &mut CounterSet {
+        self.versions.get_mut(version, forced)
     }
 
     /// Hands every non-zero count (version, forced, counter, value) to `flush`,
     /// which returns how much of it went out; the rest stays pending, so a failed
     /// flush is retried on the next call.
     pub fn flush(&mut self, mut flush: impl FnMut(&str, bool, Counter, u64) -> u64) {
-        for ((version, forced), counters) in &mut self.versions {
+        for ((version, forced), counters) in &mut self.versions.entries {
             for counter in Counter::ALL {
                 let value = counters.get(counter);
                 if value > 0 {
@@ -220,13 +240,15 @@ impl PendingCounts {
             }
         }
         // Forget versions that are gone from the table once their counts are out.
-        if self.versions.len() > 8 {
-            self.versions.retain(|(_, counters)| !counters.is_zero());
+        if self.versions.entries.len() > 8 {
+            self.versions
+                .entries
+                .retain(|(_, counters)| !counters.is_zero());
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.versions.iter().all(|(_, c)| c.is_zero())
+        self.versions.entries.iter().all(|(_, c)| c.is_zero())
     }
 }
 

@@ -7,7 +7,7 @@ use super::lease::Lease;
 use super::sync_service::SyncService;
 use crate::config::PluginConfig;
 use crate::route::RouteTable;
-use crate::stats::{stat_name, stat_target, Counter, PendingCounts, LATENCY_SUFFIX};
+use crate::stats::{stat_name, stat_target, ByVersion, Counter, PendingCounts, LATENCY_SUFFIX};
 use crate::sync::{Follow, TableFollower, ROUTES_KEY};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -176,9 +176,7 @@ impl Worker {
 /// Envoy metric ids, defined the first time a version needs them.
 #[derive(Default)]
 pub struct MetricIds {
-    /// Few versions per worker (each plain and forced): a short list beats hashing
-    /// on every request.
-    versions: Vec<((String, bool), VersionMetrics)>,
+    versions: ByVersion<VersionMetrics>,
 }
 
 #[derive(Default)]
@@ -188,22 +186,6 @@ struct VersionMetrics {
 }
 
 impl MetricIds {
-    fn entry(&mut self, version: &str, forced: bool) -> &mut VersionMetrics {
-        let index = match self
-            .versions
-            .iter()
-            .position(|((v, f), _)| v == version && *f == forced)
-        {
-            Some(index) => index,
-            None => {
-                self.versions
-                    .push(((version.to_string(), forced), VersionMetrics::default()));
-                self.versions.len() - 1
-            }
-        };
-        &mut self.versions[index].1
-    }
-
     pub fn counter(
         &mut self,
         host: &impl Host,
@@ -212,7 +194,7 @@ impl MetricIds {
         forced: bool,
         counter: Counter,
     ) -> Option<u32> {
-        let slot = &mut self.entry(version, forced).counters[counter as usize];
+        let slot = &mut self.versions.get_mut(version, forced).counters[counter as usize];
         let target = stat_target(target, forced);
         define(
             host,
@@ -231,7 +213,7 @@ impl MetricIds {
         version: &str,
         forced: bool,
     ) -> Option<u32> {
-        let slot = &mut self.entry(version, forced).latency;
+        let slot = &mut self.versions.get_mut(version, forced).latency;
         let target = stat_target(target, forced);
         define(
             host,

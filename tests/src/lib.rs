@@ -56,6 +56,16 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// A three-stage rollout of v2.3.1 → v2.4.0 that judges every 500 ms and moves on
+/// after 1 s and 100 requests per stage: gate decisions within a test's seconds.
+pub const FAST_PLAN: &str = "target: support-agent
+stable: {version: v2.3.1, cluster: agent_stable}
+canary: {version: v2.4.0, cluster: agent_canary}
+analysis_interval: 500ms
+failure_threshold: 2
+stages: [{weight: 20%, min_duration: 1s, min_requests: 100}, {weight: 50%, min_duration: 1s, min_requests: 100}, {weight: 100%}]
+";
+
 /// The gates that v2.4.0's broken refund flow (`envoy/policies/v2.4.0.yaml`) moves
 /// past their thresholds. Which breaches first depends on how many refund sessions
 /// the rollout's random salt puts in the canary (17% to 33% of them over 400 salts,

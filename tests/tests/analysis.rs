@@ -35,14 +35,6 @@ fn stack(stable: &[&str], canary: &[&str]) -> Stack {
     }
 }
 
-const PLAN: &str = "target: support-agent
-stable: {version: v2.3.1, cluster: agent_stable}
-canary: {version: v2.4.0, cluster: agent_canary}
-analysis_interval: 500ms
-failure_threshold: 2
-stages: [{weight: 20%, min_duration: 1s, min_requests: 100}, {weight: 50%, min_duration: 1s, min_requests: 100}, {weight: 100%}]
-";
-
 /// Sends sessions through Envoy until `done` says so (at most `max` requests or 90 s).
 fn drive(s: &Stack, max: usize, done: impl FnMut() -> bool) -> usize {
     drive_sessions(
@@ -75,7 +67,7 @@ fn rollout(s: &Stack, id: i64) -> Value {
 #[test]
 fn a_worse_canary_is_rolled_back_by_itself() {
     let s = stack(&["completion=0.9"], &["completion=0.7"]);
-    let id = s.controller.post_ok("/v1/rollouts", PLAN)["id"]
+    let id = s.controller.post_ok("/v1/rollouts", FAST_PLAN)["id"]
         .as_i64()
         .unwrap();
     drive(&s, 60_000, || rollout(&s, id)["phase"] == "rolled_back");
@@ -117,7 +109,7 @@ fn a_worse_canary_is_rolled_back_by_itself() {
 fn a_canary_as_good_as_stable_is_promoted_to_stable() {
     let s = stack(&["completion=0.9"], &["completion=0.9"]);
     // Looser completion gate so that "within threshold" is shown on test-sized traffic.
-    let plan = format!("{PLAN}gates: {{completion_rate: {{threshold: 25 points}}}}\n");
+    let plan = format!("{FAST_PLAN}gates: {{completion_rate: {{threshold: 25 points}}}}\n");
     let id = s.controller.post_ok("/v1/rollouts", &plan)["id"]
         .as_i64()
         .unwrap();
@@ -159,7 +151,7 @@ fn a_canary_as_good_as_stable_is_promoted_to_stable() {
 #[test]
 fn one_safety_violation_rolls_back_at_the_next_check() {
     let s = stack(&["completion=0.9"], &["completion=0.9", "safety_at=5"]);
-    let id = s.controller.post_ok("/v1/rollouts", PLAN)["id"]
+    let id = s.controller.post_ok("/v1/rollouts", FAST_PLAN)["id"]
         .as_i64()
         .unwrap();
     let sent = drive(&s, 20_000, || rollout(&s, id)["phase"] == "rolled_back");
@@ -189,8 +181,9 @@ fn one_safety_violation_rolls_back_at_the_next_check() {
 fn a_plan_that_requires_telemetry_holds_a_stage_without_it() {
     // Backends that report no agent telemetry at all: only the HTTP gates could pass.
     let s = stack(&[], &[]);
-    let plan =
-        format!("{PLAN}require_telemetry: true\nmax_stage_duration: 4s\non_inconclusive: pause\n");
+    let plan = format!(
+        "{FAST_PLAN}require_telemetry: true\nmax_stage_duration: 4s\non_inconclusive: pause\n"
+    );
     let id = s.controller.post_ok("/v1/rollouts", &plan)["id"]
         .as_i64()
         .unwrap();
@@ -223,7 +216,7 @@ fn a_plan_that_requires_telemetry_holds_a_stage_without_it() {
 #[test]
 fn forced_requests_change_no_gate() {
     let s = stack(&["completion=0.9"], &["completion=0.1"]);
-    let id = s.controller.post_ok("/v1/rollouts", PLAN)["id"]
+    let id = s.controller.post_ok("/v1/rollouts", FAST_PLAN)["id"]
         .as_i64()
         .unwrap();
     let client = Client::new(s.envoy.port);

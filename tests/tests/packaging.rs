@@ -298,17 +298,9 @@ fn the_dockerfile_toolchain_builds_the_locked_dependencies() {
 
 fn kubernetes_validate(files: &[std::path::PathBuf]) -> (bool, String) {
     let tool = repo_root().join(".venv/bin/kubernetes-validate");
-    let output = Command::new(&tool)
-        .arg("--strict")
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (make test installs it)", tool.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    let mut args = vec!["--strict"];
+    args.extend(files.iter().filter_map(|f| f.to_str()));
+    run(&tool.to_string_lossy(), &args, &repo_root())
 }
 
 /// deploy/kubernetes: every resource the kustomization lists validates offline

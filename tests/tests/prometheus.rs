@@ -175,14 +175,6 @@ fn counts_equal_the_envoys_own_across_a_restart() {
     );
 }
 
-const PLAN: &str = "target: support-agent
-stable: {version: v2.3.1, cluster: agent_stable}
-canary: {version: v2.4.0, cluster: agent_canary}
-analysis_interval: 500ms
-failure_threshold: 2
-stages: [{weight: 20%, min_duration: 1s, min_requests: 100}, {weight: 50%, min_duration: 1s, min_requests: 100}, {weight: 100%}]
-";
-
 /// Sends sessions through both Envoys in turn until `done` (at most `max` or 120 s).
 fn drive(f: &Fleet, max: usize, done: impl FnMut() -> bool) -> usize {
     let clients: Vec<Client> = f.envoys.iter().map(|e| Client::new(e.port)).collect();
@@ -196,7 +188,7 @@ fn phase(f: &Fleet, id: i64) -> Value {
 #[test]
 fn a_regression_is_rolled_back_and_an_identical_canary_promoted() {
     let f = fleet(&["completion=0.9"], &["completion=0.7"]);
-    let id = f.controller.post_ok("/v1/rollouts", PLAN)["id"]
+    let id = f.controller.post_ok("/v1/rollouts", FAST_PLAN)["id"]
         .as_i64()
         .unwrap();
     drive(&f, 60_000, || phase(&f, id) == "rolled_back");
@@ -207,7 +199,7 @@ fn a_regression_is_rolled_back_and_an_identical_canary_promoted() {
     drop(f);
 
     let f = fleet(&["completion=0.9"], &["completion=0.9"]);
-    let id = f.controller.post_ok("/v1/rollouts", PLAN)["id"]
+    let id = f.controller.post_ok("/v1/rollouts", FAST_PLAN)["id"]
         .as_i64()
         .unwrap();
     drive(&f, 60_000, || phase(&f, id) == "promoted");
