@@ -89,16 +89,13 @@ impl Stream {
             return;
         }
         let is_telemetry = |(name, _): &Header| is_telemetry_header(&telemetry.headers, name);
-        let present = headers.iter().filter(|h| is_telemetry(h)).count();
-        let result = match present {
-            0 => Ok(()),
+        let mut found = headers.iter().filter(|h| is_telemetry(h));
+        let result = match (found.next(), found.next()) {
+            (None, _) => Ok(()),
             // One host call either way; removing touches less of Envoy's map.
-            1 => match headers.iter().find(|h| is_telemetry(h)) {
-                Some((name, _)) => host.remove_map_value(map, name),
-                None => Ok(()),
-            },
+            (Some((name, _)), None) => host.remove_map_value(map, name),
             // Replacing the map once beats one host call per header.
-            _ => {
+            (Some(_), Some(_)) => {
                 let kept: Vec<(&str, &[u8])> = headers
                     .iter()
                     .filter(|h| !is_telemetry(h))

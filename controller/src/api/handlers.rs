@@ -271,7 +271,7 @@ pub(super) async fn act(
         idempotency_key,
     };
     let c = state.controller.clone();
-    let view = blocking(move || c.act_guarded(id, action, &actor, &reason, &guard)).await?;
+    let view = blocking(move || c.act(id, action, &actor, &reason, &guard)).await?;
     Ok(Json(view).into_response())
 }
 

@@ -6,8 +6,8 @@ use super::{conflict, not_found, Controller, Error, Result};
 use crate::notify::Event;
 use crate::rollout::plan::RolloutPlan;
 use crate::rollout::{
-    route_for, stable_after, stable_only, transition, Action, AuditAction, Illegal, Phase,
-    RolloutState, Transition,
+    route_for, stable_after, stable_only, transition, Action, AuditAction, Phase, RolloutState,
+    Transition,
 };
 use crate::store::{self, NewAudit, RolloutRow};
 use crate::units::now_ms;
@@ -113,15 +113,10 @@ impl Controller {
         self.view(&conn, row, now)
     }
 
-    /// Applies a person's (or the analysis') action to a rollout.
-    pub fn act(&self, id: i64, action: Action, actor: &str, reason: &str) -> Result<RolloutView> {
-        self.act_with(id, action, actor, reason, None, &Guard::default())
-    }
-
-    /// `act`, applied only if the rollout is where the caller saw it
-    /// (`guard.expected_stage`), and once per `guard.idempotency_key`: a retried
-    /// request answers with the rollout as it is and changes nothing.
-    pub fn act_guarded(
+    /// Applies a person's action to a rollout, only if the rollout is where the
+    /// caller saw it (`guard.expected_stage`), and once per `guard.idempotency_key`:
+    /// a retried request answers with the rollout as it is and changes nothing.
+    pub fn act(
         &self,
         id: i64,
         action: Action,
@@ -178,10 +173,10 @@ impl Controller {
             ));
         }
         match transition(&row.state, &row.plan, action, now) {
-            Err(Illegal { action, phase }) => {
+            Err(illegal) => {
                 return Err(conflict(
-                    Illegal { action, phase }.to_string(),
-                    Some(phase.to_string()),
+                    illegal.to_string(),
+                    Some(illegal.phase.to_string()),
                 ))
             }
             Ok(Transition::Unchanged) => {
