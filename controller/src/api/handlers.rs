@@ -1,7 +1,7 @@
 //! The JSON endpoints: health, route tables (long-poll), policies, targets,
 //! rollouts and their actions, the audit log.
 
-use super::{actor, blocking, document, error, parse_id, AppState, ENVOY_STALE_AFTER, MAX_WAIT};
+use super::{actor, blocking, document, parse_id, AppState, ENVOY_STALE_AFTER, MAX_WAIT};
 use crate::controller::{Error, Guard, DEFAULT_AUDIT_PAGE};
 use crate::rollout::ManualAction;
 use crate::units::now_ms;
@@ -12,6 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use policy_canary::error::err;
 use policy_canary::sync::ENVOY_ID_HEADER;
 use serde::Deserialize;
 use serde_json::json;
@@ -47,34 +48,15 @@ pub(super) async fn routes(
     State(state): State<AppState>,
     Query(q): Query<RoutesQuery>,
     headers: HeaderMap,
-) -> Response {
-    let known: Option<u64> = match q.revision.as_deref().map(str::parse) {
-        None => None,
-        Some(Ok(n)) => Some(n),
-        Some(Err(_)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "revision: expected a whole number",
-                None,
-            )
-        }
-    };
+) -> Result<Response, Error> {
+    let known = whole_number("revision", q.revision.as_deref())?;
     // A poller that holds another generation's table gets this one at once.
-    let other_generation = match q.epoch.as_deref().map(str::parse::<u64>) {
-        None => false,
-        Some(Ok(epoch)) => epoch != state.controller.routes().epoch,
-        Some(Err(_)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "epoch: expected a whole number",
-                None,
-            )
-        }
-    };
+    let other_generation = whole_number("epoch", q.epoch.as_deref())?
+        .is_some_and(|epoch| epoch != state.controller.routes().epoch);
     let wait = match q.wait.as_deref().map(Dur::parse) {
         None => Duration::ZERO,
         Some(Ok(d)) => d.0.min(MAX_WAIT),
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("wait: {e}"), None),
+        Some(Err(e)) => return Err(Error::BadRequest(err("wait", e.to_string()))),
     };
     let envoy = headers
         .get(ENVOY_ID_HEADER)
@@ -88,7 +70,15 @@ pub(super) async fn routes(
         let mut rx = state.controller.subscribe();
         let _ = tokio::time::timeout(wait, rx.wait_for(|revision| *revision > known)).await;
     }
-    Json(state.controller.routes().as_ref().clone()).into_response()
+    Ok(Json(state.controller.routes().as_ref().clone()).into_response())
+}
+
+/// A whole-number query parameter, if given.
+fn whole_number(name: &str, value: Option<&str>) -> Result<Option<u64>, Error> {
+    value
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| Error::BadRequest(err(name, "expected a whole number")))
 }
 
 /// The controller's own metrics (Prometheus text format).
@@ -230,9 +220,8 @@ pub(super) async fn act(
     let body: ActionBody = if body.iter().all(u8::is_ascii_whitespace) {
         ActionBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            Error::BadRequest(policy_canary::error::err("", format!("bad JSON body: {e}")))
-        })?
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::BadRequest(err("", format!("bad JSON body: {e}"))))?
     };
     let to_end = body.to_end.or(q.to_end).unwrap_or(false);
     let Some(manual) = ManualAction::parse(&action) else {
@@ -258,7 +247,7 @@ pub(super) async fn act(
                 Some(key.to_string())
             }
             _ => {
-                return Err(Error::BadRequest(policy_canary::error::err(
+                return Err(Error::BadRequest(err(
                     "Idempotency-Key",
                     "must be 1-128 visible ASCII characters",
                 )))

@@ -143,9 +143,9 @@ impl Prometheus {
         if last.is_empty() {
             return Ok(Vec::new());
         }
-        let before: HashMap<BTreeMap<String, String>, f64> =
+        let before: HashMap<Labels, f64> =
             self.instant(&series, start).await?.into_iter().collect();
-        let resets: HashMap<BTreeMap<String, String>, f64> = self
+        let resets: HashMap<Labels, f64> = self
             .instant(&format!("resets({series}[{range}ms])"), now)
             .await?
             .into_iter()
@@ -260,26 +260,23 @@ impl Prometheus {
         Ok(body["data"].clone())
     }
 
+    /// The data of an instant query at `time`.
+    async fn query_at(&self, query: &str, time: f64) -> Result<Value, String> {
+        self.get(
+            "/api/v1/query",
+            &[("query", query.to_string()), ("time", format!("{time:.3}"))],
+        )
+        .await
+    }
+
     /// An instant query answered with a vector.
     async fn instant(&self, query: &str, time: f64) -> Result<Vec<Series>, String> {
-        let data = self
-            .get(
-                "/api/v1/query",
-                &[("query", query.to_string()), ("time", format!("{time:.3}"))],
-            )
-            .await?;
-        parse_vector(&data)
+        parse_vector(&self.query_at(query, time).await?)
     }
 
     /// An instant query of a range selector: each series' raw samples.
     async fn samples(&self, query: &str, time: f64) -> Result<Vec<f64>, String> {
-        let data = self
-            .get(
-                "/api/v1/query",
-                &[("query", query.to_string()), ("time", format!("{time:.3}"))],
-            )
-            .await?;
-        let matrix = parse_matrix(&data)?;
+        let matrix = parse_matrix(&self.query_at(query, time).await?)?;
         Ok(matrix
             .into_iter()
             .next()
@@ -321,7 +318,7 @@ fn escape(value: &str) -> String {
 }
 
 /// A selector matching exactly these labels.
-fn exact(labels: &BTreeMap<String, String>) -> String {
+fn exact(labels: &Labels) -> String {
     let matchers: Vec<String> = labels
         .iter()
         .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
@@ -345,7 +342,7 @@ pub fn sum_of_steps(baseline: f64, samples: &[f64]) -> f64 {
     total
 }
 
-fn labels_of(metric: &Value) -> BTreeMap<String, String> {
+fn labels_of(metric: &Value) -> Labels {
     metric
         .as_object()
         .into_iter()
