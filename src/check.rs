@@ -49,13 +49,17 @@ pub fn check_weight(path: &str, weight: u16) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// 1 to `max` bytes, each one `allowed`: the shape of every name the filter and
+/// the controller accept.
+pub fn is_token(s: &str, max: usize, allowed: impl Fn(u8) -> bool) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(allowed)
+}
+
 /// Lowercase HTTP header names: Envoy stores them lowercased.
 pub fn check_header(path: &str, name: &str) -> Result<(), ConfigError> {
-    let valid = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    let valid = is_token(name, 128, |b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+    });
     if valid {
         Ok(())
     } else {
@@ -67,11 +71,9 @@ pub fn check_header(path: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 pub fn check_cookie_name(path: &str, name: &str) -> Result<(), ConfigError> {
-    let valid = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    let valid = is_token(name, 128, |b| {
+        b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)
+    });
     if valid {
         Ok(())
     } else {
@@ -81,11 +83,9 @@ pub fn check_cookie_name(path: &str, name: &str) -> Result<(), ConfigError> {
 
 /// Targets and clusters appear in stat names and headers.
 pub fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
-    let valid = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let valid = is_token(name, 128, |b| {
+        b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+    });
     if valid {
         Ok(())
     } else {
@@ -100,7 +100,7 @@ pub fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
 /// `outbound|7070||canaryctl.policy-canary.svc.cluster.local`, Envoy Gateway's
 /// `httproute/policy-canary/canaryctl/rule/0`.
 pub fn check_cluster(path: &str, name: &str) -> Result<(), ConfigError> {
-    if !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic()) {
+    if is_token(name, 255, |b| b.is_ascii_graphic()) {
         Ok(())
     } else {
         Err(err(
@@ -112,12 +112,9 @@ pub fn check_cluster(path: &str, name: &str) -> Result<(), ConfigError> {
 
 /// Versions appear in stat names, where dots are fine (the stats tag regex allows them).
 pub fn check_version(path: &str, version: &str) -> Result<(), ConfigError> {
-    let valid = !version.is_empty()
-        && version.len() <= 128
-        && version
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && !version.starts_with('.')
+    let valid = is_token(version, 128, |b| {
+        b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+    }) && !version.starts_with('.')
         && !version.ends_with('.')
         && !version.contains("..");
     if valid {

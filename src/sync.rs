@@ -2,7 +2,7 @@
 //! keep the last good one (fail static), back off on failure. Pure: the glue does
 //! the HTTP calls and shared-data writes.
 
-use crate::check::check_cluster;
+use crate::check::{check_cluster, is_token};
 use crate::error::{err, ConfigError};
 use crate::reader::{Object, Reader};
 use crate::route::{read_routes, DocumentVersion};
@@ -40,7 +40,7 @@ pub const MAX_ENVOY_ID_BYTES: usize = 128;
 /// Whether `id` can name an Envoy: 1 to `MAX_ENVOY_ID_BYTES` visible ASCII characters
 /// (Istio's node ids hold `~`, `.` and `|`).
 pub fn is_envoy_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_ENVOY_ID_BYTES && id.bytes().all(|b| b.is_ascii_graphic())
+    is_token(id, MAX_ENVOY_ID_BYTES, |b| b.is_ascii_graphic())
 }
 
 impl SyncConfig {

@@ -12,6 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use policy_canary::check::is_token;
 use policy_canary::error::err;
 use policy_canary::sync::ENVOY_ID_HEADER;
 use serde::Deserialize;
@@ -239,13 +240,7 @@ pub(super) async fn act(
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => match value.to_str() {
-            Ok(key)
-                if !key.is_empty()
-                    && key.len() <= 128
-                    && key.bytes().all(|b| b.is_ascii_graphic()) =>
-            {
-                Some(key.to_string())
-            }
+            Ok(key) if is_token(key, 128, |b| b.is_ascii_graphic()) => Some(key.to_string()),
             _ => {
                 return Err(Error::BadRequest(err(
                     "Idempotency-Key",
