@@ -45,8 +45,4 @@ impl Lease {
         };
         held_before && self.holding
     }
-
-    pub fn holding(&self) -> bool {
-        self.holding
-    }
 }

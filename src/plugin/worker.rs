@@ -117,8 +117,8 @@ impl Worker {
     pub fn on_http_call_response(&self, host: &impl Host, token: u32, body_size: usize) {
         if let Some(sync) = &self.sync {
             let mut sync = sync.borrow_mut();
-            let may_poll = sync.leading && sync.lease.holding();
-            sync.service.on_response(host, token, body_size, may_poll);
+            let leading = sync.leading;
+            sync.service.on_response(host, token, body_size, leading);
         }
     }
 
