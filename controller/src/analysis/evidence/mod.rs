@@ -12,6 +12,16 @@ pub mod prometheus;
 use policy_canary::stats::Counter;
 use std::collections::{BTreeMap, HashMap};
 
+/// How much a counter grew from `before` to `now`; a counter that went down was
+/// reset (its Envoy restarted), so its new value counts whole.
+pub fn increase(before: f64, now: f64) -> f64 {
+    if now >= before {
+        now - before
+    } else {
+        now
+    }
+}
+
 /// Cumulative values of one version as one Envoy reports them (or, in a window,
 /// the deltas added up).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,11 +45,10 @@ impl Sample {
 
     /// `self − earlier`, where a value that went down (a reset) counts whole.
     fn delta_since(&self, earlier: &Sample) -> Sample {
-        let step = |now: f64, before: f64| if now >= before { now - before } else { now };
         let counters = self
             .counters
             .iter()
-            .map(|(k, v)| (k.clone(), step(*v, earlier.get(k))))
+            .map(|(k, v)| (k.clone(), increase(earlier.get(k), *v)))
             .collect();
         let latency = self
             .latency
@@ -50,7 +59,7 @@ impl Sample {
                     .iter()
                     .find(|(e, _)| e == le)
                     .map_or(0.0, |(_, b)| *b);
-                (*le, step(*v, before))
+                (*le, increase(before, *v))
             })
             .collect();
         Sample { counters, latency }

@@ -13,7 +13,7 @@
 //! not bias the estimate. Unreachable, erroring or lagging Prometheus: the window
 //! is marked unavailable and the stage is held, never passed.
 
-use super::{Batch, Sample, Window};
+use super::{increase, Batch, Sample, Window};
 use crate::analysis::judge::EvidenceJudge;
 use crate::envoy::admin::{HealthChange, SourceHealth};
 use crate::metrics::{EvidenceSource, Metrics};
@@ -332,11 +332,7 @@ pub fn sum_of_steps(baseline: f64, samples: &[f64]) -> f64 {
     let mut previous = baseline;
     let mut total = 0.0;
     for &value in samples {
-        total += if value >= previous {
-            value - previous
-        } else {
-            value
-        };
+        total += increase(previous, value);
         previous = value;
     }
     total
