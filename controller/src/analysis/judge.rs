@@ -68,7 +68,7 @@ impl Judge for TimeOnlyJudge {
 #[derive(Debug)]
 pub struct Tracked {
     stage: usize,
-    stage_started_ms: i64,
+    /// Starts with the stage (`window.started_ms` is the stage's start).
     pub window: Window,
     consecutive_failures: u32,
     /// Since when the evidence has been unavailable, at the judge's checks.
@@ -79,7 +79,6 @@ impl Tracked {
     fn new(row: &RolloutRow) -> Tracked {
         Tracked {
             stage: row.state.stage,
-            stage_started_ms: row.state.stage_started_ms,
             window: Window::new(row.state.stage_started_ms),
             consecutive_failures: 0,
             evidence_lost_since: None,
@@ -88,9 +87,8 @@ impl Tracked {
 
     /// A new stage (or a resumed one) starts a new window over the same baselines.
     fn follow(&mut self, row: &RolloutRow) {
-        if self.stage != row.state.stage || self.stage_started_ms != row.state.stage_started_ms {
+        if self.stage != row.state.stage || self.window.started_ms != row.state.stage_started_ms {
             self.stage = row.state.stage;
-            self.stage_started_ms = row.state.stage_started_ms;
             self.window.restart(row.state.stage_started_ms);
             self.consecutive_failures = 0;
         }
