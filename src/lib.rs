@@ -8,6 +8,7 @@
 //! entry point.
 
 pub mod check;
+pub mod clock;
 pub mod cohort;
 pub mod config;
 pub mod digest;

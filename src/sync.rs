@@ -175,7 +175,7 @@ pub struct SyncState {
     /// The controller generation that document came from (0 before any).
     pub epoch: u64,
     pub consecutive_failures: u32,
-    /// When the next poll may start (ms, host clock).
+    /// When the next poll may start (ms, the sync's steady clock).
     pub next_poll_ms: u64,
     /// When the poll in flight started.
     pub in_flight_since_ms: Option<u64>,

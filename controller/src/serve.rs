@@ -7,7 +7,7 @@ use crate::api::auth::resolve_token;
 use crate::api::{app, AppState};
 use crate::controller::Controller;
 use crate::notify::Notifier;
-use crate::units::now_ms;
+use crate::units::Now;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,7 +84,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         loop {
             interval.tick().await;
             let c = Arc::clone(&loop_controller);
-            match tokio::task::spawn_blocking(move || c.reconcile(now_ms())).await {
+            match tokio::task::spawn_blocking(move || c.reconcile(Now::read())).await {
                 Ok(Err(e)) => tracing::error!(error = %e, "control loop"),
                 Err(e) => tracing::error!(error = %e, "control loop task"),
                 Ok(Ok(())) => {}

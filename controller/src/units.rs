@@ -1,5 +1,5 @@
 //! Weights and durations as people write them in plans (`"5%"`, `"0.5%"`, `"10m"`),
-//! and the wall clock.
+//! and the clocks.
 
 use policy_canary::cohort::MAX_WEIGHT_BP;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
@@ -11,6 +11,40 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A moment by both clocks. The wall clock places things people see and stores
+/// (stage starts, audit times); the steady clock (monotonic, from this process's
+/// start) measures intervals and timeouts, which a clock step must not stretch or
+/// cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub wall_ms: i64,
+    pub steady_ms: u64,
+}
+
+impl Now {
+    pub fn read() -> Now {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let start = START.get_or_init(std::time::Instant::now);
+        Now {
+            wall_ms: now_ms(),
+            steady_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// A moment where both clocks agree (tests and simulations).
+    pub fn at(ms: i64) -> Now {
+        Now {
+            wall_ms: ms,
+            steady_ms: u64::try_from(ms).unwrap_or(0),
+        }
+    }
+
+    /// Steady milliseconds since `earlier` (0 if it is later).
+    pub fn steady_since(&self, earlier: u64) -> u64 {
+        self.steady_ms.saturating_sub(earlier)
+    }
 }
 
 /// A traffic weight in basis points (0..=10000). Written as `"5%"`, `"0.25%"`, a

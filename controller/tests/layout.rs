@@ -33,6 +33,7 @@ const CORE_LAYERS: &[&str] = &[
     "digest",
     "cohort",
     "reader",
+    "clock",
     "lease",
     "check",
     "route",

@@ -3,6 +3,7 @@
 //! keeps the last good document.
 
 use super::host::{Host, LogLevel, MapKind, MetricKind};
+use crate::clock::SteadyClock;
 use crate::route::read_routes;
 use crate::sync::{
     is_envoy_id, AfterPoll, HealthChange, PollFailure, SyncConfig, SyncState, ENVOY_ID_HEADER,
@@ -18,6 +19,8 @@ pub struct SyncService {
     /// How this Envoy names itself in every poll (`x-canary-envoy`), when fixed.
     envoy_id: Option<String>,
     state: SyncState,
+    /// Times polls and backoff (a wall-clock step must not suspend polling).
+    clock: SteadyClock,
     in_flight: Option<u32>,
     metrics: SyncMetrics,
 }
@@ -39,6 +42,7 @@ impl SyncService {
             envoy_id: fixed_envoy_id(&config, host),
             config,
             state: SyncState::default(),
+            clock: SteadyClock::default(),
             in_flight: None,
             metrics: SyncMetrics {
                 polls_ok: metric(MetricKind::Counter, "polls_ok"),
@@ -50,7 +54,7 @@ impl SyncService {
     }
 
     pub fn on_tick(&mut self, host: &impl Host) {
-        let now = host.now_ms();
+        let now = self.clock.read(host.now_ms());
         if self.state.should_poll(&self.config, now) {
             self.poll(host, now);
         }
@@ -128,7 +132,7 @@ impl SyncService {
                 let _ = host.record_metric(id, version.revision);
             }
         }
-        let now = host.now_ms();
+        let now = self.clock.read(host.now_ms());
         self.finish(host, &outcome, now);
         if may_poll && self.state.should_poll(&self.config, now) {
             self.poll(host, now);

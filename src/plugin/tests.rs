@@ -296,6 +296,28 @@ fn a_failed_dispatch_is_counted_and_retried_later() {
     assert_eq!(host.calls.borrow().len(), 1);
 }
 
+#[test]
+fn a_wall_clock_step_back_does_not_suspend_polling() {
+    let host = MockHost::default();
+    host.now.set(10_000_000);
+    let mut sync =
+        Role::configure(&host, Some(SYNC_ROOT_ID.as_bytes()), SYNC_CONFIG.as_bytes()).unwrap();
+    sync.on_tick(&host);
+    answer(&mut sync, &host, &[(":status", b"503")], b"");
+    // The clock steps back an hour while the service backs off (100 ms).
+    host.now.set(10_000_000 - 3_600_000);
+    for _ in 0..5 {
+        host.now
+            .set(host.now.get() + SYNC_PERIOD.as_millis() as u64);
+        sync.on_tick(&host);
+    }
+    assert_eq!(
+        host.calls.borrow().len(),
+        2,
+        "it polls again after its backoff"
+    );
+}
+
 const FILTER_SYNC_CONFIG: &str = r#"{
   "target": "support-agent",
   "route": {"revision": 0, "salt": "boot", "stable": {"version": "v1", "cluster": "agent_stable"}},
@@ -325,7 +347,7 @@ fn filter_side_sync_has_one_poller_per_envoy_and_a_successor() {
     host.env
         .borrow_mut()
         .insert("HOSTNAME".into(), "edge-1".into());
-    host.now.set(1_000);
+    host.now.set(10_000_000);
     // Four workers and the main thread's root, as Envoy creates them.
     let mut roots: Vec<Role> = (0..5)
         .map(|_| Role::configure(&host, Some(b"filter"), FILTER_SYNC_CONFIG.as_bytes()).unwrap())
@@ -380,14 +402,28 @@ fn filter_side_sync_has_one_poller_per_envoy_and_a_successor() {
     for _ in 0..lapse {
         tick_all(&mut rest, &host);
     }
-    let calls = host.calls.borrow();
-    assert_eq!(calls.len(), 3, "{calls:?}");
-    let path = header_of(&calls[2], ":path").unwrap();
-    assert!(path.contains("revision=5"), "{path}");
-    assert_eq!(
-        header_of(&calls[2], "x-canary-envoy").as_deref(),
-        Some("edge-1")
-    );
+    {
+        let calls = host.calls.borrow();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        let path = header_of(&calls[2], ":path").unwrap();
+        assert!(path.contains("revision=5"), "{path}");
+        assert_eq!(
+            header_of(&calls[2], "x-canary-envoy").as_deref(),
+            Some("edge-1")
+        );
+    }
+    // The wall clock steps back an hour and this leader goes away too: the lease
+    // still passes on within a lease (it is timed on each root's steady clock).
+    let successor = rest
+        .iter()
+        .position(|r| matches!(r, Role::Filter(w) if w.sync_leading()))
+        .expect("a successor leads");
+    rest.remove(successor);
+    host.now.set(host.now.get() - 3_600_000);
+    for _ in 0..lapse {
+        tick_all(&mut rest, &host);
+    }
+    assert_eq!(host.calls.borrow().len(), 4, "a third root took over");
 }
 
 #[test]

@@ -96,7 +96,7 @@ impl Worker {
     pub fn on_tick(&self, host: &impl Host) {
         if let Some(sync) = &self.sync {
             let mut sync = sync.borrow_mut();
-            let may_poll = sync.lease.tick(host, host.now_ms());
+            let may_poll = sync.lease.tick(host);
             if may_poll && !sync.leading {
                 sync.service.resume_from_shared(host);
             }

@@ -9,6 +9,7 @@ use crate::analysis::evidence::Window;
 use crate::analysis::AnalysisReport;
 use crate::rollout::plan::InconclusiveAction;
 use crate::store::RolloutRow;
+use crate::units::Now;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -21,10 +22,10 @@ pub struct Judgement {
 
 /// Decides, at each analysis interval, whether a progressing rollout moves on.
 pub trait Judge: Send + Sync {
-    fn check(&self, rollout: &RolloutRow, now_ms: i64) -> Judgement;
+    fn check(&self, rollout: &RolloutRow, now: Now) -> Judgement;
 
     /// The comparison behind the decisions, for people.
-    fn report(&self, _rollout: &RolloutRow, _now_ms: i64) -> Option<AnalysisReport> {
+    fn report(&self, _rollout: &RolloutRow) -> Option<AnalysisReport> {
         None
     }
 }
@@ -35,7 +36,7 @@ pub trait Judge: Send + Sync {
 pub struct TimeOnlyJudge;
 
 impl Judge for TimeOnlyJudge {
-    fn check(&self, rollout: &RolloutRow, now_ms: i64) -> Judgement {
+    fn check(&self, rollout: &RolloutRow, now: Now) -> Judgement {
         let plan = &rollout.plan;
         let Some(stage) = plan.stages.get(rollout.state.stage) else {
             return Judgement {
@@ -43,7 +44,7 @@ impl Judge for TimeOnlyJudge {
                 details: serde_json::Value::Null,
             };
         };
-        let elapsed = now_ms - rollout.state.stage_started_ms;
+        let elapsed = now.wall_ms - rollout.state.stage_started_ms;
         let details =
             serde_json::json!({"elapsed_ms": elapsed, "min_duration": stage.min_duration});
         let decision = if elapsed >= stage.min_duration.millis() && stage.min_requests == 0 {
@@ -71,8 +72,9 @@ pub struct Tracked {
     /// Starts with the stage (`window.started_ms` is the stage's start).
     pub window: Window,
     consecutive_failures: u32,
-    /// Since when the evidence has been unavailable, at the judge's checks.
-    evidence_lost_since: Option<i64>,
+    /// Since when (steady clock) the evidence has been unavailable, at the
+    /// judge's checks.
+    evidence_lost_since: Option<u64>,
 }
 
 impl Tracked {
@@ -129,22 +131,21 @@ impl EvidenceJudge {
 }
 
 impl Judge for EvidenceJudge {
-    fn check(&self, row: &RolloutRow, now_ms: i64) -> Judgement {
+    fn check(&self, row: &RolloutRow, now: Now) -> Judgement {
         self.with(row, |t| {
             let analysis = analyse(&row.plan, row.state.stage, &t.window);
-            let elapsed = now_ms - row.state.stage_started_ms;
+            let elapsed = now.wall_ms - row.state.stage_started_ms;
             if let Some(reason) = &analysis.evidence_unavailable {
                 // No evidence is never a pass: hold; after `evidence_timeout` without
                 // any, the plan's `on_evidence_loss` (unmonitored, a canary may be
                 // harming users, safety included).
-                let since = *t.evidence_lost_since.get_or_insert(now_ms);
-                let lost_for = now_ms - since;
-                let decision = if lost_for >= row.plan.evidence_timeout.millis() {
+                let since = *t.evidence_lost_since.get_or_insert(now.steady_ms);
+                let lost_for = now.steady_since(since);
+                let timeout = u64::try_from(row.plan.evidence_timeout.millis()).unwrap_or(0);
+                let decision = if lost_for >= timeout {
                     let why = format!(
                         "no evidence for {} (evidence_timeout {}): {reason}",
-                        crate::units::Dur(std::time::Duration::from_millis(
-                            u64::try_from(lost_for).unwrap_or(0)
-                        )),
+                        crate::units::Dur(std::time::Duration::from_millis(lost_for)),
                         row.plan.evidence_timeout
                     );
                     match row.plan.evidence_loss_action(row.state.stage) {
@@ -176,7 +177,7 @@ impl Judge for EvidenceJudge {
         })
     }
 
-    fn report(&self, row: &RolloutRow, _now_ms: i64) -> Option<AnalysisReport> {
+    fn report(&self, row: &RolloutRow) -> Option<AnalysisReport> {
         self.with(row, |t| {
             Some(AnalysisReport {
                 analysis: analyse(&row.plan, row.state.stage, &t.window),
@@ -223,9 +224,9 @@ mod tests {
         judge.with(&row, |t| {
             t.window = Window::unavailable(0, "cannot reach Prometheus at http://p".into())
         });
-        let judgement = judge.check(&row, 60_000);
+        let judgement = judge.check(&row, Now::at(60_000));
         assert_eq!(judgement.decision, StageDecision::Hold);
-        let report = judge.report(&row, 60_000).unwrap();
+        let report = judge.report(&row).unwrap();
         assert!(report
             .analysis
             .comparisons
@@ -233,9 +234,15 @@ mod tests {
             .all(|c| c.verdict == GateVerdict::Inconclusive));
         assert_eq!(report.analysis.safety.verdict, GateVerdict::Inconclusive);
         assert!(report.analysis.evidence_unavailable.is_some());
+        // A wall-clock leap is not time without evidence (the steady clock is).
+        let leap = Now {
+            wall_ms: 60_000 + 120_000,
+            steady_ms: 61_000,
+        };
+        assert_eq!(judge.check(&row, leap).decision, StageDecision::Hold);
         // Unmonitored for the plan's evidence_timeout (2 minutes): in the first
         // stage it pauses, past it it rolls back (audited and notified by the loop).
-        let late = judge.check(&row, 60_000 + 120_000);
+        let late = judge.check(&row, Now::at(60_000 + 120_000));
         assert!(
             matches!(&late.decision, StageDecision::Pause(r) if r.contains("no evidence for 2m")),
             "{:?}",
@@ -248,19 +255,19 @@ mod tests {
             t.window = Window::unavailable(0, "no Envoy admin answered (2 tried)".into())
         });
         assert_eq!(
-            judge.check(&later_stage, 1_000).decision,
+            judge.check(&later_stage, Now::at(1_000)).decision,
             StageDecision::Hold
         );
         assert!(matches!(
-            judge.check(&later_stage, 1_000 + 120_000).decision,
+            judge.check(&later_stage, Now::at(1_000 + 120_000)).decision,
             StageDecision::Rollback(r) if r.contains("no Envoy admin answered")
         ));
         let judge = EvidenceJudge::default();
         judge.with(&row, |t| t.window = Window::unavailable(0, "down".into()));
-        let _ = judge.check(&row, 60_000);
+        let _ = judge.check(&row, Now::at(60_000));
         // Evidence back: the analysis no longer says it is missing.
         judge.with(&row, |t| t.window = Window::new(0));
-        let report = judge.report(&row, 60_000).unwrap();
+        let report = judge.report(&row).unwrap();
         assert_eq!(report.analysis.evidence_unavailable, None);
     }
 }

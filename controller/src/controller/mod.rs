@@ -61,7 +61,8 @@ pub struct Controller {
     notifier: Notifier,
     judge: Box<dyn Judge>,
     /// When each active rollout was last analysed.
-    last_check: Mutex<HashMap<i64, i64>>,
+    /// When (steady clock) each rollout was last analysed.
+    last_check: Mutex<HashMap<i64, u64>>,
     fleet: Arc<Fleet>,
     metrics: Arc<Metrics>,
     /// Held while the controller lives: no second controller on this state.
@@ -239,7 +240,7 @@ impl Controller {
     pub fn analysis(&self, id: i64) -> Result<RolloutAnalysis> {
         let row = self.rollout_row(id)?;
         let analysis = if row.state.phase.is_active() {
-            self.judge.report(&row, now_ms())
+            self.judge.report(&row)
         } else {
             self.last_decision(id)?
         };

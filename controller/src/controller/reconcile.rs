@@ -5,20 +5,27 @@ use super::change::{apply, Change};
 use super::{Controller, Error, Guard, Result, AUTO_ACTOR};
 use crate::rollout::{route_for, AuditAction, Phase};
 use crate::store;
-use crate::units::Weight;
+use crate::units::{Now, Weight};
 
 impl Controller {
     /// One pass of the control loop: analysis at each rollout's interval, and
     /// route tables kept in step with time windows.
-    pub fn reconcile(&self, now: i64) -> Result<()> {
+    /// Intervals run on the steady clock: a wall-clock step neither suspends the
+    /// analysis nor fires it early.
+    pub fn reconcile(&self, now: Now) -> Result<()> {
         let active = store::list_rollouts(&self.db(), true)?;
         for row in active {
             let due = {
                 let mut last = self.last_check.lock().unwrap_or_else(|p| p.into_inner());
-                let previous = *last.entry(row.id).or_insert(row.state.stage_started_ms);
-                let due = now - previous >= row.plan.analysis_interval.millis();
+                // First seen: as if last checked when its stage started.
+                let in_stage = u64::try_from(now.wall_ms - row.state.stage_started_ms).unwrap_or(0);
+                let previous = *last
+                    .entry(row.id)
+                    .or_insert(now.steady_ms.saturating_sub(in_stage));
+                let interval = u64::try_from(row.plan.analysis_interval.millis()).unwrap_or(0);
+                let due = now.steady_since(previous) >= interval;
                 if due {
-                    last.insert(row.id, now);
+                    last.insert(row.id, now.steady_ms);
                 }
                 due
             };
@@ -41,7 +48,7 @@ impl Controller {
                     continue;
                 }
             }
-            self.follow_windows(row.id, now)?;
+            self.follow_windows(row.id, now.wall_ms)?;
         }
         if let Ok(mut last) = self.last_check.lock() {
             if last.len() > 1024 {
