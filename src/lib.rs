@@ -21,6 +21,7 @@ pub mod routing;
 pub mod stats;
 pub mod sync;
 pub mod telemetry;
+pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -74,13 +74,25 @@ impl Drop for OpenPoll {
 impl Fleet {
     /// Records a poll from `id` holding `revision` (counted, but not listed, when
     /// `id` is not an Envoy name). Keep the guard for as long as the poll is open.
-    pub fn poll(self: &Arc<Self>, id: &str, revision: u64, now_ms: i64) -> OpenPoll {
-        self.open.fetch_add(1, Ordering::Relaxed);
+    /// With a `cap`, refuses (`None`) when that many polls are open already.
+    pub fn poll(
+        self: &Arc<Self>,
+        id: &str,
+        revision: u64,
+        now_ms: i64,
+        cap: Option<u64>,
+    ) -> Option<OpenPoll> {
+        let cap = cap.unwrap_or(u64::MAX);
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                (open < cap).then_some(open + 1)
+            })
+            .ok()?;
         let listed = self.record(id, revision, now_ms);
-        OpenPoll {
+        Some(OpenPoll {
             fleet: Arc::clone(self),
             id: listed.then(|| id.to_string()),
-        }
+        })
     }
 
     /// Polls open now, named or not.
@@ -149,9 +161,11 @@ mod tests {
     #[test]
     fn polls_are_counted_while_open_and_envoys_go_stale() {
         let fleet = Arc::new(Fleet::default());
-        let poll = fleet.poll("edge-1", 4, 1_000);
-        let unnamed = fleet.poll("two words", 4, 1_000);
+        let poll = fleet.poll("edge-1", 4, 1_000, None).unwrap();
+        let unnamed = fleet.poll("two words", 4, 1_000, Some(2)).unwrap();
         assert_eq!(fleet.open_polls(), 2);
+        assert!(fleet.poll("edge-2", 4, 1_000, Some(2)).is_none(), "capped");
+        assert_eq!(fleet.open_polls(), 2, "a refused poll is not counted");
         drop(unnamed);
         assert_eq!(fleet.open_polls(), 1);
         let list = fleet.status(5, 2_000, STALE);
@@ -162,7 +176,7 @@ mod tests {
             (4, 1, false, false)
         );
         drop(poll);
-        let _again = fleet.poll("edge-1", 5, 3_000);
+        let _again = fleet.poll("edge-1", 5, 3_000, Some(2)).unwrap();
         let edge = &fleet.status(5, 3_000, STALE).envoys[0];
         assert_eq!((edge.revision, edge.open_polls, edge.in_sync), (5, 1, true));
         drop(_again);
@@ -174,7 +188,7 @@ mod tests {
     fn the_fleet_stays_bounded() {
         let fleet = Arc::new(Fleet::default());
         for i in 0..MAX_ENVOYS + 5 {
-            drop(fleet.poll(&format!("envoy-{i}"), 1, i as i64));
+            drop(fleet.poll(&format!("envoy-{i}"), 1, i as i64, None));
         }
         let list = fleet.status(1, 0, STALE);
         assert_eq!(list.envoys.len(), MAX_ENVOYS);

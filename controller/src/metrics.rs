@@ -35,6 +35,10 @@ pub struct Metrics {
     decisions: [AtomicU64; DECISIONS.len()],
     /// Per source: failed reads, and whether the last read worked.
     evidence: Mutex<BTreeMap<EvidenceSource, (u64, bool)>>,
+    /// Connections closed at once: the connection cap was reached.
+    pub connections_refused: AtomicU64,
+    /// Long-polls answered 503 at once: the cap on waiting polls was reached.
+    pub polls_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -122,6 +126,21 @@ pub fn render(metrics: &Metrics, snapshot: &Snapshot<'_>) -> String {
             "canaryctl_decisions_total{{decision=\"{kind}\"}} {}",
             count.load(Relaxed)
         );
+    }
+    for (name, help, counter) in [
+        (
+            "canaryctl_http_connections_refused_total",
+            "Connections closed at once because --max-connections were open.",
+            &metrics.connections_refused,
+        ),
+        (
+            "canaryctl_polls_refused_total",
+            "Route long-polls refused (503) because --max-waiting-polls were waiting.",
+            &metrics.polls_refused,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", counter.load(Relaxed));
     }
     let evidence = metrics.evidence.lock().unwrap_or_else(|p| p.into_inner());
     family(

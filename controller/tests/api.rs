@@ -29,6 +29,7 @@ fn api() -> Api {
             controller,
             token: Arc::from(TOKEN),
             webhooks: Notifier::none(),
+            limits: Default::default(),
         },
         _dir: dir,
     }

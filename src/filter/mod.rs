@@ -1,8 +1,9 @@
 //! proxy-wasm glue (wasm32 only): binds the plugin (`crate::plugin`) to the
-//! SDK's context traits and implements its `Host` over `proxy_wasm::hostcalls`,
-//! using only the byte-level calls that return `Result` (the SDK's trait helpers
-//! and `get_map` unwrap and would panic on an odd status or a non-UTF-8 byte).
+//! SDK's context traits and implements its `Host` over the filter's own ABI
+//! wrappers (`abi`): the SDK's `hostcalls` and trait helpers panic on an
+//! unexpected status or a non-UTF-8 byte, so only its context dispatch is used.
 
+mod abi;
 mod host;
 
 use crate::plugin::host::Host as _;
@@ -10,9 +11,8 @@ use crate::plugin::host::LogLevel as PluginLogLevel;
 use crate::plugin::stream::Stream;
 use crate::plugin::Role;
 use host::ProxyWasmHost;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 proxy_wasm::main! {{
     // Also installs a panic hook that logs the panic at critical level.
@@ -43,22 +43,22 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, _configuration_size: usize) -> bool {
         let host = ProxyWasmHost;
-        let configuration =
-            match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-                Ok(bytes) => bytes.unwrap_or_default(),
-                Err(status) => {
-                    host.log(
-                        PluginLogLevel::Error,
-                        &format!("policy_canary: cannot read the plugin configuration: {status:?}"),
-                    );
-                    return false;
-                }
-            };
+        let configuration = match abi::buffer(abi::BUFFER_PLUGIN_CONFIGURATION, 0, usize::MAX) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(status) => {
+                host.log(
+                    PluginLogLevel::Error,
+                    &format!("policy_canary: cannot read the plugin configuration: {status:?}"),
+                );
+                return false;
+            }
+        };
         let root_id = host.property(&["plugin_root_id"]).ok().flatten();
         let Some(role) = Role::configure(&host, root_id.as_deref(), &configuration) else {
             return false;
         };
-        if hostcalls::set_tick_period(role.tick_period()).is_err() {
+        let period_ms = u32::try_from(role.tick_period().as_millis()).unwrap_or(u32::MAX);
+        if abi::set_tick_period_ms(period_ms).is_err() {
             host.log(
                 PluginLogLevel::Error,
                 "policy_canary: cannot set the tick period",

@@ -63,11 +63,29 @@ pub(super) async fn routes(
         .get(ENVOY_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let _open = state
+    let waits = known.is_some() && !other_generation && !wait.is_zero();
+    let cap = waits.then_some(state.limits.max_waiting_polls);
+    let Some(_open) = state
         .controller
         .fleet()
-        .poll(envoy, known.unwrap_or(0), now_ms());
-    if let Some(known) = known.filter(|_| !other_generation) {
+        .poll(envoy, known.unwrap_or(0), now_ms(), cap)
+    else {
+        state
+            .controller
+            .metrics()
+            .polls_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let message = format!(
+            "{} route long-polls are waiting already (--max-waiting-polls); retry later",
+            state.limits.max_waiting_polls
+        );
+        let mut response = super::error(StatusCode::SERVICE_UNAVAILABLE, &message, None);
+        response
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        return Ok(response);
+    };
+    if let Some(known) = known.filter(|_| waits) {
         let mut rx = state.controller.subscribe();
         let _ = tokio::time::timeout(wait, rx.wait_for(|revision| *revision > known)).await;
     }

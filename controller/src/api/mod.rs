@@ -8,7 +8,7 @@ mod handlers;
 
 use crate::controller::{Controller, Error};
 use axum::body::Bytes;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -31,6 +31,27 @@ pub struct AppState {
     pub controller: Arc<Controller>,
     pub token: Arc<str>,
     pub webhooks: crate::notify::Notifier,
+    pub limits: Limits,
+}
+
+/// What one request may take of the controller.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Route long-polls that may wait at once; more are refused with 503 (an
+    /// Envoy backs off and keeps its table).
+    pub max_waiting_polls: u64,
+    /// Longest a request may take, its body included (a long-poll: its wait
+    /// more).
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_waiting_polls: 4096,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 pub fn app(state: AppState) -> Router {
@@ -61,8 +82,30 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Ends a request that outlives `request_timeout` (a body sent byte by byte, say)
+/// with 408; a route long-poll gets its wait on top.
+async fn deadline(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let mut limit = state.limits.request_timeout;
+    if request.uri().path() == "/v1/routes" {
+        limit += MAX_WAIT;
+    }
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request took longer than {}", crate::units::Dur(limit)),
+            None,
+        ),
+    }
 }
 
 fn error(status: StatusCode, message: &str, state: Option<String>) -> Response {

@@ -188,6 +188,19 @@ pub struct ServeArgs {
     /// Prometheus is lagging (stages held) when its newest sample is older than this.
     #[arg(long, default_value = "60s", value_parser = parse_dur)]
     pub prometheus_max_lag: Dur,
+    /// Most API connections open at once; more are closed at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers (also an idle
+    /// keep-alive connection's next request).
+    #[arg(long, default_value = "10s", value_parser = parse_dur)]
+    pub header_timeout: Dur,
+    /// Longest a request may take, its body included (a route long-poll: its wait more).
+    #[arg(long, default_value = "30s", value_parser = parse_dur)]
+    pub request_timeout: Dur,
+    /// Route long-polls that may wait at once; more are answered 503 (Envoys back off).
+    #[arg(long, default_value_t = 4096)]
+    pub max_waiting_polls: u64,
 }
 
 fn parse_dur(text: &str) -> Result<Dur, String> {
@@ -341,6 +354,14 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     args.prometheus_interval.0.max(Duration::from_millis(100)),
                 )
             }),
+            connections: crate::serve::http::ConnectionLimits {
+                max_connections: args.max_connections.max(1),
+                header_timeout: args.header_timeout.0.max(Duration::from_millis(100)),
+            },
+            limits: crate::api::Limits {
+                max_waiting_polls: args.max_waiting_polls,
+                request_timeout: args.request_timeout.0.max(Duration::from_millis(100)),
+            },
         })
         .await
         .map_err(|e| fail(1, format!("{e:#}")));

@@ -55,7 +55,12 @@ fn conflict(message: impl Into<String>, state: Option<String>) -> Error {
 }
 
 pub struct Controller {
+    /// The one writer: changes and the control loop.
     db: Mutex<Connection>,
+    /// Read-only connections for the API's reads, so that reads never wait for
+    /// the writer (nor the writer for a burst of reads).
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     routes: RwLock<Arc<RoutesDocument>>,
     revision_tx: watch::Sender<u64>,
     notifier: Notifier,
@@ -70,6 +75,8 @@ pub struct Controller {
 }
 
 pub const AUTO_ACTOR: &str = "canaryctl";
+/// Read-only connections beside the writer.
+const READERS: usize = 4;
 /// Most audit entries one read returns.
 pub const MAX_AUDIT_PAGE: i64 = 10_000;
 /// Audit entries one read returns when the caller names no limit.
@@ -80,7 +87,11 @@ impl Controller {
         store::create_private_dir(state_dir)
             .map_err(|e| Error::Internal(format!("cannot create {}: {e}", state_dir.display())))?;
         let lock = store::lock(state_dir).map_err(Error::Internal)?;
-        let conn = store::open(&state_dir.join("canaryctl.db"))?;
+        let path = state_dir.join("canaryctl.db");
+        let conn = store::open(&path)?;
+        let readers = (0..READERS)
+            .map(|_| store::open_reader(&path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
         // A new generation on every start: after a restore from an older backup
         // the revisions go back, and Envoys must follow them all the same.
         let epoch = random_epoch()?;
@@ -88,6 +99,8 @@ impl Controller {
         let (revision_tx, _) = watch::channel(routes.revision);
         Ok(Arc::new(Controller {
             db: Mutex::new(conn),
+            readers,
+            next_reader: Default::default(),
             routes: RwLock::new(routes),
             revision_tx,
             notifier,
@@ -102,6 +115,21 @@ impl Controller {
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.db
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A free reader connection, else the next one in turn.
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        for reader in &self.readers {
+            if let Ok(conn) = reader.try_lock() {
+                return conn;
+            }
+        }
+        let turn = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.readers[turn % self.readers.len()]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -125,7 +153,7 @@ impl Controller {
 
     /// `/metrics`: the counters and what the state says now.
     pub fn metrics_text(&self, envoys: &EnvoyList) -> Result<String> {
-        let rows = store::list_rollouts(&self.db(), false)?;
+        let rows = store::list_rollouts(&self.reader(), false)?;
         let by_phase: Vec<(&'static str, u64)> = Phase::ALL
             .iter()
             .map(|phase| {
@@ -203,20 +231,20 @@ impl Controller {
     }
 
     pub fn policies(&self) -> Result<Vec<PolicyRecord>> {
-        Ok(store::list_policies(&self.db())?)
+        Ok(store::list_policies(&self.reader())?)
     }
 
     pub fn policy(&self, version: &str) -> Result<PolicyRecord> {
-        store::get_policy(&self.db(), version)?
+        store::get_policy(&self.reader(), version)?
             .ok_or_else(|| Error::NotFound(format!("no policy version `{version}`")))
     }
 
     pub fn targets(&self) -> Result<Vec<TargetRow>> {
-        Ok(store::list_targets(&self.db())?)
+        Ok(store::list_targets(&self.reader())?)
     }
 
     pub fn rollouts(&self, active_only: bool) -> Result<Vec<RolloutView>> {
-        let conn = self.db();
+        let conn = self.reader();
         let now = now_ms();
         store::list_rollouts(&conn, active_only)?
             .into_iter()
@@ -225,13 +253,13 @@ impl Controller {
     }
 
     pub fn rollout(&self, id: i64) -> Result<RolloutView> {
-        let conn = self.db();
+        let conn = self.reader();
         let row = store::get_rollout(&conn, id)?.ok_or_else(|| not_found(id))?;
         self.view(&conn, row, now_ms())
     }
 
     pub fn rollout_rows(&self, active_only: bool) -> Result<Vec<RolloutRow>> {
-        Ok(store::list_rollouts(&self.db(), active_only)?)
+        Ok(store::list_rollouts(&self.reader(), active_only)?)
     }
 
     /// The analysis of a rollout: its current stage's while it is under way, when the
@@ -265,7 +293,7 @@ impl Controller {
     }
 
     pub fn rollout_row(&self, id: i64) -> Result<RolloutRow> {
-        store::get_rollout(&self.db(), id)?.ok_or_else(|| not_found(id))
+        store::get_rollout(&self.reader(), id)?.ok_or_else(|| not_found(id))
     }
 
     pub fn audit(
@@ -276,7 +304,7 @@ impl Controller {
         limit: i64,
     ) -> Result<Vec<AuditEntry>> {
         Ok(store::list_audit(
-            &self.db(),
+            &self.reader(),
             rollout_id,
             target,
             after_id,
@@ -292,7 +320,7 @@ impl Controller {
     /// Every cluster a target's rollouts have used (for the runtime driver).
     pub fn known_clusters(&self) -> Result<HashMap<String, Vec<String>>> {
         let mut clusters: HashMap<String, Vec<String>> = HashMap::new();
-        for row in store::list_rollouts(&self.db(), false)? {
+        for row in store::list_rollouts(&self.reader(), false)? {
             let entry = clusters.entry(row.target).or_default();
             for cluster in [row.plan.stable.cluster, row.plan.canary.cluster] {
                 if !entry.contains(&cluster) {

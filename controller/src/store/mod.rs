@@ -3,7 +3,7 @@
 
 mod schema;
 
-pub use schema::{create_private_dir, lock, open, schema_version, StateLock};
+pub use schema::{create_private_dir, lock, open, open_reader, schema_version, StateLock};
 
 use crate::rollout::plan::RolloutPlan;
 use crate::rollout::{AuditAction, Phase, RolloutState};

@@ -76,6 +76,18 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// A read-only connection to a database `open` has set up: WAL lets it read the
+/// last commit while the writer works, so reads never wait for a decision.
+pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 /// Creates the database file readable by its owner only (SQLite gives its WAL and
 /// shared-memory files the same mode); an existing file is left as it is.
 fn create_private(path: &Path) -> std::io::Result<()> {

@@ -54,12 +54,20 @@
       return;
     }
     const reason = reasonInput.value.trim() || "manual " + action + " from the dashboard";
+    // Applied only to the stage on screen (409 if the rollout moved meanwhile), and
+    // once however often the request is retried.
+    const expectedStage = Number(button.dataset.stage);
+    const key = "dashboard-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2);
     button.disabled = true;
     try {
       const response = await fetch("/v1/rollouts/" + encodeURIComponent(id) + "/" + action, {
         method: "POST",
-        headers: { "Authorization": "Bearer " + token, "Content-Type": "application/json" },
-        body: JSON.stringify({ actor: "dashboard", reason: reason }),
+        headers: {
+          "Authorization": "Bearer " + token,
+          "Content-Type": "application/json",
+          "Idempotency-Key": key,
+        },
+        body: JSON.stringify({ actor: "dashboard", reason: reason, expected_stage: expectedStage }),
       });
       const body = await response.json().catch(() => ({}));
       if (response.ok) {

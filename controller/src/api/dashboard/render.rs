@@ -137,9 +137,9 @@ fn rollout_summary(r: &RolloutView, now: i64) -> Markup {
     let button = |action: ManualAction, label: &str| {
         html! {
             @if action == ManualAction::Rollback {
-                button data-action=(action) data-rollout=(r.id) class="danger" disabled[!action.allowed_in(r.phase)] { (label) }
+                button data-action=(action) data-rollout=(r.id) data-stage=(r.stage) class="danger" disabled[!action.allowed_in(r.phase)] { (label) }
             } @else {
-                button data-action=(action) data-rollout=(r.id) disabled[!action.allowed_in(r.phase)] { (label) }
+                button data-action=(action) data-rollout=(r.id) data-stage=(r.stage) disabled[!action.allowed_in(r.phase)] { (label) }
             }
         }
     };
@@ -448,8 +448,10 @@ mod tests {
         assert!(html.contains("<tr data-envoy=\"edge-2\" class=\"envoy-stale\">"));
         // Newest audit entry first; pause enabled, resume not.
         assert!(html.find("data-audit-id=\"2\"") < html.find("data-audit-id=\"1\""));
-        assert!(html.contains("data-action=\"pause\" data-rollout=\"3\">"));
-        assert!(html.contains("data-action=\"resume\" data-rollout=\"3\" disabled>"));
+        assert!(html.contains("data-action=\"pause\" data-rollout=\"3\" data-stage=\"2\">"));
+        assert!(
+            html.contains("data-action=\"resume\" data-rollout=\"3\" data-stage=\"2\" disabled>")
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `canaryctl serve`: the control plane process.
 
+pub mod http;
+
 use crate::analysis::evidence::envoy_admin;
 use crate::analysis::evidence::prometheus::{self, Prometheus, PrometheusOptions};
 use crate::analysis::judge::{EvidenceJudge, Judge, TimeOnlyJudge};
 use crate::api::auth::resolve_token;
-use crate::api::{app, AppState};
+use crate::api::{app, AppState, Limits};
 use crate::controller::Controller;
 use crate::notify::Notifier;
 use crate::units::Now;
@@ -28,6 +30,8 @@ pub struct ServeOptions {
     pub scrape_interval: Duration,
     /// Evidence from Prometheus instead of the Envoy admins, and how often it is read.
     pub prometheus: Option<(PrometheusOptions, Duration)>,
+    pub connections: http::ConnectionLimits,
+    pub limits: Limits,
 }
 
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
@@ -109,23 +113,25 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
-    // Long-poll answers are small: without TCP_NODELAY, Nagle plus the peer's
-    // delayed ACK holds each one back ~40 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     println!(
         "canaryctl listening on http://{address} (state in {})",
         options.state_dir.display()
     );
+    let metrics = Arc::clone(controller.metrics());
     let state = AppState {
         controller,
         token: Arc::from(token),
         webhooks: notifier,
+        limits: options.limits,
     };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    http::run(
+        listener,
+        app(state),
+        options.connections,
+        metrics,
+        shutdown(),
+    )
+    .await;
     Ok(())
 }
 

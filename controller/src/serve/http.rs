@@ -1,0 +1,106 @@
+//! The API's HTTP/1.1 server, with the limits an open port needs: a cap on open
+//! connections (over it, a new one is closed at once), a deadline for each
+//! request's headers (also for an idle keep-alive connection's next request), and
+//! a deadline for each whole request (`api::limits`). A few hundred slow sockets
+//! then cost a few hundred idle tasks, and never the Envoys' polls, the CLI or the
+//! control loop.
+
+use crate::metrics::Metrics;
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// How long open connections get to finish once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers.
+    pub header_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max));
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut refused_logged = false;
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors and the like: pass, then accept again.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            metrics.connections_refused.fetch_add(1, Relaxed);
+            if !std::mem::replace(&mut refused_logged, true) {
+                tracing::warn!(
+                    max_connections = max,
+                    "connection cap reached: closing new connections (counted in /metrics)"
+                );
+            }
+            drop(tcp);
+            continue;
+        };
+        if permits.available_permits() > max / 2 {
+            refused_logged = false;
+        }
+        // Long-poll answers are small: without TCP_NODELAY, Nagle plus the peer's
+        // delayed ACK holds each one back ~40 ms.
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let mut closing = closing_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let connection = builder.serve_connection(TokioIo::new(tcp), service);
+            let mut connection = std::pin::pin!(connection);
+            let closed = tokio::select! {
+                _ = connection.as_mut() => true,
+                _ = closing.wait_for(|closing| *closing) => false,
+            };
+            if !closed {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+            drop(permit);
+        });
+    }
+    closing_tx.send_replace(true);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all)).await;
+}
