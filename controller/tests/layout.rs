@@ -40,6 +40,7 @@ const CORE_LAYERS: &[&str] = &[
     "sync",
     "config",
     "routing",
+    "wire",
     "telemetry",
     "stats",
     "plugin",
