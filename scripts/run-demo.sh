@@ -69,13 +69,23 @@ sed -e "s/port_value: 7070}/port_value: $controller_port}/" \
 "$canaryctl" serve --listen "127.0.0.1:$controller_port" --envoy-admin "http://127.0.0.1:$admin_port" \
   > "$state/controller.log" 2>&1 & pids+=($!)
 wait_for "the controller" "http://127.0.0.1:$controller_port/healthz"
-"$canaryctl" agent --listen "127.0.0.1:$stable_port" --registry "$CANARYCTL_SERVER" --seed 1 > "$state/agent-stable.log" 2>&1 & pids+=($!)
-"$canaryctl" agent --listen "127.0.0.1:$canary_port" --registry "$CANARYCTL_SERVER" --seed 2 > "$state/agent-canary.log" 2>&1 & pids+=($!)
-"$envoy" -c "$state/envoy.yaml" --concurrency 2 --disable-hot-restart -l warning > "$state/envoy.log" 2>&1 & pids+=($!)
+# Each part holds only what it needs; the state directory's bootstrap token (admin)
+# makes these and registers the policies.
+token() { "$canaryctl" token create "$1" --scope "$2" 2>/dev/null; }
+envoy_token=$(token envoys routes:read)
+agent_token=$(token agents policies:read)
+operator_token=$(token demo-operator operate)
+viewer_token=$(token dashboard read)
+CANARYCTL_REGISTRY_TOKEN=$agent_token "$canaryctl" agent --listen "127.0.0.1:$stable_port" --registry "$CANARYCTL_SERVER" --seed 1 > "$state/agent-stable.log" 2>&1 & pids+=($!)
+CANARYCTL_REGISTRY_TOKEN=$agent_token "$canaryctl" agent --listen "127.0.0.1:$canary_port" --registry "$CANARYCTL_SERVER" --seed 2 > "$state/agent-canary.log" 2>&1 & pids+=($!)
+POLICY_CANARY_TOKEN=$envoy_token "$envoy" -c "$state/envoy.yaml" --concurrency 2 --disable-hot-restart -l warning > "$state/envoy.log" 2>&1 & pids+=($!)
 wait_for Envoy "http://127.0.0.1:$admin_port/ready"
 
 "$canaryctl" policy add envoy/policies/v2.3.1.yaml
 "$canaryctl" policy add "$canary"
+# From here on the demo operates with the `operate` token only.
+export CANARYCTL_TOKEN=$operator_token
+(umask 077; printf '%s\n' "$operator_token" > "$state/operator-token")
 started=$("$canaryctl" rollout start "$plan")
 echo "${started%%$'\n'*}"
 "$canaryctl" traffic --url "http://127.0.0.1:$listener_port/chat" --rate "$rate" --sessions 3000 \
@@ -83,12 +93,13 @@ echo "${started%%$'\n'*}"
 
 cat <<TXT
 
-Dashboard:  http://127.0.0.1:$controller_port/#token=$(cat "$state/state/token")
+Dashboard:  http://127.0.0.1:$controller_port/#token=$viewer_token   (read-only)
+            http://127.0.0.1:$controller_port/#token=$operator_token   (with pause/resume/promote/rollback)
 Envoy:      127.0.0.1:$listener_port (admin 127.0.0.1:$admin_port), $rate req/s from 3000 sticky sessions
 Scenario:   $scenario ($plan); logs in $state/
 
-Try, in another terminal (the state directory holds the token):
-  export CANARYCTL_STATE_DIR=$state/state PATH=\$PWD/target/release:\$PATH
+Try, in another terminal (tokens: $state/operator-token operates, $state/state/token is admin):
+  export CANARYCTL_TOKEN_FILE=$state/operator-token PATH=\$PWD/target/release:\$PATH
   canaryctl rollout status
   canaryctl rollout pause --reason 'having a look'
   curl -s -H 'x-session-id: user-42' -H 'x-canary: true' -H 'x-canary-token: demo-force-token' 127.0.0.1:$listener_port/chat

@@ -2,6 +2,7 @@
 //! CLI and the dashboard so that both say the same thing the same way.
 
 use crate::analysis::Analysis;
+use crate::store::AuditEntry;
 
 /// A number as the dashboard and `canaryctl rollout status` show it.
 pub fn number(value: Option<f64>) -> String {
@@ -32,6 +33,15 @@ pub fn breached_gates(analysis: &Analysis) -> Vec<String> {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` from milliseconds since the epoch.
+/// Who made an audited change: what the client called itself, and the token it
+/// held when that differs.
+pub fn acted_by(e: &AuditEntry) -> String {
+    match &e.principal {
+        Some(principal) if *principal != e.actor => format!("{} (token {principal})", e.actor),
+        _ => e.actor.clone(),
+    }
+}
+
 pub fn utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

@@ -15,14 +15,16 @@
 //! - `notify`: webhooks; `cli`: the client commands; `demo`: the demo agent and
 //!   traffic generator (`canaryctl agent`, `canaryctl traffic`), kept apart from
 //!   the control plane;
+//! - `access`: token scopes, which scope each endpoint needs, who acted;
 //! - `units`, `document`, `format`: weights and durations, YAML/JSON documents, and
 //!   the formatting the CLI and the dashboard share.
 //!
 //! The rooms form layers with no import cycle (`tests/layout.rs` checks it): each
-//! uses only rooms listed before it in `units`, `document`, `rollout`, `registry`,
-//! `store`, `notify`, `envoy`, `fleet`, `metrics`, `analysis`, `format`, `view`, `controller`, `demo`,
-//! `api`, `serve`, `cli`.
+//! uses only rooms listed before it in `units`, `document`, `access`, `rollout`,
+//! `registry`, `store`, `notify`, `envoy`, `fleet`, `metrics`, `analysis`, `format`,
+//! `view`, `controller`, `demo`, `api`, `serve`, `cli`.
 
+pub mod access;
 pub mod analysis;
 pub mod api;
 pub mod cli;

@@ -23,6 +23,8 @@ pub struct Event {
     pub weight: String,
     pub stable_version: String,
     pub canary_version: String,
+    /// The token that made the change (`canaryctl`: the control loop).
+    pub principal: String,
     pub actor: String,
     pub reason: String,
     pub revision: u64,

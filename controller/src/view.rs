@@ -134,6 +134,12 @@ pub struct AuditList {
     pub audit: Vec<AuditEntry>,
 }
 
+/// `GET /v1/tokens` (never the secrets: only their hashes are kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<crate::store::TokenRecord>,
+}
+
 /// Typed values from partial JSON, for tests: what the fixture leaves out gets a
 /// neutral default.
 #[cfg(test)]

@@ -30,6 +30,7 @@ fn api() -> Api {
             token: Arc::from(TOKEN),
             webhooks: Notifier::none(),
             limits: Default::default(),
+            open_routes: false,
         },
         _dir: dir,
     }
@@ -60,7 +61,7 @@ impl Api {
     }
 
     async fn get(&self, path: &str) -> Value {
-        let (status, body) = self.call("GET", path, "", None).await;
+        let (status, body) = self.call("GET", path, "", Some(TOKEN)).await;
         assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
         body
     }
@@ -117,7 +118,7 @@ async fn policies_are_immutable() {
     );
     let shown = api.get("/v1/policies/v1").await;
     assert_eq!(shown["bundle"]["temperature"], json!(0.2));
-    let (status, _) = api.call("GET", "/v1/policies/nope", "", None).await;
+    let (status, _) = api.call("GET", "/v1/policies/nope", "", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -330,6 +331,7 @@ async fn long_poll_answers_when_the_revision_moves() {
         let response = app(state)
             .oneshot(
                 Request::get(format!("/v1/routes?revision={start}&wait=20s"))
+                    .header("authorization", format!("Bearer {TOKEN}"))
                     .body(Body::empty())
                     .unwrap(),
             )
@@ -378,7 +380,7 @@ async fn long_poll_answers_when_the_revision_moves() {
         "/v1/routes?revision=1&wait=-1s",
         "/v1/routes?revision=1&wait=soon",
     ] {
-        let (status, _) = api.call("GET", bad, "", None).await;
+        let (status, _) = api.call("GET", bad, "", Some(TOKEN)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
     }
 }
@@ -415,7 +417,12 @@ async fn concurrent_changes_are_serialised() {
 /// A GET with the raw answer: status, content type, CSP header and body text.
 async fn page(api: &Api, path: &str) -> (StatusCode, String, String, String) {
     let response = app(api.state.clone())
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get(path)
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let header = |name: &str| {
@@ -478,7 +485,7 @@ async fn the_dashboard_shows_the_rollout_and_loads_nothing_from_elsewhere() {
     assert_eq!(status, StatusCode::OK);
     // A bad id is a clear 404, not a crash.
     for bad in ["/?rollout=abc", "/?rollout=999"] {
-        let (status, body) = api.call("GET", bad, "", None).await;
+        let (status, body) = api.call("GET", bad, "", Some(TOKEN)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
         assert!(
             body["error"].as_str().unwrap().contains("rollout"),
@@ -492,6 +499,7 @@ async fn poll_as(api: &Api, envoy: &str, revision: u64) {
     let response = app(api.state.clone())
         .oneshot(
             Request::get(format!("/v1/routes?revision={revision}&wait=0s"))
+                .header("authorization", format!("Bearer {TOKEN}"))
                 .header("x-canary-envoy", envoy)
                 .body(Body::empty())
                 .unwrap(),

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use canaryctl::access::Who;
 use canaryctl::analysis::decide::StageDecision;
 use canaryctl::analysis::judge::{Judge, Judgement};
 use canaryctl::controller::Controller;
@@ -46,9 +47,13 @@ fn a_wall_clock_step_neither_suspends_nor_hurries_the_analysis() {
         let policy = format!(
             "version: {version}\nsystem_prompt: p\nmodel: m\ntemperature: 0.2\nmax_tokens: 64\ntools: []\n"
         );
-        controller.add_policy(&policy, "test").unwrap();
+        controller
+            .add_policy(&policy, &Who::new("test", None))
+            .unwrap();
     }
-    let started = controller.start_rollout(PLAN, "test").unwrap();
+    let started = controller
+        .start_rollout(PLAN, &Who::new("test", None))
+        .unwrap();
     let wall = started.stage_started_ms;
     let steady = 1_000_000;
     let at = |wall_ms: i64, steady_ms: u64| Now { wall_ms, steady_ms };

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const CONTROLLER_LAYERS: &[&str] = &[
     "units",
     "document",
+    "access",
     "rollout",
     "registry",
     "store",

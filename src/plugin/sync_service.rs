@@ -6,8 +6,8 @@ use super::host::{Host, LogLevel, MapKind, MetricKind};
 use crate::clock::SteadyClock;
 use crate::route::read_routes;
 use crate::sync::{
-    is_envoy_id, AfterPoll, HealthChange, PollFailure, SyncConfig, SyncState, ENVOY_ID_HEADER,
-    ROUTES_KEY,
+    is_envoy_id, is_sync_token, AfterPoll, HealthChange, PollFailure, SyncConfig, SyncState,
+    ENVOY_ID_HEADER, ROUTES_KEY,
 };
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub struct SyncService {
     config: SyncConfig,
     /// How this Envoy names itself in every poll (`x-canary-envoy`), when fixed.
     envoy_id: Option<String>,
+    /// `Bearer <token>` for every poll, when the sync has a token.
+    authorization: Option<String>,
     state: SyncState,
     /// Times polls and backoff (a wall-clock step must not suspend polling).
     clock: SteadyClock,
@@ -38,8 +40,13 @@ impl SyncService {
             host.define_metric(kind, &format!("policy_canary.sync.{name}"))
                 .ok()
         };
+        let token = config
+            .token
+            .clone()
+            .or_else(|| host.env(&config.token_env).filter(|t| is_sync_token(t)));
         SyncService {
             envoy_id: fixed_envoy_id(&config, host),
+            authorization: token.map(|t| format!("Bearer {t}")),
             config,
             state: SyncState::default(),
             clock: SteadyClock::default(),
@@ -63,13 +70,16 @@ impl SyncService {
     fn poll(&mut self, host: &impl Host, now: u64) {
         let path = self.state.poll_path(&self.config);
         let envoy_id = self.envoy_id(host);
-        let headers = [
+        let mut headers = vec![
             (":method", "GET"),
             (":path", path.as_str()),
             (":authority", self.config.authority.as_str()),
             ("accept", "application/json"),
             (ENVOY_ID_HEADER, envoy_id.as_str()),
         ];
+        if let Some(authorization) = &self.authorization {
+            headers.push(("authorization", authorization.as_str()));
+        }
         let timeout = Duration::from_millis(self.config.timeout_ms);
         match host.dispatch_http_call(&self.config.cluster, &headers, timeout) {
             Ok(token) => {

@@ -297,6 +297,41 @@ fn a_failed_dispatch_is_counted_and_retried_later() {
 }
 
 #[test]
+fn polls_carry_the_sync_token_from_the_config_or_the_environment() {
+    let authorization = |config: &str, env: Option<&str>| {
+        let host = MockHost::default();
+        if let Some(token) = env {
+            host.env
+                .borrow_mut()
+                .insert("POLICY_CANARY_TOKEN".into(), token.into());
+        }
+        let mut sync =
+            Role::configure(&host, Some(SYNC_ROOT_ID.as_bytes()), config.as_bytes()).unwrap();
+        sync.on_tick(&host);
+        let calls = host.calls.borrow();
+        header_of(&calls[0], "authorization")
+    };
+    assert_eq!(authorization(SYNC_CONFIG, None), None);
+    assert_eq!(
+        authorization(SYNC_CONFIG, Some("pct_env")).as_deref(),
+        Some("Bearer pct_env")
+    );
+    assert_eq!(
+        authorization(SYNC_CONFIG, Some("not a token")),
+        None,
+        "an unusable value is not sent"
+    );
+    let configured = r#"{"sync": {"cluster": "controller", "wait_ms": 1000, "token": "pct_cfg"}}"#;
+    assert_eq!(
+        authorization(configured, Some("pct_env")).as_deref(),
+        Some("Bearer pct_cfg")
+    );
+    let other_env =
+        r#"{"sync": {"cluster": "controller", "wait_ms": 1000, "token_env": "MY_TOKEN"}}"#;
+    assert_eq!(authorization(other_env, Some("pct_env")), None);
+}
+
+#[test]
 fn a_wall_clock_step_back_does_not_suspend_polling() {
     let host = MockHost::default();
     host.now.set(10_000_000);

@@ -575,7 +575,11 @@ pub struct Controller {
     child: Option<ChildGuard>,
     pub port: u16,
     pub state_dir: PathBuf,
+    /// The bootstrap (admin) token.
     pub token: String,
+    /// A `routes:read` token for Envoys, made on first use.
+    routes_token: std::sync::OnceLock<String>,
+    policies_token: std::sync::OnceLock<String>,
     args: Vec<String>,
     /// Where the process logs (debug level), if not to the test's stderr.
     log: Option<PathBuf>,
@@ -591,6 +595,8 @@ impl Controller {
             port: free_port(),
             state_dir,
             token: String::new(),
+            routes_token: std::sync::OnceLock::new(),
+            policies_token: std::sync::OnceLock::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
             log: None,
             _dir: Some(dir),
@@ -607,6 +613,8 @@ impl Controller {
             port: free_port(),
             state_dir: dir.path().join("state"),
             token: String::new(),
+            routes_token: std::sync::OnceLock::new(),
+            policies_token: std::sync::OnceLock::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
             log: Some(dir.path().join("canaryctl.log")),
             _dir: Some(dir),
@@ -667,10 +675,45 @@ impl Controller {
         self.child = None;
     }
 
+    /// A GET with the bootstrap token.
     pub fn get(&self, path: &str) -> serde_json::Value {
-        let (status, body) = http_get(self.port, path).expect("controller answers");
+        let (status, body) = self.get_raw(path).expect("controller answers");
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap()
+    }
+
+    /// A GET with the bootstrap token: status and body, `None` if it is not there.
+    pub fn get_raw(&self, path: &str) -> Option<(u16, String)> {
+        let authorization = format!("Bearer {}", self.token);
+        http_request(
+            self.port,
+            "GET",
+            path,
+            &[("authorization", authorization.as_bytes())],
+        )
+    }
+
+    /// A token with `scopes`, made with the bootstrap token.
+    pub fn create_token(&self, name: &str, scopes: &[&str]) -> String {
+        let created = self.post_ok(
+            "/v1/tokens",
+            &serde_json::json!({"name": name, "scopes": scopes}).to_string(),
+        );
+        created["token"].as_str().expect("the secret").to_string()
+    }
+
+    /// The `policies:read` token agent backends fetch bundles with (made once).
+    pub fn policies_token(&self) -> String {
+        self.policies_token
+            .get_or_init(|| self.create_token("agents", &["policies:read"]))
+            .clone()
+    }
+
+    /// The `routes:read` token Envoys poll with (made once per controller).
+    pub fn routes_token(&self) -> String {
+        self.routes_token
+            .get_or_init(|| self.create_token("envoys", &["routes:read"]))
+            .clone()
     }
 
     /// A POST with the token; returns the status and the JSON body.
@@ -721,23 +764,60 @@ impl Controller {
     }
 }
 
-/// The shipped controller-mode config (envoy/envoy.yaml) pointed at these ports.
-pub fn controller_mode_config(stable: u16, canary: u16, controller: u16) -> String {
-    with_controller("envoy.yaml", stable, canary, controller)
+/// The shipped controller-mode config (envoy/envoy.yaml) pointed at these ports,
+/// its polls sending the controller's `routes:read` token.
+pub fn controller_mode_config(stable: u16, canary: u16, controller: &Controller) -> String {
+    controller_mode_config_for(stable, canary, controller.port, &controller.routes_token())
+}
+
+/// `controller_mode_config` for a controller on `port` whose route token is `token`.
+pub fn controller_mode_config_for(stable: u16, canary: u16, port: u16, token: &str) -> String {
+    let text = with_controller("envoy.yaml", stable, canary, port);
+    with_vm_env(
+        &text,
+        &format!("{{host_env_keys: [HOSTNAME], key_values: {{POLICY_CANARY_TOKEN: {token}}}}}"),
+    )
 }
 
 /// The shipped filter-side sync config (envoy/envoy-filter-sync.yaml: the HTTP
 /// filter alone, no bootstrap extension) pointed at these ports, its Envoy named
-/// `envoy_id`.
-pub fn filter_sync_config(stable: u16, canary: u16, controller: u16, envoy_id: &str) -> String {
-    let text = with_controller("envoy-filter-sync.yaml", stable, canary, controller);
-    assert!(!text.contains("bootstrap_extensions"));
-    let from_host = "environment_variables: {host_env_keys: [HOSTNAME]}";
-    assert!(text.contains(from_host));
-    text.replace(
-        from_host,
-        &format!("environment_variables: {{key_values: {{HOSTNAME: {envoy_id}}}}}"),
+/// `envoy_id`, its polls sending the controller's `routes:read` token.
+pub fn filter_sync_config(
+    stable: u16,
+    canary: u16,
+    controller: &Controller,
+    envoy_id: &str,
+) -> String {
+    filter_sync_config_for(
+        stable,
+        canary,
+        controller.port,
+        &controller.routes_token(),
+        envoy_id,
     )
+}
+
+pub fn filter_sync_config_for(
+    stable: u16,
+    canary: u16,
+    port: u16,
+    token: &str,
+    envoy_id: &str,
+) -> String {
+    let text = with_controller("envoy-filter-sync.yaml", stable, canary, port);
+    assert!(!text.contains("bootstrap_extensions"));
+    with_vm_env(
+        &text,
+        &format!("{{key_values: {{HOSTNAME: {envoy_id}, POLICY_CANARY_TOKEN: {token}}}}}"),
+    )
+}
+
+/// Replaces the VM's environment (the shipped configs take HOSTNAME and
+/// POLICY_CANARY_TOKEN from Envoy's own) with `env`.
+fn with_vm_env(config: &str, env: &str) -> String {
+    let from_host = "environment_variables: {host_env_keys: [HOSTNAME, POLICY_CANARY_TOKEN]}";
+    assert!(config.contains(from_host));
+    config.replace(from_host, &format!("environment_variables: {env}"))
 }
 
 fn with_controller(name: &str, stable: u16, canary: u16, controller: u16) -> String {
@@ -746,15 +826,18 @@ fn with_controller(name: &str, stable: u16, canary: u16, controller: u16) -> Str
     text.replace("port_value: 7070}", &format!("port_value: {controller}}}"))
 }
 
-/// `canaryctl agent` on a free port, fetching bundles from the controller on
-/// `registry`; answers at once (`--time-scale 0`) unless `time_scale` says otherwise.
-pub fn start_agent(registry: u16, seed: u64, time_scale: f64) -> (ChildGuard, u16) {
+/// `canaryctl agent` on a free port, fetching bundles from `registry` with a
+/// `policies:read` token; answers at once (`--time-scale 0`) unless `time_scale`
+/// says otherwise.
+pub fn start_agent(registry: &Controller, seed: u64, time_scale: f64) -> (ChildGuard, u16) {
+    let token = registry.policies_token();
     spawn_listening(
         Command::new(canaryctl_bin())
+            .env("CANARYCTL_REGISTRY_TOKEN", token)
             .args(["agent", "--listen", "127.0.0.1:0"])
             .args(["--seed", &seed.to_string()])
             .args(["--time-scale", &time_scale.to_string()])
-            .args(["--registry", &format!("http://127.0.0.1:{registry}")]),
+            .args(["--registry", &format!("http://127.0.0.1:{}", registry.port)]),
         "canaryctl agent",
     )
 }

@@ -14,10 +14,10 @@ fn the_demo_agent_applies_each_policy_and_reports_telemetry() {
             &std::fs::read_to_string(repo_root().join(file)).unwrap(),
         );
     }
-    let (_stable_agent, stable_port) = start_agent(controller.port, 1, 0.0);
-    let (_canary_agent, canary_port) = start_agent(controller.port, 1, 0.0);
+    let (_stable_agent, stable_port) = start_agent(&controller, 1, 0.0);
+    let (_canary_agent, canary_port) = start_agent(&controller, 1, 0.0);
     let envoy = Envoy::start(
-        &controller_mode_config(stable_port, canary_port, controller.port),
+        &controller_mode_config(stable_port, canary_port, &controller),
         2,
     );
     controller.post_ok(

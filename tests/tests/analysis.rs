@@ -26,7 +26,7 @@ fn stack(stable: &[&str], canary: &[&str]) -> Stack {
         "50ms",
     ])
     .with_policies(&["v2.3.1", "v2.4.0"]);
-    let config = controller_mode_config(stable.port, canary.port, controller.port);
+    let config = controller_mode_config(stable.port, canary.port, &controller);
     let envoy = Envoy::start_with_admin(&config, 2, admin_port);
     Stack {
         envoy,

@@ -21,7 +21,7 @@ fn stack(controller_args: &[&str]) -> Stack {
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
     let envoy = Envoy::start(
-        &controller_mode_config(stable.port, canary.port, controller.port),
+        &controller_mode_config(stable.port, canary.port, &controller),
         2,
     );
     let client = Client::new(envoy.port);
@@ -364,7 +364,7 @@ fn bad_controller_answers_keep_the_last_table() {
     let fake = fake::start(fake::Answer::Document(routes_doc(5, 3_000)));
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
-    let config = controller_mode_config(stable.port, canary.port, fake.port).replace(
+    let config = controller_mode_config_for(stable.port, canary.port, fake.port, "fake-token").replace(
         r#"{"sync": {"cluster": "canary_controller", "wait_ms": 25000}}"#,
         r#"{"sync": {"cluster": "canary_controller", "wait_ms": 300, "timeout_ms": 1000, "max_backoff_ms": 200}}"#,
     );

@@ -26,9 +26,9 @@ impl Demo {
             "--scrape-interval",
             "250ms",
         ]);
-        let (stable_agent, stable_port) = start_agent(controller.port, 1, 1.0);
-        let (canary_agent, canary_port) = start_agent(controller.port, 2, 1.0);
-        let config = controller_mode_config(stable_port, canary_port, controller.port);
+        let (stable_agent, stable_port) = start_agent(&controller, 1, 1.0);
+        let (canary_agent, canary_port) = start_agent(&controller, 2, 1.0);
+        let config = controller_mode_config(stable_port, canary_port, &controller);
         let envoy = Envoy::start_with_admin(&config, 2, admin_port);
         let demo = Demo {
             envoy,
@@ -251,28 +251,35 @@ fn the_good_canary_is_promoted_and_the_dashboard_steers_it() {
     let url = |suffix: &str| format!("http://127.0.0.1:{}/{suffix}", demo.controller.port);
     let text = |css: &str| browser.text(css).unwrap_or_default();
 
-    // Without a token the buttons say what to do and change nothing.
+    // Without a token: the page's frame and how to sign in, no data.
     browser.goto(&url(""));
-    assert_eq!(text("#phase"), "progressing");
-    browser.click("button[data-action=pause]");
-    wait_for("the token hint", Duration::from_secs(5), || {
-        text("#message")
-            .contains("enter the API token")
-            .then_some(())
-    });
+    assert!(text("#main").contains("Sign in"), "{}", text("#main"));
+    assert_eq!(browser.text("#phase"), None, "no data without a token");
     // A wrong token is refused by the API, and the page says so.
     browser.goto(&url(&format!("?rollout={id}#token=not-the-token")));
+    wait_for("the refusal", Duration::from_secs(5), || {
+        text("#message").contains("(401)").then_some(())
+    });
+    // A read token shows everything; its buttons are refused (403), nothing changes.
+    let viewer = demo.controller.create_token("viewer", &["read"]);
+    browser.goto(&url(&format!("#token={viewer}")));
+    wait_for(
+        "the page with a read token",
+        Duration::from_secs(10),
+        || (text("#phase") == "progressing").then_some(()),
+    );
     browser.click("button[data-action=pause]");
     wait_for("the refusal", Duration::from_secs(5), || {
-        text("#message").contains("refused (401)").then_some(())
+        text("#message").contains("refused (403)").then_some(())
     });
     assert_eq!(
         demo.controller.get(&format!("/v1/rollouts/{id}"))["phase"],
         "progressing"
     );
 
-    // With the token (from the URL fragment, as `make run` prints it).
-    browser.goto(&url(&format!("#token={}", demo.controller.token)));
+    // With an operate token (from the URL fragment, as `make run` prints it).
+    let operator = demo.controller.create_token("operator", &["operate"]);
+    browser.goto(&url(&format!("#token={operator}")));
     wait_for(
         "canary requests on the page",
         Duration::from_secs(60),
@@ -300,6 +307,7 @@ fn the_good_canary_is_promoted_and_the_dashboard_steers_it() {
     let last = audit["audit"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["action"], "pause");
     assert_eq!(last["actor"], "dashboard");
+    assert_eq!(last["principal"], "operator", "the audit names the token");
 
     // Stop the traffic, let the evidence settle, then the page's numbers are the API's.
     drop(traffic);
@@ -326,6 +334,10 @@ fn the_good_canary_is_promoted_and_the_dashboard_steers_it() {
         (same >= 3).then_some(())
     });
     browser.goto(&url(""));
+    // The frame first, then the script fetches the data with the tab's token.
+    wait_for("the page's data", Duration::from_secs(10), || {
+        (text("#phase") == "paused").then_some(())
+    });
     let shown = page_table(&browser);
     let analysis = demo.analysis(id);
     assert_eq!(

@@ -79,7 +79,7 @@ fn one_poller_per_envoy_and_every_worker_follows_the_controller() {
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
     let envoy = Envoy::start(
-        &filter_sync_config(stable.port, canary.port, controller.port, "edge-1"),
+        &filter_sync_config(stable.port, canary.port, &controller, "edge-1"),
         WORKERS,
     );
     // Steady state: one long-poll open, named by the node id, at the current revision.
@@ -124,7 +124,7 @@ fn one_poller_per_envoy_and_every_worker_follows_the_controller() {
     assert_eq!(listed["envoys"].as_array().unwrap().len(), 1, "{listed}");
 
     // The controller's own metrics say the same, and pass promtool's lint.
-    let (status, metrics) = http_get(controller.port, "/metrics").unwrap();
+    let (status, metrics) = controller.get_raw("/metrics").unwrap();
     assert_eq!(status, 200);
     for line in [
         "canaryctl_envoys{state=\"in_sync\"} 1",
@@ -167,7 +167,7 @@ fn with_the_controller_gone_every_worker_keeps_the_last_table() {
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
     let envoy = Envoy::start(
-        &filter_sync_config(stable.port, canary.port, controller.port, "edge-1"),
+        &filter_sync_config(stable.port, canary.port, &controller, "edge-1"),
         WORKERS,
     );
     controller.post_ok("/v1/rollouts", PLAN);

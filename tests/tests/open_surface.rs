@@ -63,6 +63,17 @@ fn closed_within(sockets: &mut [TcpStream], limit: Duration) -> usize {
     closed.iter().filter(|c| **c).count()
 }
 
+/// A GET with `token` on a fresh connection.
+fn get(port: u16, token: &str, path: &str) -> Option<(u16, String)> {
+    let authorization = format!("Bearer {token}");
+    http_request(
+        port,
+        "GET",
+        path,
+        &[("authorization", authorization.as_bytes())],
+    )
+}
+
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
@@ -83,6 +94,7 @@ fn a_slow_client_storm_starves_nobody() {
     ])
     .with_policies(&["v2.3.1", "v2.4.0"]);
     let port = controller.port;
+    let token = controller.token.clone();
     let rollout = controller.post_ok("/v1/rollouts", FAST_PLAN);
     let id = rollout["id"].as_i64().expect("rollout id");
 
@@ -108,11 +120,18 @@ fn a_slow_client_storm_starves_nobody() {
     let (status, _) = http_get(port, "/healthz").expect("health answers during the storm");
     assert_eq!(status, 200);
     let revision = controller.get("/healthz")["revision"].as_u64().unwrap_or(0);
-    let poll = std::thread::spawn(move || {
-        http_get(port, &format!("/v1/routes?revision={revision}&wait=20s"))
-    });
+    let poll = {
+        let token = token.clone();
+        std::thread::spawn(move || {
+            get(
+                port,
+                &token,
+                &format!("/v1/routes?revision={revision}&wait=20s"),
+            )
+        })
+    };
     wait_for("the long-poll to wait", Duration::from_secs(5), || {
-        let metrics = http_get(port, "/metrics")?.1;
+        let metrics = get(port, &token, "/metrics")?.1;
         (metric(&metrics, "canaryctl_open_long_polls") >= 1).then_some(())
     });
     controller.post_ok(
@@ -165,7 +184,7 @@ fn a_slow_client_storm_starves_nobody() {
     let metrics = wait_for(
         "the controller to serve again",
         Duration::from_secs(5),
-        || http_get(port, "/metrics").map(|(_, body)| body),
+        || get(port, &token, "/metrics").map(|(_, body)| body),
     );
     assert!(metric(&metrics, "canaryctl_http_connections_refused_total") >= 1);
 
@@ -173,18 +192,27 @@ fn a_slow_client_storm_starves_nobody() {
     let revision = controller.get("/healthz")["revision"].as_u64().unwrap_or(0);
     let waiting: Vec<_> = (0..4)
         .map(|_| {
+            let token = token.clone();
             std::thread::spawn(move || {
-                http_get(port, &format!("/v1/routes?revision={revision}&wait=20s"))
+                get(
+                    port,
+                    &token,
+                    &format!("/v1/routes?revision={revision}&wait=20s"),
+                )
             })
         })
         .collect();
     wait_for("four long-polls to wait", Duration::from_secs(5), || {
-        let metrics = http_get(port, "/metrics")?.1;
+        let metrics = get(port, &token, "/metrics")?.1;
         (metric(&metrics, "canaryctl_open_long_polls") >= 4).then_some(())
     });
     let asked = Instant::now();
-    let (status, body) = http_get(port, &format!("/v1/routes?revision={revision}&wait=20s"))
-        .expect("the fifth poll is answered");
+    let (status, body) = get(
+        port,
+        &token,
+        &format!("/v1/routes?revision={revision}&wait=20s"),
+    )
+    .expect("the fifth poll is answered");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("--max-waiting-polls"), "{body}");
     assert!(asked.elapsed() < Duration::from_secs(2), "refused at once");
@@ -196,6 +224,6 @@ fn a_slow_client_storm_starves_nobody() {
         let (status, _) = poll.join().expect("poll thread").expect("answered");
         assert_eq!(status, 200);
     }
-    let metrics = http_get(port, "/metrics").expect("metrics").1;
+    let metrics = get(port, &token, "/metrics").expect("metrics").1;
     assert!(metric(&metrics, "canaryctl_polls_refused_total") >= 1);
 }

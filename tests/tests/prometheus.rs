@@ -33,7 +33,7 @@ fn fleet(stable: &[&str], canary: &[&str]) -> Fleet {
         "50ms",
     ])
     .with_policies(&["v2.3.1", "v2.4.0"]);
-    let config = controller_mode_config(stable.port, canary.port, controller.port);
+    let config = controller_mode_config(stable.port, canary.port, &controller);
     let envoys = admin_ports
         .iter()
         .map(|port| Envoy::start_with_admin(&config, 1, *port))

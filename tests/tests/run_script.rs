@@ -138,6 +138,8 @@ fn make_run_regression_scenario_rolls_back_and_cleans_up() {
         "registered v2.4.0@sha256:",
         &format!("Dashboard:  http://127.0.0.1:{}/#token=", ports[0]),
         "start          pending -> progressing (stage 1)  canary 10%",
+        // The demo operates with a scoped token; the audit names it.
+        "by demo (token demo-operator): rollout started",
         "rollout #1 rolled_back: support-agent now serves v2.3.1",
         "stopped; logs and state are in",
     ] {

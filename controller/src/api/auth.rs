@@ -1,39 +1,109 @@
-//! Who may do what: changes need `Authorization: Bearer <token>`; the token comes
-//! from the flag or environment, else the state directory's `token` file
-//! (generated on first start).
+//! Who may do what: every endpoint but `/healthz` (and the dashboard's frame and
+//! assets) needs `Authorization: Bearer <token>` with the scope `access` names.
+//! Tokens are the bootstrap token (flag, environment or the state directory's
+//! `token` file, generated on first start; scope `admin`) and the named tokens in
+//! the store. Errors never echo a presented token.
 
 use super::{error, AppState};
+use crate::access::{allows, needed_scope, Scope, BOOTSTRAP_PRINCIPAL};
 use anyhow::Context;
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use policy_canary::digest::{constant_time_eq, hex};
 use std::path::Path;
 
-pub(super) async fn require_token(
+/// The authenticated caller, for handlers (`Extension<Principal>`).
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The token's name (`admin` for the bootstrap token).
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+/// Principal of route polls when `--open-routes` lets them in without a token.
+pub const ANONYMOUS: &str = "anonymous";
+
+pub(super) async fn authorize(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    if request.method() == Method::GET || request.method() == Method::HEAD {
+    let path = request.uri().path().to_string();
+    let method = request.method().as_str().to_string();
+    let Some(needed) = needed_scope(&method, &path) else {
         return next.run(request).await;
-    }
+    };
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
-        next.run(request).await
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    let Some(presented) = presented else {
+        if needed == Scope::RoutesRead && state.open_routes {
+            request.extensions_mut().insert(Principal {
+                name: ANONYMOUS.into(),
+                scopes: vec![Scope::RoutesRead],
+            });
+            return next.run(request).await;
+        }
+        // The dashboard's first load: its frame, no data (`dashboard::page`).
+        if path == "/" && method == "GET" {
+            return next.run(request).await;
+        }
+        return unauthorized(&format!(
+            "{method} {path} needs a token with the `{needed}` scope: send `Authorization: Bearer <token>`"
+        ));
+    };
+    let principal = if constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
+        Principal {
+            name: BOOTSTRAP_PRINCIPAL.into(),
+            scopes: vec![Scope::Admin],
+        }
     } else {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "changes need `Authorization: Bearer <token>` (the token is in the state directory's `token` file, or CANARYCTL_TOKEN)",
+        let controller = state.controller.clone();
+        match super::blocking(move || controller.authenticate(&presented)).await {
+            Ok(Some(token)) => Principal {
+                name: token.name,
+                scopes: token.scopes,
+            },
+            Ok(None) => return unauthorized("unknown or revoked token"),
+            Err(e) => {
+                tracing::error!(error = %e, "looking up a token");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot check the token now",
+                    None,
+                );
+            }
+        }
+    };
+    if !allows(&principal.scopes, needed) {
+        let held: Vec<&str> = principal.scopes.iter().map(|s| s.as_str()).collect();
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "token `{}` (scopes: {}) may not {method} {path}: that needs `{needed}`",
+                principal.name,
+                held.join(", ")
+            ),
             None,
-        )
+        );
     }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, message, None);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// The token in `file`, if it can be read; `Err` when it is there but empty.

@@ -1,7 +1,8 @@
 //! The JSON endpoints: health, route tables (long-poll), policies, targets,
 //! rollouts and their actions, the audit log.
 
-use super::{actor, blocking, document, parse_id, AppState, ENVOY_STALE_AFTER, MAX_WAIT};
+use super::auth::Principal;
+use super::{blocking, document, parse_id, who, AppState, ENVOY_STALE_AFTER, MAX_WAIT};
 use crate::controller::{Error, Guard, DEFAULT_AUDIT_PAGE};
 use crate::rollout::ManualAction;
 use crate::units::now_ms;
@@ -11,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use policy_canary::check::is_token;
 use policy_canary::error::err;
 use policy_canary::sync::ENVOY_ID_HEADER;
@@ -148,13 +149,14 @@ pub(super) async fn show_policy(
 
 pub(super) async fn add_policy(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Error> {
     let text = document(&body)?;
-    let actor = actor(&headers, None);
+    let who = who(&principal, &headers, None);
     let c = state.controller.clone();
-    let (record, created) = blocking(move || c.add_policy(&text, &actor)).await?;
+    let (record, created) = blocking(move || c.add_policy(&text, &who)).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -203,13 +205,14 @@ pub(super) async fn show_analysis(
 
 pub(super) async fn start_rollout(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Error> {
     let text = document(&body)?;
-    let actor = actor(&headers, None);
+    let who = who(&principal, &headers, None);
     let c = state.controller.clone();
-    let view = blocking(move || c.start_rollout(&text, &actor)).await?;
+    let view = blocking(move || c.start_rollout(&text, &who)).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -230,6 +233,7 @@ pub(in crate::api) struct ActionQuery {
 
 pub(super) async fn act(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((id, action)): Path<(String, String)>,
     Query(q): Query<ActionQuery>,
     headers: HeaderMap,
@@ -251,7 +255,7 @@ pub(super) async fn act(
         )));
     };
     let action = manual.action(to_end);
-    let actor = actor(&headers, body.actor.as_deref());
+    let who = who(&principal, &headers, body.actor.as_deref());
     let reason = body
         .reason
         .unwrap_or_else(|| format!("manual {}", action.name().replace('_', " ")));
@@ -273,7 +277,7 @@ pub(super) async fn act(
         idempotency_key,
     };
     let c = state.controller.clone();
-    let view = blocking(move || c.act(id, action, &actor, &reason, &guard)).await?;
+    let view = blocking(move || c.act(id, action, &who, &reason, &guard)).await?;
     Ok(Json(view).into_response())
 }
 

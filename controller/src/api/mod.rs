@@ -1,11 +1,14 @@
-//! The HTTP API (JSON) and the dashboard. Reads are open; changes need
-//! `Authorization: Bearer <token>` (`auth`). `handlers` holds the JSON endpoints,
-//! `dashboard` the page at `/` and its assets.
+//! The HTTP API (JSON) and the dashboard. Every endpoint but `/healthz` needs
+//! `Authorization: Bearer <token>` with the right scope (`auth`, `access`).
+//! `handlers` holds the JSON endpoints, `tokens` token management, `dashboard` the
+//! page at `/` and its assets. Every error is `{"error": "..."}`.
 
 pub mod auth;
 pub mod dashboard;
 mod handlers;
+mod tokens;
 
+use crate::access::Who;
 use crate::controller::{Controller, Error};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -32,6 +35,8 @@ pub struct AppState {
     pub token: Arc<str>,
     pub webhooks: crate::notify::Notifier,
     pub limits: Limits,
+    /// Route polls need no token (`--open-routes`: the network is the boundary).
+    pub open_routes: bool,
 }
 
 /// What one request may take of the controller.
@@ -77,13 +82,19 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rollouts/{id}/analysis", get(handlers::show_analysis))
         .route("/v1/rollouts/{id}/{action}", post(handlers::act))
         .route("/v1/audit", get(handlers::audit))
+        .route(
+            "/v1/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/v1/tokens/{name}/revoke", post(tokens::revoke_token))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint", None) })
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_token,
+            auth::authorize,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::map_response(json_errors))
         .with_state(state)
 }
 
@@ -106,6 +117,35 @@ async fn deadline(
             None,
         ),
     }
+}
+
+/// Errors that axum itself answers (a body over the limit, a malformed query or
+/// path, a wrong method) come as plain text: given the API's one error shape.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut json = error(status, &message, None);
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 fn error(status: StatusCode, message: &str, state: Option<String>) -> Response {
@@ -147,11 +187,11 @@ fn document(body: &Bytes) -> Result<String, Error> {
         .map_err(|_| Error::BadRequest(err("", "the body is not UTF-8 text")))
 }
 
-fn actor(headers: &HeaderMap, from_body: Option<&str>) -> String {
-    from_body
-        .or_else(|| headers.get("x-actor").and_then(|v| v.to_str().ok()))
-        .filter(|a| !a.trim().is_empty())
-        .map_or_else(|| "api".to_string(), |a| a.chars().take(128).collect())
+/// Who acts: the authenticated token, and what the client calls itself (the
+/// body's `actor`, else `X-Actor`).
+fn who(principal: &auth::Principal, headers: &HeaderMap, from_body: Option<&str>) -> Who {
+    let claimed = from_body.or_else(|| headers.get("x-actor").and_then(|v| v.to_str().ok()));
+    Who::new(&principal.name, claimed)
 }
 
 fn parse_id(id: &str) -> Result<i64, Error> {

@@ -24,6 +24,19 @@ fn typed<T: DeserializeOwned>(path: &str, value: Value) -> Result<T, Failure> {
     })
 }
 
+/// An error and every cause under it, on one line (reqwest's own message only
+/// says that sending failed).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 pub(super) struct Client {
     pub(super) http: reqwest::Client,
     pub(super) base: String,
@@ -38,7 +51,7 @@ impl Client {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.map_err(|e| {
-            fail(3, format!("cannot reach the controller at {}: {e}\nIs `canaryctl serve` running? Set --server or CANARYCTL_SERVER.", self.base))
+            fail(3, format!("cannot reach the controller at {}: {}\nIs `canaryctl serve` running? Set --server or CANARYCTL_SERVER (and --ca-file for a private CA).", self.base, causes(&e)))
         })?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);

@@ -67,8 +67,12 @@ pub(super) async fn run_agent(args: &AgentArgs) -> Result<(), Failure> {
         "canaryctl agent listening on http://{address} (registry {})",
         args.registry
     );
-    let state =
-        crate::demo::agent::AgentState::new(&args.registry, args.seed, args.time_scale.max(0.0));
+    let state = crate::demo::agent::AgentState::new(
+        &args.registry,
+        args.registry_token.clone(),
+        args.seed,
+        args.time_scale.max(0.0),
+    );
     axum::serve(listener, crate::demo::agent::app(state))
         .await
         .map_err(|e| fail(1, e.to_string()))

@@ -5,6 +5,7 @@ mod demo;
 mod policy;
 mod rollout;
 mod targets;
+mod token;
 mod watch;
 
 use crate::analysis::evidence::prometheus::PrometheusOptions;
@@ -56,6 +57,9 @@ pub struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM file of the CA that signed the controller's TLS certificate.
+    #[arg(long, env = "CANARYCTL_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Who is acting, for the audit log (default: $USER).
     #[arg(long, env = "CANARYCTL_ACTOR", global = true)]
     pub actor: Option<String>,
@@ -79,6 +83,12 @@ pub enum Command {
     /// Targets and their current route tables.
     #[command(after_help = "Example:\n  canaryctl targets --json")]
     Targets,
+    /// API tokens: named, scoped, revocable (needs an `admin` token).
+    #[command(
+        subcommand,
+        after_help = "Example:\n  canaryctl token create envoys --scope routes:read"
+    )]
+    Token(TokenCommand),
     /// Run a demo agent backend that applies the policy named in x-agent-policy.
     #[command(
         after_help = "Example:\n  canaryctl agent --listen 127.0.0.1:8081 --registry http://127.0.0.1:7070\n\nBehaviour per policy and request class comes from the bundle's metadata.demo;\nsend x-request-class to pick a class and x-stream: 1 for telemetry in trailers."
@@ -89,6 +99,29 @@ pub enum Command {
         after_help = "Examples:\n  canaryctl traffic                                   # 300 req/s from 3000 sessions until Ctrl-C\n  canaryctl traffic --rate 50 --duration 30s --mix refund=0.2,order=0.8\n  canaryctl traffic --requests 1000 --report-every 0s\n\nEach session keeps one request class (x-request-class) for the whole run."
     )]
     Traffic(TrafficArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a token and print its secret (shown this once; only its sha256 is kept).
+    #[command(
+        after_help = "Scopes: routes:read (Envoys), policies:read (agent backends), read (dashboards,\nCI status checks), operate (start, pause, resume, promote, roll back), admin.\n\nExamples:\n  canaryctl token create envoys --scope routes:read\n  canaryctl token create deploy-bot --scope operate\n  canaryctl token create oncall --scope operate --scope policies:read"
+    )]
+    Create {
+        /// The token's name, as the audit log will show it.
+        name: String,
+        /// A scope (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List tokens (never their secrets).
+    #[command(after_help = "Example:\n  canaryctl token list --json")]
+    List,
+    /// Revoke a token: refused from the next request on.
+    #[command(
+        after_help = "Example (rotation):\n  canaryctl token create envoys-2 --scope routes:read   # hand it out, then\n  canaryctl token revoke envoys"
+    )]
+    Revoke { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +170,9 @@ pub struct AgentArgs {
         default_value = "http://127.0.0.1:7070"
     )]
     pub registry: String,
+    /// A token with the `policies:read` scope for the registry.
+    #[arg(long, env = "CANARYCTL_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<String>,
     /// Seed of the simulated outcomes.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -201,6 +237,16 @@ pub struct ServeArgs {
     /// Route long-polls that may wait at once; more are answered 503 (Envoys back off).
     #[arg(long, default_value_t = 4096)]
     pub max_waiting_polls: u64,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Let Envoys poll `GET /v1/routes` without a token (for meshes where the
+    /// network is the boundary); every other endpoint still needs one.
+    #[arg(long)]
+    pub open_routes: bool,
 }
 
 fn parse_dur(text: &str) -> Result<Dur, String> {
@@ -358,6 +404,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 max_connections: args.max_connections.max(1),
                 header_timeout: args.header_timeout.0.max(Duration::from_millis(100)),
             },
+            open_routes: args.open_routes,
+            tls: args.tls_cert.clone().zip(args.tls_key.clone()),
             limits: crate::api::Limits {
                 max_waiting_polls: args.max_waiting_polls,
                 request_timeout: args.request_timeout.0.max(Duration::from_millis(100)),
@@ -384,11 +432,24 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         .clone()
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "cli".into());
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(file) = &cli.ca_file {
+        let pem = std::fs::read(file).map_err(|e| {
+            fail(
+                2,
+                format!("cannot read the CA file {}: {e}", file.display()),
+            )
+        })?;
+        let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+            fail(
+                2,
+                format!("{} holds no PEM certificate: {e}", file.display()),
+            )
+        })?;
+        http = http.add_root_certificate(ca);
+    }
     let client = Client {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| fail(1, e.to_string()))?,
+        http: http.build().map_err(|e| fail(1, e.to_string()))?,
         base: cli.server.trim_end_matches('/').to_string(),
         token,
         actor,
@@ -405,6 +466,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Policy(command) => policy::run(&client, command, json).await,
+        Command::Token(command) => token::run(&client, command, json).await,
         Command::Rollout(command) => rollout::run(&client, command, json).await,
     }
 }

@@ -91,7 +91,7 @@ pub(super) async fn run(
                         rollout,
                         e.action.as_str(),
                         change,
-                        e.actor,
+                        crate::format::acted_by(e),
                         e.reason
                     );
                 }

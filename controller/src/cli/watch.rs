@@ -100,7 +100,7 @@ fn audit_line(e: &AuditEntry) -> String {
         e.action.as_str(),
         e.from.as_deref().unwrap_or(""),
         e.to.as_deref().unwrap_or(""),
-        e.actor,
+        crate::format::acted_by(e),
         e.reason
     );
     if let Some(analysis) = Analysis::from_audit(e) {

@@ -3,6 +3,7 @@
 //! revision and audits it, all inside one transaction.
 
 use super::{conflict, not_found, Controller, Error, Result};
+use crate::access::Who;
 use crate::notify::Event;
 use crate::rollout::plan::RolloutPlan;
 use crate::rollout::{
@@ -18,7 +19,7 @@ use policy_canary::error::err;
 
 impl Controller {
     /// Registers the plan's rollout and starts it, in one transaction.
-    pub fn start_rollout(&self, plan_text: &str, actor: &str) -> Result<RolloutView> {
+    pub fn start_rollout(&self, plan_text: &str, who: &Who) -> Result<RolloutView> {
         let plan = RolloutPlan::parse(plan_text)?;
         let mut conn = self.db();
         let now = now_ms();
@@ -101,7 +102,7 @@ impl Controller {
         };
         let change = Change {
             action: AuditAction::Start,
-            actor,
+            who,
             reason: &reason,
             details: None,
         };
@@ -120,18 +121,18 @@ impl Controller {
         &self,
         id: i64,
         action: Action,
-        actor: &str,
+        who: &Who,
         reason: &str,
         guard: &Guard,
     ) -> Result<RolloutView> {
-        self.act_with(id, action, actor, reason, None, guard)
+        self.act_with(id, action, who, reason, None, guard)
     }
 
     pub(super) fn act_with(
         &self,
         id: i64,
         action: Action,
-        actor: &str,
+        who: &Who,
         reason: &str,
         details: Option<serde_json::Value>,
         guard: &Guard,
@@ -186,7 +187,7 @@ impl Controller {
             Ok(Transition::Changed(next)) => {
                 let change = Change {
                     action: action.into(),
-                    actor,
+                    who,
                     reason,
                     details,
                 };
@@ -223,7 +224,7 @@ pub struct Guard {
 
 pub(super) struct Change<'a> {
     pub(super) action: AuditAction,
-    pub(super) actor: &'a str,
+    pub(super) who: &'a Who,
     pub(super) reason: &'a str,
     pub(super) details: Option<serde_json::Value>,
 }
@@ -256,7 +257,8 @@ pub(super) fn apply(
     let entry = store::insert_audit(
         tx,
         &NewAudit {
-            actor: change.actor.to_string(),
+            principal: change.who.principal.clone(),
+            actor: change.who.actor.clone(),
             action: change.action,
             reason: change.reason.to_string(),
             target: Some(row.target.clone()),
@@ -285,6 +287,7 @@ pub(super) fn apply(
         weight: Weight(table.canary_weight_bp).to_string(),
         stable_version: table.stable.version.clone(),
         canary_version: row.plan.canary.version.clone(),
+        principal: change.who.principal.clone(),
         actor: entry.actor,
         reason: entry.reason,
         revision,

@@ -4,10 +4,12 @@
 
 mod change;
 mod reconcile;
+mod tokens;
 
 pub use change::Guard;
 pub mod runtime_weights;
 
+use crate::access::Who;
 use crate::analysis::judge::Judge;
 use crate::analysis::Analysis;
 use crate::analysis::AnalysisReport;
@@ -74,7 +76,6 @@ pub struct Controller {
     _lock: store::StateLock,
 }
 
-pub const AUTO_ACTOR: &str = "canaryctl";
 /// Read-only connections beside the writer.
 const READERS: usize = 4;
 /// Most audit entries one read returns.
@@ -187,7 +188,7 @@ impl Controller {
         Ok(())
     }
 
-    pub fn add_policy(&self, text: &str, actor: &str) -> Result<(PolicyRecord, bool)> {
+    pub fn add_policy(&self, text: &str, who: &Who) -> Result<(PolicyRecord, bool)> {
         let bundle = PolicyBundle::parse(text)?;
         let sha = bundle.sha256();
         let mut conn = self.db();
@@ -207,21 +208,11 @@ impl Controller {
         let now = now_ms();
         let tx = conn.transaction()?;
         store::insert_policy(&tx, &bundle.version, &sha, &bundle.canonical_json(), now)?;
-        let revision = store::revision(&tx)?;
-        store::insert_audit(
+        audit_outside_rollouts(
             &tx,
-            &NewAudit {
-                actor: actor.to_string(),
-                action: AuditAction::PolicyRegistered,
-                reason: format!("{}@sha256:{sha}", bundle.version),
-                target: None,
-                rollout_id: None,
-                from: None,
-                to: None,
-                canary_weight_bp: None,
-                details: None,
-            },
-            revision,
+            who,
+            AuditAction::PolicyRegistered,
+            format!("{}@sha256:{sha}", bundle.version),
             now,
         )?;
         tx.commit()?;
@@ -330,6 +321,36 @@ impl Controller {
         }
         Ok(clusters)
     }
+}
+
+/// Audits a change that concerns no rollout (a policy, a token), at the current
+/// route revision.
+fn audit_outside_rollouts(
+    tx: &rusqlite::Transaction<'_>,
+    who: &Who,
+    action: AuditAction,
+    reason: String,
+    now: i64,
+) -> Result<()> {
+    let revision = store::revision(tx)?;
+    store::insert_audit(
+        tx,
+        &NewAudit {
+            principal: who.principal.clone(),
+            actor: who.actor.clone(),
+            action,
+            reason,
+            target: None,
+            rollout_id: None,
+            from: None,
+            to: None,
+            canary_weight_bp: None,
+            details: None,
+        },
+        revision,
+        now,
+    )?;
+    Ok(())
 }
 
 fn not_found(id: i64) -> Error {

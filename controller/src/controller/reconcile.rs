@@ -2,7 +2,8 @@
 //! route tables follow the plan's time windows.
 
 use super::change::{apply, Change};
-use super::{Controller, Error, Guard, Result, AUTO_ACTOR};
+use super::{Controller, Error, Guard, Result};
+use crate::access::Who;
 use crate::rollout::{route_for, AuditAction, Phase};
 use crate::store;
 use crate::units::{Now, Weight};
@@ -41,7 +42,8 @@ impl Controller {
                         expected_stage_started_ms: Some(row.state.stage_started_ms),
                         idempotency_key: None,
                     };
-                    match self.act_with(row.id, action, AUTO_ACTOR, reason, details, &guard) {
+                    match self.act_with(row.id, action, &Who::controller(), reason, details, &guard)
+                    {
                         Ok(_) | Err(Error::Conflict { .. }) => {}
                         Err(e) => return Err(e),
                     }
@@ -77,7 +79,7 @@ impl Controller {
         }
         let change = Change {
             action: AuditAction::TimeWindow,
-            actor: AUTO_ACTOR,
+            who: &Who::controller(),
             reason: &format!(
                 "time window: canary weight {} -> {}",
                 Weight(target.route.canary_weight_bp),

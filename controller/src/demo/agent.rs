@@ -124,6 +124,8 @@ pub fn simulate(behaviour: &Behaviour, mut next: impl FnMut() -> f64) -> Simulat
 #[derive(Clone)]
 pub struct AgentState {
     registry: String,
+    /// A token with the `policies:read` scope, for the registry.
+    registry_token: Option<String>,
     client: reqwest::Client,
     profiles: Arc<Mutex<HashMap<String, DemoProfile>>>,
     rng: Arc<Mutex<u64>>,
@@ -132,9 +134,15 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    pub fn new(registry: &str, seed: u64, time_scale: f64) -> AgentState {
+    pub fn new(
+        registry: &str,
+        registry_token: Option<String>,
+        seed: u64,
+        time_scale: f64,
+    ) -> AgentState {
         AgentState {
             registry: registry.trim_end_matches('/').to_string(),
+            registry_token,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -163,9 +171,11 @@ impl AgentState {
             return Ok(p.clone());
         }
         let url = format!("{}/v1/policies/{version}", self.registry);
-        let response = self
-            .client
-            .get(&url)
+        let mut request = self.client.get(&url);
+        if let Some(token) = &self.registry_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| format!("registry unreachable: {e}"))?;

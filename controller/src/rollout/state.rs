@@ -187,10 +187,12 @@ pub enum AuditAction {
     Abort,
     TimeWindow,
     PolicyRegistered,
+    TokenCreated,
+    TokenRevoked,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 10] = [
+    pub const ALL: [AuditAction; 12] = [
         AuditAction::Start,
         AuditAction::Pause,
         AuditAction::Resume,
@@ -201,6 +203,8 @@ impl AuditAction {
         AuditAction::Abort,
         AuditAction::TimeWindow,
         AuditAction::PolicyRegistered,
+        AuditAction::TokenCreated,
+        AuditAction::TokenRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -215,6 +219,8 @@ impl AuditAction {
             AuditAction::Abort => "abort",
             AuditAction::TimeWindow => "time_window",
             AuditAction::PolicyRegistered => "policy_registered",
+            AuditAction::TokenCreated => "token_created",
+            AuditAction::TokenRevoked => "token_revoked",
         }
     }
 

@@ -3,7 +3,8 @@
 //! request's headers (also for an idle keep-alive connection's next request), and
 //! a deadline for each whole request (`api::limits`). A few hundred slow sockets
 //! then cost a few hundred idle tasks, and never the Envoys' polls, the CLI or the
-//! control loop.
+//! control loop. With a certificate and key it speaks TLS (rustls) only; the
+//! handshake gets the header deadline too.
 
 use crate::metrics::Metrics;
 use axum::Router;
@@ -14,8 +15,10 @@ use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 /// How long open connections get to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -37,11 +40,33 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes.
+/// A TLS server configuration from PEM files: the certificate chain and its key.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "no certificate in {}", cert.display());
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading a private key from {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the certificate and key do not make a TLS server")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -80,22 +105,19 @@ pub async fn run(
         // Long-poll answers are small: without TCP_NODELAY, Nagle plus the peer's
         // delayed ACK holds each one back ~40 ms.
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let mut closing = closing_rx.clone();
+        let app = app.clone();
+        let closing = closing_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            let connection = builder.serve_connection(TokioIo::new(tcp), service);
-            let mut connection = std::pin::pin!(connection);
-            let closed = tokio::select! {
-                _ = connection.as_mut() => true,
-                _ = closing.wait_for(|closing| *closing) => false,
-            };
-            if !closed {
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.await;
+            match tls {
+                None => serve_connection(tcp, app, limits, closing).await,
+                Some(tls) => {
+                    match tokio::time::timeout(limits.header_timeout, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, app, limits, closing).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
@@ -103,4 +125,29 @@ pub async fn run(
     closing_tx.send_replace(true);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all)).await;
+}
+
+async fn serve_connection<IO>(
+    io: IO,
+    app: Router,
+    limits: ConnectionLimits,
+    mut closing: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let service = TowerToHyperService::new(app);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let closed = tokio::select! {
+        _ = connection.as_mut() => true,
+        _ = closing.wait_for(|closing| *closing) => false,
+    };
+    if !closed {
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+    }
 }

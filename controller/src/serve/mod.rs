@@ -32,6 +32,10 @@ pub struct ServeOptions {
     pub prometheus: Option<(PrometheusOptions, Duration)>,
     pub connections: http::ConnectionLimits,
     pub limits: Limits,
+    /// Route polls need no token.
+    pub open_routes: bool,
+    /// Serve TLS with this certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
@@ -109,12 +113,17 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     if !options.listen.ip().is_loopback() {
         tracing::warn!(listen = %options.listen, "listening beyond loopback: protect this port");
     }
+    let tls = match &options.tls {
+        Some((cert, key)) => Some(http::tls_acceptor(cert, key)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "canaryctl listening on http://{address} (state in {})",
+        "canaryctl listening on {scheme}://{address} (state in {})",
         options.state_dir.display()
     );
     let metrics = Arc::clone(controller.metrics());
@@ -123,11 +132,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         token: Arc::from(token),
         webhooks: notifier,
         limits: options.limits,
+        open_routes: options.open_routes,
     };
     http::run(
         listener,
         app(state),
         options.connections,
+        tls,
         metrics,
         shutdown(),
     )

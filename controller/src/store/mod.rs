@@ -2,8 +2,10 @@
 //! opens the database and migrates it; this module reads and writes its rows.
 
 mod schema;
+mod tokens;
 
 pub use schema::{create_private_dir, lock, open, open_reader, schema_version, StateLock};
+pub use tokens::{find_token, insert_token, list_tokens, revoke_token, TokenRecord};
 
 use crate::rollout::plan::RolloutPlan;
 use crate::rollout::{AuditAction, Phase, RolloutState};
@@ -44,6 +46,11 @@ pub struct TargetRow {
 pub struct AuditEntry {
     pub id: i64,
     pub at_ms: i64,
+    /// The name of the token that made the change (`canaryctl` for the control
+    /// loop; absent on entries older than named tokens).
+    #[serde(default)]
+    pub principal: Option<String>,
+    /// What the client called itself (free text).
     pub actor: String,
     pub action: AuditAction,
     pub reason: String,
@@ -60,6 +67,7 @@ pub struct AuditEntry {
 /// A new audit entry (the id and time are assigned on insert).
 #[derive(Debug, Clone)]
 pub struct NewAudit {
+    pub principal: String,
     pub actor: String,
     pub action: AuditAction,
     pub reason: String,
@@ -321,8 +329,8 @@ pub fn insert_audit(
 ) -> rusqlite::Result<AuditEntry> {
     let details = entry.details.as_ref().map(|d| d.to_string());
     tx.execute(
-        "INSERT INTO audit (at_ms, actor, action, reason, target, rollout_id, from_state, to_state, revision, details, canary_weight_bp)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO audit (at_ms, actor, action, reason, target, rollout_id, from_state, to_state, revision, details, canary_weight_bp, principal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             now_ms,
             entry.actor,
@@ -334,12 +342,14 @@ pub fn insert_audit(
             entry.to,
             revision as i64,
             details,
-            entry.canary_weight_bp
+            entry.canary_weight_bp,
+            entry.principal
         ],
     )?;
     Ok(AuditEntry {
         id: tx.last_insert_rowid(),
         at_ms: now_ms,
+        principal: Some(entry.principal.clone()),
         actor: entry.actor.clone(),
         action: entry.action,
         reason: entry.reason.clone(),
@@ -362,7 +372,7 @@ pub fn list_audit(
     limit: i64,
 ) -> rusqlite::Result<Vec<AuditEntry>> {
     let mut stmt = conn.prepare(
-        "SELECT id, at_ms, actor, action, reason, target, rollout_id, from_state, to_state, revision, details, canary_weight_bp
+        "SELECT id, at_ms, actor, action, reason, target, rollout_id, from_state, to_state, revision, details, canary_weight_bp, principal
          FROM audit
          WHERE (?1 IS NULL OR rollout_id = ?1) AND (?2 IS NULL OR target = ?2) AND id > ?3
          ORDER BY id LIMIT ?4",
@@ -372,6 +382,7 @@ pub fn list_audit(
         Ok(AuditEntry {
             id: r.get(0)?,
             at_ms: r.get(1)?,
+            principal: r.get(12)?,
             actor: r.get(2)?,
             action: audit_action(r.get(3)?)?,
             reason: r.get(4)?,

@@ -52,6 +52,16 @@ const MIGRATIONS: &[&str] = &[
         rollout_id INTEGER NOT NULL,
         action TEXT NOT NULL,
         at_ms INTEGER NOT NULL);",
+    // 4: named, scoped API tokens (the secret's sha256 only) and who acted, by the
+    // token they held.
+    "CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL UNIQUE,
+        scopes TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        revoked_ms INTEGER);
+     ALTER TABLE audit ADD COLUMN principal TEXT;",
 ];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {

@@ -350,13 +350,13 @@ fn propagation() {
 }
 
 /// Propagation latencies (ms) of `CHANGES` changes through Envoy started with `config`.
-fn propagation_with(config: impl Fn(u16, u16, u16) -> String) -> Vec<f64> {
+fn propagation_with(config: impl Fn(u16, u16, &Controller) -> String) -> Vec<f64> {
     let backend = profile_dir().join("test-backend");
     let backend = backend.to_string_lossy();
     let controller = Controller::start(&[]).with_policies(&["v2.3.1", "v2.4.0"]);
     let stable = Backend::start(&backend, "stable");
     let canary = Backend::start(&backend, "canary");
-    let envoy = Envoy::start(&config(stable.port, canary.port, controller.port), 2);
+    let envoy = Envoy::start(&config(stable.port, canary.port, &controller), 2);
     let client = Client::new(envoy.port);
     // The probe is in a 100% segment: on the canary while a rollout runs, on stable after it.
     let plan = "target: support-agent\nstable: {version: v2.3.1, cluster: agent_stable}\ncanary: {version: v2.4.0, cluster: agent_canary}\nstages: [{weight: 1%, min_duration: 1h}, {weight: 100%}]\nsegments: [{header: x-probe, value: \"1\", weight: 100%}]\n";

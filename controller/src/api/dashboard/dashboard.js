@@ -1,16 +1,21 @@
-// policy-canary dashboard: refreshes the page's <main> every 2 s and sends the
-// buttons' actions to the API with the token (kept in this tab's sessionStorage;
-// a `#token=...` fragment in the URL fills it in and is then removed).
+// policy-canary dashboard: refreshes the page's <main> every 2 s with the token
+// (a `read` token shows everything; the buttons' actions need `operate`). The token
+// is kept in this tab's sessionStorage; a `#token=...` fragment in the URL fills it
+// in and is then removed. Without a token the server sends the page's frame only.
 "use strict";
 (function () {
   const KEY = "policy-canary-token";
   const tokenInput = document.getElementById("token");
   const reasonInput = document.getElementById("reason");
   const message = document.getElementById("message");
-  if (location.hash.startsWith("#token=")) {
+  function tokenFromFragment() {
+    if (!location.hash.startsWith("#token=")) return false;
     sessionStorage.setItem(KEY, decodeURIComponent(location.hash.slice(7)));
     history.replaceState(null, "", location.pathname + location.search);
+    tokenInput.value = sessionStorage.getItem(KEY) || "";
+    return true;
   }
+  tokenFromFragment();
   tokenInput.value = sessionStorage.getItem(KEY) || "";
   tokenInput.addEventListener("input", () => sessionStorage.setItem(KEY, tokenInput.value.trim()));
   document.getElementById("auth").addEventListener("submit", (e) => e.preventDefault());
@@ -27,7 +32,14 @@
     try {
       const params = new URLSearchParams(location.search);
       params.set("part", "main");
-      const response = await fetch("/?" + params.toString(), { cache: "no-store" });
+      const token = tokenInput.value.trim();
+      const headers = token ? { "Authorization": "Bearer " + token } : {};
+      const response = await fetch("/?" + params.toString(), { cache: "no-store", headers: headers });
+      if (response.status === 401 || response.status === 403) {
+        const body = await response.json().catch(() => ({}));
+        say("the token cannot read this dashboard (" + response.status + "): " + (body.error || ""), true);
+        return;
+      }
       if (!response.ok) throw new Error("HTTP " + response.status);
       const main = document.getElementById("main");
       const next = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("main");
@@ -81,5 +93,9 @@
     await refresh();
   });
 
+  tokenInput.addEventListener("change", refresh);
+  // A new `#token=` on the open page (the same URL otherwise) does not reload it.
+  window.addEventListener("hashchange", () => { if (tokenFromFragment()) refresh(); });
+  if (tokenInput.value && document.getElementById("main")?.dataset.locked === "1") refresh();
   setInterval(refresh, 2000);
 })();

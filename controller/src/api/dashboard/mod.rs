@@ -7,6 +7,7 @@
 mod render;
 
 use crate::analysis::AnalysisReport;
+use crate::api::auth::Principal;
 use crate::api::{blocking, parse_id, AppState, ENVOY_STALE_AFTER};
 use crate::controller::{Controller, Error, Result, DEFAULT_AUDIT_PAGE};
 use crate::fleet::EnvoyList;
@@ -16,6 +17,7 @@ use crate::view::RolloutView;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Deserialize;
 
 pub const SCRIPT: &str = include_str!("dashboard.js");
@@ -36,6 +38,8 @@ pub struct Snapshot {
     pub focus: Option<RolloutView>,
     pub analysis: Option<AnalysisReport>,
     pub audit: Vec<AuditEntry>,
+    /// Shown to a caller without a token: the page's frame, no data.
+    pub locked: bool,
 }
 
 impl Snapshot {
@@ -75,6 +79,7 @@ impl Snapshot {
             focus,
             analysis,
             audit,
+            locked: false,
         })
     }
 }
@@ -85,17 +90,27 @@ pub(in crate::api) struct DashboardQuery {
     part: Option<String>,
 }
 
-/// The dashboard page, or with `part=main` the part its script refreshes.
+/// The dashboard page, or with `part=main` the part its script refreshes. Without
+/// a token (a browser's first load) it is the page's frame, and its script asks
+/// again with the token the person enters.
 pub(in crate::api) async fn page(
     State(state): State<AppState>,
     Query(q): Query<DashboardQuery>,
+    principal: Option<Extension<Principal>>,
 ) -> Result<Response, Error> {
     let rollout = match q.rollout.as_deref().filter(|r| !r.is_empty()) {
         Some(id) => Some(parse_id(id)?),
         None => None,
     };
-    let c = state.controller.clone();
-    let snapshot = blocking(move || Snapshot::read(&c, rollout)).await?;
+    let snapshot = if principal.is_some() {
+        let c = state.controller.clone();
+        blocking(move || Snapshot::read(&c, rollout)).await?
+    } else {
+        Snapshot {
+            locked: true,
+            ..Snapshot::default()
+        }
+    };
     let html = if q.part.as_deref() == Some("main") {
         render::main(&snapshot).into_string()
     } else {

@@ -4,7 +4,7 @@
 use super::Snapshot;
 use crate::analysis::AnalysisReport;
 use crate::analysis::{Analysis, TELEMETRY_MISSING};
-use crate::format::{breached_gates, count, number, utc};
+use crate::format::{acted_by, breached_gates, count, number, utc};
 use crate::rollout::{ManualAction, Phase};
 use crate::store::AuditEntry;
 use crate::units::Weight;
@@ -54,6 +54,20 @@ pub fn main(snapshot: &Snapshot) -> Markup {
         .focus
         .as_ref()
         .map_or(String::new(), |r| r.id.to_string());
+    if snapshot.locked {
+        return html! {
+            main id="main" data-locked="1" {
+                section {
+                    h2 { "Sign in" }
+                    p {
+                        "Enter an API token with the " code { "read" } " scope above (or open this page with "
+                        code { "#token=…" } "); pausing, resuming, promoting and rolling back need "
+                        code { "operate" } "."
+                    }
+                }
+            }
+        };
+    }
     html! {
         main id="main" data-rollout=(focus_id) data-rendered-ms=(snapshot.now_ms) {
             (targets(snapshot))
@@ -334,7 +348,7 @@ fn timeline(audit: &[AuditEntry]) -> Markup {
                         time { (utc(e.at_ms)) } " " b { (e.action) } " "
                         @if let (Some(from), Some(to)) = (&e.from, &e.to) { (from) " → " (to) }
                         @if let Some(bp) = e.canary_weight_bp { " · canary " (Weight(bp)) }
-                        " · rev " (e.revision) " · by " (e.actor) ": " (e.reason)
+                        " · rev " (e.revision) " · by " (acted_by(e)) ": " (e.reason)
                         @if !breached.is_empty() {
                             div class="evidence" { "breached: " (breached.join("; ")) }
                         }
@@ -423,7 +437,7 @@ mod tests {
             audit: vec![
                 audit(
                     json!({"id": 1, "at_ms": 0, "action": "start", "from": "pending", "to": "progressing (stage 1)",
-                    "revision": 5, "actor": "ops", "reason": "go", "canary_weight_bp": 500}),
+                    "revision": 5, "principal": "ci", "actor": "ops", "reason": "go", "canary_weight_bp": 500}),
                 ),
                 audit(
                     json!({"id": 2, "at_ms": 1_000, "action": "advance", "from": "progressing (stage 1)",
@@ -431,6 +445,7 @@ mod tests {
                     "reason": "<b>gates</b> passed", "canary_weight_bp": 2500}),
                 ),
             ],
+            locked: false,
         };
         let html = page(&snapshot).into_string();
         assert!(html.contains("support&lt;agent&gt;"));
@@ -443,6 +458,10 @@ mod tests {
             "stage 2 has run 10 of 20 seconds"
         );
         assert!(html.contains("300 / 400 canary requests"));
+        assert!(
+            html.contains(" · by ops (token ci): go"),
+            "both who acted and the token"
+        );
         assert!(html.contains("aria-label=\"canary weight over time, now 25%\""));
         assert!(html.contains("<tr data-envoy=\"edge-1\" class=\"envoy-in-sync\">"));
         assert!(html.contains("<tr data-envoy=\"edge-2\" class=\"envoy-stale\">"));

@@ -2,107 +2,16 @@
 //! keep the last good one (fail static), back off on failure. Pure: the glue does
 //! the HTTP calls and shared-data writes.
 
-use crate::check::{check_cluster, is_token};
-use crate::error::{err, ConfigError};
-use crate::reader::{Object, Reader};
+mod config;
+
+pub use config::{
+    is_envoy_id, is_sync_token, SyncConfig, ENVOY_ID_HEADER, MAX_ENVOY_ID_BYTES, MAX_TOKEN_BYTES,
+};
+
 use crate::route::{read_routes, DocumentVersion};
 
 /// Shared-data key holding the last good routes document (JSON, as served).
 pub const ROUTES_KEY: &str = "policy_canary/routes";
-
-/// The sync service's plugin configuration: `{"sync": {...}}`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SyncConfig {
-    /// Envoy cluster of the controller.
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-    /// How long the controller may hold a poll open, ms.
-    pub wait_ms: u64,
-    /// Timeout of one poll, ms (longer than `wait_ms`).
-    pub timeout_ms: u64,
-    pub max_body_bytes: usize,
-    /// Longest pause between failed polls, ms.
-    pub max_backoff_ms: u64,
-    /// How this Envoy names itself to the controller; default: the environment
-    /// variable `envoy_id_env`, else a name generated once per Envoy.
-    pub envoy_id: Option<String>,
-    /// The VM environment variable naming this Envoy (default `HOSTNAME`, the pod name).
-    pub envoy_id_env: String,
-}
-
-/// Request header naming the polling Envoy (its pod name), so that the controller
-/// can show which Envoys follow which revision.
-pub const ENVOY_ID_HEADER: &str = "x-canary-envoy";
-/// Longest Envoy name the controller keeps.
-pub const MAX_ENVOY_ID_BYTES: usize = 128;
-
-/// Whether `id` can name an Envoy: 1 to `MAX_ENVOY_ID_BYTES` visible ASCII characters
-/// (Istio's node ids hold `~`, `.` and `|`).
-pub fn is_envoy_id(id: &str) -> bool {
-    is_token(id, MAX_ENVOY_ID_BYTES, |b| b.is_ascii_graphic())
-}
-
-impl SyncConfig {
-    /// The sync service's own configuration: `{"sync": {...}}` and nothing else.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let reader = Reader::parse(bytes)?;
-        let root = reader.root()?;
-        root.only(&["sync"])?;
-        Self::read(&root.required_object("sync")?)
-    }
-
-    /// A `sync` block: the service's, or the filter's own (filter-side sync).
-    pub fn read(s: &Object<'_>) -> Result<Self, ConfigError> {
-        s.only(&[
-            "cluster",
-            "authority",
-            "path",
-            "wait_ms",
-            "timeout_ms",
-            "max_body_bytes",
-            "max_backoff_ms",
-            "envoy_id",
-            "envoy_id_env",
-        ])?;
-        let wait_ms = s.u64("wait_ms")?.unwrap_or(25_000);
-        let config = SyncConfig {
-            cluster: s.required_string("cluster")?,
-            authority: s.string("authority")?.unwrap_or_else(|| "canaryctl".into()),
-            path: s.string("path")?.unwrap_or_else(|| "/v1/routes".into()),
-            wait_ms,
-            timeout_ms: s.u64("timeout_ms")?.unwrap_or(wait_ms + 5_000),
-            max_body_bytes: s.u64("max_body_bytes")?.unwrap_or(1 << 20) as usize,
-            max_backoff_ms: s.u64("max_backoff_ms")?.unwrap_or(5_000),
-            envoy_id: s.string("envoy_id")?,
-            envoy_id_env: s
-                .string("envoy_id_env")?
-                .unwrap_or_else(|| "HOSTNAME".into()),
-        };
-        check_cluster("sync.cluster", &config.cluster)?;
-        if let Some(id) = &config.envoy_id {
-            if !is_envoy_id(id) {
-                return Err(err(
-                    "sync.envoy_id",
-                    format!("`{id}` must be 1-{MAX_ENVOY_ID_BYTES} visible ASCII characters"),
-                ));
-            }
-        }
-        if !config.path.starts_with('/') || config.path.contains(['?', ' ']) {
-            return Err(err("sync.path", "must be an absolute path without a query"));
-        }
-        if config.timeout_ms <= config.wait_ms {
-            return Err(err("sync.timeout_ms", "must be longer than sync.wait_ms"));
-        }
-        if config.max_body_bytes == 0 || config.max_backoff_ms == 0 {
-            return Err(err(
-                "sync",
-                "max_body_bytes and max_backoff_ms must be above 0",
-            ));
-        }
-        Ok(config)
-    }
-}
 
 /// Why a poll did not produce a new document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +36,10 @@ impl std::fmt::Display for PollFailure {
             PollFailure::Dispatch => write!(f, "cannot call the controller cluster"),
             PollFailure::Unreachable(0) => write!(f, "controller unreachable (reset)"),
             PollFailure::Unreachable(s) => write!(f, "controller unreachable (Envoy answered {s})"),
+            PollFailure::Status(s @ (401 | 403)) => write!(
+                f,
+                "controller answered HTTP {s}: give the sync a token with the routes:read scope (sync.token, or the VM environment variable sync.token_env, POLICY_CANARY_TOKEN by default)"
+            ),
             PollFailure::Status(s) => write!(f, "controller answered HTTP {s}"),
             PollFailure::TooLarge(n) => write!(f, "routes document too large ({n} bytes)"),
             PollFailure::BadDocument(e) => write!(f, "bad routes document: {e}"),
@@ -463,60 +376,6 @@ mod tests {
             TableFollower::default().follow("support-agent", 0, Some(long.as_bytes()), Some(1)),
             Follow::Invalid(e) if e.contains("segments[0].value")
         ));
-    }
-
-    #[test]
-    fn mesh_cluster_names_and_envoy_ids_are_accepted() {
-        for cluster in [
-            "outbound|7070||canaryctl.policy-canary.svc.cluster.local",
-            "httproute/policy-canary/canaryctl/rule/0",
-        ] {
-            let json = format!(r#"{{"sync": {{"cluster": "{cluster}"}}}}"#);
-            assert_eq!(
-                SyncConfig::from_json(json.as_bytes()).unwrap().cluster,
-                cluster
-            );
-        }
-        assert!(SyncConfig::from_json(br#"{"sync": {"cluster": "a b"}}"#).is_err());
-        assert!(is_envoy_id(
-            "router~10.0.0.1~gw-7d9.istio-system~cluster.local"
-        ));
-        assert!(!is_envoy_id(""));
-        assert!(!is_envoy_id("two words"));
-        assert!(!is_envoy_id(&"x".repeat(MAX_ENVOY_ID_BYTES + 1)));
-        let named = SyncConfig::from_json(br#"{"sync": {"cluster": "c", "envoy_id": "edge-1"}}"#);
-        assert_eq!(named.unwrap().envoy_id.as_deref(), Some("edge-1"));
-        let message = SyncConfig::from_json(br#"{"sync": {"cluster": "c", "envoy_id": ""}}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(message.starts_with("sync.envoy_id:"), "{message}");
-    }
-
-    #[test]
-    fn config_defaults_and_errors() {
-        let c = config();
-        assert_eq!(
-            (c.timeout_ms, c.path.as_str(), c.authority.as_str()),
-            (6_000, "/v1/routes", "canaryctl")
-        );
-        for (bad, expected) in [
-            (r#"{"sync": {}}"#, "sync.cluster: missing field"),
-            (
-                r#"{"sync": {"cluster": "c", "wait_ms": 10, "timeout_ms": 5}}"#,
-                "sync.timeout_ms:",
-            ),
-            (r#"{"sync": {"cluster": "c", "path": "v1"}}"#, "sync.path:"),
-            (
-                r#"{"sync": {"cluster": "c", "extra": 1}}"#,
-                "sync.extra: unknown field",
-            ),
-            (r#"{"target": "x"}"#, "target: unknown field"),
-        ] {
-            let message = SyncConfig::from_json(bad.as_bytes())
-                .unwrap_err()
-                .to_string();
-            assert!(message.contains(expected), "{bad}: {message}");
-        }
     }
 
     #[test]

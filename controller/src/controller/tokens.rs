@@ -1,0 +1,97 @@
+//! Named, scoped API tokens: made (the secret is returned once and only its sha256
+//! kept), listed, revoked (from the next request on), and looked up for each
+//! request. Creation and revocation are audited, without the secret.
+
+use super::{audit_outside_rollouts, conflict, Controller, Error, Result};
+use crate::access::{is_token_name, new_secret, secret_hash, Scope, Who, MAX_TOKEN_NAME};
+use crate::rollout::AuditAction;
+use crate::store::{self, TokenRecord};
+use crate::units::now_ms;
+use policy_canary::error::err;
+
+impl Controller {
+    /// Makes a token; returns it and its secret (shown once).
+    pub fn create_token(
+        &self,
+        name: &str,
+        scopes: &[Scope],
+        who: &Who,
+    ) -> Result<(TokenRecord, String)> {
+        if !is_token_name(name) {
+            return Err(err(
+                "name",
+                format!("1 to {MAX_TOKEN_NAME} of a-z, A-Z, 0-9, `.`, `_`, `-`"),
+            )
+            .into());
+        }
+        if scopes.is_empty() {
+            return Err(err("scopes", "name at least one scope").into());
+        }
+        let mut scopes = scopes.to_vec();
+        scopes.sort();
+        scopes.dedup();
+        let secret = new_secret().map_err(Error::Internal)?;
+        let now = now_ms();
+        let record = TokenRecord {
+            name: name.to_string(),
+            scopes,
+            created_ms: now,
+            created_by: who.principal.clone(),
+            revoked_ms: None,
+        };
+        let mut conn = self.db();
+        let tx = conn.transaction()?;
+        if !store::insert_token(&tx, &record, &secret_hash(&secret))? {
+            return Err(conflict(
+                format!("a token named `{name}` exists (or existed: names of revoked tokens stay taken); choose another name"),
+                None,
+            ));
+        }
+        let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
+        audit_outside_rollouts(
+            &tx,
+            who,
+            AuditAction::TokenCreated,
+            format!("token {name} ({})", scopes.join(", ")),
+            now,
+        )?;
+        tx.commit()?;
+        Ok((record, secret))
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        Ok(store::list_tokens(&self.reader())?)
+    }
+
+    /// Revokes `name`: refused from the next request on.
+    pub fn revoke_token(&self, name: &str, who: &Who) -> Result<TokenRecord> {
+        let now = now_ms();
+        let mut conn = self.db();
+        let tx = conn.transaction()?;
+        match store::revoke_token(&tx, name, now)? {
+            None => return Err(Error::NotFound(format!("no token named `{name}`"))),
+            Some(false) => {
+                return Err(conflict(format!("token `{name}` is already revoked"), None))
+            }
+            Some(true) => {}
+        }
+        audit_outside_rollouts(
+            &tx,
+            who,
+            AuditAction::TokenRevoked,
+            format!("token {name}"),
+            now,
+        )?;
+        tx.commit()?;
+        store::list_tokens(&conn)?
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::Internal("token vanished after revoking it".into()))
+    }
+
+    /// The live token whose secret is `secret`.
+    pub fn authenticate(&self, secret: &str) -> Result<Option<TokenRecord>> {
+        let found = store::find_token(&self.reader(), &secret_hash(secret))?;
+        Ok(found.filter(|t| t.revoked_ms.is_none()))
+    }
+}
