@@ -251,7 +251,14 @@ fn the_envoy_gateway_example_follows_the_controller_and_routes_by_its_cluster_he
 #[test]
 fn the_prometheus_config_and_rules_pass_promtool() {
     let dir = repo_root().join("envoy/prometheus");
-    let (ok, text) = run("promtool", &["check", "config", "prometheus.yml"], &dir);
+    // The config scrapes the controller with a `read` token from a file beside it,
+    // which a deployment provides: check a copy that has one.
+    let copy = TempDir::new("prometheus");
+    for file in ["prometheus.yml", "rules.yml", "alerts.yml"] {
+        std::fs::copy(dir.join(file), copy.path().join(file)).unwrap();
+    }
+    std::fs::write(copy.path().join("canaryctl-read.token"), "pct_example\n").unwrap();
+    let (ok, text) = run("promtool", &["check", "config", "prometheus.yml"], copy.path());
     assert!(ok, "{text}");
     let (ok, text) = run("promtool", &["test", "rules", "rules_test.yml"], &dir);
     assert!(ok, "{text}");
