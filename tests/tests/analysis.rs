@@ -51,6 +51,8 @@ fn status(s: &Stack, id: i64) -> String {
         .args([
             "--server",
             &format!("http://127.0.0.1:{}", s.controller.port),
+            "--token",
+            &s.controller.token,
             "rollout",
             "status",
             &id.to_string(),

@@ -161,6 +161,8 @@ fn counts_equal_the_envoys_own_across_a_restart() {
         .args([
             "--server",
             &format!("http://127.0.0.1:{}", f.controller.port),
+            "--token",
+            &f.controller.token,
             "rollout",
             "status",
             &id.to_string(),
