@@ -100,7 +100,7 @@ fn the_cli_drives_a_rollout() {
     for expected in [
         "start",
         "pause",
-        "by tester: looking at tickets",
+        "by tester (token admin): looking at tickets",
         "resume",
         "promote",
         "rollback",
