@@ -56,10 +56,11 @@ run-static: build envoy ## Envoy in static mode and two test backends; prints cu
 	cargo build --release -p policy-canary-e2e --bin test-backend
 	@scripts/run-static.sh
 
-tools: # h2load for the benchmark (Debian nghttp2-client)
+tools: # h2load for the benchmark (Debian nghttp2-client), perf for its profile (Debian linux-perf)
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+	@command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
 
-bench: build envoy tools ## Benchmarks: Envoy CPU per request, .wasm size, propagation, analysis simulation
+bench: build envoy tools ## Benchmarks: Envoy CPU per request (plain, streamed; empty, floor), profile, .wasm size, propagation, analysis simulation
 	cargo build --profile wasm --target wasm32-wasip1 -p empty-filter
 	cargo build --release -p canaryctl -p policy-canary-e2e
 	target/release/bench

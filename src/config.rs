@@ -122,11 +122,26 @@ pub struct PluginConfig {
     pub version_header: String,
     pub bucket_header: String,
     pub telemetry: TelemetryConfig,
+    pub served_by: ServedBy,
     pub route: RouteTable,
     /// Filter-side sync: with this block the filter follows the controller itself
     /// (one worker per Envoy polls, holding a lease in shared data), for Envoys that
     /// cannot load a bootstrap extension (Istio's WasmPlugin, Envoy Gateway).
     pub sync: Option<SyncConfig>,
+}
+
+/// How a finished stream's version is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServedBy {
+    /// The cluster Envoy chose (`xds.cluster_name`, one property read per stream):
+    /// exact whatever the route does, e.g. runtime mode's weighted clusters.
+    #[default]
+    Cluster,
+    /// The filter's own decision: for routes that follow the filter's cluster
+    /// header (`cluster_header` routes, the mesh configs), where Envoy's cluster is
+    /// the one the filter chose; saves the property read.
+    Decision,
 }
 
 /// Headers only the filter may set; client-sent copies are always removed.
@@ -150,6 +165,7 @@ impl PluginConfig {
             "version_header",
             "bucket_header",
             "telemetry",
+            "served_by",
             "route",
             "sync",
         ])?;
@@ -239,6 +255,16 @@ impl PluginConfig {
                 .string("bucket_header")?
                 .unwrap_or_else(|| "x-canary-bucket".into()),
             telemetry,
+            served_by: match o.string("served_by")?.as_deref() {
+                None | Some("cluster") => ServedBy::Cluster,
+                Some("decision") => ServedBy::Decision,
+                Some(other) => {
+                    return Err(err(
+                        "served_by",
+                        format!("`{other}` is not one of: cluster, decision"),
+                    ))
+                }
+            },
             route: RouteTable::read(&o.required_object("route")?)?,
             sync: o
                 .object("sync")?
@@ -472,6 +498,10 @@ mod tests {
             (
                 with(&format!(r#"{route}, "telemetry": {{"strip": "yes"}}"#)),
                 "telemetry.strip: expected true or false, got a string",
+            ),
+            (
+                with(&format!(r#"{route}, "served_by": "envoy""#)),
+                "served_by: `envoy` is not one of: cluster, decision",
             ),
             ("".to_string(), "not valid JSON: EOF"),
             ("[1,2]".to_string(), "expected a JSON object, got an array"),

@@ -43,7 +43,6 @@ extern "C" {
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> u32;
-    fn proxy_set_header_map_pairs(map_type: u32, data: *const u8, size: usize) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -148,12 +147,6 @@ pub fn map(map_type: u32) -> Result<Vec<Header>, Status> {
     let bytes =
         returned_bytes(|data, size| unsafe { proxy_get_header_map_pairs(map_type, data, size) })?;
     wire::decode_pairs(&bytes.unwrap_or_default()).ok_or(Status(u32::MAX))
-}
-
-pub fn set_map(map_type: u32, pairs: &[(&str, &[u8])]) -> Result<(), Status> {
-    let bytes = wire::encode_pairs(pairs);
-    // SAFETY: pointer and length of a live Vec.
-    ok(unsafe { proxy_set_header_map_pairs(map_type, bytes.as_ptr(), bytes.len()) })
 }
 
 pub fn set_map_value(map_type: u32, name: &str, value: &[u8]) -> Result<(), Status> {

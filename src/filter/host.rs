@@ -35,10 +35,6 @@ impl Host for ProxyWasmHost {
         abi::remove_map_value(map_type(map), name).map_err(status)
     }
 
-    fn set_map(&self, map: MapKind, pairs: &[(&str, &[u8])]) -> HostResult<()> {
-        abi::set_map(map_type(map), pairs).map_err(status)
-    }
-
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         abi::property(path).map_err(status)
     }

@@ -38,8 +38,6 @@ pub trait Host {
     fn map(&self, map: MapKind) -> HostResult<Vec<Header>>;
     fn set_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()>;
     fn remove_map_value(&self, map: MapKind, name: &str) -> HostResult<()>;
-    /// Replaces the whole map.
-    fn set_map(&self, map: MapKind, pairs: &[(&str, &[u8])]) -> HostResult<()>;
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>>;
     fn define_metric(&self, kind: MetricKind, name: &str) -> HostResult<u32>;
     fn increment_metric(&self, id: u32, by: i64) -> HostResult<()>;
@@ -94,7 +92,7 @@ pub mod mock {
         readings: std::cell::Cell<u64>,
         pub env: RefCell<HashMap<String, String>>,
         /// Names of the calls that fail (`map`, `set_map_value`, `remove_map_value`,
-        /// `set_map`, `property`, `define_metric`, `increment_metric`, `record_metric`,
+        /// `property`, `define_metric`, `increment_metric`, `record_metric`,
         /// `shared_data`, `set_shared_data`, `dispatch_http_call`, `http_call_body`).
         pub failing: RefCell<HashSet<&'static str>>,
     }
@@ -183,18 +181,6 @@ pub mod mock {
             if let Some(headers) = self.maps.borrow_mut().get_mut(&map) {
                 headers.retain(|(n, _)| n != name);
             }
-            Ok(())
-        }
-
-        fn set_map(&self, map: MapKind, pairs: &[(&str, &[u8])]) -> HostResult<()> {
-            self.check("set_map")?;
-            self.maps.borrow_mut().insert(
-                map,
-                pairs
-                    .iter()
-                    .map(|(n, v)| (n.to_string(), v.to_vec()))
-                    .collect(),
-            );
             Ok(())
         }
 

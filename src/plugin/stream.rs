@@ -4,6 +4,7 @@
 use super::host::{Host, MapKind};
 use super::worker::Worker;
 use crate::cohort::Cohort;
+use crate::config::ServedBy;
 use crate::route::RouteTable;
 use crate::routing::{route_request, served_cohort, Decision, Header, HeaderEdit};
 use crate::stats::StreamRecord;
@@ -88,22 +89,19 @@ impl Stream {
         if !telemetry.strip {
             return;
         }
-        let is_telemetry = |(name, _): &Header| is_telemetry_header(&telemetry.headers, name);
-        let mut found = headers.iter().filter(|h| is_telemetry(h));
-        let result = match (found.next(), found.next()) {
-            (None, _) => Ok(()),
-            // One host call either way; removing touches less of Envoy's map.
-            (Some((name, _)), None) => host.remove_map_value(map, name),
-            // Replacing the map once beats one host call per header.
-            (Some(_), Some(_)) => {
-                let kept: Vec<(&str, &[u8])> = headers
-                    .iter()
-                    .filter(|h| !is_telemetry(h))
-                    .map(|(name, value)| (name.as_str(), value.as_slice()))
-                    .collect();
-                host.set_map(map, &kept)
+        // One removal per telemetry header present: measured cheaper than replacing
+        // the whole map once (`BENCH_ONLY=plain make bench`: 102 vs 106.5 µs/rq
+        // median with seven telemetry headers, Envoy 1.40), and it touches only
+        // those headers.
+        let mut result = Ok(());
+        for (name, _) in headers
+            .iter()
+            .filter(|(name, _)| is_telemetry_header(&telemetry.headers, name))
+        {
+            if host.remove_map_value(map, name).is_err() {
+                result = Err(());
             }
-        };
+        }
         if result.is_err() {
             worker.host_error(host, "strip telemetry");
         }
@@ -116,7 +114,10 @@ impl Stream {
         else {
             return;
         };
-        let cluster = host.property(&["xds", "cluster_name"]).ok().flatten();
+        let cluster = match worker.config.served_by {
+            ServedBy::Cluster => host.property(&["xds", "cluster_name"]).ok().flatten(),
+            ServedBy::Decision => None,
+        };
         let cohort: Cohort = served_cohort(table, decision.cohort, cluster.as_deref());
         let version = &table.backend(cohort).version;
         if self.record.status.is_some_and(|s| s >= 500) {

@@ -81,7 +81,7 @@ fn counts_telemetry_strips_it_and_flushes_metrics_on_the_tick() {
         .with_property(&["xds", "cluster_name"], b"agent_canary");
     let mut role = filter(&host);
     run_stream(&role, &host);
-    // Two telemetry headers: the map is replaced once; one trailer: removed.
+    // Telemetry headers and trailers are removed, the rest stays.
     let response = host.maps.borrow()[&MapKind::ResponseHeaders].clone();
     let names: Vec<&str> = response.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, vec![":status", "content-type"]);
@@ -101,6 +101,34 @@ fn counts_telemetry_strips_it_and_flushes_metrics_on_the_tick() {
     assert_eq!(host.metric(&stat("v2", "tasks_completed")), Some(1));
     assert_eq!(host.metric(&stat("v2", "tokens")), Some(120));
     assert_eq!(host.metric(&stat("v2", "cost_micros")), Some(1500));
+}
+
+#[test]
+fn a_stream_counts_for_the_cluster_envoy_chose_unless_told_to_trust_the_decision() {
+    // 0% canary: the filter decides stable; Envoy's route sent it to the canary's
+    // cluster anyway (runtime mode's weights during a change).
+    let zero = CONFIG.replace("10000", "0");
+    let count = |config: &str| {
+        let host = MockHost::default()
+            .with_map(MapKind::RequestHeaders, &[("x-session-id", b"user-1")])
+            .with_map(MapKind::ResponseHeaders, &[(":status", b"200")])
+            .with_property(&["xds", "cluster_name"], b"agent_canary");
+        let mut role = Role::configure(&host, Some(b"filter"), config.as_bytes()).unwrap();
+        run_stream(&role, &host);
+        for _ in 0..worker::FLUSH_EVERY_TICKS {
+            role.on_tick(&host);
+        }
+        (
+            host.metric(&stat("v1", "rq_total")),
+            host.metric(&stat("v2", "rq_total")),
+        )
+    };
+    assert_eq!(count(&zero), (None, Some(1)), "served_by cluster (default)");
+    let decision = zero.replace(
+        r#""target": "support-agent","#,
+        r#""target": "support-agent", "served_by": "decision","#,
+    );
+    assert_eq!(count(&decision), (Some(1), None), "served_by decision");
 }
 
 #[test]

@@ -258,7 +258,11 @@ fn the_prometheus_config_and_rules_pass_promtool() {
         std::fs::copy(dir.join(file), copy.path().join(file)).unwrap();
     }
     std::fs::write(copy.path().join("canaryctl-read.token"), "pct_example\n").unwrap();
-    let (ok, text) = run("promtool", &["check", "config", "prometheus.yml"], copy.path());
+    let (ok, text) = run(
+        "promtool",
+        &["check", "config", "prometheus.yml"],
+        copy.path(),
+    );
     assert!(ok, "{text}");
     let (ok, text) = run("promtool", &["test", "rules", "rules_test.yml"], &dir);
     assert!(ok, "{text}");

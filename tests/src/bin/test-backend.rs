@@ -6,6 +6,8 @@
 //! drives the answer:
 //! - `x-reply-<name>: v` → response header `<name>: v` (e.g. `x-reply-x-agent-outcome`);
 //! - `x-trailer-<name>: v` → response trailer `<name>: v` (the body is streamed);
+//! - `x-test-chunks: N` → the body is N small server-sent-event chunks (as an agent
+//!   streams its tokens) instead of the JSON echo;
 //! - `x-test-status: N` → status N; `x-test-delay-ms: N` → answer after N ms;
 //! - `x-test-reset: 1` → reset the stream before any response header.
 //!
@@ -24,11 +26,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// A body of one data frame, then trailers if any.
+/// A body of one data frame (or `chunks` small ones), then trailers if any.
 struct Answer {
     data: Option<Bytes>,
+    chunks: u32,
     trailers: Option<HeaderMap>,
 }
+
+/// One streamed chunk: a server-sent event carrying a few tokens.
+const CHUNK: &[u8] = b"data: {\"delta\": \"a few tokens\"}\n\n";
 
 impl Body for Answer {
     type Data = Bytes;
@@ -38,6 +44,10 @@ impl Body for Answer {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.chunks > 0 {
+            self.chunks -= 1;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(CHUNK)))));
+        }
         if let Some(data) = self.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
@@ -45,12 +55,13 @@ impl Body for Answer {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
+        self.chunks == 0 && self.data.is_none() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         match (&self.data, &self.trailers) {
-            // Trailers need a streamed (chunked) body.
+            // Trailers and chunks need a streamed (chunked) body.
+            _ if self.chunks > 0 => SizeHint::default(),
             (_, Some(_)) => SizeHint::default(),
             (Some(d), None) => SizeHint::with_exact(d.len() as u64),
             (None, None) => SizeHint::with_exact(0),
@@ -146,8 +157,13 @@ async fn answer(
         "path": request.uri().path(),
         "headers": received,
     });
+    let chunks = header_str(&request, "x-test-chunks")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0u32)
+        .min(100_000);
     let mut response = Response::new(Answer {
-        data: Some(Bytes::from(body.to_string())),
+        data: (chunks == 0).then(|| Bytes::from(body.to_string())),
+        chunks,
         trailers: (!trailers.is_empty()).then_some(trailers),
     });
     *response.status_mut() = status;

@@ -7,11 +7,21 @@
 //! (utime + stime from /proc) over those requests, divided by their number, is the
 //! cost per request. Variants are interleaved round by round and medians reported.
 
+mod profile;
+
 use policy_canary_e2e::*;
 use std::process::Command;
 
 const REQUESTS: u32 = 20_000;
+/// Rounds per variant (BENCH_ROUNDS overrides it for a quick look).
 const ROUNDS: usize = 11;
+
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS)
+}
 const CONNECTIONS: u32 = 16;
 
 struct Variant {
@@ -131,21 +141,24 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// Sends `requests` through Envoy with h2load; returns the CPU µs per request.
-fn measure(envoy: &Envoy, requests: u32, ticks_per_second: f64) -> f64 {
+/// Sends `requests` through Envoy with h2load (with `headers`); returns the CPU µs
+/// per request.
+fn measure(envoy: &Envoy, requests: u32, headers: &[&str], ticks_per_second: f64) -> f64 {
     let before = cpu_ticks(envoy.pid());
-    let out = Command::new("taskset")
-        .args(["-c", "0", "h2load"])
-        .args([
-            "--h1",
-            "-t",
-            "1",
-            "-c",
-            &CONNECTIONS.to_string(),
-            "-n",
-            &requests.to_string(),
-        ])
-        .args(["-H", "x-session-id: bench-session-42"])
+    let mut h2load = Command::new("taskset");
+    h2load.args(["-c", "0", "h2load"]).args([
+        "--h1",
+        "-t",
+        "1",
+        "-c",
+        &CONNECTIONS.to_string(),
+        "-n",
+        &requests.to_string(),
+    ]);
+    for header in headers {
+        h2load.args(["-H", header]);
+    }
+    let out = h2load
         .arg(format!("http://127.0.0.1:{}/chat", envoy.port))
         .output()
         .expect("h2load (Debian nghttp2-client) is installed by `make bench`");
@@ -174,51 +187,116 @@ fn min(values: &[f64]) -> f64 {
 }
 
 fn main() {
-    // BENCH_ONLY=cpu, propagation or simulation runs one part of `make bench`.
+    // BENCH_ONLY=cpu (plain and streamed), plain, streamed, profile or propagation
+    // runs one part of `make bench`.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    if only.is_empty() || only == "cpu" {
-        cpu();
+    if only.is_empty() || only == "cpu" || only == "plain" {
+        cpu(Answer::Plain);
+    }
+    if only.is_empty() || only == "streamed" || only == "cpu" {
+        cpu(Answer::Streamed);
+    }
+    if only.is_empty() || only == "profile" {
+        profile::run();
     }
     if only.is_empty() || only == "propagation" {
         propagation();
     }
 }
 
-fn cpu() {
+/// How the upstream answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    /// At once, telemetry in seven response headers (a second listener of the same
+    /// Envoy answers directly).
+    Plain,
+    /// A chunked body of `STREAMED_CHUNKS` server-sent events, telemetry in
+    /// trailers (a test backend over h2c, as agents stream their tokens).
+    Streamed,
+}
+
+/// policy-canary's configuration in the benchmark.
+const PLUGIN: &str = r#"{"target": "bench", "served_by": "decision", "route": {"salt": "s", "canary_weight_bp": 1000, "stable": {"version": "v1", "cluster": "agent_stable"}, "canary": {"version": "v2", "cluster": "agent_canary"}}}"#;
+
+/// Chunks of a streamed answer.
+const STREAMED_CHUNKS: u32 = 200;
+
+/// The request headers that make the test backend stream (`Answer::Streamed`).
+const STREAMED_HEADERS: &[&str] = &[
+    "x-test-chunks: 200",
+    "x-trailer-x-agent-outcome: completed",
+    "x-trailer-x-agent-cost-micros: 1250",
+    "x-trailer-x-agent-tokens: 812",
+    "x-trailer-x-agent-tool-calls: 3",
+    "x-trailer-x-agent-tool-errors: 0",
+    "x-trailer-x-agent-guardrail-triggers: 0",
+    "x-trailer-x-agent-safety-violations: 0",
+];
+
+fn cpu(answer: Answer) {
     let root = repo_root();
     let filter_wasm = wasm_path();
-    let empty_wasm = root.join("target/wasm32-wasip1/wasm/empty_filter.wasm");
-    assert!(empty_wasm.exists(), "build it with `make bench`");
-    let plugin = r#"{"target": "bench", "route": {"salt": "s", "canary_weight_bp": 1000, "stable": {"version": "v1", "cluster": "agent_stable"}, "canary": {"version": "v2", "cluster": "agent_canary"}}}"#;
+    let baseline_wasm = root.join("target/wasm32-wasip1/wasm/empty_filter.wasm");
+    assert!(baseline_wasm.exists(), "build it with `make bench`");
+    let baseline_wasm = baseline_wasm.to_string_lossy().into_owned();
+    // As the shipped controller-mode config: the route follows the filter's cluster
+    // header, so streams count for the filter's decision (`served_by`).
+    let plugin = PLUGIN;
     let direct = "{cluster: agent_stable}";
     let by_header = "{cluster_header: x-policy-cluster}";
+    // A streamed answer comes from a test backend; a plain one from the Envoy itself.
+    let backend = (answer == Answer::Streamed).then(|| {
+        let binary = profile_dir().join("test-backend");
+        Backend::start(&binary.to_string_lossy(), "streamer")
+    });
+    let (requests, headers): (u32, Vec<&str>) = match answer {
+        Answer::Plain => (REQUESTS, vec!["x-session-id: bench-session-42"]),
+        Answer::Streamed => {
+            let mut headers = vec!["x-session-id: bench-session-42"];
+            headers.extend_from_slice(STREAMED_HEADERS);
+            (REQUESTS / 4, headers)
+        }
+    };
+    let make = |filter: Option<String>, route: &str| {
+        let text = config(filter.as_deref(), route, free_port());
+        let text = match &backend {
+            Some(backend) => with_upstream(&text, backend.port),
+            None => text,
+        };
+        Envoy::start(&text, 1)
+    };
     let mut variants = vec![
         Variant {
             name: "no filter",
-            envoy: Envoy::start(&config(None, direct, free_port()), 1),
+            envoy: make(None, direct),
             samples: vec![],
         },
         Variant {
             name: "empty wasm filter",
-            envoy: Envoy::start(
-                &config(
-                    Some(&wasm_filter(&empty_wasm.to_string_lossy(), "")),
-                    direct,
-                    free_port(),
-                ),
-                1,
-            ),
+            envoy: make(Some(wasm_filter(&baseline_wasm, "")), direct),
+            samples: vec![],
+        },
+        Variant {
+            name: "floor (unavoidable host calls)",
+            envoy: make(Some(wasm_filter(&baseline_wasm, "floor")), by_header),
             samples: vec![],
         },
         Variant {
             name: "policy-canary",
-            envoy: Envoy::start(
-                &config(
-                    Some(&wasm_filter(&filter_wasm.to_string_lossy(), plugin)),
-                    by_header,
-                    free_port(),
-                ),
-                1,
+            envoy: make(
+                Some(wasm_filter(&filter_wasm.to_string_lossy(), plugin)),
+                by_header,
+            ),
+            samples: vec![],
+        },
+        Variant {
+            name: "policy-canary, served_by cluster (runtime mode)",
+            envoy: make(
+                Some(wasm_filter(
+                    &filter_wasm.to_string_lossy(),
+                    &plugin.replace(r#""served_by": "decision", "#, ""),
+                )),
+                by_header,
             ),
             samples: vec![],
         },
@@ -234,10 +312,7 @@ fn cpu() {
         };
         variants.push(Variant {
             name: Box::leak(label.to_string().into_boxed_str()),
-            envoy: Envoy::start(
-                &config(Some(&wasm_filter(path, plugin)), by_header, free_port()),
-                1,
-            ),
+            envoy: make(Some(wasm_filter(path, plugin)), by_header),
             samples: vec![],
         });
     }
@@ -251,65 +326,96 @@ fn cpu() {
         assert!(status.success(), "taskset failed");
     }
     let tps = clock_ticks_per_second();
-    println!(
-        "Envoy CPU per request: 1 worker pinned to core 1, h2load on core 0, {CONNECTIONS} HTTP/1.1 connections, {REQUESTS} requests x {ROUNDS} rounds, interleaved"
-    );
-    for variant in &variants {
-        measure(&variant.envoy, REQUESTS / 4, tps); // warm-up
+    println!();
+    match answer {
+        Answer::Plain => println!(
+            "Envoy CPU per request, plain answers (telemetry in 7 response headers): 1 worker pinned to core 1, h2load on core 0, {CONNECTIONS} HTTP/1.1 connections, {requests} requests x {} rounds, interleaved",
+            rounds()
+        ),
+        Answer::Streamed => println!(
+            "Envoy CPU per request, streamed answers ({STREAMED_CHUNKS} SSE chunks over h2c from a test backend, telemetry in 7 trailers): 1 worker pinned to core 1, h2load on core 0, {CONNECTIONS} HTTP/1.1 connections, {requests} requests x {} rounds, interleaved",
+            rounds()
+        ),
     }
-    for _ in 0..ROUNDS {
+    for variant in &variants {
+        measure(&variant.envoy, requests / 4, &headers, tps); // warm-up
+    }
+    let rounds = rounds();
+    for _ in 0..rounds {
         for variant in &mut variants {
-            let sample = measure(&variant.envoy, REQUESTS, tps);
+            let sample = measure(&variant.envoy, requests, &headers, tps);
             variant.samples.push(sample);
         }
     }
+    print_table(&variants);
+    if answer == Answer::Plain {
+        let size = std::fs::metadata(&filter_wasm).unwrap().len();
+        let baseline_size = std::fs::metadata(&baseline_wasm).unwrap().len();
+        println!();
+        println!("| module | bytes | KiB |");
+        println!("|---|---:|---:|");
+        println!(
+            "| policy_canary.wasm | {size} | {:.1} |",
+            size as f64 / 1024.0
+        );
+        println!(
+            "| empty / floor filter | {baseline_size} | {:.1} |",
+            baseline_size as f64 / 1024.0
+        );
+    }
+}
+
+/// Medians and minimums over the rounds; each overhead over no filter is also
+/// given as a multiple of the floor's.
+fn print_table(variants: &[Variant]) {
+    let floor = variants
+        .iter()
+        .position(|v| v.name.starts_with("floor"))
+        .unwrap_or(1);
     let base = median(&variants[0].samples);
-    let empty_overhead = median(&variants[1].samples) - base;
-    println!();
     let base_min = min(&variants[0].samples);
-    let empty_overhead_min = min(&variants[1].samples) - base_min;
-    println!("| variant | median µs/rq | × no filter | overhead ÷ empty's | min µs/rq | × no filter (min) | overhead ÷ empty's (min) |");
+    let floor_overhead = median(&variants[floor].samples) - base;
+    let floor_overhead_min = min(&variants[floor].samples) - base_min;
+    println!();
+    println!("| variant | median µs/rq | × no filter | overhead ÷ floor's | min µs/rq | × no filter (min) | overhead ÷ floor's (min) |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for variant in &variants {
+    for variant in variants {
         let m = median(&variant.samples);
         let lo = min(&variant.samples);
-        let ratio = |overhead: f64, empty: f64| {
-            if variant.name == "no filter" || empty <= 0.0 {
+        let ratio = |overhead: f64, floor: f64| {
+            if variant.name == "no filter" || floor <= 0.0 {
                 "—".to_string()
             } else {
-                format!("{:.2}", overhead / empty)
+                format!("{:.2}", overhead / floor)
             }
         };
         println!(
             "| {} | {m:.1} | {:.3} | {} | {lo:.1} | {:.3} | {} |",
             variant.name,
             m / base,
-            ratio(m - base, empty_overhead),
+            ratio(m - base, floor_overhead),
             lo / base_min,
-            ratio(lo - base_min, empty_overhead_min),
+            ratio(lo - base_min, floor_overhead_min),
         );
     }
-    let size = std::fs::metadata(&filter_wasm).unwrap().len();
-    let empty_size = std::fs::metadata(&empty_wasm).unwrap().len();
-    println!();
-    println!("| module | bytes | KiB |");
-    println!("|---|---:|---:|");
-    println!(
-        "| policy_canary.wasm | {size} | {:.1} |",
-        size as f64 / 1024.0
-    );
-    println!(
-        "| empty filter | {empty_size} | {:.1} |",
-        empty_size as f64 / 1024.0
-    );
-    let stats = variants[2]
-        .envoy
-        .admin_get("/stats?filter=policy_canary.*rq_total");
-    println!();
-    println!(
-        "policy-canary stats after the run: {}",
-        stats.trim().replace('\n', ", ")
-    );
+}
+
+/// `config` with both agent clusters on the test backend at `port`, over h2c.
+fn with_upstream(config: &str, port: u16) -> String {
+    let mut text = config.to_string();
+    for cluster in ["agent_stable", "agent_canary"] {
+        let old = format!("  - name: {cluster}\n    connect_timeout: 1s\n");
+        let new = format!(
+            "  - name: {cluster}\n    connect_timeout: 1s\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{http2_protocol_options: {{}}}}\n"
+        );
+        assert!(text.contains(&old), "{cluster} in the config");
+        text = text.replace(&old, &new);
+        let endpoint = format!("cluster_name: {cluster}\n      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: ");
+        let at = text.find(&endpoint).expect("the cluster's endpoint") + endpoint.len();
+        let end = at + text[at..].find('}').expect("the port's end");
+        text.replace_range(at..end, &port.to_string());
+    }
+    text
 }
 
 /// Changes the propagation benchmark makes (each one flips a probe's backend).
