@@ -592,7 +592,9 @@ impl Controller {
         let state_dir = dir.path().join("state");
         let mut c = Controller {
             child: None,
-            port: free_port(),
+            // Port 0 at the first start: the controller picks a free one and says
+            // which (a port found free here could be taken before it binds).
+            port: 0,
             state_dir,
             token: String::new(),
             routes_token: std::sync::OnceLock::new(),
@@ -610,7 +612,9 @@ impl Controller {
         let dir = TempDir::new("controller");
         let mut c = Controller {
             child: None,
-            port: free_port(),
+            // Port 0 at the first start: the controller picks a free one and says
+            // which (a port found free here could be taken before it binds).
+            port: 0,
             state_dir: dir.path().join("state"),
             token: String::new(),
             routes_token: std::sync::OnceLock::new(),
@@ -631,7 +635,8 @@ impl Controller {
             .unwrap_or_default()
     }
 
-    /// (Re)starts the process on the same port and state directory.
+    /// (Re)starts the process on the same port (any free one the first time) and
+    /// state directory.
     pub fn restart(&mut self) {
         self.child = None;
         let mut child = Command::new(canaryctl_bin())
@@ -663,6 +668,13 @@ impl Controller {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
         assert!(line.contains("listening on"), "canaryctl said {line:?}");
+        // "canaryctl listening on http://127.0.0.1:PORT (state in …)"
+        self.port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
         self.child = Some(guard);
         self.token = std::fs::read_to_string(self.state_dir.join("token"))
             .unwrap()
