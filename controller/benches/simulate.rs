@@ -9,6 +9,9 @@
 //! the same naive rule calibrated to the false-rollback budget: its minimum
 //! requests per stage multiplied by the smallest factor (2, 4, …, 64) whose A/A
 //! false-rollback rate is at most 1%, so that exposures compare at equal error.
+//! Then the session model (`BENCH_ONLY=sessions`, `SESSION_TRIALS=N`): A/A rollouts
+//! where requests come from a fixed set of sessions with persistent traits, sticky
+//! to their cohort — the case where treating requests as independent breaks.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -86,23 +89,36 @@ impl Rng {
     }
 }
 
-/// One interval's traffic of one arm, drawn request by request.
-fn serve(behaviour: &Behaviour, requests: u32, rng: &mut Rng) -> Sample {
-    let mut c = [0f64; 10];
-    let mut latency = [0f64; BUCKETS.len() + 1];
-    for _ in 0..requests {
+/// Counts of one arm over one interval, request by request.
+struct Tally {
+    c: [f64; 10],
+    latency: [f64; BUCKETS.len() + 1],
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            c: [0.0; 10],
+            latency: [0.0; BUCKETS.len() + 1],
+        }
+    }
+
+    /// One request of `behaviour`, with this completion probability and mean cost
+    /// (a session's own, in the session model).
+    fn request(&mut self, behaviour: &Behaviour, completion: f64, cost_mean: f64, rng: &mut Rng) {
+        let c = &mut self.c;
         c[0] += 1.0; // rq_total
         if rng.next() < behaviour.error {
             c[1] += 1.0; // rq_5xx
         }
         c[2] += 1.0; // tasks_total
         let outcome = rng.next();
-        if outcome < behaviour.completion {
+        if outcome < completion {
             c[3] += 1.0;
-        } else if outcome < behaviour.completion + behaviour.abandonment {
+        } else if outcome < completion + behaviour.abandonment {
             c[4] += 1.0;
         }
-        c[5] += behaviour.cost_mean * (0.5 + rng.next()); // cost_micros
+        c[5] += cost_mean * (0.5 + rng.next()); // cost_micros
         c[6] += 2.0; // tool_calls
         for _ in 0..2 {
             if rng.next() < behaviour.tool_error {
@@ -120,32 +136,120 @@ fn serve(behaviour: &Behaviour, requests: u32, rng: &mut Rng) -> Sample {
             .iter()
             .position(|le| ms <= *le)
             .unwrap_or(BUCKETS.len());
-        latency[bucket] += 1.0;
+        self.latency[bucket] += 1.0;
     }
-    let names = [
-        "rq_total",
-        "rq_5xx",
-        "tasks_total",
-        "tasks_completed",
-        "tasks_abandoned",
-        "cost_micros",
-        "tool_calls",
-        "tool_errors",
-        "guardrail_triggers",
-        "safety_violations",
-    ];
-    let mut sample = Sample::default();
-    for (name, value) in names.iter().zip(c) {
-        sample.counters.insert(name.to_string(), value);
-    }
-    let mut cumulative = 0.0;
-    for (i, count) in latency.iter().enumerate() {
-        cumulative += count;
+
+    fn sample(&self) -> Sample {
+        let names = [
+            "rq_total",
+            "rq_5xx",
+            "tasks_total",
+            "tasks_completed",
+            "tasks_abandoned",
+            "cost_micros",
+            "tool_calls",
+            "tool_errors",
+            "guardrail_triggers",
+            "safety_violations",
+        ];
+        let mut sample = Sample::default();
+        for (name, value) in names.iter().zip(self.c) {
+            sample.counters.insert(name.to_string(), value);
+        }
+        let mut cumulative = 0.0;
+        for (i, count) in self.latency.iter().enumerate() {
+            cumulative += count;
+            sample
+                .latency
+                .push((BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
+        }
         sample
-            .latency
-            .push((BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
     }
-    sample
+}
+
+/// One interval's traffic at canary weight `weight`: every request independent, each
+/// to the canary with that probability. Returns stable's and canary's samples and
+/// the canary's request count.
+fn iid(
+    stable: &Behaviour,
+    canary: &Behaviour,
+    weight: f64,
+    rng: &mut Rng,
+) -> (Sample, Sample, u32) {
+    let mut to_canary = 0;
+    for _ in 0..REQUESTS_PER_INTERVAL {
+        if rng.next() < weight {
+            to_canary += 1;
+        }
+    }
+    let serve = |behaviour: &Behaviour, requests: u32, rng: &mut Rng| {
+        let mut tally = Tally::new();
+        for _ in 0..requests {
+            tally.request(behaviour, behaviour.completion, behaviour.cost_mean, rng);
+        }
+        tally.sample()
+    };
+    let stable = serve(stable, REQUESTS_PER_INTERVAL - to_canary, rng);
+    let canary = serve(canary, to_canary, rng);
+    (stable, canary, to_canary)
+}
+
+/// The session model: `n` active sessions, each with persistent traits — a cost
+/// level (log-normal, σ of the log `cost_sigma`, mean 1), a completion propensity
+/// (a two-point mixture: 80% of sessions at 0.90, 20% at 0.65, mean 0.85) and a
+/// share of the traffic (Pareto, α 1.5: a few sessions send most requests) — and a
+/// fixed cohort draw, as sticky assignment gives. Both arms behave as `BASE`
+/// otherwise (A/A).
+struct Sessions {
+    cohort: Vec<f64>,
+    cost: Vec<f64>,
+    completion: Vec<f64>,
+    cumulative: Vec<f64>,
+}
+
+impl Sessions {
+    fn new(n: usize, cost_sigma: f64, rng: &mut Rng) -> Sessions {
+        let mut sessions = Sessions {
+            cohort: Vec::with_capacity(n),
+            cost: Vec::with_capacity(n),
+            completion: Vec::with_capacity(n),
+            cumulative: Vec::with_capacity(n),
+        };
+        let mut total = 0.0;
+        for _ in 0..n {
+            sessions.cohort.push(rng.next());
+            sessions
+                .cost
+                .push((cost_sigma * rng.normal() - cost_sigma * cost_sigma / 2.0).exp());
+            sessions
+                .completion
+                .push(if rng.next() < 0.8 { 0.90 } else { 0.65 });
+            total += (1.0 - rng.next()).powf(-1.0 / 1.5);
+            sessions.cumulative.push(total);
+        }
+        sessions
+    }
+
+    fn interval(&self, weight: f64, rng: &mut Rng) -> (Sample, Sample, u32) {
+        let (mut s, mut c) = (Tally::new(), Tally::new());
+        let total = self.cumulative.last().copied().unwrap_or(1.0);
+        let mut to_canary = 0;
+        for _ in 0..REQUESTS_PER_INTERVAL {
+            let at = rng.next() * total;
+            let i = self
+                .cumulative
+                .partition_point(|c| *c < at)
+                .min(self.cumulative.len() - 1);
+            let cost = BASE.cost_mean * self.cost[i];
+            if self.cohort[i] < weight {
+                to_canary += 1;
+                c.request(&BASE, self.completion[i], cost, rng);
+            } else {
+                s.request(&BASE, self.completion[i], cost, rng);
+            }
+        }
+        (s.sample(), c.sample(), to_canary)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -165,8 +269,7 @@ type Rule = fn(&RolloutPlan, usize, i64, &Analysis, u32) -> (StageDecision, u32)
 
 fn run(
     plan: &RolloutPlan,
-    stable: &Behaviour,
-    canary: &Behaviour,
+    traffic: &mut dyn FnMut(f64, &mut Rng) -> (Sample, Sample, u32),
     rule: Rule,
     rng: &mut Rng,
 ) -> Trial {
@@ -184,18 +287,9 @@ fn run(
         checks += 1.0;
         checks_in_stage += 1;
         let weight = f64::from(plan.stages[stage].weight.bp()) / 10_000.0;
-        // Each request goes to the canary with the stage's weight.
-        let mut to_canary = 0;
-        for _ in 0..REQUESTS_PER_INTERVAL {
-            if rng.next() < weight {
-                to_canary += 1;
-            }
-        }
+        let (stable, canary, to_canary) = traffic(weight, rng);
         exposed += f64::from(to_canary);
-        let served = [
-            ("s", serve(stable, REQUESTS_PER_INTERVAL - to_canary, rng)),
-            ("c", serve(canary, to_canary, rng)),
-        ];
+        let served = [("s", stable), ("c", canary)];
         for (version, delta) in &served {
             reported
                 .versions
@@ -257,10 +351,90 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 fn main() {
-    // `make bench` runs every part; BENCH_ONLY picks one.
-    if std::env::var("BENCH_ONLY").is_ok_and(|only| !only.is_empty() && only != "simulation") {
+    // `make bench` runs every part; BENCH_ONLY picks one (`sessions`: only the
+    // session model's table).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if !only.is_empty() && only != "simulation" && only != "sessions" {
         return;
     }
+    if only != "sessions" {
+        independent_requests();
+    }
+    session_model();
+}
+
+/// A/A rollouts under the session model, today's sequential rule: how often an
+/// identical canary is rolled back when a few heterogeneous sessions sit in it.
+fn session_model() {
+    let trials: usize = std::env::var("SESSION_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(200);
+    let plan = RolloutPlan::parse(
+        "target: t\nstable: {version: s, cluster: a}\ncanary: {version: c, cluster: b}\n",
+    )
+    .expect("the default plan");
+    println!();
+    println!(
+        "Session model, A/A (identical policies), default plan, {} requests/s, {trials} trials per cell: \
+         N active sessions with persistent traits (cost level log-normal σ, completion 0.90 or 0.65 \
+         per session, Pareto α 1.5 shares of the traffic), sticky cohorts",
+        REQUESTS_PER_INTERVAL as i64 * 1000 / INTERVAL_MS
+    );
+    println!();
+    println!("| sessions | cost σ | false rollback | promotion | no decision | median minutes to decision |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(4);
+    for n in [60usize, 300, 3000] {
+        for sigma in [0.0, 1.0, 1.5] {
+            let results: Vec<Trial> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let plan = &plan;
+                        scope.spawn(move || {
+                            (t..trials)
+                                .step_by(threads)
+                                .map(|i| {
+                                    let mut rng =
+                                        Rng(0x51ed_270b_2a5c_8f3d
+                                            ^ ((i as u64 + 1) * 0x1000_0000_01b3));
+                                    let sessions = Sessions::new(n, sigma, &mut rng);
+                                    run(
+                                        plan,
+                                        &mut |weight, rng| sessions.interval(weight, rng),
+                                        decide,
+                                        &mut rng,
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+            let rate = |end: End| {
+                results.iter().filter(|r| r.end == end).count() as f64 / results.len().max(1) as f64
+                    * 100.0
+            };
+            let minutes = median(results.iter().map(|r| r.minutes).collect());
+            println!(
+                "| {n} | {sigma:.1} | {:.1}% | {:.1}% | {:.1}% | {} |",
+                rate(End::RolledBack),
+                rate(End::Promoted),
+                rate(End::Inconclusive),
+                minutes.map_or("-".into(), |m| format!("{m:.0}")),
+            );
+        }
+    }
+}
+
+/// The scenarios over independent requests, with the naive rules beside.
+fn independent_requests() {
     let trials: usize = std::env::var("TRIALS")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -307,7 +481,12 @@ fn main() {
                                 let mut rng = Rng(
                                     0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x1000_0000_01b3)
                                 );
-                                run(plan, &BASE, canary, rule, &mut rng)
+                                run(
+                                    plan,
+                                    &mut |weight, rng| iid(&BASE, canary, weight, rng),
+                                    rule,
+                                    &mut rng,
+                                )
                             })
                             .collect::<Vec<_>>()
                     })
