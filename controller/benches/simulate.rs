@@ -342,6 +342,52 @@ fn run(
     }
 }
 
+/// `trials` trials on up to 4 threads, trial `i` drawing from its own seeded
+/// generator (so a run reproduces whatever the thread count).
+fn trials(count: usize, seed: u64, trial: impl Fn(&mut Rng) -> Trial + Sync) -> Vec<Trial> {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(4);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let trial = &trial;
+                scope.spawn(move || {
+                    (t..count)
+                        .step_by(threads)
+                        .map(|i| trial(&mut Rng(seed ^ ((i as u64 + 1) * 0x1000_0000_01b3))))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// The share of `results` that ended as `end`, in percent.
+fn rate(results: &[Trial], end: End) -> f64 {
+    results.iter().filter(|r| r.end == end).count() as f64 / results.len().max(1) as f64 * 100.0
+}
+
+/// A whole-number setting from the environment.
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The default plan, as a plan that names only its target and policies gets it.
+fn default_plan() -> RolloutPlan {
+    RolloutPlan::parse(
+        "target: t\nstable: {version: s, cluster: a}\ncanary: {version: c, cluster: b}\n",
+    )
+    .expect("the default plan")
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -366,17 +412,11 @@ fn main() {
 /// A/A rollouts under the session model, today's sequential rule: how often an
 /// identical canary is rolled back when a few heterogeneous sessions sit in it.
 fn session_model() {
-    let trials: usize = std::env::var("SESSION_TRIALS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(200);
-    let plan = RolloutPlan::parse(
-        "target: t\nstable: {version: s, cluster: a}\ncanary: {version: c, cluster: b}\n",
-    )
-    .expect("the default plan");
+    let trials_per_cell = setting("SESSION_TRIALS", 200);
+    let plan = default_plan();
     println!();
     println!(
-        "Session model, A/A (identical policies), default plan, {} requests/s, {trials} trials per cell: \
+        "Session model, A/A (identical policies), default plan, {} requests/s, {trials_per_cell} trials per cell: \
          N active sessions with persistent traits (cost level log-normal σ, completion 0.90 or 0.65 \
          per session, Pareto α 1.5 shares of the traffic), sticky cohorts",
         REQUESTS_PER_INTERVAL as i64 * 1000 / INTERVAL_MS
@@ -384,43 +424,18 @@ fn session_model() {
     println!();
     println!("| sessions | cost σ | false rollback | promotion | no decision | median minutes to decision |");
     println!("|---:|---:|---:|---:|---:|---:|");
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(4);
     for n in [60usize, 300, 3000] {
         for sigma in [0.0, 1.0, 1.5] {
-            let results: Vec<Trial> = std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let plan = &plan;
-                        scope.spawn(move || {
-                            (t..trials)
-                                .step_by(threads)
-                                .map(|i| {
-                                    let mut rng =
-                                        Rng(0x51ed_270b_2a5c_8f3d
-                                            ^ ((i as u64 + 1) * 0x1000_0000_01b3));
-                                    let sessions = Sessions::new(n, sigma, &mut rng);
-                                    run(
-                                        plan,
-                                        &mut |weight, rng| sessions.interval(weight, rng),
-                                        decide,
-                                        &mut rng,
-                                    )
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_default())
-                    .collect()
+            let results = trials(trials_per_cell, 0x51ed_270b_2a5c_8f3d, |rng| {
+                let sessions = Sessions::new(n, sigma, rng);
+                run(
+                    &plan,
+                    &mut |weight, rng| sessions.interval(weight, rng),
+                    decide,
+                    rng,
+                )
             });
-            let rate = |end: End| {
-                results.iter().filter(|r| r.end == end).count() as f64 / results.len().max(1) as f64
-                    * 100.0
-            };
+            let rate = |end: End| rate(&results, end);
             let minutes = median(results.iter().map(|r| r.minutes).collect());
             println!(
                 "| {n} | {sigma:.1} | {:.1}% | {:.1}% | {:.1}% | {} |",
@@ -435,14 +450,8 @@ fn session_model() {
 
 /// The scenarios over independent requests, with the naive rules beside.
 fn independent_requests() {
-    let trials: usize = std::env::var("TRIALS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1_000);
-    let plan = RolloutPlan::parse(
-        "target: t\nstable: {version: s, cluster: a}\ncanary: {version: c, cluster: b}\n",
-    )
-    .expect("the default plan");
+    let trials_per_scenario = setting("TRIALS", 1_000);
+    let plan = default_plan();
     let with = |f: fn(&mut Behaviour)| {
         let mut b = BASE;
         f(&mut b);
@@ -461,45 +470,21 @@ fn independent_requests() {
     ];
     println!(
         "Simulated rollouts: default plan (1% 5% 25% 50% 100%, 10 min and 500 canary requests per stage, \
-         interval 30 s, failure threshold 2, max stage 4 h), {} requests/s, {trials} trials per scenario",
+         interval 30 s, failure threshold 2, max stage 4 h), {} requests/s, {trials_per_scenario} trials per scenario",
         REQUESTS_PER_INTERVAL as i64 * 1000 / INTERVAL_MS
     );
     println!();
     println!("| scenario | rule | rollback | promotion | no decision | median canary requests before rollback | median minutes to decision |");
     println!("|---|---|---:|---:|---:|---:|---:|");
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(4);
     let simulate = |plan: &RolloutPlan, canary: &Behaviour, rule: Rule| -> Vec<Trial> {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    scope.spawn(move || {
-                        (t..trials)
-                            .step_by(threads)
-                            .map(|i| {
-                                let mut rng = Rng(
-                                    0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x1000_0000_01b3)
-                                );
-                                run(
-                                    plan,
-                                    &mut |weight, rng| iid(&BASE, canary, weight, rng),
-                                    rule,
-                                    &mut rng,
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
+        trials(trials_per_scenario, 0x9e37_79b9_7f4a_7c15, |rng| {
+            run(
+                plan,
+                &mut |weight, rng| iid(&BASE, canary, weight, rng),
+                rule,
+                rng,
+            )
         })
-    };
-    let rate = |results: &[Trial], end: End| {
-        results.iter().filter(|r| r.end == end).count() as f64 / results.len().max(1) as f64 * 100.0
     };
     // The naive rule with k× the minimum requests, for the smallest k whose A/A
     // false-rollback rate is within the 1% budget.
