@@ -1,5 +1,5 @@
-//! proxy-wasm's wire format for header maps and property paths, as the host
-//! reads and writes them. Pure, so that it is tested on the host: the SDK's own
+//! proxy-wasm's wire format for header maps (as the host hands them over) and
+//! property paths. Pure, so that it is tested on the host: the SDK's own
 //! decoder slices without bounds checks and unwraps UTF-8 names, and a panic in
 //! the VM fails live traffic.
 //!
@@ -7,31 +7,6 @@
 //! each name and value followed by a NUL; integers little-endian.
 
 use crate::routing::Header;
-
-/// Encodes `pairs` for `proxy_set_header_map_pairs` and `proxy_http_call`.
-pub fn encode_pairs<V: AsRef<[u8]>>(pairs: &[(&str, V)]) -> Vec<u8> {
-    let size = 4 + pairs
-        .iter()
-        .map(|(n, v)| n.len() + v.as_ref().len() + 10)
-        .sum::<usize>();
-    let mut bytes = Vec::with_capacity(size);
-    bytes.extend_from_slice(&len32(pairs.len()).to_le_bytes());
-    for (name, value) in pairs {
-        bytes.extend_from_slice(&len32(name.len()).to_le_bytes());
-        bytes.extend_from_slice(&len32(value.as_ref().len()).to_le_bytes());
-    }
-    for (name, value) in pairs {
-        bytes.extend_from_slice(name.as_bytes());
-        bytes.push(0);
-        bytes.extend_from_slice(value.as_ref());
-        bytes.push(0);
-    }
-    bytes
-}
-
-fn len32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
 
 /// Decodes a map the host wrote; `None` when it is malformed (never a panic).
 /// Names that are not UTF-8 (Envoy never sends them) are decoded lossily.
@@ -71,6 +46,31 @@ pub fn encode_path(path: &[&str]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Encodes `pairs` as the host does (the filter itself only decodes maps).
+    fn encode_pairs<V: AsRef<[u8]>>(pairs: &[(&str, V)]) -> Vec<u8> {
+        let size = 4 + pairs
+            .iter()
+            .map(|(n, v)| n.len() + v.as_ref().len() + 10)
+            .sum::<usize>();
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(&len32(pairs.len()).to_le_bytes());
+        for (name, value) in pairs {
+            bytes.extend_from_slice(&len32(name.len()).to_le_bytes());
+            bytes.extend_from_slice(&len32(value.as_ref().len()).to_le_bytes());
+        }
+        for (name, value) in pairs {
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(value.as_ref());
+            bytes.push(0);
+        }
+        bytes
+    }
+
+    fn len32(n: usize) -> u32 {
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
 
     #[test]
     fn maps_round_trip_and_malformed_ones_are_refused() {

@@ -414,6 +414,17 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     http_request(port, "GET", path, &[])
 }
 
+/// A GET with `Authorization: Bearer <token>`.
+pub fn http_get_with_token(port: u16, token: &str, path: &str) -> Option<(u16, String)> {
+    let authorization = format!("Bearer {token}");
+    http_request(
+        port,
+        "GET",
+        path,
+        &[("authorization", authorization.as_bytes())],
+    )
+}
+
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
@@ -696,13 +707,7 @@ impl Controller {
 
     /// A GET with the bootstrap token: status and body, `None` if it is not there.
     pub fn get_raw(&self, path: &str) -> Option<(u16, String)> {
-        let authorization = format!("Bearer {}", self.token);
-        http_request(
-            self.port,
-            "GET",
-            path,
-            &[("authorization", authorization.as_bytes())],
-        )
+        http_get_with_token(self.port, &self.token, path)
     }
 
     /// A token with `scopes`, made with the bootstrap token.

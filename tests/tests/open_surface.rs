@@ -63,17 +63,6 @@ fn closed_within(sockets: &mut [TcpStream], limit: Duration) -> usize {
     closed.iter().filter(|c| **c).count()
 }
 
-/// A GET with `token` on a fresh connection.
-fn get(port: u16, token: &str, path: &str) -> Option<(u16, String)> {
-    let authorization = format!("Bearer {token}");
-    http_request(
-        port,
-        "GET",
-        path,
-        &[("authorization", authorization.as_bytes())],
-    )
-}
-
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
@@ -123,7 +112,7 @@ fn a_slow_client_storm_starves_nobody() {
     let poll = {
         let token = token.clone();
         std::thread::spawn(move || {
-            get(
+            http_get_with_token(
                 port,
                 &token,
                 &format!("/v1/routes?revision={revision}&wait=20s"),
@@ -131,7 +120,7 @@ fn a_slow_client_storm_starves_nobody() {
         })
     };
     wait_for("the long-poll to wait", Duration::from_secs(5), || {
-        let metrics = get(port, &token, "/metrics")?.1;
+        let metrics = http_get_with_token(port, &token, "/metrics")?.1;
         (metric(&metrics, "canaryctl_open_long_polls") >= 1).then_some(())
     });
     controller.post_ok(
@@ -184,7 +173,7 @@ fn a_slow_client_storm_starves_nobody() {
     let metrics = wait_for(
         "the controller to serve again",
         Duration::from_secs(5),
-        || get(port, &token, "/metrics").map(|(_, body)| body),
+        || http_get_with_token(port, &token, "/metrics").map(|(_, body)| body),
     );
     assert!(metric(&metrics, "canaryctl_http_connections_refused_total") >= 1);
 
@@ -194,7 +183,7 @@ fn a_slow_client_storm_starves_nobody() {
         .map(|_| {
             let token = token.clone();
             std::thread::spawn(move || {
-                get(
+                http_get_with_token(
                     port,
                     &token,
                     &format!("/v1/routes?revision={revision}&wait=20s"),
@@ -203,11 +192,11 @@ fn a_slow_client_storm_starves_nobody() {
         })
         .collect();
     wait_for("four long-polls to wait", Duration::from_secs(5), || {
-        let metrics = get(port, &token, "/metrics")?.1;
+        let metrics = http_get_with_token(port, &token, "/metrics")?.1;
         (metric(&metrics, "canaryctl_open_long_polls") >= 4).then_some(())
     });
     let asked = Instant::now();
-    let (status, body) = get(
+    let (status, body) = http_get_with_token(
         port,
         &token,
         &format!("/v1/routes?revision={revision}&wait=20s"),
@@ -224,6 +213,8 @@ fn a_slow_client_storm_starves_nobody() {
         let (status, _) = poll.join().expect("poll thread").expect("answered");
         assert_eq!(status, 200);
     }
-    let metrics = get(port, &token, "/metrics").expect("metrics").1;
+    let metrics = http_get_with_token(port, &token, "/metrics")
+        .expect("metrics")
+        .1;
     assert!(metric(&metrics, "canaryctl_polls_refused_total") >= 1);
 }

@@ -33,15 +33,9 @@ fn ok(server: &str, state_dir: &std::path::Path, args: &[&str]) -> String {
 
 /// A GET with `token`: the status.
 fn status_with(controller: &Controller, token: &str, path: &str) -> u16 {
-    let authorization = format!("Bearer {token}");
-    http_request(
-        controller.port,
-        "GET",
-        path,
-        &[("authorization", authorization.as_bytes())],
-    )
-    .expect("the controller answers")
-    .0
+    http_get_with_token(controller.port, token, path)
+        .expect("the controller answers")
+        .0
 }
 
 #[test]

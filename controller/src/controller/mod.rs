@@ -67,7 +67,6 @@ pub struct Controller {
     revision_tx: watch::Sender<u64>,
     notifier: Notifier,
     judge: Box<dyn Judge>,
-    /// When each active rollout was last analysed.
     /// When (steady clock) each rollout was last analysed.
     last_check: Mutex<HashMap<i64, u64>>,
     fleet: Arc<Fleet>,

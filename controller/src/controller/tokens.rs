@@ -68,13 +68,13 @@ impl Controller {
         let now = now_ms();
         let mut conn = self.db();
         let tx = conn.transaction()?;
-        match store::revoke_token(&tx, name, now)? {
-            None => return Err(Error::NotFound(format!("no token named `{name}`"))),
-            Some(false) => {
-                return Err(conflict(format!("token `{name}` is already revoked"), None))
-            }
-            Some(true) => {}
+        let Some(token) = store::get_token(&tx, name)? else {
+            return Err(Error::NotFound(format!("no token named `{name}`")));
+        };
+        if token.revoked_ms.is_some() {
+            return Err(conflict(format!("token `{name}` is already revoked"), None));
         }
+        store::revoke_token(&tx, name, now)?;
         audit_outside_rollouts(
             &tx,
             who,
@@ -83,10 +83,10 @@ impl Controller {
             now,
         )?;
         tx.commit()?;
-        store::list_tokens(&conn)?
-            .into_iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| Error::Internal("token vanished after revoking it".into()))
+        Ok(TokenRecord {
+            revoked_ms: Some(now),
+            ..token
+        })
     }
 
     /// The live token whose secret is `secret`.

@@ -5,7 +5,7 @@ mod schema;
 mod tokens;
 
 pub use schema::{create_private_dir, lock, open, open_reader, schema_version, StateLock};
-pub use tokens::{find_token, insert_token, list_tokens, revoke_token, TokenRecord};
+pub use tokens::{find_token, get_token, insert_token, list_tokens, revoke_token, TokenRecord};
 
 use crate::rollout::plan::RolloutPlan;
 use crate::rollout::{AuditAction, Phase, RolloutState};

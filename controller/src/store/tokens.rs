@@ -80,28 +80,21 @@ pub fn list_tokens(conn: &Connection) -> rusqlite::Result<Vec<TokenRecord>> {
     rows.collect()
 }
 
-/// Revokes `name`; `None` if there is no such token, else whether it was live.
-pub fn revoke_token(
-    tx: &Transaction<'_>,
-    name: &str,
-    now_ms: i64,
-) -> rusqlite::Result<Option<bool>> {
-    let exists = tx
-        .query_row(
-            "SELECT revoked_ms FROM tokens WHERE name = ?1",
-            [name],
-            |r| r.get::<_, Option<i64>>(0),
-        )
-        .optional()?;
-    let Some(revoked) = exists else {
-        return Ok(None);
-    };
-    if revoked.is_some() {
-        return Ok(Some(false));
-    }
+/// The token named `name`, revoked or not.
+pub fn get_token(conn: &Connection, name: &str) -> rusqlite::Result<Option<TokenRecord>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM tokens WHERE name = ?1"),
+        [name],
+        record,
+    )
+    .optional()
+}
+
+/// Marks `name` revoked at `now_ms`.
+pub fn revoke_token(tx: &Transaction<'_>, name: &str, now_ms: i64) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE tokens SET revoked_ms = ?2 WHERE name = ?1",
         params![name, now_ms],
     )?;
-    Ok(Some(true))
+    Ok(())
 }
