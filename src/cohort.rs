@@ -24,8 +24,23 @@ impl Cohort {
     }
 }
 
-/// The session's bucket in `0..10000` under `salt`.
-pub fn bucket(session_id: &[u8], salt: &[u8]) -> u16 {
+/// Where a session sits under a rollout's salt: its bucket, and its replicate
+/// (`replicate`), both from one sha256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    pub bucket: u16,
+    pub replicate: u8,
+}
+
+/// A session's replicate (`replicate`): the top five bits of the first byte of its
+/// assignment digest. The bucket is the whole digest mod 10000, so it is
+/// independent of these bits (up to a bias below 10^-70).
+pub fn replicate_of(first_digest_byte: u8) -> u8 {
+    first_digest_byte >> 3
+}
+
+/// The session's bucket in `0..10000` and its replicate under `salt`.
+pub fn assign(session_id: &[u8], salt: &[u8]) -> Assignment {
     let mut hasher = Sha256::new();
     hasher.update(session_id);
     hasher.update(b":");
@@ -35,7 +50,15 @@ pub fn bucket(session_id: &[u8], salt: &[u8]) -> u16 {
     let rest = digest.iter().fold(0u32, |rest, &byte| {
         (rest * 256 + u32::from(byte)) % u32::from(BUCKETS)
     });
-    rest as u16
+    Assignment {
+        bucket: rest as u16,
+        replicate: replicate_of(digest[0]),
+    }
+}
+
+/// The session's bucket in `0..10000` under `salt`.
+pub fn bucket(session_id: &[u8], salt: &[u8]) -> u16 {
+    assign(session_id, salt).bucket
 }
 
 /// Monotonic in the weight: a bucket in the canary at weight w stays there at any w' > w.

@@ -123,6 +123,10 @@ pub struct PluginConfig {
     pub bucket_header: String,
     pub telemetry: TelemetryConfig,
     pub served_by: ServedBy,
+    /// Count per session replicate too (`replicate`), for the controller's
+    /// session-robust analysis; `false` saves the series (the controller then
+    /// treats requests as independent and says so).
+    pub session_replicates: bool,
     pub route: RouteTable,
     /// Filter-side sync: with this block the filter follows the controller itself
     /// (one worker per Envoy polls, holding a lease in shared data), for Envoys that
@@ -166,6 +170,7 @@ impl PluginConfig {
             "bucket_header",
             "telemetry",
             "served_by",
+            "session_replicates",
             "route",
             "sync",
         ])?;
@@ -265,6 +270,7 @@ impl PluginConfig {
                     ))
                 }
             },
+            session_replicates: o.bool("session_replicates")?.unwrap_or(true),
             route: RouteTable::read(&o.required_object("route")?)?,
             sync: o
                 .object("sync")?

@@ -16,6 +16,7 @@ pub mod error;
 pub mod lease;
 pub mod plugin;
 pub mod reader;
+pub mod replicate;
 pub mod route;
 pub mod routing;
 pub mod stats;

@@ -2,7 +2,7 @@
 //! carry it to Envoy's router and the backend. Pure: the glue hands in the request
 //! headers and applies the edits.
 
-use crate::cohort::{bucket, cohort_for, Cohort, BUCKETS};
+use crate::cohort::{assign, cohort_for, Cohort, BUCKETS};
 use crate::config::{MissingSession, PluginConfig, INTERNAL_HEADERS};
 use crate::digest::{constant_time_eq_ignore_ascii_case, sha256_hex};
 use crate::route::RouteTable;
@@ -23,6 +23,9 @@ pub struct Decision {
     pub forced: bool,
     /// No session id was found.
     pub sessionless: bool,
+    /// The session replicate this request counts in (`replicate`): `None` for
+    /// requests outside the comparison (forced, or sessionless and sent to stable).
+    pub replicate: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,12 +36,13 @@ pub enum HeaderEdit<'a> {
 
 /// Decides the cohort of one request and lists the header edits, removals first.
 ///
-/// `random_bucket` is called only for a sessionless request under `missing: random`.
+/// `random` (64 random bits) is called only for a sessionless request under
+/// `missing: random`: its bucket, and its replicate from the top bits.
 pub fn route_request<'a>(
     config: &'a PluginConfig,
     table: &'a RouteTable,
     headers: &[Header],
-    random_bucket: impl FnOnce() -> u16,
+    random: impl FnOnce() -> u64,
 ) -> (Decision, Vec<HeaderEdit<'a>>) {
     let mut edits = Vec::new();
     let present = |name: &str| headers.iter().any(|(n, _)| n == name);
@@ -82,39 +86,52 @@ pub fn route_request<'a>(
     } else {
         0
     };
-    let session_bucket = session.map(|id| bucket(id, table.salt.as_bytes()));
-    let decision = match (force, session_bucket) {
-        (ForceHeader::Honoured(cohort), b) => Decision {
+    let assignment = session.map(|id| assign(id, table.salt.as_bytes()));
+    let decision = match (force, assignment) {
+        (ForceHeader::Honoured(cohort), a) => Decision {
             cohort,
-            bucket: b.unwrap_or(match cohort {
-                Cohort::Canary => 0,
-                Cohort::Stable => STABLE_BUCKET,
-            }),
+            bucket: a.map_or(
+                match cohort {
+                    Cohort::Canary => 0,
+                    Cohort::Stable => STABLE_BUCKET,
+                },
+                |a| a.bucket,
+            ),
             forced: true,
-            sessionless: b.is_none(),
+            sessionless: a.is_none(),
+            replicate: None,
         },
-        (_, Some(b)) => Decision {
-            cohort: cohort_for(b, weight),
-            bucket: b,
+        (_, Some(a)) => Decision {
+            cohort: cohort_for(a.bucket, weight),
+            bucket: a.bucket,
             forced: false,
             sessionless: false,
+            replicate: config.session_replicates.then_some(a.replicate),
         },
-        (_, None) => {
-            let b = match config.session.missing {
-                MissingSession::Stable => STABLE_BUCKET,
-                MissingSession::Random => random_bucket() % BUCKETS,
-            };
-            let cohort = match config.session.missing {
-                MissingSession::Stable => Cohort::Stable,
-                MissingSession::Random => cohort_for(b, weight),
-            };
-            Decision {
-                cohort,
-                bucket: b,
+        (_, None) => match config.session.missing {
+            MissingSession::Stable => Decision {
+                cohort: Cohort::Stable,
+                bucket: STABLE_BUCKET,
                 forced: false,
                 sessionless: true,
+                replicate: None,
+            },
+            MissingSession::Random => {
+                // Each such request is its own unit: any replicate will do, drawn
+                // from bits the bucket hardly depends on.
+                let bits = random();
+                let b = (bits % u64::from(BUCKETS)) as u16;
+                Decision {
+                    cohort: cohort_for(b, weight),
+                    bucket: b,
+                    forced: false,
+                    sessionless: true,
+                    replicate: config
+                        .session_replicates
+                        .then_some(crate::cohort::replicate_of((bits >> 56) as u8)),
+                }
             }
-        }
+        },
     };
 
     let backend = table.backend(decision.cohort);
@@ -241,6 +258,7 @@ fn segment_weight(table: &RouteTable, headers: &[Header]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cohort::bucket;
     use crate::route::Segment;
 
     fn config() -> PluginConfig {

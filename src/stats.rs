@@ -215,6 +215,27 @@ impl<T: Default> ByVersion<T> {
     }
 }
 
+impl<T> ByVersion<T> {
+    /// Calls `f` with every entry's version and value.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&str, &mut T)) {
+        for ((version, _), value) in &mut self.entries {
+            f(version, value);
+        }
+    }
+
+    /// Past 8 entries, forgets those `empty` says hold nothing (versions gone from
+    /// the table once their counts are out).
+    pub fn forget_if_many(&mut self, empty: impl Fn(&T) -> bool) {
+        if self.entries.len() > 8 {
+            self.entries.retain(|(_, value)| !empty(value));
+        }
+    }
+
+    pub fn all(&self, f: impl Fn(&T) -> bool) -> bool {
+        self.entries.iter().all(|(_, value)| f(value))
+    }
+}
+
 /// Counts not yet flushed to Envoy, by version and whether the streams were forced.
 #[derive(Debug, Default)]
 pub struct PendingCounts {

@@ -16,34 +16,15 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use canaryctl::analysis::evidence::{Sample, Scrape, Window};
-use canaryctl::analysis::{analyse, decide, Analysis, GateVerdict, StageDecision};
+use canaryctl::analysis::{analyse, decide, gate_alpha, Analysis, GateVerdict, StageDecision};
 use canaryctl::rollout::plan::RolloutPlan;
+use policy_canary::replicate::{Slot, LATENCY_BOUNDS_MS, REPLICATES};
 
 const REQUESTS_PER_INTERVAL: u32 = 9_000;
 const SIMULATED_ENVOY: &str = "simulated-envoy";
 const INTERVAL_MS: i64 = 30_000;
-/// Envoy's default histogram bucket bounds (ms).
-const BUCKETS: [f64; 19] = [
-    0.5,
-    1.0,
-    5.0,
-    10.0,
-    25.0,
-    50.0,
-    100.0,
-    250.0,
-    500.0,
-    1_000.0,
-    2_500.0,
-    5_000.0,
-    10_000.0,
-    30_000.0,
-    60_000.0,
-    300_000.0,
-    600_000.0,
-    1_800_000.0,
-    3_600_000.0,
-];
+/// Envoy's default histogram bucket bounds (ms), as the filter's replicates keep them.
+const BUCKETS: [f64; 19] = LATENCY_BOUNDS_MS;
 
 /// How one policy behaves, per request.
 #[derive(Clone, Copy)]
@@ -89,44 +70,79 @@ impl Rng {
     }
 }
 
-/// Counts of one arm over one interval, request by request.
+/// Counts of one arm over one interval, request by request, in total and per
+/// session replicate (as the filter keeps them).
 struct Tally {
     c: [f64; 10],
     latency: [f64; BUCKETS.len() + 1],
+    /// Per replicate: `REPLICATE_COUNTERS`, then the latency buckets.
+    replicates: Vec<[f64; Slot::COUNT]>,
 }
+
+/// The replicate counters, in the order `Tally::replicates` keeps them.
+const REPLICATE_COUNTERS: [&str; 9] = [
+    "rq_total",
+    "rq_errors",
+    "tasks_total",
+    "tasks_completed",
+    "tasks_abandoned",
+    "cost_micros",
+    "tool_calls",
+    "tool_errors",
+    "guardrail_triggers",
+];
 
 impl Tally {
     fn new() -> Tally {
         Tally {
             c: [0.0; 10],
             latency: [0.0; BUCKETS.len() + 1],
+            replicates: vec![[0.0; Slot::COUNT]; REPLICATES],
         }
     }
 
-    /// One request of `behaviour`, with this completion probability and mean cost
-    /// (a session's own, in the session model).
-    fn request(&mut self, behaviour: &Behaviour, completion: f64, cost_mean: f64, rng: &mut Rng) {
+    /// One request of `behaviour` in session replicate `replicate`, with this
+    /// completion probability and mean cost (a session's own, in the session model).
+    fn request(
+        &mut self,
+        behaviour: &Behaviour,
+        completion: f64,
+        cost_mean: f64,
+        replicate: usize,
+        rng: &mut Rng,
+    ) {
         let c = &mut self.c;
+        let r = &mut self.replicates[replicate];
         c[0] += 1.0; // rq_total
+        r[0] += 1.0;
         if rng.next() < behaviour.error {
             c[1] += 1.0; // rq_5xx
+            r[1] += 1.0;
         }
         c[2] += 1.0; // tasks_total
+        r[2] += 1.0;
         let outcome = rng.next();
         if outcome < completion {
             c[3] += 1.0;
+            r[3] += 1.0;
         } else if outcome < completion + behaviour.abandonment {
             c[4] += 1.0;
+            r[4] += 1.0;
         }
-        c[5] += cost_mean * (0.5 + rng.next()); // cost_micros
+        let cost = cost_mean * (0.5 + rng.next());
+        c[5] += cost; // cost_micros
+        r[5] += cost;
         c[6] += 2.0; // tool_calls
+        r[6] += 2.0;
         for _ in 0..2 {
             if rng.next() < behaviour.tool_error {
                 c[7] += 1.0;
+                r[7] += 1.0;
             }
         }
         if rng.next() < behaviour.guardrail {
             c[8] += 1.0;
+            r[8] += 1.0;
         }
         if behaviour.safety > 0.0 && rng.next() < behaviour.safety {
             c[9] += 1.0;
@@ -137,9 +153,12 @@ impl Tally {
             .position(|le| ms <= *le)
             .unwrap_or(BUCKETS.len());
         self.latency[bucket] += 1.0;
+        r[REPLICATE_COUNTERS.len() + bucket] += 1.0;
     }
 
-    fn sample(&self) -> Sample {
+    /// The counts as a scrape shows them; with `replicates`, the replicate series
+    /// too (without, the analysis treats requests as independent: today's method).
+    fn sample(&self, replicates: bool) -> Sample {
         let names = [
             "rq_total",
             "rq_5xx",
@@ -163,6 +182,10 @@ impl Tally {
                 .latency
                 .push((BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
         }
+        if replicates {
+            // REPLICATE_COUNTERS and the latency buckets are in `Slot::index` order.
+            sample.replicates = self.replicates.clone();
+        }
         sample
     }
 }
@@ -170,12 +193,7 @@ impl Tally {
 /// One interval's traffic at canary weight `weight`: every request independent, each
 /// to the canary with that probability. Returns stable's and canary's samples and
 /// the canary's request count.
-fn iid(
-    stable: &Behaviour,
-    canary: &Behaviour,
-    weight: f64,
-    rng: &mut Rng,
-) -> (Sample, Sample, u32) {
+fn iid(stable: &Behaviour, canary: &Behaviour, weight: f64, rng: &mut Rng) -> (Tally, Tally, u32) {
     let mut to_canary = 0;
     for _ in 0..REQUESTS_PER_INTERVAL {
         if rng.next() < weight {
@@ -185,9 +203,17 @@ fn iid(
     let serve = |behaviour: &Behaviour, requests: u32, rng: &mut Rng| {
         let mut tally = Tally::new();
         for _ in 0..requests {
-            tally.request(behaviour, behaviour.completion, behaviour.cost_mean, rng);
+            // Independent requests: each its own session, in a random replicate.
+            let replicate = (rng.next() * REPLICATES as f64) as usize % REPLICATES;
+            tally.request(
+                behaviour,
+                behaviour.completion,
+                behaviour.cost_mean,
+                replicate,
+                rng,
+            );
         }
-        tally.sample()
+        tally
     };
     let stable = serve(stable, REQUESTS_PER_INTERVAL - to_canary, rng);
     let canary = serve(canary, to_canary, rng);
@@ -202,6 +228,9 @@ fn iid(
 /// otherwise (A/A).
 struct Sessions {
     cohort: Vec<f64>,
+    /// The session's replicate: drawn independently of its cohort, as the top
+    /// bits of its hash are of its bucket.
+    replicate: Vec<usize>,
     cost: Vec<f64>,
     completion: Vec<f64>,
     cumulative: Vec<f64>,
@@ -211,6 +240,7 @@ impl Sessions {
     fn new(n: usize, cost_sigma: f64, rng: &mut Rng) -> Sessions {
         let mut sessions = Sessions {
             cohort: Vec::with_capacity(n),
+            replicate: Vec::with_capacity(n),
             cost: Vec::with_capacity(n),
             completion: Vec::with_capacity(n),
             cumulative: Vec::with_capacity(n),
@@ -218,6 +248,9 @@ impl Sessions {
         let mut total = 0.0;
         for _ in 0..n {
             sessions.cohort.push(rng.next());
+            sessions
+                .replicate
+                .push((rng.next() * REPLICATES as f64) as usize % REPLICATES);
             sessions
                 .cost
                 .push((cost_sigma * rng.normal() - cost_sigma * cost_sigma / 2.0).exp());
@@ -230,7 +263,7 @@ impl Sessions {
         sessions
     }
 
-    fn interval(&self, weight: f64, rng: &mut Rng) -> (Sample, Sample, u32) {
+    fn interval(&self, canary: &Behaviour, weight: f64, rng: &mut Rng) -> (Tally, Tally, u32) {
         let (mut s, mut c) = (Tally::new(), Tally::new());
         let total = self.cumulative.last().copied().unwrap_or(1.0);
         let mut to_canary = 0;
@@ -240,15 +273,19 @@ impl Sessions {
                 .cumulative
                 .partition_point(|c| *c < at)
                 .min(self.cumulative.len() - 1);
-            let cost = BASE.cost_mean * self.cost[i];
+            let replicate = self.replicate[i];
             if self.cohort[i] < weight {
                 to_canary += 1;
-                c.request(&BASE, self.completion[i], cost, rng);
+                // The canary shifts the session's own traits as it shifts BASE's.
+                let completion = self.completion[i] + canary.completion - BASE.completion;
+                let cost = canary.cost_mean * self.cost[i];
+                c.request(canary, completion, cost, replicate, rng);
             } else {
-                s.request(&BASE, self.completion[i], cost, rng);
+                let cost = BASE.cost_mean * self.cost[i];
+                s.request(&BASE, self.completion[i], cost, replicate, rng);
             }
         }
-        (s.sample(), c.sample(), to_canary)
+        (s, c, to_canary)
     }
 }
 
@@ -267,12 +304,47 @@ struct Trial {
 
 type Rule = fn(&RolloutPlan, usize, i64, &Analysis, u32) -> (StageDecision, u32);
 
-fn run(
-    plan: &RolloutPlan,
-    traffic: &mut dyn FnMut(f64, &mut Rng) -> (Sample, Sample, u32),
+/// How the analysis is run: the plan's rule, and whether the filter's session
+/// replicates reach it.
+#[derive(Clone)]
+struct Method {
+    name: String,
+    plan: RolloutPlan,
     rule: Rule,
+    replicates: bool,
+}
+
+impl Method {
+    /// Today's method: requests independent (no replicates), and a pass at the same
+    /// split level as a breach.
+    fn today(plan: &RolloutPlan) -> Method {
+        let mut plan = plan.clone();
+        plan.false_promotion = gate_alpha(&plan);
+        Method {
+            name: "sequential (requests independent, one split α)".into(),
+            plan,
+            rule: decide,
+            replicates: false,
+        }
+    }
+
+    /// The session-robust method with separate budgets: the plan as given.
+    fn robust(plan: &RolloutPlan) -> Method {
+        Method {
+            name: "session-robust, α 1% / β 5%".into(),
+            plan: plan.clone(),
+            rule: decide,
+            replicates: true,
+        }
+    }
+}
+
+fn run(
+    method: &Method,
+    traffic: &mut dyn FnMut(f64, &mut Rng) -> (Tally, Tally, u32),
     rng: &mut Rng,
 ) -> Trial {
+    let (plan, rule) = (&method.plan, method.rule);
     let mut stage = 0;
     let mut window = Window::new(0);
     // The counts as one simulated Envoy reports them: cumulative, so that the
@@ -289,7 +361,10 @@ fn run(
         let weight = f64::from(plan.stages[stage].weight.bp()) / 10_000.0;
         let (stable, canary, to_canary) = traffic(weight, rng);
         exposed += f64::from(to_canary);
-        let served = [("s", stable), ("c", canary)];
+        let served = [
+            ("s", stable.sample(method.replicates)),
+            ("c", canary.sample(method.replicates)),
+        ];
         for (version, delta) in &served {
             reported
                 .versions
@@ -409,40 +484,65 @@ fn main() {
     session_model();
 }
 
-/// A/A rollouts under the session model, today's sequential rule: how often an
-/// identical canary is rolled back when a few heterogeneous sessions sit in it.
+/// Rollouts under the session model, today's method and the session-robust one
+/// side by side: identical canaries (A/A), and a regression at 1.6× the completion
+/// gate's threshold.
 fn session_model() {
     let trials_per_cell = setting("SESSION_TRIALS", 200);
     let plan = default_plan();
+    let methods = [Method::today(&plan), Method::robust(&plan)];
     println!();
     println!(
-        "Session model, A/A (identical policies), default plan, {} requests/s, {trials_per_cell} trials per cell: \
+        "Session model, default plan, {} requests/s, {trials_per_cell} trials per cell: \
          N active sessions with persistent traits (cost level log-normal σ, completion 0.90 or 0.65 \
-         per session, Pareto α 1.5 shares of the traffic), sticky cohorts",
+         per session, Pareto α 1.5 shares of the traffic), sticky cohorts. Today: requests \
+         independent, one split α; robust: session replicates, α 1% / β 5%",
         REQUESTS_PER_INTERVAL as i64 * 1000 / INTERVAL_MS
     );
     println!();
-    println!("| sessions | cost σ | false rollback | promotion | no decision | median minutes to decision |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    for n in [60usize, 300, 3000] {
+    println!(
+        "| sessions | cost σ | A/A false rollback, today | A/A false rollback, robust | A/A promotion, robust | \
+         A/A no decision, robust | A/A median minutes to promotion, robust | completion -8 points: rollback, robust |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let regression = Behaviour {
+        completion: BASE.completion - 0.08,
+        ..BASE
+    };
+    for n in std::env::var("SIM_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(vec![60usize, 300, 3000], |n| vec![n])
+    {
         for sigma in [0.0, 1.0, 1.5] {
-            let results = trials(trials_per_cell, 0x51ed_270b_2a5c_8f3d, |rng| {
-                let sessions = Sessions::new(n, sigma, rng);
-                run(
-                    &plan,
-                    &mut |weight, rng| sessions.interval(weight, rng),
-                    decide,
-                    rng,
-                )
-            });
-            let rate = |end: End| rate(&results, end);
-            let minutes = median(results.iter().map(|r| r.minutes).collect());
+            let cell = |method: &Method, canary: &Behaviour| {
+                trials(trials_per_cell, 0x51ed_270b_2a5c_8f3d, |rng| {
+                    let sessions = Sessions::new(n, sigma, rng);
+                    run(
+                        method,
+                        &mut |weight, rng| sessions.interval(canary, weight, rng),
+                        rng,
+                    )
+                })
+            };
+            let today = cell(&methods[0], &BASE);
+            let robust = cell(&methods[1], &BASE);
+            let bad = cell(&methods[1], &regression);
+            let promoted_minutes = median(
+                robust
+                    .iter()
+                    .filter(|r| r.end == End::Promoted)
+                    .map(|r| r.minutes)
+                    .collect(),
+            );
             println!(
-                "| {n} | {sigma:.1} | {:.1}% | {:.1}% | {:.1}% | {} |",
-                rate(End::RolledBack),
-                rate(End::Promoted),
-                rate(End::Inconclusive),
-                minutes.map_or("-".into(), |m| format!("{m:.0}")),
+                "| {n} | {sigma:.1} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {} | {:.1}% |",
+                rate(&today, End::RolledBack),
+                rate(&robust, End::RolledBack),
+                rate(&robust, End::Promoted),
+                rate(&robust, End::Inconclusive),
+                promoted_minutes.map_or("-".into(), |m| format!("{m:.0}")),
+                rate(&bad, End::RolledBack),
             );
         }
     }
@@ -450,7 +550,7 @@ fn session_model() {
 
 /// The scenarios over independent requests, with the naive rules beside.
 fn independent_requests() {
-    let trials_per_scenario = setting("TRIALS", 1_000);
+    let trials_per_scenario = setting("TRIALS", 400);
     let plan = default_plan();
     let with = |f: fn(&mut Behaviour)| {
         let mut b = BASE;
@@ -460,9 +560,17 @@ fn independent_requests() {
     let scenarios: Vec<(&str, Behaviour)> = vec![
         ("A/A (no difference)", BASE),
         ("completion -3 points", with(|b| b.completion -= 0.03)),
-        ("completion -5 points", with(|b| b.completion -= 0.05)),
-        ("completion -8 points", with(|b| b.completion -= 0.08)),
+        (
+            "completion -5 points (1.0× threshold)",
+            with(|b| b.completion -= 0.05),
+        ),
+        (
+            "completion -8 points (1.6×)",
+            with(|b| b.completion -= 0.08),
+        ),
         ("completion -15 points", with(|b| b.completion -= 0.15)),
+        ("cost per task +20% (1.0×)", with(|b| b.cost_mean *= 1.2)),
+        ("cost per task +32% (1.6×)", with(|b| b.cost_mean *= 1.32)),
         ("cost per task +40%", with(|b| b.cost_mean *= 1.4)),
         ("latency P95 +100%", with(|b| b.latency_median *= 2.0)),
         ("safety violations 0.1%", with(|b| b.safety = 0.001)),
@@ -470,52 +578,59 @@ fn independent_requests() {
     ];
     println!(
         "Simulated rollouts: default plan (1% 5% 25% 50% 100%, 10 min and 500 canary requests per stage, \
-         interval 30 s, failure threshold 2, max stage 4 h), {} requests/s, {trials_per_scenario} trials per scenario",
+         interval 30 s, failure threshold 2, max stage 4 h), {} requests/s, independent requests, \
+         {trials_per_scenario} trials per scenario",
         REQUESTS_PER_INTERVAL as i64 * 1000 / INTERVAL_MS
     );
     println!();
     println!("| scenario | rule | rollback | promotion | no decision | median canary requests before rollback | median minutes to decision |");
     println!("|---|---|---:|---:|---:|---:|---:|");
-    let simulate = |plan: &RolloutPlan, canary: &Behaviour, rule: Rule| -> Vec<Trial> {
+    let simulate = |method: &Method, canary: &Behaviour| -> Vec<Trial> {
         trials(trials_per_scenario, 0x9e37_79b9_7f4a_7c15, |rng| {
             run(
-                plan,
+                method,
                 &mut |weight, rng| iid(&BASE, canary, weight, rng),
-                rule,
                 rng,
             )
         })
     };
+    let naive = |name: String, plan: RolloutPlan| Method {
+        name,
+        plan,
+        rule: decide_naive,
+        replicates: false,
+    };
+    // `SIM_ONLY=text`: only the scenarios whose name holds it (no calibration).
+    let only = std::env::var("SIM_ONLY").unwrap_or_default();
     // The naive rule with k× the minimum requests, for the smallest k whose A/A
     // false-rollback rate is within the 1% budget.
     let mut calibration = Vec::new();
     let mut calibrated = None;
-    for k in [2u64, 4, 8, 16, 32, 64] {
+    for k in [2u64, 4, 8, 16, 32, 64]
+        .into_iter()
+        .filter(|_| only.is_empty())
+    {
         let mut scaled = plan.clone();
         for stage in &mut scaled.stages {
             stage.min_requests *= k;
         }
-        let false_rollback = rate(&simulate(&scaled, &BASE, decide_naive), End::RolledBack);
+        let method = naive(format!("naive, min requests ×{k}"), scaled);
+        let false_rollback = rate(&simulate(&method, &BASE), End::RolledBack);
         calibration.push(format!("×{k}: {false_rollback:.1}%"));
         if false_rollback <= 1.0 {
-            calibrated = Some((k, scaled));
+            calibrated = Some(method);
             break;
         }
     }
-    let mut rules: Vec<(String, &RolloutPlan, Rule)> = vec![
-        ("sequential".into(), &plan, decide as Rule),
-        ("naive".into(), &plan, decide_naive as Rule),
+    let mut methods = vec![
+        Method::robust(&plan),
+        Method::today(&plan),
+        naive("naive".into(), plan.clone()),
     ];
-    if let Some((k, scaled)) = &calibrated {
-        rules.push((
-            format!("naive, min requests ×{k}"),
-            scaled,
-            decide_naive as Rule,
-        ));
-    }
-    for (name, canary) in &scenarios {
-        for (rule_name, rule_plan, rule) in &rules {
-            let results = simulate(rule_plan, canary, *rule);
+    methods.extend(calibrated);
+    for (name, canary) in scenarios.iter().filter(|(name, _)| name.contains(&only)) {
+        for method in &methods {
+            let results = simulate(method, canary);
             let exposed = median(
                 results
                     .iter()
@@ -525,7 +640,8 @@ fn independent_requests() {
             );
             let minutes = median(results.iter().map(|r| r.minutes).collect());
             println!(
-                "| {name} | {rule_name} | {:.1}% | {:.1}% | {:.1}% | {} | {} |",
+                "| {name} | {} | {:.1}% | {:.1}% | {:.1}% | {} | {} |",
+                method.name,
                 rate(&results, End::RolledBack),
                 rate(&results, End::Promoted),
                 rate(&results, End::Inconclusive),

@@ -42,6 +42,22 @@ pub fn acted_by(e: &AuditEntry) -> String {
     }
 }
 
+/// What an analysis' bounds assume, in a line (status, watch, dashboard).
+pub fn bounds_basis(session_robust: bool) -> &'static str {
+    if session_robust {
+        "session-robust (between-replicate variance of the filter's session replicates)"
+    } else {
+        "requests taken as independent (no session replicates reported)"
+    }
+}
+
+/// An open gate's estimated time to decision, as ` (about 12m more)`.
+pub fn eta(seconds: Option<f64>) -> String {
+    seconds.map_or(String::new(), |s| {
+        format!(" (about {} more)", crate::analysis::planning::duration(s))
+    })
+}
+
 pub fn utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

@@ -44,6 +44,7 @@ const CORE_LAYERS: &[&str] = &[
     "wire",
     "telemetry",
     "stats",
+    "replicate",
     "plugin",
     "filter",
 ];

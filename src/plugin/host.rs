@@ -151,6 +151,15 @@ pub mod mock {
                 })
         }
 
+        /// Every metric defined so far.
+        pub fn metric_names(&self) -> Vec<String> {
+            self.metrics
+                .borrow()
+                .iter()
+                .map(|(n, _, _)| n.clone())
+                .collect()
+        }
+
         pub fn histogram(&self, name: &str) -> Vec<u64> {
             self.metrics
                 .borrow()

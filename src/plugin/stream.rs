@@ -42,8 +42,7 @@ impl Stream {
             worker.host_error(host, "read request headers");
             Vec::new()
         });
-        let (decision, edits) =
-            route_request(&worker.config, table, &headers, || worker.random_bucket());
+        let (decision, edits) = route_request(&worker.config, table, &headers, || worker.random());
         for edit in edits {
             let result = match &edit {
                 HeaderEdit::Remove(name) => host.remove_map_value(MapKind::RequestHeaders, name),
@@ -133,8 +132,16 @@ impl Stream {
         // From the request's headers to the stream's end, by two clock reads: no
         // property path for Envoy to look up and serialise.
         let now = host.now_ns();
-        if self.started_ns > 0 && now >= self.started_ns {
-            let millis = (now - self.started_ns) / 1_000_000;
+        let millis = (self.started_ns > 0 && now >= self.started_ns)
+            .then(|| (now - self.started_ns) / 1_000_000);
+        if let Some(replicate) = decision.replicate {
+            worker
+                .pending_replicates
+                .borrow_mut()
+                .counts_mut(version, replicate)
+                .record(&self.record, millis);
+        }
+        if let Some(millis) = millis {
             let id = worker.metrics.borrow_mut().latency(
                 host,
                 &worker.config.target,

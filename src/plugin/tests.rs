@@ -107,6 +107,43 @@ fn counts_telemetry_strips_it_and_flushes_metrics_on_the_tick() {
     assert_eq!(host.metric(&stat("v2", "tasks_completed")), Some(1));
     assert_eq!(host.metric(&stat("v2", "tokens")), Some(120));
     assert_eq!(host.metric(&stat("v2", "cost_micros")), Some(1500));
+    // And per session replicate: user-1's replicate under salt s1.
+    let replicate = crate::cohort::assign(b"user-1", b"s1").replicate;
+    let rep = |suffix: &str| stat("v2", &format!("replicate.{replicate}.{suffix}"));
+    assert_eq!(host.metric(&rep("rq_total")), Some(1));
+    assert_eq!(host.metric(&rep("tasks_completed")), Some(1));
+    assert_eq!(host.metric(&rep("cost_micros")), Some(1500));
+    assert_eq!(host.metric(&rep("latency_bucket_50")), Some(1), "42 ms");
+    assert_eq!(host.metric(&rep("rq_errors")), None, "nothing to count");
+}
+
+/// Forced and sessionless-to-stable requests are outside the comparison: in no
+/// replicate. `session_replicates: false` keeps none at all.
+#[test]
+fn replicates_count_only_randomised_requests() {
+    let replicated = |config: &str, headers: &[(&str, &[u8])]| -> bool {
+        let host = MockHost::default().with_map(MapKind::RequestHeaders, headers);
+        let mut role = Role::configure(&host, Some(b"filter"), config.as_bytes()).unwrap();
+        run_stream(&role, &host);
+        for _ in 0..worker::FLUSH_EVERY_TICKS {
+            role.on_tick(&host);
+        }
+        let names = host.metric_names();
+        names.iter().any(|n| n.contains(".replicate."))
+    };
+    assert!(replicated(CONFIG, &[("x-session-id", b"user-1")]));
+    assert!(!replicated(CONFIG, &[]), "sessionless, to stable");
+    assert!(!replicated(
+        CONFIG,
+        &[("x-session-id", b"user-1"), ("x-canary", b"true")]
+    ));
+    let random = CONFIG.replacen('{', r#"{"session": {"missing": "random"},"#, 1);
+    assert!(
+        replicated(&random, &[]),
+        "sessionless, randomised one by one"
+    );
+    let off = CONFIG.replacen('{', r#"{"session_replicates": false,"#, 1);
+    assert!(!replicated(&off, &[("x-session-id", b"user-1")]));
 }
 
 #[test]

@@ -6,6 +6,7 @@ use super::host::{Host, LogLevel, MetricKind};
 use super::lease::Lease;
 use super::sync_service::SyncService;
 use crate::config::PluginConfig;
+use crate::replicate::{replicate_stat_name, PendingReplicates, Slot, REPLICATES};
 use crate::route::RouteTable;
 use crate::stats::{stat_name, stat_target, ByVersion, Counter, PendingCounts, LATENCY_SUFFIX};
 use crate::sync::{Follow, TableFollower, ROUTES_KEY};
@@ -20,6 +21,7 @@ pub struct Worker {
     follower: RefCell<TableFollower>,
     ticks: Cell<u32>,
     pub pending: RefCell<PendingCounts>,
+    pub pending_replicates: RefCell<PendingReplicates>,
     pub metrics: RefCell<MetricIds>,
     rng: Cell<u64>,
     host_error_logged: Cell<bool>,
@@ -57,6 +59,7 @@ impl Worker {
             follower: RefCell::default(),
             ticks: Cell::new(0),
             pending: RefCell::default(),
+            pending_replicates: RefCell::default(),
             metrics: RefCell::default(),
             rng: Cell::new(host.now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             host_error_logged: Cell::new(false),
@@ -71,14 +74,14 @@ impl Worker {
         Rc::clone(&self.table.borrow())
     }
 
-    /// xorshift64*: buckets for sessionless requests under `missing: random`.
-    pub fn random_bucket(&self) -> u16 {
+    /// xorshift64*: 64 random bits for a sessionless request under `missing: random`.
+    pub fn random(&self) -> u64 {
         let mut x = self.rng.get();
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
         self.rng.set(x);
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u16
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
     /// Logs the first failed host call of this worker; later ones are only dropped.
@@ -170,6 +173,18 @@ impl Worker {
                     Err(_) => 0,
                 }
             });
+        self.pending_replicates
+            .borrow_mut()
+            .flush(|version, replicate, slot, value| {
+                let Some(id) = metrics.replicate(host, target, version, replicate, slot) else {
+                    return 0;
+                };
+                let amount = value.min(i64::MAX as u64);
+                match host.increment_metric(id, amount as i64) {
+                    Ok(()) => amount,
+                    Err(_) => 0,
+                }
+            });
     }
 }
 
@@ -177,6 +192,16 @@ impl Worker {
 #[derive(Default)]
 pub struct MetricIds {
     versions: ByVersion<VersionMetrics>,
+    replicates: ByVersion<ReplicateMetrics>,
+}
+
+/// One version's replicate metric ids, defined as each slot first has a count.
+struct ReplicateMetrics(Vec<[Option<u32>; Slot::COUNT]>);
+
+impl Default for ReplicateMetrics {
+    fn default() -> Self {
+        ReplicateMetrics(vec![[None; Slot::COUNT]; REPLICATES])
+    }
 }
 
 #[derive(Default)]
@@ -204,6 +229,30 @@ impl MetricIds {
             version,
             counter.suffix(),
         )
+    }
+
+    pub fn replicate(
+        &mut self,
+        host: &impl Host,
+        target: &str,
+        version: &str,
+        replicate: u8,
+        slot: Slot,
+    ) -> Option<u32> {
+        let ids = self.replicates.get_mut(version, false);
+        let id = ids
+            .0
+            .get_mut(usize::from(replicate))?
+            .get_mut(slot.index())?;
+        if id.is_none() {
+            *id = host
+                .define_metric(
+                    MetricKind::Counter,
+                    &replicate_stat_name(target, version, replicate, slot),
+                )
+                .ok();
+        }
+        *id
     }
 
     pub fn latency(

@@ -67,13 +67,24 @@ fn analysis(f: &Fleet, id: i64) -> Value {
     f.controller.get(&format!("/v1/rollouts/{id}/analysis"))["analysis"].clone()
 }
 
-/// Waits until Prometheus holds `count` requests counted by the Envoy on `admin_port`.
+/// Waits until Prometheus holds `count` requests counted by the Envoy on `admin_port`,
+/// in its per-version counters and in its session replicates (a scrape can fall
+/// between the two in one flush).
 fn scraped(f: &Fleet, admin_port: u16, count: u64) {
-    let query = format!("sum(policy_canary_rq_total{{instance=\"127.0.0.1:{admin_port}\"}})");
+    let instance = format!("instance=\"127.0.0.1:{admin_port}\"");
+    let queries = [
+        format!("sum(policy_canary_rq_total{{{instance}}})"),
+        format!("sum(policy_canary_replicate{{{instance},counter=\"rq_total\"}})"),
+    ];
     wait_for(
         &format!("Prometheus to scrape {count} requests from :{admin_port}"),
         Duration::from_secs(20),
-        || (f.prometheus.value(&query) == Some(count as f64)).then_some(()),
+        || {
+            queries
+                .iter()
+                .all(|q| f.prometheus.value(q) == Some(count as f64))
+                .then_some(())
+        },
     );
 }
 
@@ -121,8 +132,15 @@ fn counts_equal_the_envoys_own_across_a_restart() {
     let mut last = Value::Null;
     while Instant::now() < deadline {
         last = analysis(&f, id);
+        let tasks = last["comparisons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["metric"] == "completion_rate")
+            .and_then(|c| c["n_canary"].as_f64());
         if last["stable_requests"].as_f64() == Some(stable as f64)
             && last["canary_requests"].as_f64() == Some(canary as f64)
+            && tasks == Some(canary as f64)
         {
             break;
         }

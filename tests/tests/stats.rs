@@ -281,6 +281,33 @@ fn stats_equal_what_was_sent_per_version() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // Session replicates: every unforced request with a session counts in one of
+    // 32 replicates, `policy_canary_replicate{target,policy_version,replicate,counter}`
+    // (the shipped `stats_tags`); sessionless requests sent to stable do not.
+    for (version, want) in [(STABLE, &want_stable), (CANARY, &want_canary)] {
+        let mut total = 0;
+        for line in prometheus.lines() {
+            let Some(rest) = line.strip_prefix("policy_canary_replicate{") else {
+                continue;
+            };
+            let (labels, value) = rest.rsplit_once("} ").unwrap();
+            let labels: HashMap<&str, &str> = labels
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k, v.trim_matches('"')))
+                .collect();
+            if labels["target"] == TARGET
+                && labels["policy_version"] == version
+                && labels["counter"] == "rq_total"
+            {
+                let replicate: usize = labels["replicate"].parse().unwrap();
+                assert!(replicate < 32, "{line}");
+                total += value.parse::<u64>().unwrap();
+            }
+        }
+        let sessionless = want.0.get("sessionless_rq").copied().unwrap_or(0);
+        assert_eq!(total, want.0["rq_total"] - sessionless, "{version}");
+    }
     assert_eq!(envoy.wasm_failures(), Vec::<String>::new());
 }
 

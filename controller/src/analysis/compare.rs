@@ -1,24 +1,95 @@
 //! One gate, canary against stable: means with their anytime-valid bounds, and
 //! latency P95 through exceedance of stable's P95.
 
-use super::{Comparison, GateVerdict, MIN_LATENCY_SAMPLES, MIN_SAMPLES};
+use super::clustered::{ratio, MIN_GROUPS};
+use super::{Comparison, GateVerdict, Levels, MIN_LATENCY_SAMPLES, MIN_SAMPLES};
 use crate::analysis::evidence::{Batch, Sample, Window};
 use crate::analysis::sequential::{
-    batch_sigma, difference, margin, proportion_sigma, rate_sigma, ArmBound,
+    batch_sigma, clustered_margin, difference, margin, proportion_sigma, rate_sigma, ArmBound,
 };
 use crate::rollout::gates::{Direction, Gate, Metric, Threshold};
+use policy_canary::replicate::{
+    ReplicateCounter, Slot, LATENCY_BOUNDS_MS, LATENCY_BUCKETS, REPLICATES,
+};
 use policy_canary::stats::Counter;
+
+/// How an arm's spread is known.
+#[derive(Debug, Clone, Copy)]
+enum Spread {
+    /// Per-unit standard deviation, units taken as independent.
+    Iid(f64),
+    /// Between-replicate variance of the mean (`clustered`), with its degrees of freedom.
+    Clustered { variance: f64, df: usize },
+    /// Not yet measurable (too few cost batches).
+    Unknown,
+}
+
+/// One arm of one gate: its mean, units and spread.
 #[derive(Debug, Clone, Copy)]
 struct Arm {
     mean: f64,
-    sigma: Option<f64>,
     n: f64,
+    spread: Spread,
+}
+
+impl Arm {
+    fn bound(&self, alpha: f64) -> ArmBound {
+        let margin = match self.spread {
+            Spread::Iid(sigma) => margin(self.n, sigma, alpha),
+            Spread::Clustered { variance, df } => clustered_margin(self.n, variance, df, alpha),
+            Spread::Unknown => f64::INFINITY,
+        };
+        ArmBound {
+            mean: self.mean,
+            margin,
+        }
+    }
+
+    /// Enough units (and replicates) for the bounds' approximations to hold.
+    fn decidable(&self) -> bool {
+        self.n >= MIN_SAMPLES
+            && match self.spread {
+                Spread::Iid(_) => true,
+                Spread::Clustered { df, .. } => df + 1 >= MIN_GROUPS,
+                Spread::Unknown => false,
+            }
+    }
+}
+
+/// A bound on δ = canary − k·stable from both arms' between-replicate variances:
+/// standard error sqrt(V_c + k²·V_s), Welch–Satterthwaite degrees of freedom, and
+/// the confidence sequence's boundary at `time` (the smaller arm's units; see
+/// `docs/analysis.md`) turned into Student's t.
+struct DifferenceBound {
+    variance: f64,
+    df: usize,
+    time: f64,
+}
+
+impl DifferenceBound {
+    fn new((v_s, df_s): (f64, usize), (v_c, df_c): (f64, usize), k: f64, time: f64) -> Self {
+        let stable = k * k * v_s;
+        let variance = v_c + stable;
+        let df = if variance > 0.0 {
+            let denominator = v_c * v_c / df_c.max(1) as f64 + stable * stable / df_s.max(1) as f64;
+            // Never more than the two estimates hold together.
+            ((variance * variance / denominator).floor() as usize).min(df_s + df_c)
+        } else {
+            df_s.min(df_c)
+        };
+        DifferenceBound { variance, df, time }
+    }
+
+    /// The one-sided margin at level `alpha`, valid at every check.
+    fn margin(&self, alpha: f64) -> f64 {
+        clustered_margin(self.time, self.variance, self.df, alpha)
+    }
 }
 
 fn proportion(x: f64, n: f64) -> Arm {
     Arm {
         mean: if n > 0.0 { x.min(n) / n } else { 0.0 },
-        sigma: Some(proportion_sigma(x.min(n), n)),
+        spread: Spread::Iid(proportion_sigma(x.min(n), n)),
         n,
     }
 }
@@ -26,28 +97,228 @@ fn proportion(x: f64, n: f64) -> Arm {
 fn rate(x: f64, n: f64) -> Arm {
     Arm {
         mean: if n > 0.0 { x / n } else { 0.0 },
-        sigma: Some(rate_sigma(x, n)),
+        spread: Spread::Iid(rate_sigma(x, n)),
         n,
     }
 }
 
+/// Per-unit variance added to a clustered one, from the count and the units (the
+/// smoothing of a proportion or rate; none for cost).
+type UnitVariance = fn(f64, f64) -> f64;
+
+/// What smoothing adds to a proportion's per-unit variance: p̃(1 − p̃) − p̂(1 − p̂)
+/// with p̃ = (x + 1)/(n + 2). Added to the between-replicate variance so that a
+/// count of zero in every replicate still leaves a margin (≈ 1/n), without
+/// inflating the variance elsewhere.
+fn proportion_variance(x: f64, n: f64) -> f64 {
+    let p = (x / n).clamp(0.0, 1.0);
+    (proportion_sigma(x.min(n), n).powi(2) - p * (1.0 - p)).max(0.0)
+}
+
+/// The same for a rate per unit (Poisson): (x + 1)/(n + 1) − x/n.
+fn rate_variance(x: f64, n: f64) -> f64 {
+    (rate_sigma(x, n).powi(2) - x / n).max(0.0)
+}
+
+fn no_floor(_: f64, _: f64) -> f64 {
+    0.0
+}
+
+/// An arm from per-replicate (Y, X) pairs: the ratio and its clustered variance.
+fn replicated(pairs: impl IntoIterator<Item = (f64, f64)>, unit: UnitVariance) -> Arm {
+    match ratio(pairs) {
+        None => Arm {
+            mean: 0.0,
+            n: 0.0,
+            spread: Spread::Unknown,
+        },
+        Some(r) => Arm {
+            mean: r.mean,
+            n: r.n,
+            spread: Spread::Clustered {
+                variance: r.variance + unit(r.mean * r.n, r.n) / r.n,
+                df: r.groups - 1,
+            },
+        },
+    }
+}
+
+/// A sample's per-replicate (Y, X) pairs of two of its replicate counters.
+fn pairs(sample: &Sample, y: ReplicateCounter, x: ReplicateCounter) -> Vec<(f64, f64)> {
+    (0..REPLICATES)
+        .map(|r| {
+            (
+                sample.replicate(r, Slot::Counter(y)),
+                sample.replicate(r, Slot::Counter(x)),
+            )
+        })
+        .collect()
+}
+
+/// Both arms of a ratio gate, from the replicates.
+fn replicated_arms(
+    stable: &Sample,
+    canary: &Sample,
+    y: ReplicateCounter,
+    x: ReplicateCounter,
+    unit: UnitVariance,
+) -> (Arm, Arm) {
+    (
+        replicated(pairs(stable, y, x), unit),
+        replicated(pairs(canary, y, x), unit),
+    )
+}
+
+/// Compares one metric under `gate`. With `robust` (both versions report session
+/// replicates) every arm's spread is the between-replicate variance; otherwise
+/// units are taken as independent.
 pub(super) fn compare(
     metric: Metric,
     gate: Gate,
+    (stable, canary): (&Sample, &Sample),
+    window: &Window,
+    levels: Levels,
+    robust: bool,
+) -> Comparison {
+    use ReplicateCounter as R;
+    if metric == Metric::LatencyP95 {
+        return latency(gate, stable, canary, levels, robust);
+    }
+    let (s, c) = if robust {
+        match metric {
+            Metric::CompletionRate => replicated_arms(
+                stable,
+                canary,
+                R::TasksCompleted,
+                R::TasksTotal,
+                proportion_variance,
+            ),
+            Metric::ErrorRate => {
+                replicated_arms(stable, canary, R::RqErrors, R::RqTotal, proportion_variance)
+            }
+            Metric::ToolErrorRate => replicated_arms(
+                stable,
+                canary,
+                R::ToolErrors,
+                R::ToolCalls,
+                proportion_variance,
+            ),
+            Metric::AbandonmentRate => replicated_arms(
+                stable,
+                canary,
+                R::TasksAbandoned,
+                R::TasksTotal,
+                proportion_variance,
+            ),
+            Metric::GuardrailRate => replicated_arms(
+                stable,
+                canary,
+                R::GuardrailTriggers,
+                R::RqTotal,
+                rate_variance,
+            ),
+            Metric::CostPerTask | Metric::LatencyP95 => {
+                replicated_arms(stable, canary, R::CostMicros, R::TasksTotal, no_floor)
+            }
+        }
+    } else {
+        independent_arms(metric, stable, canary, window)
+    };
+    let mut comparison = Comparison::open(
+        metric,
+        &gate,
+        (s.n > 0.0).then_some(s.mean),
+        (c.n > 0.0).then_some(c.mean),
+        (s.n, c.n),
+    );
+    if comparison.verdict == GateVerdict::Disabled {
+        return comparison;
+    }
+    if s.n == 0.0 && c.n == 0.0 {
+        comparison.verdict = GateVerdict::NotApplicable;
+        return comparison;
+    }
+    let (k_rel, offset) = match gate.threshold {
+        Threshold::Relative(r) if r * s.mean < gate.floor => (0.0, gate.floor),
+        Threshold::Relative(r) => (r, 0.0),
+        Threshold::Absolute(a) => (0.0, a),
+    };
+    if s.n > 0.0 && c.n > 0.0 {
+        comparison.estimate = Some(match gate.direction {
+            Direction::HigherIsWorse => c.mean - (1.0 + k_rel) * s.mean - offset,
+            Direction::LowerIsWorse => (1.0 - k_rel) * s.mean - c.mean - offset,
+        });
+    }
+    if !s.decidable() || !c.decidable() {
+        return comparison;
+    }
+    // δ = canary − k·stable − offset (higher is worse), or its mirror.
+    let k = match gate.direction {
+        Direction::HigherIsWorse => 1.0 + k_rel,
+        Direction::LowerIsWorse => 1.0 - k_rel,
+    };
+    let estimate = comparison.estimate.unwrap_or(0.0);
+    let (lower, upper) = match (s.spread, c.spread) {
+        // Session replicates: one bound on δ itself, each side at its own level.
+        (
+            Spread::Clustered {
+                variance: v_s,
+                df: df_s,
+            },
+            Spread::Clustered {
+                variance: v_c,
+                df: df_c,
+            },
+        ) => {
+            let bound = DifferenceBound::new((v_s, df_s), (v_c, df_c), k, s.n.min(c.n));
+            (
+                estimate - bound.margin(levels.breach),
+                estimate + bound.margin(levels.pass),
+            )
+        }
+        // Units independent (no replicates): each arm bounded on its own, the two
+        // combined (as before the replicates; a plan's levels still apply per side).
+        _ => {
+            let bounds_at = |alpha: f64| {
+                let half = alpha / 2.0;
+                let (stable_bound, canary_bound) = (s.bound(half), c.bound(half));
+                match gate.direction {
+                    Direction::HigherIsWorse => difference(canary_bound, stable_bound, k, offset),
+                    Direction::LowerIsWorse => difference(
+                        ArmBound {
+                            mean: -canary_bound.mean,
+                            margin: canary_bound.margin,
+                        },
+                        stable_bound,
+                        -k,
+                        offset,
+                    ),
+                }
+            };
+            (bounds_at(levels.breach).0, bounds_at(levels.pass).1)
+        }
+    };
+    comparison.degradation = Some((lower, upper));
+    comparison.verdict = verdict(lower, upper);
+    comparison
+}
+
+/// Today's arms when no replicates are reported: units independent; cost per task
+/// by batch means over collection passes.
+fn independent_arms(
+    metric: Metric,
     stable: &Sample,
     canary: &Sample,
     window: &Window,
-    alpha: f64,
-) -> Comparison {
+) -> (Arm, Arm) {
     let arms = |f: &dyn Fn(&Sample) -> Arm| (f(stable), f(canary));
-    let (s, c) = match metric {
+    match metric {
         Metric::CompletionRate => arms(&|v| {
             proportion(
                 v.count(Counter::TasksCompleted),
                 v.count(Counter::TasksTotal),
             )
         }),
-        // A request with no response at all (reset) failed as surely as a 5xx.
         Metric::ErrorRate => arms(&|v| {
             proportion(
                 v.count(Counter::Rq5xx) + v.count(Counter::RqNoResponse),
@@ -69,7 +340,7 @@ pub(super) fn compare(
                 v.count(Counter::RqTotal),
             )
         }),
-        Metric::CostPerTask => {
+        Metric::CostPerTask | Metric::LatencyP95 => {
             let per_task = |cost: f64, tasks: f64| if tasks > 0.0 { cost / tasks } else { 0.0 };
             let sigma = |pick: fn(&Batch) -> (f64, f64)| {
                 let batches: Vec<(f64, f64)> = window
@@ -78,80 +349,19 @@ pub(super) fn compare(
                     .map(pick)
                     .map(|(tasks, cost)| (tasks, per_task(cost, tasks)))
                     .collect();
-                batch_sigma(&batches)
+                batch_sigma(&batches).map_or(Spread::Unknown, Spread::Iid)
+            };
+            let arm = |v: &Sample, spread| Arm {
+                mean: per_task(v.count(Counter::CostMicros), v.count(Counter::TasksTotal)),
+                n: v.count(Counter::TasksTotal),
+                spread,
             };
             (
-                Arm {
-                    mean: per_task(
-                        stable.count(Counter::CostMicros),
-                        stable.count(Counter::TasksTotal),
-                    ),
-                    sigma: sigma(|b| (b.stable_tasks, b.stable_cost)),
-                    n: stable.count(Counter::TasksTotal),
-                },
-                Arm {
-                    mean: per_task(
-                        canary.count(Counter::CostMicros),
-                        canary.count(Counter::TasksTotal),
-                    ),
-                    sigma: sigma(|b| (b.canary_tasks, b.canary_cost)),
-                    n: canary.count(Counter::TasksTotal),
-                },
+                arm(stable, sigma(|b| (b.stable_tasks, b.stable_cost))),
+                arm(canary, sigma(|b| (b.canary_tasks, b.canary_cost))),
             )
         }
-        Metric::LatencyP95 => return latency(gate, stable, canary, alpha),
-    };
-    let mut comparison = Comparison::open(
-        metric,
-        &gate,
-        (s.n > 0.0).then_some(s.mean),
-        (c.n > 0.0).then_some(c.mean),
-        (s.n, c.n),
-    );
-    if comparison.verdict == GateVerdict::Disabled {
-        return comparison;
     }
-    if s.n == 0.0 && c.n == 0.0 {
-        comparison.verdict = GateVerdict::NotApplicable;
-        return comparison;
-    }
-    let (k_rel, offset) = match gate.threshold {
-        // Below the floor, a relative gate allows the floor's absolute degradation.
-        Threshold::Relative(r) if r * s.mean < gate.floor => (0.0, gate.floor),
-        Threshold::Relative(r) => (r, 0.0),
-        Threshold::Absolute(a) => (0.0, a),
-    };
-    if s.n > 0.0 && c.n > 0.0 {
-        comparison.estimate = Some(match gate.direction {
-            Direction::HigherIsWorse => c.mean - (1.0 + k_rel) * s.mean - offset,
-            Direction::LowerIsWorse => (1.0 - k_rel) * s.mean - c.mean - offset,
-        });
-    }
-    let (Some(sigma_s), Some(sigma_c)) = (s.sigma, c.sigma) else {
-        return comparison;
-    };
-    if s.n < MIN_SAMPLES || c.n < MIN_SAMPLES {
-        return comparison;
-    }
-    let half = alpha / 2.0;
-    let stable_bound = ArmBound::new(s.mean, s.n, sigma_s, half);
-    let canary_bound = ArmBound::new(c.mean, c.n, sigma_c, half);
-    let (lower, upper) = match gate.direction {
-        Direction::HigherIsWorse => difference(canary_bound, stable_bound, 1.0 + k_rel, offset),
-        // δ = (1 − r)·stable − canary − a = (−canary) − (−(1 − r))·stable − a
-        Direction::LowerIsWorse => difference(
-            ArmBound {
-                mean: -canary_bound.mean,
-                margin: canary_bound.margin,
-            },
-            stable_bound,
-            -(1.0 - k_rel),
-            offset,
-        ),
-    };
-    comparison.degradation = Some((lower, upper));
-    comparison.verdict = verdict(lower, upper);
-    comparison
 }
 
 fn verdict(lower: f64, upper: f64) -> GateVerdict {
@@ -224,7 +434,27 @@ pub fn exceeding(buckets: &[(f64, f64)], level: f64) -> f64 {
     0.0
 }
 
-fn latency(gate: Gate, stable: &Sample, canary: &Sample, alpha: f64) -> Comparison {
+/// One replicate's latency histogram, cumulative like Prometheus' (`+Inf` last).
+fn replicate_latency(sample: &Sample, r: usize) -> Vec<(f64, f64)> {
+    let mut cumulative = 0.0;
+    (0..LATENCY_BUCKETS)
+        .map(|i| {
+            cumulative += sample.replicate(r, Slot::Latency(i));
+            (
+                LATENCY_BOUNDS_MS.get(i).copied().unwrap_or(f64::INFINITY),
+                cumulative,
+            )
+        })
+        .collect()
+}
+
+fn latency(
+    gate: Gate,
+    stable: &Sample,
+    canary: &Sample,
+    levels: Levels,
+    robust: bool,
+) -> Comparison {
     let n_s = stable.latency.last().map_or(0.0, |b| b.1);
     let n_c = canary.latency.last().map_or(0.0, |b| b.1);
     let p95_s = quantile(&stable.latency, 0.95);
@@ -248,11 +478,26 @@ fn latency(gate: Gate, stable: &Sample, canary: &Sample, alpha: f64) -> Comparis
         Threshold::Relative(r) => p95_s * (1.0 + r),
         Threshold::Absolute(a) => p95_s + a,
     };
-    let slow = exceeding(&canary.latency, level);
-    let share = slow / n_c;
-    comparison.estimate = Some(share - 0.05);
-    let m = margin(n_c, proportion_sigma(slow, n_c), alpha);
-    let (lower, upper) = (share - m - 0.05, share + m - 0.05);
+    // The canary's share of requests slower than `level`, as a proportion.
+    let arm = if robust {
+        replicated(
+            (0..REPLICATES).map(|r| {
+                let buckets = replicate_latency(canary, r);
+                let n = buckets.last().map_or(0.0, |b| b.1);
+                (exceeding(&buckets, level), n)
+            }),
+            proportion_variance,
+        )
+    } else {
+        let slow = exceeding(&canary.latency, level);
+        proportion(slow, n_c)
+    };
+    if !arm.decidable() {
+        return comparison;
+    }
+    comparison.estimate = Some(arm.mean - 0.05);
+    let lower = arm.bound(levels.breach).lower() - 0.05;
+    let upper = arm.bound(levels.pass).upper() - 0.05;
     comparison.degradation = Some((lower, upper));
     comparison.verdict = verdict(lower, upper);
     comparison

@@ -8,6 +8,7 @@ use crate::analysis::decide::{decide, StageDecision};
 use crate::analysis::evidence::Window;
 use crate::analysis::AnalysisReport;
 use crate::rollout::plan::InconclusiveAction;
+use crate::rollout::Phase;
 use crate::store::RolloutRow;
 use crate::units::Now;
 use std::collections::HashMap;
@@ -179,11 +180,13 @@ impl Judge for EvidenceJudge {
 
     fn report(&self, row: &RolloutRow) -> Option<AnalysisReport> {
         self.with(row, |t| {
-            Some(AnalysisReport {
-                analysis: analyse(&row.plan, row.state.stage, &t.window),
-                consecutive_failures: Some(t.consecutive_failures),
-                decided_ms: None,
-            })
+            // Time to decision only while the stage runs (not while it is paused).
+            let now_ms = (row.state.phase == Phase::Progressing).then(crate::units::now_ms);
+            Some(AnalysisReport::running(
+                analyse(&row.plan, row.state.stage, &t.window),
+                t.consecutive_failures,
+                now_ms,
+            ))
         })
     }
 }

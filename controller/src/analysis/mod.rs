@@ -31,10 +31,12 @@
 //! than L is shown to exceed 5%, and passes when it is shown to stay below 5%.
 //! Stable's P95 is taken as known (it needs `MIN_LATENCY_SAMPLES` stable requests).
 
+pub mod clustered;
 pub mod compare;
 pub mod decide;
 pub mod evidence;
 pub mod judge;
+pub mod planning;
 pub mod sequential;
 
 use crate::analysis::evidence::Window;
@@ -48,12 +50,65 @@ use serde::{Deserialize, Serialize};
 pub use compare::{exceeding, quantile};
 pub use decide::{decide, StageDecision};
 
-/// Probability of a false automatic rollback per rollout, split over stages and gates.
-pub const FALSE_ROLLBACK_BUDGET: f64 = 0.01;
+/// The levels of a gate's two bounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Levels {
+    /// The lower bound's: a breach is wrong with at most this probability.
+    pub breach: f64,
+    /// The upper bound's: a pass of a canary at the threshold, at most this.
+    pub pass: f64,
+}
+
+impl Levels {
+    /// Without session replicates (units independent): the budget split evenly over
+    /// stages and gates, and a pass at the plan's level.
+    pub fn of(plan: &RolloutPlan) -> Levels {
+        Levels {
+            breach: gate_alpha(plan),
+            pass: plan.false_promotion,
+        }
+    }
+
+    /// With session replicates: the first analysed stage, where a regression
+    /// should be caught with the fewest sessions exposed, gets half the
+    /// false-rollback budget, the later stages share the other half; within a
+    /// stage the gates share evenly. The sum over stages and gates is the budget.
+    pub fn at_stage(plan: &RolloutPlan, stage: usize) -> Levels {
+        let stages = analysed_stages(plan);
+        let share = if stages <= 1 {
+            1.0
+        } else if stage == 0 {
+            0.5
+        } else {
+            0.5 / (stages - 1) as f64
+        };
+        Levels {
+            breach: plan.false_rollback * share / enabled_gates(plan) as f64,
+            pass: plan.false_promotion,
+        }
+    }
+}
+
 /// Fewer samples than this in an arm: inconclusive (the bounds rely on the CLT).
 pub const MIN_SAMPLES: f64 = 30.0;
 /// Stable requests needed to take its P95 as known.
 pub const MIN_LATENCY_SAMPLES: f64 = 200.0;
+
+fn analysed_stages(plan: &RolloutPlan) -> usize {
+    plan.stages
+        .iter()
+        .filter(|s| s.weight.bp() < 10_000)
+        .count()
+        .max(1)
+}
+
+fn enabled_gates(plan: &RolloutPlan) -> usize {
+    Metric::ALL
+        .iter()
+        .filter(|m| plan.gates.gate(**m).enabled)
+        .count()
+        .max(1)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,6 +155,10 @@ pub struct Comparison {
     /// Anytime-valid bounds on δ.
     pub degradation: Option<(f64, f64)>,
     pub verdict: GateVerdict,
+    /// While the rollout runs: about how many seconds more this open gate needs at
+    /// the canary's rate so far (`planning::eta_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<f64>,
 }
 
 impl Comparison {
@@ -125,6 +184,7 @@ impl Comparison {
             n_canary,
             estimate: None,
             degradation: None,
+            eta_s: None,
             verdict: if gate.enabled {
                 GateVerdict::Inconclusive
             } else {
@@ -149,7 +209,15 @@ pub struct Analysis {
     pub window_started_ms: i64,
     pub stable_requests: f64,
     pub canary_requests: f64,
+    /// The breach level per gate (the false-rollback budget split).
     pub alpha: f64,
+    /// The pass level per gate (the false-promotion budget).
+    #[serde(default)]
+    pub beta: f64,
+    /// Both versions reported session replicates: every bound is session-robust.
+    /// Otherwise units (requests, tasks) were taken as independent.
+    #[serde(default)]
+    pub session_robust: bool,
     pub comparisons: Vec<Comparison>,
     pub safety: SafetyCheck,
     /// Neither version reported a task in the window.
@@ -186,33 +254,34 @@ impl Analysis {
     }
 }
 
-/// α for one gate at one stage.
+/// α for one gate at one stage, split evenly (without session replicates).
 pub fn gate_alpha(plan: &RolloutPlan) -> f64 {
-    let stages = plan
-        .stages
-        .iter()
-        .filter(|s| s.weight.bp() < 10_000)
-        .count()
-        .max(1);
-    let gates = Metric::ALL
-        .iter()
-        .filter(|m| plan.gates.gate(**m).enabled)
-        .count()
-        .max(1);
-    FALSE_ROLLBACK_BUDGET / (stages * gates) as f64
+    plan.false_rollback / (analysed_stages(plan) * enabled_gates(plan)) as f64
 }
 
 /// Compares the window's two versions under the plan's gates.
 pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
     let stable = window.version(&plan.stable.version);
     let canary = window.version(&plan.canary.version);
-    let alpha = gate_alpha(plan);
+    let session_robust = stable.has_replicates() && canary.has_replicates();
+    let levels = if session_robust {
+        Levels::at_stage(plan, stage)
+    } else {
+        Levels::of(plan)
+    };
     let telemetry_missing =
         stable.count(Counter::TasksTotal) == 0.0 && canary.count(Counter::TasksTotal) == 0.0;
     let comparisons = Metric::ALL
         .iter()
         .map(|m| {
-            let mut c = compare(*m, plan.gates.gate(*m), &stable, &canary, window, alpha);
+            let mut c = compare(
+                *m,
+                plan.gates.gate(*m),
+                (&stable, &canary),
+                window,
+                levels,
+                session_robust,
+            );
             let unproven = window.unavailable.is_some()
                 || (plan.require_telemetry && telemetry_missing && m.from_agent_telemetry());
             if unproven {
@@ -231,7 +300,9 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
         window_started_ms: window.started_ms,
         stable_requests: stable.count(Counter::RqTotal),
         canary_requests: canary.count(Counter::RqTotal),
-        alpha,
+        alpha: levels.breach,
+        beta: levels.pass,
+        session_robust,
         comparisons,
         safety: SafetyCheck {
             stable: stable.count(Counter::SafetyViolations),
@@ -268,6 +339,22 @@ pub struct AnalysisReport {
 }
 
 impl AnalysisReport {
+    /// An active stage's report; with `now_ms` (the stage is running, not paused),
+    /// each open gate's estimated time to decision.
+    pub fn running(mut analysis: Analysis, consecutive_failures: u32, now_ms: Option<i64>) -> Self {
+        if let Some(now_ms) = now_ms {
+            let elapsed_s = (now_ms - analysis.window_started_ms) as f64 / 1000.0;
+            for c in &mut analysis.comparisons {
+                c.eta_s = planning::eta_seconds(c, elapsed_s);
+            }
+        }
+        AnalysisReport {
+            analysis,
+            consecutive_failures: Some(consecutive_failures),
+            decided_ms: None,
+        }
+    }
+
     /// Traffic flowed but neither version reported agent telemetry.
     pub fn telemetry_missing(&self) -> bool {
         self.analysis.telemetry_missing && self.analysis.canary_requests > 0.0

@@ -2,6 +2,7 @@
 
 mod client;
 mod demo;
+mod plan;
 mod policy;
 mod rollout;
 mod targets;
@@ -83,6 +84,12 @@ pub enum Command {
     /// Targets and their current route tables.
     #[command(after_help = "Example:\n  canaryctl targets --json")]
     Targets,
+    /// Rollout plans, checked offline: how long each stage takes to decide.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  canaryctl plan check envoy/plans/support-agent.yaml --rate 300 --sessions 3000"
+    )]
+    Plan(plan::PlanCommand),
     /// API tokens: named, scoped, revocable (needs an `admin` token).
     #[command(
         subcommand,
@@ -420,6 +427,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Traffic(args) = &cli.command {
         return demo::run_traffic(args, cli.json).await;
     }
+    if let Command::Plan(command) = cli.command {
+        return plan::run(command, cli.json);
+    }
     let token = cli.token.clone().or_else(|| {
         let file = cli
             .token_file
@@ -456,7 +466,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     };
     let json = cli.json;
     match cli.command {
-        Command::Serve(_) | Command::Agent(_) | Command::Traffic(_) => Ok(()),
+        Command::Serve(_) | Command::Agent(_) | Command::Traffic(_) | Command::Plan(_) => Ok(()),
         Command::Targets => {
             let v = TargetsView {
                 targets: client.fetch("/v1/targets").await?,

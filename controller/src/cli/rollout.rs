@@ -134,10 +134,15 @@ fn print_analysis(report: Option<&AnalysisReport>) {
         format!("  at the last decision, {}", utc(at))
     });
     println!(
-        "  requests  stable {}  canary {}   (alpha per gate {:.2e}{failures}){when}",
+        "  requests  stable {}  canary {}   (alpha per gate {:.2e}, beta {:.2}{failures}){when}",
         count(a.stable_requests),
         count(a.canary_requests),
         a.alpha,
+        a.beta,
+    );
+    println!(
+        "  bounds    {}",
+        crate::format::bounds_basis(a.session_robust)
     );
     println!(
         "  {:<18} {:>10} {:>10} {:>14} {:>10} {:>15}  verdict",
@@ -145,14 +150,15 @@ fn print_analysis(report: Option<&AnalysisReport>) {
     );
     for c in &a.comparisons {
         println!(
-            "  {:<18} {:>10} {:>10} {:>14} {:>10} {:>15}  {}",
+            "  {:<18} {:>10} {:>10} {:>14} {:>10} {:>15}  {}{}",
             c.metric.name(),
             number(c.stable),
             number(c.canary),
             c.change,
             c.threshold,
             format!("{}/{}", count(c.n_stable), count(c.n_canary)),
-            c.verdict
+            c.verdict,
+            crate::format::eta(c.eta_s),
         );
     }
     println!(

@@ -139,9 +139,18 @@ pub fn stage_line(v: &RolloutView, report: Option<&AnalysisReport>) -> String {
         1.0
     };
     let filled = (time_part.min(request_part) * 20.0).round() as usize;
-    let mut counts: std::collections::BTreeMap<GateVerdict, Vec<&str>> = Default::default();
+    let mut counts: std::collections::BTreeMap<GateVerdict, Vec<String>> = Default::default();
     for c in analysis.map_or(&[][..], |a| &a.comparisons) {
-        counts.entry(c.verdict).or_default().push(c.metric.name());
+        // An open gate with its estimated time to decision: `error_rate ~12m`.
+        let name = match c.eta_s {
+            Some(s) => format!(
+                "{} ~{}",
+                c.metric.name(),
+                crate::analysis::planning::duration(s)
+            ),
+            None => c.metric.name().to_string(),
+        };
+        counts.entry(c.verdict).or_default().push(name);
     }
     let total: usize = counts.values().map(Vec::len).sum();
     let pass = counts.get(&GateVerdict::Pass).map_or(0, Vec::len);

@@ -104,6 +104,13 @@ pub struct RolloutPlan {
     /// pass on the HTTP gates alone (say, when a proxy strips the telemetry headers).
     #[serde(default)]
     pub require_telemetry: bool,
+    /// Probability of rolling back a canary no worse than stable, per rollout
+    /// (split over stages and gates).
+    #[serde(default = "default_false_rollback")]
+    pub false_rollback: f64,
+    /// Probability of passing a canary exactly at a gate's threshold, per gate.
+    #[serde(default = "default_false_promotion")]
+    pub false_promotion: f64,
     #[serde(default)]
     pub segments: Vec<SegmentRule>,
     #[serde(default)]
@@ -128,6 +135,20 @@ fn default_stages() -> Vec<Stage> {
         min_requests: if weight == Weight::FULL { 0 } else { 500 },
     })
     .collect()
+}
+/// Default probability of a false automatic rollback per rollout, split over stages
+/// and gates (`false_rollback`).
+pub const FALSE_ROLLBACK_BUDGET: f64 = 0.01;
+/// Default probability that a canary exactly at a gate's threshold passes that gate
+/// (`false_promotion`), per gate and stage: no split, since a bad canary must pass
+/// the very gate it breaks.
+pub const FALSE_PROMOTION_BUDGET: f64 = 0.05;
+
+fn default_false_rollback() -> f64 {
+    FALSE_ROLLBACK_BUDGET
+}
+fn default_false_promotion() -> f64 {
+    FALSE_PROMOTION_BUDGET
 }
 fn default_interval() -> Dur {
     Dur::secs(30)
@@ -192,6 +213,17 @@ impl RolloutPlan {
         }
         if self.failure_threshold == 0 {
             return Err(err("failure_threshold", "must be at least 1"));
+        }
+        for (field, value) in [
+            ("false_rollback", self.false_rollback),
+            ("false_promotion", self.false_promotion),
+        ] {
+            if !(value > 0.0 && value <= 0.2) {
+                return Err(err(
+                    field,
+                    format!("must be a probability above 0 and at most 0.2, got {value}"),
+                ));
+            }
         }
         check_segment_count("segments", self.segments.len())?;
         for (i, segment) in self.segments.iter().enumerate() {

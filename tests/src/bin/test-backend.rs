@@ -14,6 +14,9 @@
 //! `test-backend NAME PORT completion=0.7 safety_at=N cost=1000` makes it act as an
 //! agent: every answer reports a task outcome (`completed` for that share of requests,
 //! spread evenly, else `failed`), its cost, and one safety violation on request N.
+//! `power_completion=0.3 power_cost=20000`: sessions whose `x-session-id` starts
+//! with `power-` (heavy users with their own character) complete that share of
+//! their tasks, at that cost, whichever policy serves them.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -90,20 +93,34 @@ struct Profile {
     completion: Option<f64>,
     safety_at: Option<u64>,
     cost: u64,
+    power_completion: Option<f64>,
+    power_cost: Option<u64>,
 }
 
 static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Answers per class (power sessions, the rest), each spreading its own share.
+static SERVED_POWER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SERVED_OTHERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn profile_headers(profile: &Profile, headers: &mut HeaderMap) {
+fn profile_headers(profile: &Profile, power: bool, headers: &mut HeaderMap) {
     let Some(completion) = profile.completion else {
         return;
     };
     let n = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let (completion, cost, class) = match (power, profile.power_completion) {
+        (true, Some(power_completion)) => (
+            power_completion,
+            profile.power_cost.unwrap_or(profile.cost),
+            &SERVED_POWER,
+        ),
+        _ => (completion, profile.cost, &SERVED_OTHERS),
+    };
+    let k = class.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     // Completed when the running share of completions would otherwise fall behind.
-    let completed = ((n as f64) * completion).floor() > (((n - 1) as f64) * completion).floor();
+    let completed = ((k as f64) * completion).floor() > (((k - 1) as f64) * completion).floor();
     let outcome = if completed { "completed" } else { "failed" };
     headers.insert("x-agent-outcome", HeaderValue::from_static(outcome));
-    if let Ok(cost) = HeaderValue::from_str(&profile.cost.to_string()) {
+    if let Ok(cost) = HeaderValue::from_str(&cost.to_string()) {
         headers.insert("x-agent-cost-micros", cost);
     }
     let violations = if profile.safety_at == Some(n) {
@@ -132,6 +149,7 @@ async fn answer(
         .and_then(|v| v.parse().ok())
         .and_then(|code| StatusCode::from_u16(code).ok())
         .unwrap_or(StatusCode::OK);
+    let power = header_str(&request, "x-session-id").is_some_and(|s| s.starts_with("power-"));
     let mut received = serde_json::Map::new();
     let mut reply = HeaderMap::new();
     let mut trailers = HeaderMap::new();
@@ -168,7 +186,7 @@ async fn answer(
     });
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    profile_headers(&profile, headers);
+    profile_headers(&profile, power, headers);
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     headers.insert("x-backend", HeaderValue::from_static(name));
     for (key, value) in reply.iter() {
@@ -194,6 +212,8 @@ fn main() {
             Some(("completion", v)) => profile.completion = v.parse().ok(),
             Some(("safety_at", v)) => profile.safety_at = v.parse().ok(),
             Some(("cost", v)) => profile.cost = v.parse().unwrap_or(1_000),
+            Some(("power_completion", v)) => profile.power_completion = v.parse().ok(),
+            Some(("power_cost", v)) => profile.power_cost = v.parse().ok(),
             _ => eprintln!("test-backend: ignoring argument {arg}"),
         }
     }

@@ -2,7 +2,7 @@
 //! into each active rollout's stage window. An Envoy that cannot be read adds
 //! nothing (less evidence, never a pass); malformed lines are counted and skipped.
 
-use super::Scrape;
+use super::{replicate_slot, Scrape, REPLICATE_SERIES};
 use crate::analysis::judge::EvidenceJudge;
 use crate::envoy::admin::{AdminClient, HealthChange, SourceHealth};
 use crate::metrics::{EvidenceSource, Metrics};
@@ -100,6 +100,16 @@ pub fn parse_prometheus(text: &str, target: &str) -> Scrape {
         };
         let suffix = &name["policy_canary_".len()..];
         let sample = scrape.versions.entry(version.to_string()).or_default();
+        if suffix == REPLICATE_SERIES {
+            match (label("replicate"), label("counter")) {
+                (Some(replicate), Some(counter)) => match replicate_slot(replicate, counter) {
+                    Some((r, index)) => sample.set_replicate(r, index, value),
+                    None => scrape.malformed_lines += 1,
+                },
+                _ => scrape.malformed_lines += 1,
+            }
+            continue;
+        }
         if let Some(histogram) = suffix.strip_suffix("_bucket") {
             if histogram == "rq_latency_ms" {
                 let le = match label("le") {

@@ -9,8 +9,24 @@
 pub mod envoy_admin;
 pub mod prometheus;
 
+use policy_canary::replicate::{ReplicateCounter, Slot, REPLICATES};
 use policy_canary::stats::Counter;
 use std::collections::{BTreeMap, HashMap};
+
+/// The series name (after `policy_canary_`) of the session replicates' counts, with
+/// labels `replicate` and `counter` (`stats_tags` of the shipped Envoy configs).
+pub const REPLICATE_SERIES: &str = "replicate";
+
+/// Where a replicate series' value goes in `Sample::replicates`: (replicate, slot
+/// index). `None` for a replicate out of range or a counter the filter does not keep.
+pub fn replicate_slot(replicate: &str, counter: &str) -> Option<(usize, usize)> {
+    let r: usize = replicate.parse().ok()?;
+    let slot = Slot::from_suffix(counter)?;
+    (r < REPLICATES).then_some((r, slot.index()))
+}
+
+/// One version's replicate counts: `REPLICATES` rows of `Slot::COUNT` values.
+pub type ReplicateRows = Vec<[f64; Slot::COUNT]>;
 
 /// How much a counter grew from `before` to `now`; a counter that went down was
 /// reset (its Envoy restarted), so its new value counts whole.
@@ -30,6 +46,9 @@ pub struct Sample {
     pub counters: BTreeMap<String, f64>,
     /// Latency histogram: cumulative count per upper bound (ms), `+Inf` last.
     pub latency: Vec<(f64, f64)>,
+    /// Session replicates' counts (`policy_canary::replicate`): empty when the
+    /// filter reports none, else `REPLICATES` rows by `Slot::index`.
+    pub replicates: ReplicateRows,
 }
 
 impl Sample {
@@ -41,6 +60,31 @@ impl Sample {
     /// A counter by its series suffix (`rq_total`).
     pub fn get(&self, suffix: &str) -> f64 {
         self.counters.get(suffix).copied().unwrap_or(0.0)
+    }
+
+    /// Replicate `r`'s count in one slot, 0 when absent.
+    pub fn replicate(&self, r: usize, slot: Slot) -> f64 {
+        self.replicates.get(r).map_or(0.0, |row| row[slot.index()])
+    }
+
+    /// Sets replicate `r`'s count in the slot at `index`.
+    pub fn set_replicate(&mut self, r: usize, index: usize, value: f64) {
+        if self.replicates.is_empty() {
+            self.replicates = vec![[0.0; Slot::COUNT]; REPLICATES];
+        }
+        if let Some(v) = self
+            .replicates
+            .get_mut(r)
+            .and_then(|row| row.get_mut(index))
+        {
+            *v = value;
+        }
+    }
+
+    /// Whether any replicate counted a request: the filter splits by session.
+    pub fn has_replicates(&self) -> bool {
+        let total = Slot::Counter(ReplicateCounter::RqTotal).index();
+        self.replicates.iter().any(|row| row[total] > 0.0)
     }
 
     /// `self − earlier`, where a value that went down (a reset) counts whole.
@@ -62,7 +106,24 @@ impl Sample {
                 (*le, increase(before, *v))
             })
             .collect();
-        Sample { counters, latency }
+        let replicates = self
+            .replicates
+            .iter()
+            .enumerate()
+            .map(|(r, row)| {
+                let before = earlier.replicates.get(r);
+                let mut delta = [0.0; Slot::COUNT];
+                for (i, v) in row.iter().enumerate() {
+                    delta[i] = increase(before.map_or(0.0, |b| b[i]), *v);
+                }
+                delta
+            })
+            .collect();
+        Sample {
+            counters,
+            latency,
+            replicates,
+        }
     }
 
     pub fn add(&mut self, other: &Sample) {
@@ -76,6 +137,16 @@ impl Sample {
             }
         }
         self.latency.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if !other.replicates.is_empty() {
+            if self.replicates.is_empty() {
+                self.replicates = vec![[0.0; Slot::COUNT]; REPLICATES];
+            }
+            for (mine, theirs) in self.replicates.iter_mut().zip(&other.replicates) {
+                for (m, t) in mine.iter_mut().zip(theirs) {
+                    *m += t;
+                }
+            }
+        }
     }
 }
 

@@ -13,11 +13,12 @@
 //! not bias the estimate. Unreachable, erroring or lagging Prometheus: the window
 //! is marked unavailable and the stage is held, never passed.
 
-use super::{increase, Batch, Sample, Window};
+use super::{increase, replicate_slot, Batch, Sample, Window, REPLICATE_SERIES};
 use crate::analysis::judge::EvidenceJudge;
 use crate::envoy::admin::{HealthChange, SourceHealth};
 use crate::metrics::{EvidenceSource, Metrics};
 use crate::store::RolloutRow;
+use policy_canary::replicate::Slot;
 use policy_canary::stats::{Counter, LATENCY_SUFFIX};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -77,11 +78,12 @@ impl Prometheus {
         // The range (now − stage start, in ms) holds exactly the samples after the
         // stage started; the value at the start is the last sample before it.
         let range = (now_ms - started_ms).max(1);
+        let restarts = self.restarts(&selector, range, now).await;
         let mut totals: HashMap<String, Sample> = HashMap::new();
         for counter in Counter::ALL {
             let metric = format!("{PREFIX}{}", counter.suffix());
             for (labels, delta) in self
-                .increases(&metric, &selector, range, start, now)
+                .increases(&metric, &selector, range, (start, now), &restarts)
                 .await?
             {
                 if let Some(version) = labels.get(&self.options.version_label) {
@@ -94,10 +96,28 @@ impl Prometheus {
                 }
             }
         }
+        // Session replicates: one series name, the counter in a label.
+        let replicates = format!("{PREFIX}{REPLICATE_SERIES}");
+        for (labels, delta) in self
+            .increases(&replicates, &selector, range, (start, now), &restarts)
+            .await?
+        {
+            let slot = labels
+                .get("replicate")
+                .zip(labels.get("counter"))
+                .and_then(|(r, c)| replicate_slot(r, c));
+            if let (Some(version), Some((r, index))) =
+                (labels.get(&self.options.version_label), slot)
+            {
+                let sample = totals.entry(version.clone()).or_default();
+                let before = sample.replicate(r, Slot::at(index));
+                sample.set_replicate(r, index, before + delta);
+            }
+        }
         let buckets = format!("{PREFIX}{LATENCY_SUFFIX}_bucket");
         let mut latency: HashMap<String, BTreeMap<String, f64>> = HashMap::new();
         for (labels, delta) in self
-            .increases(&buckets, &selector, range, start, now)
+            .increases(&buckets, &selector, range, (start, now), &restarts)
             .await?
         {
             if let (Some(version), Some(le)) =
@@ -126,15 +146,54 @@ impl Prometheus {
         Ok(Window::from_increases(started_ms, totals, batches))
     }
 
+    /// When each Envoy (by `instance`) restarted within the last `range` ms, as a
+    /// time just before the first scrape of the new process: its
+    /// `envoy_server_uptime` went down, or any of its `policy_canary_rq_total`
+    /// series did. A restarted Envoy's counters all start again from zero, and a
+    /// small one (a session replicate's) often grows past its old value before the
+    /// next scrape, showing no decrease of its own. Without either series (or on an
+    /// error) nothing more is known and each series' decreases alone tell resets.
+    async fn restarts(&self, selector: &str, range: i64, now: f64) -> HashMap<String, Vec<i64>> {
+        let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+        let queries = [
+            format!("envoy_server_uptime[{range}ms]"),
+            format!("{PREFIX}{}{selector}[{range}ms]", Counter::RqTotal.suffix()),
+        ];
+        for query in queries {
+            let Ok(data) = self.query_at(&query, now).await else {
+                continue;
+            };
+            for (labels, points) in parse_matrix(&data).unwrap_or_default() {
+                let Some(instance) = labels.get("instance") else {
+                    continue;
+                };
+                let mut previous: Option<f64> = None;
+                for (&at_ms, &value) in &points {
+                    if previous.is_some_and(|p| value < p) {
+                        let restarts = out.entry(instance.clone()).or_default();
+                        // Between this scrape and the one before it; every series
+                        // of one scrape carries the same time.
+                        if !restarts.contains(&(at_ms - 1)) {
+                            restarts.push(at_ms - 1);
+                        }
+                    }
+                    previous = Some(value);
+                }
+            }
+        }
+        out
+    }
+
     /// Each series' exact increase of `metric` over the last `range` milliseconds,
-    /// from its value at `start`.
+    /// from its value at `start`; across a restart of its Envoy (`restarts`), the
+    /// value after it counts whole.
     async fn increases(
         &self,
         metric: &str,
         selector: &str,
         range: i64,
-        start: f64,
-        now: f64,
+        (start, now): (f64, f64),
+        restarts: &HashMap<String, Vec<i64>>,
     ) -> Result<Vec<Series>, String> {
         let series = format!("{metric}{selector}");
         let last = self
@@ -153,12 +212,18 @@ impl Prometheus {
         let mut out = Vec::with_capacity(last.len());
         for (labels, value) in last {
             let baseline = before.get(&labels).copied().unwrap_or(0.0);
-            let reset = resets.get(&labels).copied().unwrap_or(0.0) > 0.0 || value < baseline;
+            let restarted = labels
+                .get("instance")
+                .and_then(|i| restarts.get(i))
+                .map_or(&[][..], Vec::as_slice);
+            let reset = resets.get(&labels).copied().unwrap_or(0.0) > 0.0
+                || value < baseline
+                || !restarted.is_empty();
             let delta = if reset {
                 let samples = self
-                    .samples(&format!("{metric}{}[{range}ms]", exact(&labels)), now)
+                    .timed_samples(&format!("{metric}{}[{range}ms]", exact(&labels)), now)
                     .await?;
-                sum_of_steps(baseline, &samples)
+                sum_across_restarts(baseline, &samples, restarted)
             } else {
                 value - baseline
             };
@@ -274,13 +339,13 @@ impl Prometheus {
         parse_vector(&self.query_at(query, time).await?)
     }
 
-    /// An instant query of a range selector: each series' raw samples.
-    async fn samples(&self, query: &str, time: f64) -> Result<Vec<f64>, String> {
+    /// An instant query of a range selector: the first series' raw samples, (ms, value).
+    async fn timed_samples(&self, query: &str, time: f64) -> Result<Vec<(i64, f64)>, String> {
         let matrix = parse_matrix(&self.query_at(query, time).await?)?;
         Ok(matrix
             .into_iter()
             .next()
-            .map(|(_, points)| points.into_values().collect())
+            .map(|(_, points)| points.into_iter().collect())
             .unwrap_or_default())
     }
 
@@ -334,6 +399,26 @@ pub fn sum_of_steps(baseline: f64, samples: &[f64]) -> f64 {
     for &value in samples {
         total += increase(previous, value);
         previous = value;
+    }
+    total
+}
+
+/// `sum_of_steps` over timed samples (ms, value) where the counter's process also
+/// restarted at `restarts` (ms): a sample after a restart that no sample saw yet
+/// counts whole, even when it is above the value before.
+pub fn sum_across_restarts(baseline: f64, samples: &[(i64, f64)], restarts: &[i64]) -> f64 {
+    let mut previous = baseline;
+    let mut previous_at = i64::MIN;
+    let mut total = 0.0;
+    for &(at, value) in samples {
+        let restarted = restarts.iter().any(|r| *r > previous_at && *r <= at);
+        total += if restarted {
+            value
+        } else {
+            increase(previous, value)
+        };
+        previous = value;
+        previous_at = at;
     }
     total
 }
@@ -443,6 +528,13 @@ mod tests {
         assert_eq!(sum_of_steps(10.0, &[12.0, 15.0]), 5.0);
         assert_eq!(sum_of_steps(10.0, &[12.0, 3.0, 7.0]), 2.0 + 3.0 + 4.0);
         assert_eq!(sum_of_steps(0.0, &[]), 0.0);
+        // A restart at 1500 ms that the values cannot show (3 → 5): 5 counts whole.
+        let samples = [(1_000, 3.0), (2_000, 5.0), (3_000, 6.0)];
+        assert_eq!(
+            sum_across_restarts(1.0, &samples, &[1_500]),
+            2.0 + 5.0 + 1.0
+        );
+        assert_eq!(sum_across_restarts(1.0, &samples, &[]), 2.0 + 2.0 + 1.0);
     }
 
     #[test]

@@ -295,7 +295,10 @@ fn analysis(report: Option<&AnalysisReport>) -> Markup {
                     "requests: stable " span id="stable-requests" { (count(a.stable_requests)) }
                     ", canary " span id="canary-requests" { (count(a.canary_requests)) }
                     " · α per gate " (format!("{:.2e}", a.alpha))
+                    " · β " (format!("{:.2}", a.beta))
                     @if let Some(n) = report.consecutive_failures { " · failed checks in a row " (n) }
+                    br;
+                    "bounds: " span id="bounds-basis" { (crate::format::bounds_basis(a.session_robust)) }
                 }
                 table class="metrics" {
                     thead { tr { th { "metric" } th { "stable" } th { "canary" } th { "change" } th { "threshold" } th { "n stable / canary" } th { "verdict" } } }
@@ -308,7 +311,12 @@ fn analysis(report: Option<&AnalysisReport>) -> Markup {
                                 td class="num" data-col="change" { (c.change) }
                                 td data-col="threshold" { (c.threshold) }
                                 td class="num" data-col="n" { (count(c.n_stable)) "/" (count(c.n_canary)) }
-                                td data-col="verdict" class={ "verdict-" (c.verdict) } { (c.verdict) }
+                                td data-col="verdict" class={ "verdict-" (c.verdict) } {
+                                    (c.verdict)
+                                    @if let Some(s) = c.eta_s {
+                                        span class="eta" data-col="eta" { " ~" (crate::analysis::planning::duration(s)) }
+                                    }
+                                }
                             }
                         }
                         tr data-metric="safety_violations" {

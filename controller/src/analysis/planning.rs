@@ -1,0 +1,456 @@
+//! How long a plan's stages take to decide (`canaryctl plan check`), and how long
+//! an open gate still needs while a rollout runs (`eta_seconds`).
+//!
+//! For each stage and enabled gate: the canary units (requests, tasks, tool calls)
+//! needed before the gate's bounds (the same boundary, levels and Student's t at 31
+//! degrees of freedom as the analysis) show a canary equal to stable within the
+//! threshold (pass), and show one at 1.6× the threshold beyond it (breach), at
+//! the given traffic. Stable's behaviour is assumed (`Baseline`, overridable).
+
+use super::clustered::MIN_GROUPS;
+use super::sequential::clustered_margin;
+use super::{Comparison, GateVerdict, Levels};
+use crate::rollout::gates::{Gate, Metric, Threshold};
+use crate::rollout::plan::RolloutPlan;
+use policy_canary::replicate::REPLICATES;
+use serde::Serialize;
+
+/// What the check assumes of stable (and an equal canary).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Baseline {
+    pub completion_rate: f64,
+    pub error_rate: f64,
+    pub tool_error_rate: f64,
+    /// Standard deviation of cost per task over its mean.
+    pub cost_cv: f64,
+    pub guardrail_rate: f64,
+    pub abandonment_rate: f64,
+    /// σ of log latency (log-normal): how far an equal canary sits below the P95 gate.
+    pub latency_log_sigma: f64,
+}
+
+impl Default for Baseline {
+    fn default() -> Self {
+        Baseline {
+            completion_rate: 0.85,
+            error_rate: 0.02,
+            tool_error_rate: 0.05,
+            cost_cv: 0.3,
+            guardrail_rate: 0.03,
+            abandonment_rate: 0.05,
+            latency_log_sigma: 0.5,
+        }
+    }
+}
+
+impl Baseline {
+    /// Sets one value from `metric=value` (a gate's name, or `cost_cv`,
+    /// `latency_log_sigma`).
+    pub fn set(&mut self, assignment: &str) -> Result<(), String> {
+        let (name, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| format!("`{assignment}`: expected NAME=VALUE"))?;
+        let value: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{assignment}`: {value} is not a number"))?;
+        let rate = |v: f64| {
+            if v > 0.0 && v < 1.0 {
+                Ok(v)
+            } else {
+                Err(format!(
+                    "`{assignment}`: a rate between 0 and 1 (exclusive)"
+                ))
+            }
+        };
+        let positive = |v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(v)
+            } else {
+                Err(format!("`{assignment}`: must be above 0"))
+            }
+        };
+        match name.trim() {
+            "completion_rate" => self.completion_rate = rate(value)?,
+            "error_rate" => self.error_rate = rate(value)?,
+            "tool_error_rate" => self.tool_error_rate = rate(value)?,
+            "guardrail_rate" => self.guardrail_rate = positive(value)?,
+            "abandonment_rate" => self.abandonment_rate = rate(value)?,
+            "cost_cv" => self.cost_cv = positive(value)?,
+            "latency_log_sigma" => self.latency_log_sigma = positive(value)?,
+            other => {
+                return Err(format!(
+                    "`{other}`: one of completion_rate, error_rate, tool_error_rate, \
+                     guardrail_rate, abandonment_rate, cost_cv, latency_log_sigma"
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One gate at one stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateCheck {
+    pub metric: Metric,
+    /// Canary units to pass a canary equal to stable (`None`: never, at any size).
+    pub pass_units: Option<f64>,
+    pub pass_seconds: Option<f64>,
+    /// Canary units to breach a canary at 1.6× the threshold.
+    pub breach_units: Option<f64>,
+    pub breach_seconds: Option<f64>,
+    /// Why this gate cannot decide within the stage's maximum, and what would.
+    pub problem: Option<String>,
+}
+
+/// One stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageCheck {
+    pub stage: usize,
+    pub weight_bp: u16,
+    /// Canary requests per second at this weight.
+    pub canary_rate: f64,
+    pub expected_sessions: Option<f64>,
+    pub gates: Vec<GateCheck>,
+    /// When an equal canary would advance: the slowest pass, at least min_duration.
+    pub seconds_to_advance: Option<f64>,
+    pub problems: Vec<String>,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanCheck {
+    pub rate: f64,
+    pub sessions: Option<f64>,
+    pub stages: Vec<StageCheck>,
+    /// An equal canary's time to promotion, if every stage can decide.
+    pub seconds_to_promotion: Option<f64>,
+}
+
+impl PlanCheck {
+    pub fn ok(&self) -> bool {
+        self.stages.iter().all(|s| s.problems.is_empty())
+    }
+}
+
+/// Per-unit variance and the allowed degradation d of a gate under the baseline,
+/// and the true degradation of an equal canary (δ = −d for a mean) and of one at
+/// 1.6× the threshold. `None` for gates this check does not model.
+struct GateModel {
+    unit_variance: f64,
+    equal: f64,
+    bad: f64,
+}
+
+fn model(metric: Metric, gate: &Gate, base: &Baseline) -> GateModel {
+    let allowed = |mean: f64| match gate.threshold {
+        Threshold::Relative(r) if r * mean < gate.floor => gate.floor,
+        Threshold::Relative(r) => r * mean,
+        Threshold::Absolute(a) => a,
+    };
+    let proportion = |p: f64| {
+        let d = allowed(p);
+        GateModel {
+            unit_variance: p * (1.0 - p),
+            equal: -d,
+            bad: 0.6 * d,
+        }
+    };
+    match metric {
+        Metric::CompletionRate => proportion(base.completion_rate),
+        Metric::ErrorRate => proportion(base.error_rate),
+        Metric::ToolErrorRate => proportion(base.tool_error_rate),
+        Metric::AbandonmentRate => proportion(base.abandonment_rate),
+        Metric::GuardrailRate => {
+            let d = allowed(base.guardrail_rate);
+            GateModel {
+                unit_variance: base.guardrail_rate,
+                equal: -d,
+                bad: 0.6 * d,
+            }
+        }
+        Metric::CostPerTask => {
+            // In units of the mean cost.
+            let d = allowed(1.0);
+            GateModel {
+                unit_variance: base.cost_cv * base.cost_cv,
+                equal: -d,
+                bad: 0.6 * d,
+            }
+        }
+        Metric::LatencyP95 => {
+            // Log-normal latency: the share of requests above stable's P95 × (1 + r)
+            // (or + a, taken at the median's scale) compared with 5%.
+            let s = base.latency_log_sigma;
+            let z95 = 1.644_854;
+            let factor = |r: f64| (1.0 + r).ln() / s;
+            let r = match gate.threshold {
+                Threshold::Relative(r) => r,
+                Threshold::Absolute(_) => 0.5,
+            };
+            let share = |shift: f64| super::clustered::normal_upper(z95 + shift);
+            GateModel {
+                unit_variance: 0.05 * 0.95,
+                equal: share(factor(r)) - 0.05,
+                // The canary's P95 at 1 + 1.6 r times stable's.
+                bad: share(factor(r) - factor(1.6 * r)) - 0.05,
+            }
+        }
+    }
+}
+
+/// The smallest canary units n at which `margin(n) < gap`, searched by doubling
+/// and bisection; `None` when even 10^9 units are not enough.
+fn units_needed(gap: f64, margin_at: impl Fn(f64) -> f64) -> Option<f64> {
+    if gap <= 0.0 {
+        return None;
+    }
+    let mut high = 30.0;
+    while margin_at(high) >= gap {
+        high *= 2.0;
+        if high > 1e9 {
+            return None;
+        }
+    }
+    let mut low = high / 2.0;
+    for _ in 0..40 {
+        let mid = (low + high) / 2.0;
+        if margin_at(mid) < gap {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    Some(high.max(30.0).ceil())
+}
+
+/// Checks `plan` at `rate` requests per second (and `sessions` active sessions).
+pub fn check_plan(
+    plan: &RolloutPlan,
+    rate: f64,
+    sessions: Option<f64>,
+    base: &Baseline,
+) -> PlanCheck {
+    let df = REPLICATES - 1;
+    let max_s = plan.max_stage_duration.millis() as f64 / 1000.0;
+    let mut stages = Vec::new();
+    let mut total = Some(0.0);
+    for (i, stage) in plan.stages.iter().enumerate() {
+        if plan.is_final_weight(i) {
+            break;
+        }
+        let levels = Levels::at_stage(plan, i);
+        let w = f64::from(stage.weight.bp()) / 10_000.0;
+        let canary_rate = rate * w;
+        let expected_sessions = sessions.map(|s| s * w);
+        let mut problems = Vec::new();
+        if let Some(expected) = expected_sessions {
+            if expected < MIN_GROUPS as f64 {
+                problems.push(format!(
+                    "about {expected:.0} sessions in the canary: the analysis needs sessions in at \
+                     least {MIN_GROUPS} of its replicates to judge a gate (a session's requests \
+                     are one unit of evidence); raise the weight to {:.1}% or more",
+                    (2.0 * MIN_GROUPS as f64 / sessions.unwrap_or(1.0) * 100.0).min(100.0)
+                ));
+            }
+        }
+        let mut gates = Vec::new();
+        for metric in Metric::ALL {
+            let gate = plan.gates.gate(metric);
+            if !gate.enabled {
+                continue;
+            }
+            let m = model(metric, &gate, base);
+            // Canary units n, stable units n (1 − w)/w; δ's margin at level a.
+            let k = 1.0;
+            let margin_at = |alpha: f64| {
+                move |n: f64| {
+                    let n_s = n * (1.0 - w) / w;
+                    let variance = m.unit_variance / n
+                        + if metric == Metric::LatencyP95 {
+                            0.0
+                        } else {
+                            k * k * m.unit_variance / n_s
+                        };
+                    clustered_margin(n.min(n_s), variance, df, alpha)
+                }
+            };
+            let pass_units = units_needed(-m.equal, margin_at(levels.pass));
+            let breach_units = units_needed(m.bad, margin_at(levels.breach));
+            let seconds = |units: Option<f64>| units.map(|u| u / canary_rate.max(1e-9));
+            let (pass_seconds, breach_seconds) = (seconds(pass_units), seconds(breach_units));
+            let problem = match pass_seconds {
+                Some(s) if s <= max_s => None,
+                _ => {
+                    let allowed_at_max = margin_at(levels.pass)(max_s * canary_rate);
+                    let weight_needed = pass_units.map(|u| u / (rate * max_s) * 100.0);
+                    Some(format!(
+                        "{metric} cannot show an equal canary within its threshold in \
+                         max_stage_duration ({}): it needs {}; a threshold (or floor) of at least \
+                         {allowed_at_max:.4} in the metric's units{}, or a longer stage",
+                        plan.max_stage_duration,
+                        pass_seconds.map_or("more traffic than any stage gets".into(), duration),
+                        weight_needed
+                            .filter(|w| *w <= 100.0)
+                            .map_or(String::new(), |w| format!(", a weight of {w:.1}%")),
+                    ))
+                }
+            };
+            if let Some(p) = &problem {
+                problems.push(p.clone());
+            }
+            gates.push(GateCheck {
+                metric,
+                pass_units,
+                pass_seconds,
+                breach_units,
+                breach_seconds,
+                problem,
+            });
+        }
+        let min_s = stage.min_duration.millis() as f64 / 1000.0;
+        let min_requests_s = stage.min_requests as f64 / canary_rate.max(1e-9);
+        let seconds_to_advance = if problems.is_empty() {
+            gates
+                .iter()
+                .map(|g| g.pass_seconds)
+                .try_fold(min_s.max(min_requests_s), |acc, s| s.map(|s| acc.max(s)))
+        } else {
+            None
+        };
+        total = total.zip(seconds_to_advance).map(|(t, s)| t + s);
+        stages.push(StageCheck {
+            stage: i + 1,
+            weight_bp: stage.weight.bp(),
+            canary_rate,
+            expected_sessions,
+            gates,
+            seconds_to_advance,
+            problems,
+        });
+    }
+    PlanCheck {
+        rate,
+        sessions,
+        stages,
+        seconds_to_promotion: total,
+    }
+}
+
+/// Seconds as `45s`, `12m`, `3.5h`.
+pub fn duration(seconds: f64) -> String {
+    if seconds < 90.0 {
+        format!("{seconds:.0}s")
+    } else if seconds < 5400.0 {
+        format!("{:.0}m", seconds / 60.0)
+    } else {
+        format!("{:.1}h", seconds / 3600.0)
+    }
+}
+
+/// While a rollout runs: roughly how long an inconclusive gate still needs at the
+/// canary's observed rate (`elapsed_s` of the window so far), assuming its estimate
+/// stays where it is and its margin shrinks as 1/√n. `None` when the gate has
+/// decided, has no bounds yet, or sits on its threshold.
+pub fn eta_seconds(comparison: &Comparison, elapsed_s: f64) -> Option<f64> {
+    if comparison.verdict != GateVerdict::Inconclusive || elapsed_s <= 0.0 {
+        return None;
+    }
+    let estimate = comparison.estimate?;
+    let (lower, upper) = comparison.degradation?;
+    let n = comparison.n_canary;
+    if n <= 0.0 || estimate == 0.0 {
+        return None;
+    }
+    // Towards a pass (upper below 0) or a breach (lower above 0).
+    let (margin, gap) = if estimate < 0.0 {
+        (upper - estimate, -estimate)
+    } else {
+        (estimate - lower, estimate)
+    };
+    if !(margin.is_finite() && margin > 0.0) {
+        return None;
+    }
+    let needed = n * (margin / gap).powi(2);
+    Some(((needed - n) / (n / elapsed_s)).max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(extra: &str) -> RolloutPlan {
+        RolloutPlan::parse(&format!(
+            "target: t\nstable: {{version: s, cluster: a}}\ncanary: {{version: c, cluster: b}}\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_default_plan_decides_at_300_requests_per_second() {
+        let check = check_plan(&plan(""), 300.0, None, &Baseline::default());
+        assert!(check.ok(), "{check:#?}");
+        assert_eq!(check.stages.len(), 4);
+        let promotion = check.seconds_to_promotion.unwrap();
+        assert!((2400.0..4.0 * 3600.0).contains(&promotion), "{promotion} s");
+        for stage in &check.stages {
+            for gate in &stage.gates {
+                assert!(gate.breach_units.unwrap() > 30.0, "{gate:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_gate_that_cannot_decide_is_flagged_with_what_would() {
+        // Abandonment +10% of a 5% base at 1% of 5 requests/s, with no floor.
+        let p =
+            plan("stages: [{weight: 1%}, {weight: 100%}]\ngates: {abandonment_rate: {floor: 0}}\n");
+        let check = check_plan(&p, 5.0, None, &Baseline::default());
+        assert!(!check.ok());
+        let problem = check.stages[0]
+            .problems
+            .iter()
+            .find(|p| p.starts_with("abandonment_rate"))
+            .unwrap();
+        assert!(problem.contains("threshold (or floor)"), "{problem}");
+        assert_eq!(check.seconds_to_promotion, None);
+        // Too few sessions in the canary.
+        let check = check_plan(&plan(""), 300.0, Some(60.0), &Baseline::default());
+        assert!(
+            check.stages[0].problems[0].contains("sessions"),
+            "{check:?}"
+        );
+    }
+
+    #[test]
+    fn baseline_values_are_checked() {
+        let mut b = Baseline::default();
+        b.set("completion_rate=0.7").unwrap();
+        assert_eq!(b.completion_rate, 0.7);
+        assert!(b.set("completion_rate=1.5").is_err());
+        assert!(b.set("nonsense=1").is_err());
+        assert!(b.set("cost_cv").is_err());
+    }
+
+    #[test]
+    fn eta_follows_the_margin() {
+        let mut c = Comparison {
+            metric: Metric::ErrorRate,
+            stable: Some(0.02),
+            canary: Some(0.02),
+            change: String::new(),
+            threshold: String::new(),
+            direction: crate::rollout::gates::Direction::HigherIsWorse,
+            n_stable: 10_000.0,
+            n_canary: 1_000.0,
+            estimate: Some(-0.005),
+            degradation: Some((-0.015, 0.005)),
+            verdict: GateVerdict::Inconclusive,
+            eta_s: None,
+        };
+        // Margin 0.01 must shrink to 0.005: 4× the units, 3000 more at 10/s.
+        assert!((eta_seconds(&c, 100.0).unwrap() - 300.0).abs() < 1e-9);
+        c.verdict = GateVerdict::Pass;
+        assert_eq!(eta_seconds(&c, 100.0), None);
+    }
+}
