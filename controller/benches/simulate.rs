@@ -15,6 +15,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use canaryctl::analysis::clustered::normal_upper;
 use canaryctl::analysis::evidence::{Sample, Scrape, Window};
 use canaryctl::analysis::{analyse, decide, gate_alpha, Analysis, GateVerdict, StageDecision};
 use canaryctl::rollout::plan::RolloutPlan;
@@ -77,6 +78,8 @@ struct Tally {
     latency: [f64; BUCKETS.len() + 1],
     /// Per replicate: `REPLICATE_COUNTERS`, then the latency buckets.
     replicates: Vec<[f64; Slot::COUNT]>,
+    /// P(latency ≤ each bucket bound).
+    latency_cdf: [f64; BUCKETS.len()],
 }
 
 /// The replicate counters, in the order `Tally::replicates` keeps them.
@@ -93,8 +96,15 @@ const REPLICATE_COUNTERS: [&str; 9] = [
 ];
 
 impl Tally {
-    fn new() -> Tally {
+    /// An empty tally for requests of `behaviour` (its latency distribution).
+    fn new(behaviour: &Behaviour) -> Tally {
+        let mut latency_cdf = [0.0; BUCKETS.len()];
+        for (p, bound) in latency_cdf.iter_mut().zip(BUCKETS) {
+            let z = (bound / behaviour.latency_median).ln() / behaviour.latency_sigma;
+            *p = 1.0 - normal_upper(z);
+        }
         Tally {
+            latency_cdf,
             c: [0.0; 10],
             latency: [0.0; BUCKETS.len() + 1],
             replicates: vec![[0.0; Slot::COUNT]; REPLICATES],
@@ -147,10 +157,12 @@ impl Tally {
         if behaviour.safety > 0.0 && rng.next() < behaviour.safety {
             c[9] += 1.0;
         }
-        let ms = behaviour.latency_median * (behaviour.latency_sigma * rng.normal()).exp();
-        let bucket = BUCKETS
+        // The latency's bucket straight from its log-normal CDF (one draw).
+        let u = rng.next();
+        let bucket = self
+            .latency_cdf
             .iter()
-            .position(|le| ms <= *le)
+            .position(|p| u <= *p)
             .unwrap_or(BUCKETS.len());
         self.latency[bucket] += 1.0;
         r[REPLICATE_COUNTERS.len() + bucket] += 1.0;
@@ -201,7 +213,7 @@ fn iid(stable: &Behaviour, canary: &Behaviour, weight: f64, rng: &mut Rng) -> (T
         }
     }
     let serve = |behaviour: &Behaviour, requests: u32, rng: &mut Rng| {
-        let mut tally = Tally::new();
+        let mut tally = Tally::new(behaviour);
         for _ in 0..requests {
             // Independent requests: each its own session, in a random replicate.
             let replicate = (rng.next() * REPLICATES as f64) as usize % REPLICATES;
@@ -264,7 +276,7 @@ impl Sessions {
     }
 
     fn interval(&self, canary: &Behaviour, weight: f64, rng: &mut Rng) -> (Tally, Tally, u32) {
-        let (mut s, mut c) = (Tally::new(), Tally::new());
+        let (mut s, mut c) = (Tally::new(&BASE), Tally::new(canary));
         let total = self.cumulative.last().copied().unwrap_or(1.0);
         let mut to_canary = 0;
         for _ in 0..REQUESTS_PER_INTERVAL {
@@ -502,7 +514,7 @@ fn session_model() {
     println!();
     println!(
         "| sessions | cost σ | A/A false rollback, today | A/A false rollback, robust | A/A promotion, robust | \
-         A/A no decision, robust | A/A median minutes to promotion, robust | completion -8 points: rollback, robust |"
+         A/A no decision, robust | A/A median minutes to promotion, robust | completion -8 points (1.6×), robust: rollback / promotion |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let regression = Behaviour {
@@ -536,13 +548,14 @@ fn session_model() {
                     .collect(),
             );
             println!(
-                "| {n} | {sigma:.1} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {} | {:.1}% |",
+                "| {n} | {sigma:.1} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {} | {:.1}% / {:.1}% |",
                 rate(&today, End::RolledBack),
                 rate(&robust, End::RolledBack),
                 rate(&robust, End::Promoted),
                 rate(&robust, End::Inconclusive),
                 promoted_minutes.map_or("-".into(), |m| format!("{m:.0}")),
                 rate(&bad, End::RolledBack),
+                rate(&bad, End::Promoted),
             );
         }
     }
@@ -550,7 +563,7 @@ fn session_model() {
 
 /// The scenarios over independent requests, with the naive rules beside.
 fn independent_requests() {
-    let trials_per_scenario = setting("TRIALS", 400);
+    let trials_per_scenario = setting("TRIALS", 500);
     let plan = default_plan();
     let with = |f: fn(&mut Behaviour)| {
         let mut b = BASE;

@@ -81,6 +81,10 @@ async fn query(
             0.0
         };
         vector(&[("v1", 0.0), ("v2", v2_resets)])
+    } else if query.contains("ms]") && !query.contains("policy_version=") {
+        // The per-Envoy restart check (`<rq_total>[range]` over every series): no
+        // Envoy restarted; the reset scenario is one series' own.
+        json!({"status": "success", "data": {"resultType": "matrix", "result": []}})
     } else if query.contains("ms]") {
         // The raw samples of the series that was reset: 30, then 5 (restart), then 50.
         let t = NOW_MS as f64 / 1000.0;

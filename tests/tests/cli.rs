@@ -184,3 +184,92 @@ fn the_token_file_is_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// `canaryctl plan check` on every shipped plan, offline (no controller): a row per
+/// stage and gate, an exit status saying whether every stage can decide, and what
+/// would make the ones that cannot.
+#[test]
+fn plan_check_reads_the_shipped_plans() {
+    let check = |args: &[&str]| -> (Option<i32>, String) {
+        let out = Command::new(canaryctl_bin())
+            .current_dir(repo_root())
+            .args(["plan", "check"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run canaryctl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let plans: Vec<String> = std::fs::read_dir(repo_root().join("envoy/plans"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.strip_prefix(repo_root()).unwrap().display().to_string())
+        .collect();
+    assert!(plans.len() >= 4, "{plans:?}");
+    for plan in &plans {
+        // The demos' own traffic (scripts/run-demo.sh): 3000 sessions; their agents
+        // answer without 5xx, so the error baseline is low.
+        let (code, text) = check(&[
+            plan,
+            "--rate",
+            "300",
+            "--sessions",
+            "3000",
+            "--base",
+            "error_rate=0.002",
+        ]);
+        assert_eq!(code, Some(0), "{plan}:\n{text}");
+        assert!(text.contains("stage 1 ("), "{plan}:\n{text}");
+        for gate in ["completion_rate", "error_rate", "abandonment_rate"] {
+            assert!(text.contains(gate), "{plan}: no {gate} row:\n{text}");
+        }
+        assert!(text.contains("promoted after about"), "{plan}:\n{text}");
+        // JSON for scripts.
+        let (code, json) = check(&[
+            plan,
+            "--rate",
+            "300",
+            "--json",
+            "--base",
+            "error_rate=0.002",
+        ]);
+        assert_eq!(code, Some(0), "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(v["stages"][0]["gates"][0]["pass_units"].as_f64().unwrap() > 0.0);
+    }
+    // The production plan at 5 requests/s: flagged, with what would decide.
+    let (code, text) = check(&["envoy/plans/support-agent.yaml", "--rate", "5"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("cannot show an equal canary"), "{text}");
+    assert!(text.contains("threshold (or floor) of at least"), "{text}");
+    assert!(text.contains("cannot promote"), "{text}");
+    // With 60 active sessions, a 1% stage holds less than one: flagged.
+    let (code, text) = check(&[
+        "envoy/plans/support-agent.yaml",
+        "--rate",
+        "300",
+        "--sessions",
+        "60",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("sessions in the canary"), "{text}");
+    // Bad input: clear errors, exit 2.
+    for bad in [
+        vec!["envoy/plans/support-agent.yaml", "--rate", "0"],
+        vec![
+            "envoy/plans/support-agent.yaml",
+            "--rate",
+            "300",
+            "--base",
+            "completion_rate=2",
+        ],
+        vec!["envoy/policies/v2.3.1.yaml", "--rate", "300"],
+    ] {
+        let (code, text) = check(&bad);
+        assert_eq!(code, Some(2), "{bad:?}: {text}");
+        assert!(text.contains("canaryctl:"), "{bad:?}: {text}");
+    }
+}

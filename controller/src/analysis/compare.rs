@@ -6,6 +6,7 @@ use super::{Comparison, GateVerdict, Levels, MIN_LATENCY_SAMPLES, MIN_SAMPLES};
 use crate::analysis::evidence::{Batch, Sample, Window};
 use crate::analysis::sequential::{
     batch_sigma, clustered_margin, difference, margin, proportion_sigma, rate_sigma, ArmBound,
+    T_STAR, T_STAR_BREACH, T_STAR_PASS,
 };
 use crate::rollout::gates::{Direction, Gate, Metric, Threshold};
 use policy_canary::replicate::{
@@ -33,10 +34,13 @@ struct Arm {
 }
 
 impl Arm {
-    fn bound(&self, alpha: f64) -> ArmBound {
+    /// The arm's bound at level `alpha`; `t_star` tunes a clustered one.
+    fn bound(&self, alpha: f64, t_star: f64) -> ArmBound {
         let margin = match self.spread {
             Spread::Iid(sigma) => margin(self.n, sigma, alpha),
-            Spread::Clustered { variance, df } => clustered_margin(self.n, variance, df, alpha),
+            Spread::Clustered { variance, df } => {
+                clustered_margin(self.n, variance, df, alpha, t_star)
+            }
             Spread::Unknown => f64::INFINITY,
         };
         ArmBound {
@@ -70,10 +74,12 @@ impl DifferenceBound {
     fn new((v_s, df_s): (f64, usize), (v_c, df_c): (f64, usize), k: f64, time: f64) -> Self {
         let stable = k * k * v_s;
         let variance = v_c + stable;
-        let df = if variance > 0.0 {
-            let denominator = v_c * v_c / df_c.max(1) as f64 + stable * stable / df_s.max(1) as f64;
-            // Never more than the two estimates hold together.
-            ((variance * variance / denominator).floor() as usize).min(df_s + df_c)
+        let denominator = v_c * v_c / df_c.max(1) as f64 + stable * stable / df_s.max(1) as f64;
+        let welch = variance * variance / denominator;
+        // Never fewer than the poorer estimate holds, never more than both together
+        // (and the poorer one when the ratio cannot be formed: zero or tiny variances).
+        let df = if welch.is_finite() {
+            (welch.floor() as usize).clamp(df_s.min(df_c), df_s + df_c)
         } else {
             df_s.min(df_c)
         };
@@ -81,8 +87,8 @@ impl DifferenceBound {
     }
 
     /// The one-sided margin at level `alpha`, valid at every check.
-    fn margin(&self, alpha: f64) -> f64 {
-        clustered_margin(self.time, self.variance, self.df, alpha)
+    fn margin(&self, alpha: f64, t_star: f64) -> f64 {
+        clustered_margin(self.time, self.variance, self.df, alpha, t_star)
     }
 }
 
@@ -217,6 +223,7 @@ pub(super) fn compare(
                 R::RqTotal,
                 rate_variance,
             ),
+            // (Latency was answered above.)
             Metric::CostPerTask | Metric::LatencyP95 => {
                 replicated_arms(stable, canary, R::CostMicros, R::TasksTotal, no_floor)
             }
@@ -272,8 +279,8 @@ pub(super) fn compare(
         ) => {
             let bound = DifferenceBound::new((v_s, df_s), (v_c, df_c), k, s.n.min(c.n));
             (
-                estimate - bound.margin(levels.breach),
-                estimate + bound.margin(levels.pass),
+                estimate - bound.margin(levels.breach, T_STAR_BREACH),
+                estimate + bound.margin(levels.pass, T_STAR_PASS),
             )
         }
         // Units independent (no replicates): each arm bounded on its own, the two
@@ -281,7 +288,7 @@ pub(super) fn compare(
         _ => {
             let bounds_at = |alpha: f64| {
                 let half = alpha / 2.0;
-                let (stable_bound, canary_bound) = (s.bound(half), c.bound(half));
+                let (stable_bound, canary_bound) = (s.bound(half, T_STAR), c.bound(half, T_STAR));
                 match gate.direction {
                     Direction::HigherIsWorse => difference(canary_bound, stable_bound, k, offset),
                     Direction::LowerIsWorse => difference(
@@ -298,9 +305,23 @@ pub(super) fn compare(
             (bounds_at(levels.breach).0, bounds_at(levels.pass).1)
         }
     };
+    let (lower, upper) = finite(lower, upper);
     comparison.degradation = Some((lower, upper));
     comparison.verdict = verdict(lower, upper);
     comparison
+}
+
+/// Bounds as JSON can carry them: an infinite margin (too little to go on) becomes
+/// the largest finite number, and a bound that is not a number proves nothing.
+fn finite(lower: f64, upper: f64) -> (f64, f64) {
+    let clamp = |x: f64, otherwise: f64| {
+        if x.is_nan() {
+            otherwise
+        } else {
+            x.clamp(-f64::MAX, f64::MAX)
+        }
+    };
+    (clamp(lower, -f64::MAX), clamp(upper, f64::MAX))
 }
 
 /// Today's arms when no replicates are reported: units independent; cost per task
@@ -496,8 +517,10 @@ fn latency(
         return comparison;
     }
     comparison.estimate = Some(arm.mean - 0.05);
-    let lower = arm.bound(levels.breach).lower() - 0.05;
-    let upper = arm.bound(levels.pass).upper() - 0.05;
+    let (lower, upper) = finite(
+        arm.bound(levels.breach, T_STAR_BREACH).lower() - 0.05,
+        arm.bound(levels.pass, T_STAR_PASS).upper() - 0.05,
+    );
     comparison.degradation = Some((lower, upper));
     comparison.verdict = verdict(lower, upper);
     comparison

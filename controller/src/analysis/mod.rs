@@ -23,8 +23,12 @@
 //! `floor` (error rate 0.5 points, tool error, abandonment 1 point, guardrail 0.01
 //! per request) uses the floor as an absolute threshold instead: on rates near zero
 //! no canary-sized sample can show a relative change either way.
-//! α = `FALSE_ROLLBACK_BUDGET` / (analysed stages × enabled gates): the chance that an
-//! A/A rollout breaches any gate at any check of any stage stays ≤ 1%.
+//! Two budgets (`Levels`): a breach is shown at the plan's `false_rollback` (1%)
+//! split over analysed stages and enabled gates, so an A/A rollout breaches any
+//! gate at any check of any stage with probability ≤ 1%; a pass at
+//! `false_promotion` (5%) per gate, unsplit: a canary at a gate's threshold passes
+//! that gate with probability ≤ 5%. With session replicates (`clustered`) the
+//! bounds use the between-replicate variance; without, units are independent.
 //!
 //! Latency P95 is compared through exceedance: with L = stable's P95 × (1 + r), or
 //! stable's P95 plus a ms, the canary breaches when the share of its requests slower
@@ -588,3 +592,6 @@ mod tests {
         assert!((gate_alpha(&p) - 0.01 / 7.0).abs() < 1e-15);
     }
 }
+
+#[cfg(test)]
+mod robust_tests;

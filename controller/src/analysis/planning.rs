@@ -8,7 +8,7 @@
 //! the given traffic. Stable's behaviour is assumed (`Baseline`, overridable).
 
 use super::clustered::MIN_GROUPS;
-use super::sequential::clustered_margin;
+use super::sequential::{clustered_margin, T_STAR_BREACH, T_STAR_PASS};
 use super::{Comparison, GateVerdict, Levels};
 use crate::rollout::gates::{Gate, Metric, Threshold};
 use crate::rollout::plan::RolloutPlan;
@@ -263,7 +263,7 @@ pub fn check_plan(
             let m = model(metric, &gate, base);
             // Canary units n, stable units n (1 − w)/w; δ's margin at level a.
             let k = 1.0;
-            let margin_at = |alpha: f64| {
+            let margin_at = |alpha: f64, t_star: f64| {
                 move |n: f64| {
                     let n_s = n * (1.0 - w) / w;
                     let variance = m.unit_variance / n
@@ -272,17 +272,17 @@ pub fn check_plan(
                         } else {
                             k * k * m.unit_variance / n_s
                         };
-                    clustered_margin(n.min(n_s), variance, df, alpha)
+                    clustered_margin(n.min(n_s), variance, df, alpha, t_star)
                 }
             };
-            let pass_units = units_needed(-m.equal, margin_at(levels.pass));
-            let breach_units = units_needed(m.bad, margin_at(levels.breach));
+            let pass_units = units_needed(-m.equal, margin_at(levels.pass, T_STAR_PASS));
+            let breach_units = units_needed(m.bad, margin_at(levels.breach, T_STAR_BREACH));
             let seconds = |units: Option<f64>| units.map(|u| u / canary_rate.max(1e-9));
             let (pass_seconds, breach_seconds) = (seconds(pass_units), seconds(breach_units));
             let problem = match pass_seconds {
                 Some(s) if s <= max_s => None,
                 _ => {
-                    let allowed_at_max = margin_at(levels.pass)(max_s * canary_rate);
+                    let allowed_at_max = margin_at(levels.pass, T_STAR_PASS)(max_s * canary_rate);
                     let weight_needed = pass_units.map(|u| u / (rate * max_s) * 100.0);
                     Some(format!(
                         "{metric} cannot show an equal canary within its threshold in \
@@ -372,7 +372,8 @@ pub fn eta_seconds(comparison: &Comparison, elapsed_s: f64) -> Option<f64> {
         return None;
     }
     let needed = n * (margin / gap).powi(2);
-    Some(((needed - n) / (n / elapsed_s)).max(0.0))
+    let eta = (needed - n) / (n / elapsed_s);
+    eta.is_finite().then_some(eta.max(0.0))
 }
 
 #[cfg(test)]

@@ -36,9 +36,12 @@ pub fn margin(t: f64, sigma: f64, alpha: f64) -> f64 {
     tuned_margin(t, sigma, alpha, T_STAR)
 }
 
-/// Where the session-robust bounds are tightest: the default plan's first stage
-/// decides at 3,000–9,000 canary units at 300 requests/s (`make bench`).
-pub const T_STAR_CLUSTERED: f64 = 4_000.0;
+/// Where the session-robust breach bound is tightest: early, where a large
+/// regression shows within the first minute of a 1% stage (`make bench`).
+pub const T_STAR_BREACH: f64 = 1_000.0;
+/// Where the session-robust pass bound is tightest: the default plan's slowest
+/// gates pass an equal canary at 5,000–10,000 canary units (`make bench`).
+pub const T_STAR_PASS: f64 = 8_000.0;
 
 /// `margin` with the mixture tuned to be tightest near `t_star` observations.
 pub fn tuned_margin(t: f64, sigma: f64, alpha: f64, t_star: f64) -> f64 {
@@ -56,11 +59,13 @@ pub fn tuned_margin(t: f64, sigma: f64, alpha: f64, t_star: f64) -> f64 {
 /// same boundary as `margin`, in standard errors, turned into Student's t at the
 /// same tail. The boundary's time is the units `n` (≥ the effective sample size, so
 /// its slowly growing log term is, if anything, larger than needed).
-pub fn clustered_margin(n: f64, variance: f64, df: usize, alpha: f64) -> f64 {
+/// `t_star` tunes where the boundary is tightest (`T_STAR_BREACH`, `T_STAR_PASS`):
+/// each bound is valid whatever it is, as long as it is fixed in advance.
+pub fn clustered_margin(n: f64, variance: f64, df: usize, alpha: f64, t_star: f64) -> f64 {
     if !(variance.is_finite() && variance >= 0.0) {
         return f64::INFINITY;
     }
-    let z = tuned_margin(n, 1.0, alpha, T_STAR_CLUSTERED) * n.sqrt();
+    let z = tuned_margin(n, 1.0, alpha, t_star) * n.sqrt();
     variance.sqrt() * super::clustered::student_z(z, df)
 }
 

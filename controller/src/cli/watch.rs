@@ -253,5 +253,10 @@ mod tests {
             "{line}"
         );
         assert!(stage_line(&rollout, Some(&analysis(true))).ends_with("  NO AGENT TELEMETRY"));
+        // An open gate with its estimated time to decision.
+        let mut with_eta = analysis(false);
+        with_eta.analysis.comparisons[1].eta_s = Some(720.0);
+        let line = stage_line(&rollout, Some(&with_eta));
+        assert!(line.ends_with("waiting on completion_rate ~12m"), "{line}");
     }
 }

@@ -437,9 +437,13 @@ mod tests {
             analysis: Some(report(
                 json!({"stable_requests": 900.0, "canary_requests": 300.0, "alpha": 0.0005,
                 "consecutive_failures": 1,
+                "session_robust": true,
                 "comparisons": [{"metric": "completion_rate", "stable": 0.9, "canary": 0.70123,
                     "change": "-19.9 points", "threshold": "5 points", "n_stable": 900.0,
-                    "n_canary": 300.0, "verdict": "breach"}],
+                    "n_canary": 300.0, "verdict": "breach"},
+                    {"metric": "error_rate", "stable": 0.01, "canary": 0.01,
+                    "change": "+0.0%", "threshold": "+10%", "n_stable": 900.0,
+                    "n_canary": 300.0, "verdict": "inconclusive", "eta_s": 720.0}],
                 "safety": {"stable": 0.0, "canary": 0.0, "verdict": "pass"}}),
             )),
             audit: vec![
@@ -461,6 +465,9 @@ mod tests {
         assert!(html.contains("<dd id=\"phase\" class=\"phase-progressing\">progressing</dd>"));
         assert!(html.contains("data-col=\"canary\">0.7012</td>"));
         assert!(html.contains("class=\"verdict-breach\">breach</td>"));
+        // An open gate's estimated time to decision; what the bounds assume.
+        assert!(html.contains("data-col=\"eta\"> ~12m</span>"), "{html}");
+        assert!(html.contains("bounds: <span id=\"bounds-basis\">session-robust"));
         assert!(
             html.contains("10s / 20s"),
             "stage 2 has run 10 of 20 seconds"

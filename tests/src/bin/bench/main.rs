@@ -290,6 +290,20 @@ fn cpu(answer: Answer) {
             samples: vec![],
         },
         Variant {
+            name: "policy-canary, no session replicates",
+            envoy: make(
+                Some(wasm_filter(
+                    &filter_wasm.to_string_lossy(),
+                    &plugin.replace(
+                        r#""served_by": "decision", "#,
+                        r#""served_by": "decision", "session_replicates": false, "#,
+                    ),
+                )),
+                by_header,
+            ),
+            samples: vec![],
+        },
+        Variant {
             name: "policy-canary, served_by cluster (runtime mode)",
             envoy: make(
                 Some(wasm_filter(
