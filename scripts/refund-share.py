@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How many refund sessions a rollout's random salt puts in the demo's canary.
 
-`canaryctl traffic` (defaults: 3000 sessions, seed 1, mix refund=0.25,...) gives each
+`canaryctl traffic` (defaults: 10000 sessions, seed 1, mix refund=0.25,...) gives each
 session one request class; the filter puts a session in the canary when
 sha256(session + ":" + salt) mod 10000 < weight (the DESIGN contract, as in
 tests/golden/cohort_vectors.py). For SALTS random salts (seeded, so the output
@@ -31,7 +31,7 @@ def unit(x: int) -> float:
 
 def main() -> None:
     salts = int(sys.argv[1]) if len(sys.argv) > 1 else 400
-    sessions, seed, refund_share, weight_bp = 3000, 1, 0.25, 1000
+    sessions, seed, refund_share, weight_bp = 10000, 1, 0.25, 1000
     # Plan::request: a session's class from mix64(seed + session ^ 0xC1A55C1A).
     refund = [unit(mix64(((seed + s) & MASK) ^ 0xC1A55C1A)) < refund_share for s in range(sessions)]
     rng = random.Random(20261122)

@@ -88,14 +88,14 @@ export CANARYCTL_TOKEN=$operator_token
 (umask 077; printf '%s\n' "$operator_token" > "$state/operator-token")
 started=$("$canaryctl" rollout start "$plan")
 echo "${started%%$'\n'*}"
-"$canaryctl" traffic --url "http://127.0.0.1:$listener_port/chat" --rate "$rate" --sessions 3000 \
+"$canaryctl" traffic --url "http://127.0.0.1:$listener_port/chat" --rate "$rate" --sessions 10000 \
   --report-every 0s > "$state/traffic.log" 2>&1 & pids+=($!)
 
 cat <<TXT
 
 Dashboard:  http://127.0.0.1:$controller_port/#token=$viewer_token   (read-only)
             http://127.0.0.1:$controller_port/#token=$operator_token   (with pause/resume/promote/rollback)
-Envoy:      127.0.0.1:$listener_port (admin 127.0.0.1:$admin_port), $rate req/s from 3000 sticky sessions
+Envoy:      127.0.0.1:$listener_port (admin 127.0.0.1:$admin_port), $rate req/s from 10000 sticky sessions
 Scenario:   $scenario ($plan); logs in $state/
 
 Try, in another terminal (tokens: $state/operator-token operates, $state/state/token is admin):

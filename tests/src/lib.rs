@@ -68,7 +68,7 @@ stages: [{weight: 20%, min_duration: 1s, min_requests: 100}, {weight: 50%, min_d
 
 /// The gates that v2.4.0's broken refund flow (`envoy/policies/v2.4.0.yaml`) moves
 /// past their thresholds. Which breaches first depends on how many refund sessions
-/// the rollout's random salt puts in the canary (17% to 33% of them over 400 salts,
+/// the rollout's random salt puts in the canary (21% to 29% of them over 400 salts,
 /// `scripts/refund-share.py`): completion when there are many, abandonment when few.
 pub const REFUND_REGRESSION_GATES: [&str; 3] =
     ["completion_rate", "abandonment_rate", "tool_error_rate"];

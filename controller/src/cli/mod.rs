@@ -103,7 +103,7 @@ pub enum Command {
     Agent(AgentArgs),
     /// Send steady traffic from sticky sessions through Envoy (demo and load).
     #[command(
-        after_help = "Examples:\n  canaryctl traffic                                   # 300 req/s from 3000 sessions until Ctrl-C\n  canaryctl traffic --rate 50 --duration 30s --mix refund=0.2,order=0.8\n  canaryctl traffic --requests 1000 --report-every 0s\n\nEach session keeps one request class (x-request-class) for the whole run."
+        after_help = "Examples:\n  canaryctl traffic                                   # 300 req/s from 10000 sessions until Ctrl-C\n  canaryctl traffic --rate 50 --duration 30s --mix refund=0.2,order=0.8\n  canaryctl traffic --requests 1000 --report-every 0s\n\nEach session keeps one request class (x-request-class) for the whole run."
     )]
     Traffic(TrafficArgs),
 }
@@ -137,7 +137,7 @@ pub struct TrafficArgs {
     #[arg(long, default_value = "http://127.0.0.1:10000/chat")]
     pub url: String,
     /// Number of distinct sessions (x-session-id: user-0 .. user-N-1).
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 10_000)]
     pub sessions: u64,
     /// Requests per second.
     #[arg(long, default_value_t = 300.0)]
