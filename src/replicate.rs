@@ -301,10 +301,6 @@ impl PendingReplicates {
         });
         self.versions.forget_if_many(Replicates::is_zero);
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.versions.all(Replicates::is_zero)
-    }
 }
 
 /// The stat name of one replicate's slot.

@@ -260,16 +260,11 @@ impl PendingCounts {
                 }
             }
         }
-        // Forget versions that are gone from the table once their counts are out.
-        if self.versions.entries.len() > 8 {
-            self.versions
-                .entries
-                .retain(|(_, counters)| !counters.is_zero());
-        }
+        self.versions.forget_if_many(CounterSet::is_zero);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.versions.entries.iter().all(|(_, c)| c.is_zero())
+        self.versions.all(CounterSet::is_zero)
     }
 }
 

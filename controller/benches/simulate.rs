@@ -76,24 +76,12 @@ impl Rng {
 struct Tally {
     c: [f64; 10],
     latency: [f64; BUCKETS.len() + 1],
-    /// Per replicate: `REPLICATE_COUNTERS`, then the latency buckets.
+    /// Per replicate, in the filter's `Slot::index` order: its counters, then the
+    /// latency buckets.
     replicates: Vec<[f64; Slot::COUNT]>,
     /// P(latency ≤ each bucket bound).
     latency_cdf: [f64; BUCKETS.len()],
 }
-
-/// The replicate counters, in the order `Tally::replicates` keeps them.
-const REPLICATE_COUNTERS: [&str; 9] = [
-    "rq_total",
-    "rq_errors",
-    "tasks_total",
-    "tasks_completed",
-    "tasks_abandoned",
-    "cost_micros",
-    "tool_calls",
-    "tool_errors",
-    "guardrail_triggers",
-];
 
 impl Tally {
     /// An empty tally for requests of `behaviour` (its latency distribution).
@@ -165,7 +153,7 @@ impl Tally {
             .position(|p| u <= *p)
             .unwrap_or(BUCKETS.len());
         self.latency[bucket] += 1.0;
-        r[REPLICATE_COUNTERS.len() + bucket] += 1.0;
+        r[Slot::Latency(bucket).index()] += 1.0;
     }
 
     /// The counts as a scrape shows them; with `replicates`, the replicate series
@@ -195,7 +183,6 @@ impl Tally {
                 .push((BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
         }
         if replicates {
-            // REPLICATE_COUNTERS and the latency buckets are in `Slot::index` order.
             sample.replicates = self.replicates.clone();
         }
         sample

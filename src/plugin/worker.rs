@@ -164,27 +164,28 @@ impl Worker {
         self.pending
             .borrow_mut()
             .flush(|version, forced, counter, value| {
-                let Some(id) = metrics.counter(host, target, version, forced, counter) else {
-                    return 0;
-                };
-                let amount = value.min(i64::MAX as u64);
-                match host.increment_metric(id, amount as i64) {
-                    Ok(()) => amount,
-                    Err(_) => 0,
-                }
+                let id = metrics.counter(host, target, version, forced, counter);
+                increment(host, id, value)
             });
         self.pending_replicates
             .borrow_mut()
             .flush(|version, replicate, slot, value| {
-                let Some(id) = metrics.replicate(host, target, version, replicate, slot) else {
-                    return 0;
-                };
-                let amount = value.min(i64::MAX as u64);
-                match host.increment_metric(id, amount as i64) {
-                    Ok(()) => amount,
-                    Err(_) => 0,
-                }
+                let id = metrics.replicate(host, target, version, replicate, slot);
+                increment(host, id, value)
             });
+    }
+}
+
+/// Adds `value` to metric `id`; returns how much went out (0 without an id or on
+/// a failed call: it stays pending).
+fn increment(host: &impl Host, id: Option<u32>, value: u64) -> u64 {
+    let Some(id) = id else {
+        return 0;
+    };
+    let amount = value.min(i64::MAX as u64);
+    match host.increment_metric(id, amount as i64) {
+        Ok(()) => amount,
+        Err(_) => 0,
     }
 }
 

@@ -532,6 +532,48 @@ pub fn expected_canary(session: &str, salt: &str, weight_bp: u16) -> bool {
     policy_canary::cohort::bucket(session.as_bytes(), salt.as_bytes()) < weight_bp
 }
 
+/// Automatic analysis end to end: two agent backends (`test-backend` with these
+/// arguments), `canaryctl serve --envoy-admin` scraping every 200 ms, and a real
+/// Envoy (2 workers) in controller mode; `edit` may change the Envoy config first.
+pub struct AnalysisStack {
+    pub envoy: Envoy,
+    pub controller: Controller,
+    _backends: (Backend, Backend),
+}
+
+impl AnalysisStack {
+    pub fn start(
+        backend_bin: &str,
+        stable: &[&str],
+        canary: &[&str],
+        edit: impl FnOnce(String) -> String,
+    ) -> AnalysisStack {
+        let stable = Backend::start_with(backend_bin, "stable", stable);
+        let canary = Backend::start_with(backend_bin, "canary", canary);
+        let admin_port = free_port();
+        let controller = Controller::start(&[
+            "--envoy-admin",
+            &format!("http://127.0.0.1:{admin_port}"),
+            "--scrape-interval",
+            "200ms",
+            "--tick",
+            "50ms",
+        ])
+        .with_policies(&["v2.3.1", "v2.4.0"]);
+        let config = edit(controller_mode_config(
+            stable.port,
+            canary.port,
+            &controller,
+        ));
+        let envoy = Envoy::start_with_admin(&config, 2, admin_port);
+        AnalysisStack {
+            envoy,
+            controller,
+            _backends: (stable, canary),
+        }
+    }
+}
+
 /// A free loopback port (bound and released: for processes that must keep one port
 /// across restarts, like a controller that Envoy's cluster points at).
 pub fn free_port() -> u16 {

@@ -7,32 +7,10 @@ use std::time::Duration;
 
 const BACKEND: &str = env!("CARGO_BIN_EXE_test-backend");
 
-struct Stack {
-    envoy: Envoy,
-    controller: Controller,
-    _backends: (Backend, Backend),
-}
+type Stack = AnalysisStack;
 
 fn stack(stable: &[&str], canary: &[&str]) -> Stack {
-    let stable = Backend::start_with(BACKEND, "stable", stable);
-    let canary = Backend::start_with(BACKEND, "canary", canary);
-    let admin_port = free_port();
-    let controller = Controller::start(&[
-        "--envoy-admin",
-        &format!("http://127.0.0.1:{admin_port}"),
-        "--scrape-interval",
-        "200ms",
-        "--tick",
-        "50ms",
-    ])
-    .with_policies(&["v2.3.1", "v2.4.0"]);
-    let config = controller_mode_config(stable.port, canary.port, &controller);
-    let envoy = Envoy::start_with_admin(&config, 2, admin_port);
-    Stack {
-        envoy,
-        controller,
-        _backends: (stable, canary),
-    }
+    AnalysisStack::start(BACKEND, stable, canary, |config| config)
 }
 
 /// Sends sessions through Envoy until `done` says so (at most `max` requests or 90 s).

@@ -17,39 +17,21 @@ const POWER_REQUESTS: usize = 6;
 const OTHERS: usize = 240;
 const WEIGHT_BP: u16 = 2000;
 
-struct Stack {
-    envoy: Envoy,
-    controller: Controller,
-    _backends: (Backend, Backend),
-}
+type Stack = AnalysisStack;
 
+/// The stack; without `replicates` the filter keeps no session replicates.
 fn stack(stable: &[&str], canary: &[&str], replicates: bool) -> Stack {
-    let stable = Backend::start_with(BACKEND, "stable", stable);
-    let canary = Backend::start_with(BACKEND, "canary", canary);
-    let admin_port = free_port();
-    let controller = Controller::start(&[
-        "--envoy-admin",
-        &format!("http://127.0.0.1:{admin_port}"),
-        "--scrape-interval",
-        "200ms",
-        "--tick",
-        "50ms",
-    ])
-    .with_policies(&["v2.3.1", "v2.4.0"]);
-    let mut config = controller_mode_config(stable.port, canary.port, &controller);
-    if !replicates {
-        config = config.replacen(
-            r#""target": "support-agent","#,
-            r#""target": "support-agent", "session_replicates": false,"#,
-            1,
-        );
-    }
-    let envoy = Envoy::start_with_admin(&config, 2, admin_port);
-    Stack {
-        envoy,
-        controller,
-        _backends: (stable, canary),
-    }
+    AnalysisStack::start(BACKEND, stable, canary, |config| {
+        if replicates {
+            config
+        } else {
+            config.replacen(
+                r#""target": "support-agent","#,
+                r#""target": "support-agent", "session_replicates": false,"#,
+                1,
+            )
+        }
+    })
 }
 
 fn power(i: usize) -> String {

@@ -135,7 +135,7 @@ impl PlanCheck {
 
 /// Per-unit variance and the allowed degradation d of a gate under the baseline,
 /// and the true degradation of an equal canary (δ = −d for a mean) and of one at
-/// 1.6× the threshold. `None` for gates this check does not model.
+/// 1.6× the threshold.
 struct GateModel {
     unit_variance: f64,
     equal: f64,
@@ -148,36 +148,25 @@ fn model(metric: Metric, gate: &Gate, base: &Baseline) -> GateModel {
         Threshold::Relative(r) => r * mean,
         Threshold::Absolute(a) => a,
     };
-    let proportion = |p: f64| {
-        let d = allowed(p);
+    // A mean-type gate: per-unit variance, and stable's mean the threshold applies to.
+    let mean_gate = |unit_variance: f64, mean: f64| {
+        let d = allowed(mean);
         GateModel {
-            unit_variance: p * (1.0 - p),
+            unit_variance,
             equal: -d,
             bad: 0.6 * d,
         }
     };
+    let proportion = |p: f64| mean_gate(p * (1.0 - p), p);
     match metric {
         Metric::CompletionRate => proportion(base.completion_rate),
         Metric::ErrorRate => proportion(base.error_rate),
         Metric::ToolErrorRate => proportion(base.tool_error_rate),
         Metric::AbandonmentRate => proportion(base.abandonment_rate),
-        Metric::GuardrailRate => {
-            let d = allowed(base.guardrail_rate);
-            GateModel {
-                unit_variance: base.guardrail_rate,
-                equal: -d,
-                bad: 0.6 * d,
-            }
-        }
-        Metric::CostPerTask => {
-            // In units of the mean cost.
-            let d = allowed(1.0);
-            GateModel {
-                unit_variance: base.cost_cv * base.cost_cv,
-                equal: -d,
-                bad: 0.6 * d,
-            }
-        }
+        // Poisson per request.
+        Metric::GuardrailRate => mean_gate(base.guardrail_rate, base.guardrail_rate),
+        // In units of the mean cost.
+        Metric::CostPerTask => mean_gate(base.cost_cv * base.cost_cv, 1.0),
         Metric::LatencyP95 => {
             // Log-normal latency: the share of requests above stable's P95 × (1 + r)
             // (or + a, taken at the median's scale) compared with 5%.
@@ -262,7 +251,8 @@ pub fn check_plan(
             }
             let m = model(metric, &gate, base);
             // Canary units n, stable units n (1 − w)/w; δ's margin at level a.
-            let k = 1.0;
+            // Stable's variance enters with k = 1 ± r ≈ 1; latency is the canary's
+            // share alone.
             let margin_at = |alpha: f64, t_star: f64| {
                 move |n: f64| {
                     let n_s = n * (1.0 - w) / w;
@@ -270,7 +260,7 @@ pub fn check_plan(
                         + if metric == Metric::LatencyP95 {
                             0.0
                         } else {
-                            k * k * m.unit_variance / n_s
+                            m.unit_variance / n_s
                         };
                     clustered_margin(n.min(n_s), variance, df, alpha, t_star)
                 }

@@ -69,16 +69,21 @@ impl Sample {
 
     /// Sets replicate `r`'s count in the slot at `index`.
     pub fn set_replicate(&mut self, r: usize, index: usize, value: f64) {
-        if self.replicates.is_empty() {
-            self.replicates = vec![[0.0; Slot::COUNT]; REPLICATES];
-        }
         if let Some(v) = self
-            .replicates
+            .rows_mut()
             .get_mut(r)
             .and_then(|row| row.get_mut(index))
         {
             *v = value;
         }
+    }
+
+    /// The replicate rows, made (all zero) the first time a count arrives.
+    fn rows_mut(&mut self) -> &mut ReplicateRows {
+        if self.replicates.is_empty() {
+            self.replicates = vec![[0.0; Slot::COUNT]; REPLICATES];
+        }
+        &mut self.replicates
     }
 
     /// Whether any replicate counted a request: the filter splits by session.
@@ -138,10 +143,7 @@ impl Sample {
         }
         self.latency.sort_by(|a, b| a.0.total_cmp(&b.0));
         if !other.replicates.is_empty() {
-            if self.replicates.is_empty() {
-                self.replicates = vec![[0.0; Slot::COUNT]; REPLICATES];
-            }
-            for (mine, theirs) in self.replicates.iter_mut().zip(&other.replicates) {
+            for (mine, theirs) in self.rows_mut().iter_mut().zip(&other.replicates) {
                 for (m, t) in mine.iter_mut().zip(theirs) {
                     *m += t;
                 }
