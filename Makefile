@@ -46,7 +46,7 @@ test: build envoy test-tools $(VENV)/bin/kubernetes-validate ## Run every test: 
 lint: wasm-target ## cargo fmt --check, clippy -D warnings for host and wasm32
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p policy-canary -p empty-filter --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p policy-canary -p empty-filter -p floor-direct --target wasm32-wasip1 -- -D warnings
 
 run: build envoy ## The demo: controller, Envoy, two agents, traffic; a rollout promotes (SCENARIO=regression | manual)
 	cargo build --release -p canaryctl
@@ -61,7 +61,7 @@ tools: # h2load for the benchmark (Debian nghttp2-client), perf for its profile 
 	@command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
 
 bench: build envoy tools ## Benchmarks: Envoy CPU per request (plain, streamed; empty, floor), profile, .wasm size, propagation, analysis simulation
-	cargo build --profile wasm --target wasm32-wasip1 -p empty-filter
+	cargo build --profile wasm --target wasm32-wasip1 -p empty-filter -p floor-direct
 	cargo build --release -p canaryctl -p policy-canary-e2e
 	target/release/bench
 	cargo bench -q -p canaryctl --bench simulate

@@ -46,9 +46,13 @@ pub fn assign(session_id: &[u8], salt: &[u8]) -> Assignment {
     hasher.update(b":");
     hasher.update(salt);
     let digest = hasher.finalize();
-    // The 256-bit big-endian integer mod 10000, one byte at a time.
-    let rest = digest.iter().fold(0u32, |rest, &byte| {
-        (rest * 256 + u32::from(byte)) % u32::from(BUCKETS)
+    // The 256-bit big-endian integer mod 10000, 32 bits at a time (8 remainders
+    // instead of 32: this runs on every request).
+    let rest = digest.chunks_exact(4).fold(0u64, |rest, word| {
+        let word = word
+            .iter()
+            .fold(0u64, |w, &byte| (w << 8) | u64::from(byte));
+        ((rest << 32) | word) % u64::from(BUCKETS)
     });
     Assignment {
         bucket: rest as u16,

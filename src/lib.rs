@@ -3,9 +3,9 @@
 //! The pure core (configuration, cohort assignment, routing decisions, telemetry and
 //! stats) is plain Rust shared with the controller. `plugin` is the filter's and the
 //! sync service's behaviour per proxy-wasm context, written against a small `Host`
-//! trait and tested with a mock host. The proxy-wasm glue in `filter` binds it to
-//! the SDK and is compiled only for wasm32, so host builds never link a second
-//! entry point.
+//! trait and tested with a mock host. The proxy-wasm glue in `filter` exports the
+//! ABI's callbacks itself (no SDK) and is compiled only for wasm32, so host builds
+//! never link a second entry point.
 
 pub mod check;
 pub mod clock;

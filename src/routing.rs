@@ -6,10 +6,7 @@ use crate::cohort::{assign, cohort_for, Cohort, BUCKETS};
 use crate::config::{MissingSession, PluginConfig, INTERNAL_HEADERS};
 use crate::digest::{constant_time_eq_ignore_ascii_case, sha256_hex};
 use crate::route::RouteTable;
-use std::borrow::Cow;
-
-/// A header as Envoy hands it over: lowercase name, raw value bytes.
-pub type Header = (String, Vec<u8>);
+use crate::wire::HeaderMap;
 
 /// Bucket written for a sessionless request sent to stable: the last bucket, which
 /// only a 100% canary weight routes to the canary in runtime mode.
@@ -28,55 +25,57 @@ pub struct Decision {
     pub replicate: Option<u8>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderEdit<'a> {
     Remove(&'a str),
-    Set(&'a str, Cow<'a, str>),
+    Set(&'a str, &'a str),
 }
 
-/// Decides the cohort of one request and lists the header edits, removals first.
+/// Decides the cohort of one request and hands `edit` the header edits, removals
+/// first (one by one, so that a request allocates nothing for them).
 ///
 /// `random` (64 random bits) is called only for a sessionless request under
 /// `missing: random`: its bucket, and its replicate from the top bits.
-pub fn route_request<'a>(
-    config: &'a PluginConfig,
-    table: &'a RouteTable,
-    headers: &[Header],
+pub fn route_request(
+    config: &PluginConfig,
+    table: &RouteTable,
+    headers: &HeaderMap,
     random: impl FnOnce() -> u64,
-) -> (Decision, Vec<HeaderEdit<'a>>) {
-    let mut edits = Vec::new();
-    let present = |name: &str| headers.iter().any(|(n, _)| n == name);
+    mut edit: impl FnMut(HeaderEdit<'_>),
+) -> Decision {
+    let present = |name: &str| headers.contains(name);
 
     // Never trust the client with the headers the filter writes.
-    let internal = INTERNAL_HEADERS.into_iter().chain([
-        config.cluster_header.as_str(),
-        config.version_header.as_str(),
-        config.bucket_header.as_str(),
-    ]);
-    for name in internal {
-        if present(name) && !edits.contains(&HeaderEdit::Remove(name)) {
-            edits.push(HeaderEdit::Remove(name));
+    let [a, b, c] = INTERNAL_HEADERS;
+    let internal = [
+        a,
+        b,
+        c,
+        &config.cluster_header,
+        &config.version_header,
+        &config.bucket_header,
+    ];
+    for (i, name) in internal.iter().enumerate() {
+        if !internal[..i].contains(name) && present(name) {
+            edit(HeaderEdit::Remove(name));
         }
     }
 
     let force = forced_cohort(config, table, headers);
     if present(&config.force.token_header) {
-        edits.push(HeaderEdit::Remove(&config.force.token_header));
+        edit(HeaderEdit::Remove(&config.force.token_header));
     }
     match force {
         ForceHeader::Absent => {}
-        ForceHeader::Ignored => edits.push(HeaderEdit::Remove(&config.force.header)),
+        ForceHeader::Ignored => edit(HeaderEdit::Remove(&config.force.header)),
         ForceHeader::Honoured(cohort) => {
             // Canonical value, so that runtime-mode routes can match it exactly.
             let canonical = match cohort {
                 Cohort::Canary => "true",
                 Cohort::Stable => "false",
             };
-            edits.push(HeaderEdit::Remove(&config.force.header));
-            edits.push(HeaderEdit::Set(
-                &config.force.header,
-                Cow::Borrowed(canonical),
-            ));
+            edit(HeaderEdit::Remove(&config.force.header));
+            edit(HeaderEdit::Set(&config.force.header, canonical));
         }
     }
 
@@ -135,19 +134,30 @@ pub fn route_request<'a>(
     };
 
     let backend = table.backend(decision.cohort);
-    edits.push(HeaderEdit::Set(
-        &config.cluster_header,
-        Cow::Borrowed(&backend.cluster),
-    ));
-    edits.push(HeaderEdit::Set(
-        &config.version_header,
-        Cow::Borrowed(&backend.version),
-    ));
-    edits.push(HeaderEdit::Set(
+    edit(HeaderEdit::Set(&config.cluster_header, &backend.cluster));
+    edit(HeaderEdit::Set(&config.version_header, &backend.version));
+    let mut digits = [0u8; 5];
+    edit(HeaderEdit::Set(
         &config.bucket_header,
-        Cow::Owned(decision.bucket.to_string()),
+        decimal(decision.bucket, &mut digits),
     ));
-    (decision, edits)
+    decision
+}
+
+/// `n` in decimal, written into `buffer` (no allocation).
+fn decimal(n: u16, buffer: &mut [u8; 5]) -> &str {
+    let mut start = buffer.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buffer[start..]).unwrap_or("0")
 }
 
 /// The cohort whose version a finished stream is counted under: the cluster Envoy
@@ -178,17 +188,22 @@ enum ForceHeader {
     Honoured(Cohort),
 }
 
-fn forced_cohort(config: &PluginConfig, table: &RouteTable, headers: &[Header]) -> ForceHeader {
-    let Some(value) = first_value(headers, &config.force.header) else {
+fn forced_cohort(config: &PluginConfig, table: &RouteTable, headers: &HeaderMap) -> ForceHeader {
+    let Some(value) = headers.get(&config.force.header) else {
         return ForceHeader::Absent;
     };
     let Some(cohort) = parse_force(value) else {
         return ForceHeader::Ignored;
     };
     if let Some(expected) = &config.force.token_sha256 {
-        let token_ok = first_value(headers, &config.force.token_header).is_some_and(|token| {
-            constant_time_eq_ignore_ascii_case(sha256_hex(token).as_bytes(), expected.as_bytes())
-        });
+        let token_ok = headers
+            .get(&config.force.token_header)
+            .is_some_and(|token| {
+                constant_time_eq_ignore_ascii_case(
+                    sha256_hex(token).as_bytes(),
+                    expected.as_bytes(),
+                )
+            });
         if !token_ok {
             return ForceHeader::Ignored;
         }
@@ -213,18 +228,11 @@ pub fn parse_force(value: &[u8]) -> Option<Cohort> {
     }
 }
 
-fn first_value<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_slice())
-}
-
 /// The session id: the first non-empty session header, else the session cookie.
-pub fn session_id<'h>(config: &PluginConfig, headers: &'h [Header]) -> Option<&'h [u8]> {
+pub fn session_id<'h>(config: &PluginConfig, headers: &'h HeaderMap) -> Option<&'h [u8]> {
     let from_header = headers
         .iter()
-        .filter(|(n, _)| *n == config.session.header)
+        .filter(|(n, _)| *n == config.session.header.as_bytes())
         .map(|(_, v)| v.trim_ascii())
         .find(|v| !v.is_empty());
     if from_header.is_some() {
@@ -233,7 +241,7 @@ pub fn session_id<'h>(config: &PluginConfig, headers: &'h [Header]) -> Option<&'
     let cookie_name = config.session.cookie.as_deref()?.as_bytes();
     headers
         .iter()
-        .filter(|(n, _)| n == "cookie")
+        .filter(|(n, _)| *n == b"cookie")
         .flat_map(|(_, v)| v.split(|&b| b == b';'))
         .filter_map(|pair| {
             let pair = pair.trim_ascii();
@@ -243,14 +251,14 @@ pub fn session_id<'h>(config: &PluginConfig, headers: &'h [Header]) -> Option<&'
         .find(|v| !v.is_empty())
 }
 
-fn segment_weight(table: &RouteTable, headers: &[Header]) -> Option<u16> {
+fn segment_weight(table: &RouteTable, headers: &HeaderMap) -> Option<u16> {
     table
         .segments
         .iter()
         .find(|segment| {
             headers
                 .iter()
-                .any(|(n, v)| *n == segment.header && v.as_slice() == segment.value.as_bytes())
+                .any(|(n, v)| n == segment.header.as_bytes() && v == segment.value.as_bytes())
         })
         .map(|segment| segment.canary_weight_bp)
 }
@@ -276,23 +284,33 @@ mod tests {
         .unwrap()
     }
 
-    fn h(pairs: &[(&str, &[u8])]) -> Vec<Header> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_vec()))
-            .collect()
+    fn h(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        HeaderMap::from_pairs(pairs)
     }
 
-    fn decide(config: &PluginConfig, headers: &[Header]) -> (Decision, Vec<HeaderEdit<'static>>) {
-        let (d, edits) = route_request(config, &config.route, headers, || 42);
-        let owned = edits
-            .into_iter()
-            .map(|e| match e {
-                HeaderEdit::Remove(n) => HeaderEdit::Remove(leak(n)),
-                HeaderEdit::Set(n, v) => HeaderEdit::Set(leak(n), Cow::Owned(v.into_owned())),
-            })
-            .collect();
-        (d, owned)
+    fn decide(config: &PluginConfig, headers: &HeaderMap) -> (Decision, Vec<HeaderEdit<'static>>) {
+        let mut edits = Vec::new();
+        let d = route_request(
+            config,
+            &config.route,
+            headers,
+            || 42,
+            |e| {
+                edits.push(match e {
+                    HeaderEdit::Remove(n) => HeaderEdit::Remove(leak(n)),
+                    HeaderEdit::Set(n, v) => HeaderEdit::Set(leak(n), leak(v)),
+                })
+            },
+        );
+        (d, edits)
+    }
+
+    #[test]
+    fn decimal_writes_every_bucket() {
+        let mut digits = [0u8; 5];
+        for n in [0, 7, 10, 99, 100, 9999, u16::MAX] {
+            assert_eq!(decimal(n, &mut digits), n.to_string());
+        }
     }
 
     fn leak(s: &str) -> &'static str {
@@ -301,7 +319,7 @@ mod tests {
 
     fn set_value<'e>(edits: &'e [HeaderEdit<'_>], name: &str) -> Option<&'e str> {
         edits.iter().rev().find_map(|e| match e {
-            HeaderEdit::Set(n, v) if *n == name => Some(v.as_ref()),
+            HeaderEdit::Set(n, v) if *n == name => Some(*v),
             _ => None,
         })
     }
@@ -490,17 +508,23 @@ mod tests {
         );
         assert_eq!(set_value(&edits, "x-canary-bucket"), Some("9999"));
         c.session.missing = MissingSession::Random;
-        let (d, _) = route_request(&c, &c.route, &h(&[]), || 42);
+        let d = route_request(&c, &c.route, &h(&[]), || 42, |_| {});
         assert_eq!(
             (d.cohort, d.bucket, d.sessionless),
             (Cohort::Canary, 42, true)
         );
-        let (d, _) = route_request(&c, &c.route, &h(&[("x-session-id", b"   ")]), || 9000);
+        let d = route_request(
+            &c,
+            &c.route,
+            &h(&[("x-session-id", b"   ")]),
+            || 9000,
+            |_| {},
+        );
         assert_eq!(
             (d.cohort, d.bucket, d.sessionless),
             (Cohort::Stable, 9000, true)
         );
-        let (d, _) = route_request(&c, &c.route, &h(&[]), || 60_000);
+        let d = route_request(&c, &c.route, &h(&[]), || 60_000, |_| {});
         assert!(d.bucket < BUCKETS);
     }
 
@@ -585,7 +609,7 @@ mod tests {
     fn hostile_session_values_never_panic() {
         let c = config();
         let big = vec![b'a'; 30 * 1024];
-        let cases: Vec<Vec<Header>> = vec![
+        let cases: Vec<HeaderMap> = vec![
             h(&[("x-session-id", &big)]),
             h(&[("x-session-id", b"\xff\x00\xfe")]),
             h(&[("x-session-id", b""), ("x-session-id", b"second")]),

@@ -1,7 +1,7 @@
 //! The agent's quality report, read from response headers and trailers.
 
 use crate::config::TelemetryHeaders;
-use crate::routing::Header;
+use crate::wire::HeaderMap;
 
 /// How the task that this response ends turned out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +47,13 @@ impl TelemetryReport {
     /// Reads the telemetry fields present in `headers` (a header or trailer map).
     /// A field present here replaces what an earlier map said: trailers are read after
     /// headers and win, since a streamed answer knows its totals only at the end.
-    pub fn read(&mut self, names: &TelemetryHeaders, headers: &[Header]) {
+    /// Returns which telemetry headers the map held (to strip them).
+    pub fn read(&mut self, names: &TelemetryHeaders, headers: &HeaderMap) -> Found {
         let names = names.names();
         let mut values: [Option<&[u8]>; FIELDS] = [None; FIELDS];
         let mut repeated = [false; FIELDS];
-        for (name, value) in headers {
-            if let Some(field) = names.iter().position(|n| n == name) {
+        for (name, value) in headers.iter() {
+            if let Some(field) = names.iter().position(|n| n.as_bytes() == name) {
                 repeated[field] |= values[field].is_some();
                 values[field] = Some(value);
             }
@@ -76,6 +77,7 @@ impl TelemetryReport {
                 self.malformed += 1;
             }
         }
+        Found(values.map(|value| value.is_some()))
     }
 
     fn clear(&mut self, field: usize) {
@@ -98,9 +100,19 @@ impl TelemetryReport {
     }
 }
 
-/// Whether `name` is one of the telemetry headers (to strip it from the response).
-pub fn is_telemetry_header(names: &TelemetryHeaders, name: &str) -> bool {
-    names.names().contains(&name)
+/// The telemetry headers one map held, each once however often it was repeated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Found([bool; FIELDS]);
+
+impl Found {
+    /// Their configured names.
+    pub fn names(self, names: &TelemetryHeaders) -> impl Iterator<Item = &str> {
+        names
+            .names()
+            .into_iter()
+            .zip(self.0)
+            .filter_map(|(name, found)| found.then_some(name))
+    }
 }
 
 /// A non-negative decimal integer that fits in u64, surrounding spaces allowed.
@@ -118,11 +130,8 @@ pub fn parse_count(value: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &[u8])]) -> Vec<Header> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_vec()))
-            .collect()
+    fn h(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        HeaderMap::from_pairs(pairs)
     }
 
     #[test]
@@ -205,12 +214,18 @@ mod tests {
             ..TelemetryHeaders::default()
         };
         let mut report = TelemetryReport::default();
-        report.read(
+        let found = report.read(
             &names,
-            &h(&[("x-o", b"escalated"), ("x-agent-outcome", b"failed")]),
+            &h(&[
+                ("x-o", b"escalated"),
+                ("x-agent-outcome", b"failed"),
+                ("x-agent-tokens", b"7"),
+                ("x-agent-tokens", b"8"),
+            ]),
         );
         assert_eq!(report.outcome, Some(TaskOutcome::Escalated));
-        assert!(is_telemetry_header(&names, "x-o"));
-        assert!(!is_telemetry_header(&names, "x-agent-outcome"));
+        // The configured names found, each once (a repeated one is one removal).
+        let present: Vec<&str> = found.names(&names).collect();
+        assert_eq!(present, ["x-o", "x-agent-tokens"]);
     }
 }

@@ -6,31 +6,125 @@
 //! A map is `count: u32`, then `count` × (`name_len: u32`, `value_len: u32`), then
 //! each name and value followed by a NUL; integers little-endian.
 
-use crate::routing::Header;
+/// A header map as the host wrote it, checked once and then read in place: no
+/// allocation per header (a request's map is read on every request).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderMap {
+    /// Empty, or a well-formed map (checked by `decode`).
+    bytes: Vec<u8>,
+}
 
-/// Decodes a map the host wrote; `None` when it is malformed (never a panic).
-/// Names that are not UTF-8 (Envoy never sends them) are decoded lossily.
-pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<Header>> {
-    if bytes.is_empty() {
-        return Some(Vec::new());
+impl HeaderMap {
+    /// Takes a map the host wrote; `None` when it is malformed (never a panic).
+    pub fn decode(bytes: Vec<u8>) -> Option<HeaderMap> {
+        let map = HeaderMap { bytes };
+        let mut pairs = map.iter();
+        for _ in pairs.by_ref() {}
+        pairs.well_formed().then_some(map)
     }
-    let count = read_u32(bytes, 0)? as usize;
-    let mut data = count.checked_mul(8)?.checked_add(4)?;
-    if data > bytes.len() {
-        return None;
+
+    /// Encodes `pairs` as the host does (for tests and the in-memory host).
+    pub fn from_pairs<N: AsRef<str>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> HeaderMap {
+        let size = 4 + pairs
+            .iter()
+            .map(|(n, v)| n.as_ref().len() + v.as_ref().len() + 10)
+            .sum::<usize>();
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(&len32(pairs.len()).to_le_bytes());
+        for (name, value) in pairs {
+            bytes.extend_from_slice(&len32(name.as_ref().len()).to_le_bytes());
+            bytes.extend_from_slice(&len32(value.as_ref().len()).to_le_bytes());
+        }
+        for (name, value) in pairs {
+            bytes.extend_from_slice(name.as_ref().as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(value.as_ref());
+            bytes.push(0);
+        }
+        HeaderMap { bytes }
     }
-    let mut pairs = Vec::with_capacity(count);
-    for i in 0..count {
-        let name_len = read_u32(bytes, 4 + i * 8)? as usize;
-        let value_len = read_u32(bytes, 8 + i * 8)? as usize;
-        let name = bytes.get(data..data.checked_add(name_len)?)?;
-        data = data.checked_add(name_len + 1)?;
-        let value = bytes.get(data..data.checked_add(value_len)?)?;
-        data = data.checked_add(value_len + 1)?;
-        pairs.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+
+    /// The map in the wire format (as the host takes it, e.g. for an HTTP call).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
     }
-    // Each name and value ends with its NUL.
-    (data <= bytes.len()).then_some(pairs)
+
+    /// Every (name, value) in the host's order. Names are compared as bytes: Envoy
+    /// hands them over lowercase.
+    pub fn iter(&self) -> Pairs<'_> {
+        let count = read_u32(&self.bytes, 0).map_or(0, |c| c as usize);
+        Pairs {
+            bytes: &self.bytes,
+            count,
+            index: 0,
+            data: count.checked_mul(8).and_then(|n| n.checked_add(4)),
+        }
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+/// The pairs of a `HeaderMap`; stops early (and says so) at a malformed entry.
+pub struct Pairs<'a> {
+    bytes: &'a [u8],
+    count: usize,
+    index: usize,
+    /// Where the next name starts; `None` once the map proved malformed.
+    data: Option<usize>,
+}
+
+impl Pairs<'_> {
+    /// Every pair was read and each name and value ended with its NUL.
+    fn well_formed(&self) -> bool {
+        self.bytes.is_empty()
+            || (self.index == self.count && self.data.is_some_and(|d| d <= self.bytes.len()))
+    }
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index >= self.count {
+            return None;
+        }
+        let pair = (|| {
+            let data = self.data?;
+            let name_len = read_u32(self.bytes, 4 + self.index * 8)? as usize;
+            let value_len = read_u32(self.bytes, 8 + self.index * 8)? as usize;
+            let name = self.bytes.get(data..data.checked_add(name_len)?)?;
+            let value_at = data.checked_add(name_len)?.checked_add(1)?;
+            let value = self.bytes.get(value_at..value_at.checked_add(value_len)?)?;
+            // Each name and value ends with its NUL.
+            let next = value_at.checked_add(value_len)?.checked_add(1)?;
+            (next <= self.bytes.len()).then_some((name, value, next))
+        })();
+        match pair {
+            Some((name, value, next)) => {
+                self.index += 1;
+                self.data = Some(next);
+                Some((name, value))
+            }
+            None => {
+                self.data = None;
+                self.count = 0;
+                None
+            }
+        }
+    }
+}
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
@@ -47,55 +141,51 @@ pub fn encode_path(path: &[&str]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// Encodes `pairs` as the host does (the filter itself only decodes maps).
-    fn encode_pairs<V: AsRef<[u8]>>(pairs: &[(&str, V)]) -> Vec<u8> {
-        let size = 4 + pairs
-            .iter()
-            .map(|(n, v)| n.len() + v.as_ref().len() + 10)
-            .sum::<usize>();
-        let mut bytes = Vec::with_capacity(size);
-        bytes.extend_from_slice(&len32(pairs.len()).to_le_bytes());
-        for (name, value) in pairs {
-            bytes.extend_from_slice(&len32(name.len()).to_le_bytes());
-            bytes.extend_from_slice(&len32(value.as_ref().len()).to_le_bytes());
-        }
-        for (name, value) in pairs {
-            bytes.extend_from_slice(name.as_bytes());
-            bytes.push(0);
-            bytes.extend_from_slice(value.as_ref());
-            bytes.push(0);
-        }
-        bytes
-    }
-
-    fn len32(n: usize) -> u32 {
-        u32::try_from(n).unwrap_or(u32::MAX)
-    }
-
     #[test]
     fn maps_round_trip_and_malformed_ones_are_refused() {
         let pairs: [(&str, &[u8]); 3] =
             [(":status", b"200"), ("x-odd", b"\xff\xfe"), ("empty", b"")];
-        let bytes = encode_pairs(&pairs);
-        let decoded = decode_pairs(&bytes).unwrap();
-        assert_eq!(decoded.len(), 3);
-        assert_eq!(decoded[1], ("x-odd".to_string(), b"\xff\xfe".to_vec()));
-        assert_eq!(decode_pairs(&[]), Some(Vec::new()));
+        let bytes = HeaderMap::from_pairs(&pairs).bytes;
+        let decoded = HeaderMap::decode(bytes.clone()).unwrap();
+        let read: Vec<(&[u8], &[u8])> = decoded.iter().collect();
+        assert_eq!(read.len(), 3);
+        assert_eq!(read[1], (&b"x-odd"[..], &b"\xff\xfe"[..]));
+        assert_eq!(decoded.get("empty"), Some(&b""[..]));
+        assert_eq!(decoded.get(":status"), Some(&b"200"[..]));
+        assert!(!decoded.contains("x-absent"));
+        assert_eq!(HeaderMap::decode(Vec::new()), Some(HeaderMap::default()));
+        assert_eq!(HeaderMap::default().iter().count(), 0);
         // Every truncation, an absurd count and absurd lengths: refused, no panic.
         for cut in 1..bytes.len() {
-            assert_eq!(decode_pairs(&bytes[..cut]), None, "cut at {cut}");
+            assert_eq!(
+                HeaderMap::decode(bytes[..cut].to_vec()),
+                None,
+                "cut at {cut}"
+            );
         }
-        assert_eq!(decode_pairs(&u32::MAX.to_le_bytes()), None);
+        assert_eq!(HeaderMap::decode(u32::MAX.to_le_bytes().to_vec()), None);
         let mut huge = bytes.clone();
         huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode_pairs(&huge), None);
-        // A name that is not UTF-8 is kept, lossily.
-        let odd_name = encode_pairs(&[("\u{fffd}", b"v".as_slice())]);
-        let mut raw = odd_name.clone();
+        assert_eq!(HeaderMap::decode(huge), None);
+        // A name that is not UTF-8 is kept as bytes.
+        let mut raw = HeaderMap::from_pairs(&[("abc", b"v")]).bytes;
         let at = raw.len() - 6;
         raw[at..at + 3].copy_from_slice(b"\xff\xfe\xfd");
-        assert!(decode_pairs(&raw).is_some());
+        let odd = HeaderMap::decode(raw).unwrap();
+        assert_eq!(odd.iter().next(), Some((&b"\xff\xfe\xfd"[..], &b"v"[..])));
         assert_eq!(encode_path(&["request", "time"]), b"request\0time");
         assert_eq!(encode_path(&[]), b"");
+    }
+
+    #[test]
+    fn a_map_the_decoder_never_saw_stops_iterating_instead_of_panicking() {
+        let bytes = HeaderMap::from_pairs(&[("a", b"1"), ("b", b"2")]).bytes;
+        for cut in 0..bytes.len() {
+            let map = HeaderMap {
+                bytes: bytes[..cut].to_vec(),
+            };
+            assert!(map.iter().count() <= 2, "cut at {cut}");
+            let _ = map.get("b");
+        }
     }
 }

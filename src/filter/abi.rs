@@ -1,15 +1,9 @@
-//! The proxy-wasm host calls the filter makes, declared here with wrappers that
-//! return every unexpected status as an error. The SDK's `hostcalls` panic on
-//! any status they do not expect (and its map decoder unwraps UTF-8 and slices
-//! without bounds checks): a panic in the VM fails live traffic, so the filter
-//! uses the SDK only for its context dispatch, and for `dispatch_http_call`,
-//! which must register the call's token with that dispatcher (it panics only on a
-//! status outside the ABI's documented ones for that call). Enum arguments are plain `u32`s
-//! (ABI 0.2.1 values), so an unknown status from the host is a number, never an
-//! invalid enum.
+//! The proxy-wasm host calls the filter makes (ABI 0.2.1), declared here with
+//! wrappers that return every unexpected status as an error: a panic in the VM
+//! fails live traffic. Enum arguments are plain `u32`s (ABI 0.2.1 values), so an
+//! unknown status from the host is a number, never an invalid enum.
 
-use crate::routing::Header;
-use crate::wire;
+use crate::wire::{self, HeaderMap};
 use std::ptr::null_mut;
 
 /// A status other than the ones the call expects.
@@ -79,6 +73,18 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_http_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        trailers_data: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        return_token: *mut u32,
+    ) -> u32;
 }
 
 fn ok(status: u32) -> Result<(), Status> {
@@ -142,11 +148,11 @@ pub fn buffer(buffer_type: u32, start: usize, max_size: usize) -> Result<Option<
 }
 
 /// Every pair of a header map; a map the decoder cannot read is an error.
-pub fn map(map_type: u32) -> Result<Vec<Header>, Status> {
+pub fn map(map_type: u32) -> Result<HeaderMap, Status> {
     // SAFETY: valid out-pointers.
     let bytes =
         returned_bytes(|data, size| unsafe { proxy_get_header_map_pairs(map_type, data, size) })?;
-    wire::decode_pairs(&bytes.unwrap_or_default()).ok_or(Status(u32::MAX))
+    HeaderMap::decode(bytes.unwrap_or_default()).ok_or(Status(u32::MAX))
 }
 
 pub fn set_map_value(map_type: u32, name: &str, value: &[u8]) -> Result<(), Status> {
@@ -220,4 +226,29 @@ pub fn increment_metric(id: u32, by: i64) -> Result<(), Status> {
 pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
     // SAFETY: no pointers.
     ok(unsafe { proxy_record_metric(id, value) })
+}
+
+/// Starts an HTTP call to `cluster` without a body; returns its token.
+pub fn http_call(cluster: &str, headers: &HeaderMap, timeout_ms: u32) -> Result<u32, Status> {
+    let headers = headers.as_bytes();
+    let trailers = HeaderMap::from_pairs::<&str, &[u8]>(&[]);
+    let trailers = trailers.as_bytes();
+    let mut token = 0u32;
+    // SAFETY: pointers and lengths of live slices (no body: null and 0); a valid
+    // out-pointer.
+    ok(unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            headers.as_ptr(),
+            headers.len(),
+            std::ptr::null(),
+            0,
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
 }

@@ -3,7 +3,7 @@
 
 use super::abi;
 use crate::plugin::host::{Host, HostError, HostResult, LogLevel, MapKind, MetricKind};
-use crate::routing::Header;
+use crate::wire::HeaderMap;
 use std::time::Duration;
 
 /// The running Envoy, through the ABI (zero-sized: every call goes to the host).
@@ -23,7 +23,7 @@ fn map_type(map: MapKind) -> u32 {
 }
 
 impl Host for ProxyWasmHost {
-    fn map(&self, map: MapKind) -> HostResult<Vec<Header>> {
+    fn map(&self, map: MapKind) -> HostResult<HeaderMap> {
         abi::map(map_type(map)).map_err(status)
     }
 
@@ -70,9 +70,10 @@ impl Host for ProxyWasmHost {
         headers: &[(&str, &str)],
         timeout: Duration,
     ) -> HostResult<u32> {
-        // The SDK's call: the dispatcher must know the token to route the answer.
-        proxy_wasm::hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout)
-            .map_err(|_| HostError)
+        // The answer comes to the root that called, by its context id: no token table.
+        let headers = HeaderMap::from_pairs(headers);
+        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        abi::http_call(cluster, &headers, timeout_ms).map_err(status)
     }
 
     fn http_call_body(&self, size: usize) -> HostResult<Vec<u8>> {

@@ -1,8 +1,8 @@
 //! What the plugin needs from its host, as a small trait with the project's own
-//! types: the wasm glue (`filter`) implements it over `proxy_wasm::hostcalls`
-//! (byte APIs only, every status returned, never unwrapped); tests use `MockHost`.
+//! types: the wasm glue (`filter`) implements it over the proxy-wasm imports it
+//! declares itself (every status returned, never unwrapped); tests use `MockHost`.
 
-use crate::routing::Header;
+use crate::wire::HeaderMap;
 use std::time::Duration;
 
 /// A header map of the current stream or of an HTTP call's answer.
@@ -35,7 +35,7 @@ pub struct HostError;
 pub type HostResult<T> = Result<T, HostError>;
 
 pub trait Host {
-    fn map(&self, map: MapKind) -> HostResult<Vec<Header>>;
+    fn map(&self, map: MapKind) -> HostResult<HeaderMap>;
     fn set_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()>;
     fn remove_map_value(&self, map: MapKind, name: &str) -> HostResult<()>;
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>>;
@@ -75,6 +75,9 @@ pub mod mock {
     use std::collections::{BTreeMap, HashMap, HashSet};
 
     pub type Call = (String, Vec<(String, String)>);
+
+    /// A header as the in-memory host keeps it.
+    pub type Header = (String, Vec<u8>);
 
     #[derive(Default)]
     pub struct MockHost {
@@ -171,9 +174,13 @@ pub mod mock {
     }
 
     impl Host for MockHost {
-        fn map(&self, map: MapKind) -> HostResult<Vec<Header>> {
+        fn map(&self, map: MapKind) -> HostResult<HeaderMap> {
             self.check("map")?;
-            Ok(self.maps.borrow().get(&map).cloned().unwrap_or_default())
+            Ok(self
+                .maps
+                .borrow()
+                .get(&map)
+                .map_or_else(HeaderMap::default, |pairs| HeaderMap::from_pairs(pairs)))
         }
 
         fn set_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()> {

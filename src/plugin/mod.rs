@@ -3,7 +3,7 @@
 //! (`Role`), a worker's shared state (`worker`), one HTTP stream (`stream`), the
 //! sync service (`sync_service`) and, for filter-side sync, the lease that lets one
 //! root per Envoy run it (`lease`). The wasm glue in `filter` only binds these to
-//! `proxy_wasm`'s traits and host calls.
+//! the module's exports and the host's imports.
 
 pub mod host;
 pub mod lease;

@@ -123,8 +123,10 @@ impl SyncService {
             .map(MapKind::HttpCallResponseHeaders)
             .ok()
             .and_then(|headers| {
-                let (_, value) = headers.into_iter().find(|(name, _)| name == ":status")?;
-                std::str::from_utf8(&value).ok()?.parse().ok()
+                std::str::from_utf8(headers.get(":status")?)
+                    .ok()?
+                    .parse()
+                    .ok()
             })
             .unwrap_or(0u16);
         let body = if status == 200 && body_size <= self.config.max_body_bytes {

