@@ -65,6 +65,23 @@ pub fn bucket(session_id: &[u8], salt: &[u8]) -> u16 {
     assign(session_id, salt).bucket
 }
 
+/// `bucket` in decimal, written into `buffer`: the bucket header's value, with no
+/// allocation on the request path.
+pub fn bucket_text(bucket: u16, buffer: &mut [u8; 5]) -> &str {
+    let mut start = buffer.len();
+    let mut rest = bucket;
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buffer[start..]).unwrap_or("0")
+}
+
 /// Monotonic in the weight: a bucket in the canary at weight w stays there at any w' > w.
 pub fn cohort_for(bucket: u16, canary_weight_bp: u16) -> Cohort {
     if bucket < canary_weight_bp {
@@ -77,6 +94,14 @@ pub fn cohort_for(bucket: u16, canary_weight_bp: u16) -> Cohort {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_text_writes_every_bucket() {
+        let mut digits = [0u8; 5];
+        for n in [0, 7, 10, 99, 100, 9999, u16::MAX] {
+            assert_eq!(bucket_text(n, &mut digits), n.to_string());
+        }
+    }
 
     /// Vectors from `tests/golden/cohort_vectors.py` (Python hashlib), committed beside it.
     const GOLDEN: &str = include_str!("../tests/golden/cohort_vectors.tsv");

@@ -2,7 +2,7 @@
 //! carry it to Envoy's router and the backend. Pure: the glue hands in the request
 //! headers and applies the edits.
 
-use crate::cohort::{assign, cohort_for, Cohort, BUCKETS};
+use crate::cohort::{assign, bucket_text, cohort_for, Cohort, BUCKETS};
 use crate::config::{MissingSession, PluginConfig, INTERNAL_HEADERS};
 use crate::digest::{constant_time_eq_ignore_ascii_case, sha256_hex};
 use crate::route::RouteTable;
@@ -139,25 +139,9 @@ pub fn route_request(
     let mut digits = [0u8; 5];
     edit(HeaderEdit::Set(
         &config.bucket_header,
-        decimal(decision.bucket, &mut digits),
+        bucket_text(decision.bucket, &mut digits),
     ));
     decision
-}
-
-/// `n` in decimal, written into `buffer` (no allocation).
-fn decimal(n: u16, buffer: &mut [u8; 5]) -> &str {
-    let mut start = buffer.len();
-    let mut rest = n;
-    loop {
-        start -= 1;
-        buffer[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&buffer[start..]).unwrap_or("0")
 }
 
 /// The cohort whose version a finished stream is counted under: the cluster Envoy
@@ -303,14 +287,6 @@ mod tests {
             },
         );
         (d, edits)
-    }
-
-    #[test]
-    fn decimal_writes_every_bucket() {
-        let mut digits = [0u8; 5];
-        for n in [0, 7, 10, 99, 100, 9999, u16::MAX] {
-            assert_eq!(decimal(n, &mut digits), n.to_string());
-        }
     }
 
     fn leak(s: &str) -> &'static str {
