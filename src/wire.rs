@@ -1,7 +1,6 @@
 //! proxy-wasm's wire format for header maps (as the host hands them over) and
-//! property paths. Pure, so that it is tested on the host: the SDK's own
-//! decoder slices without bounds checks and unwraps UTF-8 names, and a panic in
-//! the VM fails live traffic.
+//! property paths. Pure, so that it is tested on the host: every read is
+//! bounds-checked, since a panic in the VM fails live traffic.
 //!
 //! A map is `count: u32`, then `count` × (`name_len: u32`, `value_len: u32`), then
 //! each name and value followed by a NUL; integers little-endian.
@@ -116,7 +115,6 @@ impl<'a> Iterator for Pairs<'a> {
             }
             None => {
                 self.data = None;
-                self.count = 0;
                 None
             }
         }

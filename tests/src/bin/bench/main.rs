@@ -161,6 +161,11 @@ fn measure(envoy: &Envoy, requests: u32, headers: &[&str]) -> f64 {
         .output()
         .expect("h2load (Debian nghttp2-client) is installed by `make bench`");
     let after = cpu_ns(envoy.pid());
+    assert!(
+        after > before,
+        "no CPU time read from /proc/{}/task/*/schedstat (a kernel without scheduler stats?)",
+        envoy.pid()
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let ok = text.lines().find_map(|l| {
         l.trim()

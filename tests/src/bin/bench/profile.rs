@@ -124,12 +124,16 @@ pub fn run() {
     println!("|---|---:|---:|---:|");
     let base = median(&variants[0].samples);
     let mut previous = base;
-    let floor = median(&variants[5].samples);
-    for (index, variant) in variants.iter().enumerate() {
+    let floor = variants
+        .iter()
+        .find(|v| v.name.ends_with("(= floor)"))
+        .map_or(base, |v| median(&v.samples));
+    for variant in &variants {
         let m = median(&variant.samples);
         // Each row over the one before (policy-canary's: over its host calls alone),
-        // the last over the SDK-built floor.
-        let step = m - if index == 12 { floor } else { previous };
+        // the own-exports floor's over the SDK-built floor.
+        let over_floor = variant.name.starts_with("the floor with its own exports");
+        let step = m - if over_floor { floor } else { previous };
         println!(
             "| {} | {m:.1} | {} | {:.1} |",
             variant.name,
