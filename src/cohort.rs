@@ -24,6 +24,52 @@ impl Cohort {
     }
 }
 
+/// Which traffic a stream belongs to. Only `Compared` streams were placed by the
+/// cohort hash at the rollout's weight, so only they make the two arms a randomized
+/// split of the same population; the others are counted apart, under
+/// `<target>.<class>`, visible in their own stats and out of the analysis'
+/// comparison (`docs/analysis.md`, "A fair comparison").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Traffic {
+    /// Placed by the session's bucket at the table's weight (or, sessionless under
+    /// `missing: random`, by a random bucket at that weight).
+    #[default]
+    Compared,
+    /// An honoured `x-canary` chose the cohort: whoever can send it must not be
+    /// able to fill a stage's minimum requests or fail its gates.
+    Forced,
+    /// A segment's weight placed it: its users are not a random share of the
+    /// population (internal users at 100%, say).
+    Segment,
+    /// No session id, sent to stable (`missing: stable`): stable only, no canary
+    /// counterpart.
+    Sessionless,
+}
+
+impl Traffic {
+    pub const ALL: [Traffic; 4] = [
+        Traffic::Compared,
+        Traffic::Forced,
+        Traffic::Segment,
+        Traffic::Sessionless,
+    ];
+
+    /// The class of a stat target's suffix after `<target>.` (`None`: not one).
+    pub fn from_name(name: &str) -> Option<Traffic> {
+        Traffic::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The class's name: what `stat_target` appends after a dot (empty for `Compared`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Traffic::Compared => "",
+            Traffic::Forced => "forced",
+            Traffic::Segment => "segment",
+            Traffic::Sessionless => "sessionless",
+        }
+    }
+}
+
 /// Where a session sits under a rollout's salt: its bucket, and its replicate
 /// (`replicate`), both from one sha256.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,10 +7,11 @@
 //! from. The bucket is the whole 256-bit digest mod 10000; the top bits change it by
 //! a multiple of 2^251 mod 10000 plus a uniform remainder, so bucket and replicate are
 //! independent up to a bias below 10^-70: every replicate holds a random share of
-//! each cohort's sessions. Requests without a session count only where they are
-//! randomised one by one (`missing: random`): each is then its own unit, with a
-//! replicate drawn at random; sessionless requests sent to stable, and forced ones,
-//! are not in the comparison and not in any replicate.
+//! each cohort's sessions. Only compared traffic (`stats::Traffic::Compared`) has a
+//! replicate: requests without a session count only where they are randomised one
+//! by one (`missing: random`), each then its own unit with a replicate drawn at
+//! random; forced, segment-routed and sessionless-to-stable requests are not in
+//! the comparison and not in any replicate.
 //!
 //! Stat names: `policy_canary.target.<t>.version.<v>.replicate.<r>.<suffix>`; the
 //! shipped Envoy configs' `stats_tags` turn them into
@@ -282,7 +283,7 @@ impl Replicates {
     }
 }
 
-/// Replicate counts not yet flushed to Envoy, by version (unforced streams only).
+/// Replicate counts not yet flushed to Envoy, by version (compared streams only).
 #[derive(Debug, Default)]
 pub struct PendingReplicates {
     versions: ByVersion<Replicates>,
@@ -290,7 +291,9 @@ pub struct PendingReplicates {
 
 impl PendingReplicates {
     pub fn counts_mut(&mut self, version: &str, replicate: u8) -> &mut ReplicateCounts {
-        self.versions.get_mut(version, false).get_mut(replicate)
+        self.versions
+            .get_mut(version, crate::stats::Traffic::Compared)
+            .get_mut(replicate)
     }
 
     /// Hands every non-zero count (version, replicate, slot, value) to `flush`,

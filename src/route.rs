@@ -6,6 +6,7 @@ use crate::check::{
     check_header, check_name, check_salt, check_segment_count, check_segment_value, check_version,
     check_weight,
 };
+use crate::cohort::Cohort;
 use crate::error::{err, ConfigError};
 use crate::reader::{Object, Reader};
 use serde::{Deserialize, Serialize};
@@ -206,10 +207,30 @@ impl RouteTable {
     }
 
     /// The backend serving `cohort`; stable when there is no canary.
-    pub fn backend(&self, cohort: crate::cohort::Cohort) -> &PolicyBackend {
+    pub fn backend(&self, cohort: Cohort) -> &PolicyBackend {
         match (cohort, &self.canary) {
-            (crate::cohort::Cohort::Canary, Some(canary)) => canary,
+            (Cohort::Canary, Some(canary)) => canary,
             _ => &self.stable,
+        }
+    }
+
+    /// The cohort whose version a finished stream is counted under: the cluster
+    /// Envoy actually chose (`xds.cluster_name`) when it names exactly one of the
+    /// table's backends, as in runtime mode where Envoy's weights pick the cluster;
+    /// otherwise the filter's own decision (shared clusters, local replies, none).
+    pub fn served_cohort(&self, decided: Cohort, cluster: Option<&[u8]>) -> Cohort {
+        let Some(cluster) = cluster else {
+            return decided;
+        };
+        let is_stable = self.stable.cluster.as_bytes() == cluster;
+        let is_canary = self
+            .canary
+            .as_ref()
+            .is_some_and(|canary| canary.cluster.as_bytes() == cluster);
+        match (is_stable, is_canary) {
+            (true, false) => Cohort::Stable,
+            (false, true) => Cohort::Canary,
+            _ => decided,
         }
     }
 }
@@ -226,5 +247,43 @@ impl PolicyBackend {
     fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
         check_version(&format!("{prefix}version"), &self.version)?;
         check_name(&format!("{prefix}cluster"), &self.cluster)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_follow_the_cluster_envoy_chose() {
+        let backend = |version: &str, cluster: &str| PolicyBackend {
+            version: version.into(),
+            cluster: cluster.into(),
+        };
+        let mut t = RouteTable {
+            revision: 1,
+            salt: "s".into(),
+            canary_weight_bp: 2500,
+            stable: backend("v1", "agent_stable"),
+            canary: Some(backend("v2", "agent_canary")),
+            segments: Vec::new(),
+        };
+        let served =
+            |t: &RouteTable, decided, cluster: Option<&[u8]>| t.served_cohort(decided, cluster);
+        assert_eq!(
+            served(&t, Cohort::Stable, Some(b"agent_canary")),
+            Cohort::Canary
+        );
+        assert_eq!(
+            served(&t, Cohort::Canary, Some(b"agent_stable")),
+            Cohort::Stable
+        );
+        assert_eq!(served(&t, Cohort::Canary, Some(b"other")), Cohort::Canary);
+        assert_eq!(served(&t, Cohort::Stable, None), Cohort::Stable);
+        t.canary = Some(backend("v2", "agent_stable"));
+        assert_eq!(
+            served(&t, Cohort::Canary, Some(b"agent_stable")),
+            Cohort::Canary
+        );
     }
 }

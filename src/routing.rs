@@ -2,7 +2,7 @@
 //! carry it to Envoy's router and the backend. Pure: the glue hands in the request
 //! headers and applies the edits.
 
-use crate::cohort::{assign, bucket_text, cohort_for, Cohort, BUCKETS};
+use crate::cohort::{assign, bucket_text, cohort_for, Cohort, Traffic, BUCKETS};
 use crate::config::{MissingSession, PluginConfig, INTERNAL_HEADERS};
 use crate::digest::{constant_time_eq_ignore_ascii_case, sha256_hex};
 use crate::route::RouteTable;
@@ -16,12 +16,13 @@ pub const STABLE_BUCKET: u16 = BUCKETS - 1;
 pub struct Decision {
     pub cohort: Cohort,
     pub bucket: u16,
-    /// An honoured `x-canary` chose the cohort.
-    pub forced: bool,
+    /// Whether the cohort hash at the table's weight placed it (and so whether it
+    /// is in the comparison), or what else did.
+    pub traffic: Traffic,
     /// No session id was found.
     pub sessionless: bool,
     /// The session replicate this request counts in (`replicate`): `None` for
-    /// requests outside the comparison (forced, or sessionless and sent to stable).
+    /// requests outside the comparison (any traffic but `Compared`).
     pub replicate: Option<u8>,
 }
 
@@ -80,11 +81,14 @@ pub fn route_request(
     }
 
     let session = session_id(config, headers);
-    let weight = if table.canary.is_some() {
-        segment_weight(table, headers).unwrap_or(table.canary_weight_bp)
-    } else {
-        0
+    // A segment's weight places its sessions outside the comparison.
+    let (weight, placed_by) = match (&table.canary, segment_weight(table, headers)) {
+        (None, _) => (0, Traffic::Compared),
+        (Some(_), Some(weight)) => (weight, Traffic::Segment),
+        (Some(_), None) => (table.canary_weight_bp, Traffic::Compared),
     };
+    let replicate =
+        |r: u8| (config.session_replicates && placed_by == Traffic::Compared).then_some(r);
     let assignment = session.map(|id| assign(id, table.salt.as_bytes()));
     let decision = match (force, assignment) {
         (ForceHeader::Honoured(cohort), a) => Decision {
@@ -96,22 +100,25 @@ pub fn route_request(
                 },
                 |a| a.bucket,
             ),
-            forced: true,
+            traffic: Traffic::Forced,
             sessionless: a.is_none(),
             replicate: None,
         },
         (_, Some(a)) => Decision {
             cohort: cohort_for(a.bucket, weight),
             bucket: a.bucket,
-            forced: false,
+            traffic: placed_by,
             sessionless: false,
-            replicate: config.session_replicates.then_some(a.replicate),
+            replicate: replicate(a.replicate),
         },
         (_, None) => match config.session.missing {
             MissingSession::Stable => Decision {
                 cohort: Cohort::Stable,
                 bucket: STABLE_BUCKET,
-                forced: false,
+                traffic: match placed_by {
+                    Traffic::Segment => Traffic::Segment,
+                    _ => Traffic::Sessionless,
+                },
                 sessionless: true,
                 replicate: None,
             },
@@ -123,11 +130,9 @@ pub fn route_request(
                 Decision {
                     cohort: cohort_for(b, weight),
                     bucket: b,
-                    forced: false,
+                    traffic: placed_by,
                     sessionless: true,
-                    replicate: config
-                        .session_replicates
-                        .then_some(crate::cohort::replicate_of((bits >> 56) as u8)),
+                    replicate: replicate(crate::cohort::replicate_of((bits >> 56) as u8)),
                 }
             }
         },
@@ -142,26 +147,6 @@ pub fn route_request(
         bucket_text(decision.bucket, &mut digits),
     ));
     decision
-}
-
-/// The cohort whose version a finished stream is counted under: the cluster Envoy
-/// actually chose (`xds.cluster_name`) when it names exactly one of the table's
-/// backends, as in runtime mode where Envoy's weights pick the cluster; otherwise
-/// the filter's own decision (shared clusters, local replies, no cluster).
-pub fn served_cohort(table: &RouteTable, decided: Cohort, cluster: Option<&[u8]>) -> Cohort {
-    let Some(cluster) = cluster else {
-        return decided;
-    };
-    let is_stable = table.stable.cluster.as_bytes() == cluster;
-    let is_canary = table
-        .canary
-        .as_ref()
-        .is_some_and(|canary| canary.cluster.as_bytes() == cluster);
-    match (is_stable, is_canary) {
-        (true, false) => Cohort::Stable,
-        (false, true) => Cohort::Canary,
-        _ => decided,
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,7 +306,7 @@ mod tests {
             let b = bucket(s.as_bytes(), b"salt-1");
             assert_eq!(d.bucket, b);
             assert_eq!(d.cohort, cohort_for(b, 2500));
-            assert!(!d.forced && !d.sessionless);
+            assert!(d.traffic != Traffic::Forced && !d.sessionless);
             let cluster = if d.cohort == Cohort::Canary {
                 "agent_canary"
             } else {
@@ -362,7 +347,7 @@ mod tests {
             match expected {
                 Some(cohort) => {
                     assert_eq!(d.cohort, cohort);
-                    assert!(d.forced);
+                    assert!(d.traffic == Traffic::Forced);
                     let canonical = if cohort == Cohort::Canary {
                         "true"
                     } else {
@@ -372,7 +357,7 @@ mod tests {
                 }
                 None => {
                     assert_eq!(d.cohort, Cohort::Stable, "value {value:?}");
-                    assert!(!d.forced);
+                    assert!(d.traffic != Traffic::Forced);
                     assert!(removes(&edits, "x-canary"));
                     assert_eq!(set_value(&edits, "x-canary"), None);
                 }
@@ -389,7 +374,7 @@ mod tests {
             &c,
             &h(&[("x-session-id", s.as_bytes()), ("x-canary", b"true")]),
         );
-        assert!(!d.forced && d.cohort == Cohort::Stable);
+        assert!(d.traffic != Traffic::Forced && d.cohort == Cohort::Stable);
         assert!(removes(&edits, "x-canary"));
         let (d, edits) = decide(
             &c,
@@ -399,7 +384,7 @@ mod tests {
                 ("x-canary-token", b"wrong"),
             ]),
         );
-        assert!(!d.forced && d.cohort == Cohort::Stable);
+        assert!(d.traffic != Traffic::Forced && d.cohort == Cohort::Stable);
         assert!(removes(&edits, "x-canary") && removes(&edits, "x-canary-token"));
         let (d, edits) = decide(
             &c,
@@ -409,7 +394,7 @@ mod tests {
                 ("x-canary-token", b"s3cret"),
             ]),
         );
-        assert!(d.forced && d.cohort == Cohort::Canary);
+        assert!(d.traffic == Traffic::Forced && d.cohort == Cohort::Canary);
         assert!(
             removes(&edits, "x-canary-token"),
             "the token never reaches the backend"
@@ -423,7 +408,7 @@ mod tests {
         c.route.canary_weight_bp = 0;
         let (d, edits) = decide(&c, &h(&[("x-canary", b"true")]));
         assert_eq!(d.cohort, Cohort::Stable);
-        assert!(!d.forced);
+        assert!(d.traffic != Traffic::Forced);
         assert!(removes(&edits, "x-canary"));
         assert_eq!(set_value(&edits, "x-policy-cluster"), Some("agent_stable"));
     }
@@ -458,6 +443,9 @@ mod tests {
             ]),
         );
         assert_eq!(d.cohort, Cohort::Canary);
+        // Placed by the segment, not by the hash at the rollout's weight: outside
+        // the comparison, in no replicate.
+        assert_eq!((d.traffic, d.replicate), (Traffic::Segment, None));
         let (d, _) = decide(
             &c,
             &h(&[
@@ -467,11 +455,14 @@ mod tests {
             ]),
         );
         assert_eq!(d.cohort, Cohort::Stable, "first matching segment wins");
+        assert_eq!(d.traffic, Traffic::Segment);
         let (d, _) = decide(
             &c,
             &h(&[("x-session-id", s.as_bytes()), ("x-user-group", b"other")]),
         );
         assert_eq!(d.cohort, Cohort::Stable);
+        assert_eq!(d.traffic, Traffic::Compared);
+        assert!(d.replicate.is_some());
     }
 
     #[test]
@@ -600,30 +591,6 @@ mod tests {
             &h(&[("x-session-id", b""), ("x-session-id", b"second")]),
         );
         assert_eq!(d.bucket, bucket(b"second", b"salt-1"));
-    }
-
-    #[test]
-    fn stats_follow_the_cluster_envoy_chose() {
-        let mut c = config();
-        let t = &c.route;
-        assert_eq!(
-            served_cohort(t, Cohort::Stable, Some(b"agent_canary")),
-            Cohort::Canary
-        );
-        assert_eq!(
-            served_cohort(t, Cohort::Canary, Some(b"agent_stable")),
-            Cohort::Stable
-        );
-        assert_eq!(
-            served_cohort(t, Cohort::Canary, Some(b"other")),
-            Cohort::Canary
-        );
-        assert_eq!(served_cohort(t, Cohort::Stable, None), Cohort::Stable);
-        c.route.canary.as_mut().unwrap().cluster = "agent_stable".into();
-        assert_eq!(
-            served_cohort(&c.route, Cohort::Canary, Some(b"agent_stable")),
-            Cohort::Canary
-        );
     }
 
     #[test]

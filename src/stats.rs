@@ -4,6 +4,7 @@
 //! `stats_tags` in the shipped Envoy configs, Prometheus shows them as
 //! `policy_canary_<suffix>{target="…",policy_version="…"}`.
 
+pub use crate::cohort::Traffic;
 use crate::telemetry::{TaskOutcome, TelemetryReport};
 
 /// Every counter the filter keeps per version.
@@ -89,24 +90,20 @@ pub fn stat_name(target: &str, version: &str, suffix: &str) -> String {
     format!("policy_canary.target.{target}.version.{version}.{suffix}")
 }
 
-/// Forced streams are counted apart, under the target `<target>.forced`: they stay
-/// visible in their own stats, and out of the analysis' evidence, so that whoever
-/// can send `x-canary` cannot fill a stage's minimum requests or fail its gates.
-pub fn stat_target(target: &str, forced: bool) -> std::borrow::Cow<'_, str> {
-    if forced {
-        format!("{target}{FORCED_TARGET_SUFFIX}").into()
-    } else {
-        target.into()
+/// The stat target of a stream of `traffic`: `<target>` for compared streams,
+/// `<target>.<class>` for the others.
+pub fn stat_target(target: &str, traffic: Traffic) -> std::borrow::Cow<'_, str> {
+    match traffic {
+        Traffic::Compared => target.into(),
+        other => format!("{target}.{}", other.name()).into(),
     }
 }
-
-/// What `stat_target` appends for forced streams.
-pub const FORCED_TARGET_SUFFIX: &str = ".forced";
 
 /// What the filter saw of one stream, gathered by the end of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamRecord {
-    pub forced: bool,
+    pub traffic: Traffic,
+    /// No session id was found (whatever its traffic class).
     pub sessionless: bool,
     /// `:status` of the response headers, if any reached the filter.
     pub status: Option<u16>,
@@ -136,7 +133,7 @@ impl CounterSet {
     /// Adds one finished stream.
     pub fn record(&mut self, stream: &StreamRecord) {
         self.add(Counter::RqTotal, 1);
-        if stream.forced {
+        if stream.traffic == Traffic::Forced {
             self.add(Counter::RqForced, 1);
         }
         if stream.sessionless {
@@ -181,11 +178,11 @@ impl CounterSet {
     }
 }
 
-/// One `T` per (version, forced). Versions are few (stable, canary, and briefly the
+/// One `T` per (version, traffic class). Versions are few (stable, canary, and briefly the
 /// previous ones after a route change), so a short list beats hashing on every request.
 #[derive(Debug)]
 pub struct ByVersion<T> {
-    entries: Vec<((String, bool), T)>,
+    entries: Vec<((String, Traffic), T)>,
 }
 
 impl<T> Default for ByVersion<T> {
@@ -197,17 +194,17 @@ impl<T> Default for ByVersion<T> {
 }
 
 impl<T: Default> ByVersion<T> {
-    /// The entry for `version` (forced or not), made empty the first time.
-    pub fn get_mut(&mut self, version: &str, forced: bool) -> &mut T {
+    /// The entry for `version` and `traffic`, made empty the first time.
+    pub fn get_mut(&mut self, version: &str, traffic: Traffic) -> &mut T {
         let index = match self
             .entries
             .iter()
-            .position(|((v, f), _)| v == version && *f == forced)
+            .position(|((v, t), _)| v == version && *t == traffic)
         {
             Some(index) => index,
             None => {
                 self.entries
-                    .push(((version.to_string(), forced), T::default()));
+                    .push(((version.to_string(), traffic), T::default()));
                 self.entries.len() - 1
             }
         };
@@ -236,26 +233,26 @@ impl<T> ByVersion<T> {
     }
 }
 
-/// Counts not yet flushed to Envoy, by version and whether the streams were forced.
+/// Counts not yet flushed to Envoy, by version and traffic class.
 #[derive(Debug, Default)]
 pub struct PendingCounts {
     versions: ByVersion<CounterSet>,
 }
 
 impl PendingCounts {
-    pub fn counters_mut(&mut self, version: &str, forced: bool) -> &mut CounterSet {
-        self.versions.get_mut(version, forced)
+    pub fn counters_mut(&mut self, version: &str, traffic: Traffic) -> &mut CounterSet {
+        self.versions.get_mut(version, traffic)
     }
 
-    /// Hands every non-zero count (version, forced, counter, value) to `flush`,
+    /// Hands every non-zero count (version, traffic, counter, value) to `flush`,
     /// which returns how much of it went out; the rest stays pending, so a failed
     /// flush is retried on the next call.
-    pub fn flush(&mut self, mut flush: impl FnMut(&str, bool, Counter, u64) -> u64) {
-        for ((version, forced), counters) in &mut self.versions.entries {
+    pub fn flush(&mut self, mut flush: impl FnMut(&str, Traffic, Counter, u64) -> u64) {
+        for ((version, traffic), counters) in &mut self.versions.entries {
             for counter in Counter::ALL {
                 let value = counters.get(counter);
                 if value > 0 {
-                    let sent = flush(version, *forced, counter, value).min(value);
+                    let sent = flush(version, *traffic, counter, value).min(value);
                     counters.0[counter as usize] = value - sent;
                 }
             }
@@ -290,7 +287,7 @@ mod tests {
         let mut set = CounterSet::default();
         set.record(&StreamRecord {
             status: Some(200),
-            forced: true,
+            traffic: Traffic::Forced,
             ..Default::default()
         });
         set.record(&StreamRecord {
@@ -348,8 +345,12 @@ mod tests {
     #[test]
     fn failed_flush_is_retried() {
         let mut pending = PendingCounts::default();
-        pending.counters_mut("v1", false).add(Counter::RqTotal, 3);
-        pending.counters_mut("v2", false).add(Counter::Tokens, 9);
+        pending
+            .counters_mut("v1", Traffic::Compared)
+            .add(Counter::RqTotal, 3);
+        pending
+            .counters_mut("v2", Traffic::Compared)
+            .add(Counter::Tokens, 9);
         let mut seen = Vec::new();
         pending.flush(|v, _, c, n| {
             seen.push((v.to_string(), c, n));
@@ -371,25 +372,31 @@ mod tests {
     }
 
     #[test]
-    fn forced_streams_are_counted_apart() {
+    fn traffic_outside_the_comparison_is_counted_apart() {
         let mut pending = PendingCounts::default();
-        pending.counters_mut("v2", false).add(Counter::RqTotal, 1);
-        pending.counters_mut("v2", true).add(Counter::RqTotal, 5);
+        for (n, traffic) in Traffic::ALL.into_iter().enumerate() {
+            pending
+                .counters_mut("v2", traffic)
+                .add(Counter::RqTotal, n as u64 + 1);
+        }
         let mut seen = Vec::new();
-        pending.flush(|v, forced, c, n| {
-            seen.push((stat_name(&stat_target("t", forced), v, c.suffix()), n));
+        pending.flush(|v, traffic, c, n| {
+            seen.push((stat_name(&stat_target("t", traffic), v, c.suffix()), n));
             n
         });
         seen.sort();
+        let expected = [
+            ("policy_canary.target.t.forced.version.v2.rq_total", 2),
+            ("policy_canary.target.t.segment.version.v2.rq_total", 3),
+            ("policy_canary.target.t.sessionless.version.v2.rq_total", 4),
+            ("policy_canary.target.t.version.v2.rq_total", 1),
+        ];
         assert_eq!(
             seen,
-            vec![
-                (
-                    "policy_canary.target.t.forced.version.v2.rq_total".to_string(),
-                    5
-                ),
-                ("policy_canary.target.t.version.v2.rq_total".to_string(), 1),
-            ]
+            expected
+                .iter()
+                .map(|(name, n)| (name.to_string(), *n))
+                .collect::<Vec<_>>()
         );
     }
 }

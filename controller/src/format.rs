@@ -1,8 +1,9 @@
 //! How rollouts, weights, numbers and times are written for people: shared by the
 //! CLI and the dashboard so that both say the same thing the same way.
 
-use crate::analysis::Analysis;
+use crate::analysis::{Analysis, ApartTraffic, Comparison};
 use crate::store::AuditEntry;
+use crate::units::Weight;
 
 /// A number as the dashboard and `canaryctl rollout status` show it.
 pub fn number(value: Option<f64>) -> String {
@@ -50,6 +51,84 @@ pub fn bounds_basis(session_robust: bool) -> &'static str {
         "requests taken as independent (no session replicates reported)"
     }
 }
+
+/// Which arms of a gate a few sessions dominate, as a sentence (status, watch,
+/// dashboard): no verdict can come from an arm with fewer effective replicates
+/// than `clustered::MIN_GROUPS`.
+pub fn dominated(c: &Comparison) -> Option<String> {
+    let arms = c.dominated_arms();
+    let [stable, canary] = c.effective_replicates?;
+    (!arms.is_empty()).then(|| {
+        format!(
+            "{}: {} dominated by a few sessions ({:.1} / {:.1} effective replicates of stable / canary, {} needed)",
+            c.metric,
+            arms.join(" and "),
+            stable,
+            canary,
+            crate::analysis::clustered::MIN_GROUPS
+        )
+    })
+}
+
+/// The window's constant-weight periods, when there is more than one, as a line:
+/// `2 periods compared apart: 10% from 13:00:00Z, 25% from 14:00:00Z`.
+pub fn periods(analysis: &Analysis) -> Option<String> {
+    (analysis.periods.len() > 1).then(|| {
+        let each: Vec<String> = analysis
+            .periods
+            .iter()
+            .map(|p| {
+                let weight = p.weight_bp.map_or("?".into(), |w| Weight(w).to_string());
+                format!("{weight} from {}", utc(p.started_ms))
+            })
+            .collect();
+        format!(
+            "{} constant-weight periods, compared period by period: {}",
+            analysis.periods.len(),
+            each.join(", ")
+        )
+    })
+}
+
+/// Said when the stage's analysis is not its first (the evidence of the ones
+/// before was lost with a controller restart).
+pub fn sequence(analysis: &Analysis) -> Option<String> {
+    (analysis.sequence > 0).then(|| {
+        format!(
+            "analysis {} of this stage: the evidence before it was lost, so it started afresh with a              smaller share of the error budgets",
+            analysis.sequence + 1
+        )
+    })
+}
+
+/// One row of traffic outside the comparison: class, version, requests, error
+/// rate, tasks, completion rate, cost per task.
+pub fn apart_row(t: &ApartTraffic) -> [String; 7] {
+    let share = |x: f64, n: f64| (n > 0.0).then(|| x / n);
+    [
+        t.traffic.clone(),
+        t.version.clone(),
+        count(t.requests),
+        number(share(t.errors, t.requests)),
+        count(t.tasks),
+        number(share(t.tasks_completed, t.tasks)),
+        share(t.cost_micros, t.tasks).map_or("-".into(), |c| format!("{c:.0}")),
+    ]
+}
+
+/// The heading of `apart_row`'s columns.
+pub const APART_COLUMNS: [&str; 7] = [
+    "traffic",
+    "version",
+    "requests",
+    "error rate",
+    "tasks",
+    "completion",
+    "cost/task",
+];
+
+/// Why traffic is outside the comparison, in a line.
+pub const APART_NOTE: &str = "Outside the comparison (not placed by the cohort hash at the     rollout's weight: forced, segment-routed, sessionless to stable), shown apart, never compared";
 
 /// An open gate's estimated time to decision, as ` (about 12m more)`.
 pub fn eta(seconds: Option<f64>) -> String {

@@ -153,7 +153,7 @@ fn row() -> RolloutRow {
 #[tokio::test]
 async fn increases_are_exact_from_the_value_at_the_stage_start() {
     let window = source(fake(Scenario::Healthy).await)
-        .window(&row(), NOW_MS)
+        .window(&row(), STAGE_START_MS, NOW_MS)
         .await
         .unwrap();
     assert_eq!(window.version("v1").get("rq_total"), 200.0);
@@ -164,7 +164,7 @@ async fn increases_are_exact_from_the_value_at_the_stage_start() {
 #[tokio::test]
 async fn a_reset_series_is_summed_sample_by_sample() {
     let window = source(fake(Scenario::Reset).await)
-        .window(&row(), NOW_MS)
+        .window(&row(), STAGE_START_MS, NOW_MS)
         .await
         .unwrap();
     // From 20 at the start: +10 (30), +5 (restarted at 5), +45 (50).
@@ -180,7 +180,7 @@ async fn every_failure_is_named_and_gives_no_window() {
         (Scenario::Garbage, "no JSON"),
     ] {
         let error = source(fake(scenario).await)
-            .window(&row(), NOW_MS)
+            .window(&row(), STAGE_START_MS, NOW_MS)
             .await
             .unwrap_err();
         assert!(error.contains(expected), "{error}");
@@ -191,7 +191,7 @@ async fn every_failure_is_named_and_gives_no_window() {
         listener.local_addr().unwrap()
     };
     let error = source(format!("http://{closed}"))
-        .window(&row(), NOW_MS)
+        .window(&row(), STAGE_START_MS, NOW_MS)
         .await
         .unwrap_err();
     assert!(error.contains("cannot reach Prometheus"), "{error}");

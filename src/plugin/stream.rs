@@ -6,7 +6,7 @@ use super::worker::Worker;
 use crate::cohort::Cohort;
 use crate::config::ServedBy;
 use crate::route::RouteTable;
-use crate::routing::{route_request, served_cohort, Decision, HeaderEdit};
+use crate::routing::{route_request, Decision, HeaderEdit};
 use crate::stats::StreamRecord;
 use crate::wire::HeaderMap;
 use std::rc::Rc;
@@ -61,7 +61,7 @@ impl Stream {
                 }
             },
         );
-        self.record.forced = decision.forced;
+        self.record.traffic = decision.traffic;
         self.record.sessionless = decision.sessionless;
         self.decision = Some(decision);
     }
@@ -120,7 +120,7 @@ impl Stream {
             ServedBy::Cluster => host.property(&["xds", "cluster_name"]).ok().flatten(),
             ServedBy::Decision => None,
         };
-        let cohort: Cohort = served_cohort(table, decision.cohort, cluster.as_deref());
+        let cohort: Cohort = table.served_cohort(decision.cohort, cluster.as_deref());
         let version = &table.backend(cohort).version;
         if self.record.status.is_some_and(|s| s >= 500) {
             // Envoy's own 5xx for an upstream that reset before answering.
@@ -130,7 +130,7 @@ impl Stream {
         worker
             .pending
             .borrow_mut()
-            .counters_mut(version, self.record.forced)
+            .counters_mut(version, self.record.traffic)
             .record(&self.record);
         // From the request's headers to the stream's end, by two clock reads: no
         // property path for Envoy to look up and serialise.
@@ -149,7 +149,7 @@ impl Stream {
                 host,
                 &worker.config.target,
                 version,
-                self.record.forced,
+                self.record.traffic,
             );
             if let Some(id) = id {
                 if host.record_metric(id, millis).is_err() {

@@ -117,10 +117,48 @@ fn counts_telemetry_strips_it_and_flushes_metrics_on_the_tick() {
     assert_eq!(host.metric(&rep("rq_errors")), None, "nothing to count");
 }
 
-/// Forced and sessionless-to-stable requests are outside the comparison: in no
-/// replicate. `session_replicates: false` keeps none at all.
+/// Forced, segment-routed and sessionless-to-stable requests are outside the
+/// comparison: counted under `<target>.<class>`, in no replicate.
+/// `session_replicates: false` keeps no replicate at all.
 #[test]
 fn replicates_count_only_randomised_requests() {
+    let segmented = CONFIG.replace(
+        r#""canary_weight_bp": 10000,"#,
+        r#""canary_weight_bp": 10000, "segments": [{"header": "x-user-group", "value": "internal", "canary_weight_bp": 10000}],"#,
+    );
+    let counted_under = |headers: &[(&str, &[u8])]| -> Vec<String> {
+        let host = MockHost::default().with_map(MapKind::RequestHeaders, headers);
+        let mut role = Role::configure(&host, Some(b"filter"), segmented.as_bytes()).unwrap();
+        run_stream(&role, &host);
+        for _ in 0..worker::FLUSH_EVERY_TICKS {
+            role.on_tick(&host);
+        }
+        let mut names: Vec<String> = host
+            .metric_names()
+            .into_iter()
+            .filter(|n| n.ends_with(".rq_total") && !n.contains(".replicate."))
+            .collect();
+        names.sort();
+        names
+    };
+    let total = |target: &str, version: &str| {
+        vec![format!(
+            "policy_canary.target.{target}.version.{version}.rq_total"
+        )]
+    };
+    assert_eq!(
+        counted_under(&[("x-session-id", b"user-1")]),
+        total("support-agent", "v2")
+    );
+    assert_eq!(
+        counted_under(&[("x-session-id", b"user-1"), ("x-user-group", b"internal")]),
+        total("support-agent.segment", "v2")
+    );
+    assert_eq!(counted_under(&[]), total("support-agent.sessionless", "v1"));
+    assert_eq!(
+        counted_under(&[("x-session-id", b"user-1"), ("x-canary", b"false")]),
+        total("support-agent.forced", "v1")
+    );
     let replicated = |config: &str, headers: &[(&str, &[u8])]| -> bool {
         let host = MockHost::default().with_map(MapKind::RequestHeaders, headers);
         let mut role = Role::configure(&host, Some(b"filter"), config.as_bytes()).unwrap();
@@ -144,6 +182,10 @@ fn replicates_count_only_randomised_requests() {
     );
     let off = CONFIG.replacen('{', r#"{"session_replicates": false,"#, 1);
     assert!(!replicated(&off, &[("x-session-id", b"user-1")]));
+    assert!(!replicated(
+        &segmented,
+        &[("x-session-id", b"user-1"), ("x-user-group", b"internal")]
+    ));
 }
 
 #[test]

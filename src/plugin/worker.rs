@@ -8,7 +8,9 @@ use super::sync_service::SyncService;
 use crate::config::PluginConfig;
 use crate::replicate::{replicate_stat_name, PendingReplicates, Slot, REPLICATES};
 use crate::route::RouteTable;
-use crate::stats::{stat_name, stat_target, ByVersion, Counter, PendingCounts, LATENCY_SUFFIX};
+use crate::stats::{
+    stat_name, stat_target, ByVersion, Counter, PendingCounts, Traffic, LATENCY_SUFFIX,
+};
 use crate::sync::{Follow, TableFollower, ROUTES_KEY};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -163,8 +165,8 @@ impl Worker {
         let target = &self.config.target;
         self.pending
             .borrow_mut()
-            .flush(|version, forced, counter, value| {
-                let id = metrics.counter(host, target, version, forced, counter);
+            .flush(|version, traffic, counter, value| {
+                let id = metrics.counter(host, target, version, traffic, counter);
                 increment(host, id, value)
             });
         self.pending_replicates
@@ -217,11 +219,11 @@ impl MetricIds {
         host: &impl Host,
         target: &str,
         version: &str,
-        forced: bool,
+        traffic: Traffic,
         counter: Counter,
     ) -> Option<u32> {
-        let slot = &mut self.versions.get_mut(version, forced).counters[counter as usize];
-        let target = stat_target(target, forced);
+        let slot = &mut self.versions.get_mut(version, traffic).counters[counter as usize];
+        let target = stat_target(target, traffic);
         define(
             host,
             slot,
@@ -240,7 +242,7 @@ impl MetricIds {
         replicate: u8,
         slot: Slot,
     ) -> Option<u32> {
-        let ids = self.replicates.get_mut(version, false);
+        let ids = self.replicates.get_mut(version, Traffic::Compared);
         let id = ids
             .0
             .get_mut(usize::from(replicate))?
@@ -261,10 +263,10 @@ impl MetricIds {
         host: &impl Host,
         target: &str,
         version: &str,
-        forced: bool,
+        traffic: Traffic,
     ) -> Option<u32> {
-        let slot = &mut self.versions.get_mut(version, forced).latency;
-        let target = stat_target(target, forced);
+        let slot = &mut self.versions.get_mut(version, traffic).latency;
+        let target = stat_target(target, traffic);
         define(
             host,
             slot,

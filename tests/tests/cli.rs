@@ -210,14 +210,14 @@ fn plan_check_reads_the_shipped_plans() {
         .collect();
     assert!(plans.len() >= 4, "{plans:?}");
     for plan in &plans {
-        // The demos' own traffic (scripts/run-demo.sh): 3000 sessions; their agents
+        // The demos' own traffic (scripts/run-demo.sh): 10000 sessions; their agents
         // answer without 5xx, so the error baseline is low.
         let (code, text) = check(&[
             plan,
             "--rate",
             "300",
             "--sessions",
-            "3000",
+            "10000",
             "--base",
             "error_rate=0.002",
         ]);

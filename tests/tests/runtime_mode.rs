@@ -70,10 +70,10 @@ fn runtime_weights_move_the_split_live_and_stay_sticky() {
     assert_eq!(forced.backend, "canary");
     assert_eq!(forced.received_all["x-agent-policy"], vec!["v2.4.0"]);
     // Forced requests are counted apart (`<target>.forced`), out of the evidence.
-    // Sessionless requests carry the last bucket, which stays on stable.
+    // Sessionless requests carry the last bucket, which stays on stable; they are
+    // counted apart too (`<target>.sessionless`).
     for _ in 0..20 {
         assert_eq!(client.get("/", &[]).backend, "stable");
-        sent_stable += 1;
     }
 
     // Stats follow the cluster Envoy chose, not the filter's own weight (0 here).
@@ -82,6 +82,12 @@ fn runtime_weights_move_the_split_live_and_stay_sticky() {
         let canary = envoy.policy_stat(TARGET, "v2.4.0", "rq_total");
         (stable == sent_stable && canary == sent_canary).then_some(())
     });
+    let sessionless = format!("{TARGET}.sessionless");
+    wait_for(
+        "the sessionless requests counted apart",
+        Duration::from_secs(5),
+        || (envoy.policy_stat(&sessionless, "v2.3.1", "rq_total") == 20).then_some(()),
+    );
     let forced_target = format!("{TARGET}.forced");
     wait_for(
         "the forced request counted apart",

@@ -233,9 +233,10 @@ fn stats_equal_what_was_sent_per_version() {
         want_stable.add("telemetry_malformed", 1);
     }
 
-    // Forced and sessionless requests: forced ones counted apart, under
-    // `<target>.forced`, out of the analysis' evidence.
+    // Forced and sessionless requests: counted apart, under `<target>.forced` and
+    // `<target>.sessionless`, out of the analysis' comparison.
     let mut want_forced = Expected::default();
+    let mut want_sessionless = Expected::default();
     for _ in 0..4 {
         client.get("/", &[("x-canary", "true")]);
         want_forced.add("rq_total", 1);
@@ -245,14 +246,20 @@ fn stats_equal_what_was_sent_per_version() {
     }
     for _ in 0..6 {
         client.get("/", &[]);
-        want_stable.add("rq_total", 1);
-        want_stable.add("rq_2xx", 1);
-        want_stable.add("sessionless_rq", 1);
+        want_sessionless.add("rq_total", 1);
+        want_sessionless.add("rq_2xx", 1);
+        want_sessionless.add("sessionless_rq", 1);
     }
 
     assert_stats(&envoy, STABLE, &want_stable);
     assert_stats(&envoy, CANARY, &want_canary);
     assert_stats_of(&envoy, &format!("{TARGET}.forced"), CANARY, &want_forced);
+    assert_stats_of(
+        &envoy,
+        &format!("{TARGET}.sessionless"),
+        STABLE,
+        &want_sessionless,
+    );
 
     // The latency histogram exists per version with one sample per finished request.
     // Envoy merges histograms on its stats flush (every 5 s by default).
@@ -281,9 +288,10 @@ fn stats_equal_what_was_sent_per_version() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    // Session replicates: every unforced request with a session counts in one of
-    // 32 replicates, `policy_canary_replicate{target,policy_version,replicate,counter}`
-    // (the shipped `stats_tags`); sessionless requests sent to stable do not.
+    // Session replicates: every compared request (under the target itself) counts
+    // in one of 32 replicates,
+    // `policy_canary_replicate{target,policy_version,replicate,counter}` (the
+    // shipped `stats_tags`); those counted apart in none.
     for (version, want) in [(STABLE, &want_stable), (CANARY, &want_canary)] {
         let mut total = 0;
         for line in prometheus.lines() {
@@ -305,8 +313,7 @@ fn stats_equal_what_was_sent_per_version() {
                 total += value.parse::<u64>().unwrap();
             }
         }
-        let sessionless = want.0.get("sessionless_rq").copied().unwrap_or(0);
-        assert_eq!(total, want.0["rq_total"] - sessionless, "{version}");
+        assert_eq!(total, want.0["rq_total"], "{version}");
     }
     assert_eq!(envoy.wasm_failures(), Vec::<String>::new());
 }

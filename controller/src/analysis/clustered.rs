@@ -11,10 +11,12 @@
 //!
 //! counts whatever sessions share (a power user's cost level, a workflow's failure
 //! propensity, its share of the traffic) instead of assuming requests independent.
-//! It has g − 1 degrees of freedom, so the bound's normal quantile is replaced by
-//! Student's t at the same tail (`student_z`).
+//! Its degrees of freedom are those of the *effective* replicates, (ΣX)²/ΣX²
+//! minus one: a replicate holding most of an arm's units (one dominant session)
+//! counts as about one, however many others hold a little. The bound's normal
+//! quantile is replaced by Student's t at the same tail (`student_z`).
 
-/// Fewer non-empty replicates than this in an arm: no verdict from it (the
+/// Fewer effective replicates than this in an arm: no verdict from it (the
 /// variance would rest on fewer than 7 degrees of freedom).
 pub const MIN_GROUPS: usize = 8;
 
@@ -28,21 +30,92 @@ pub struct ReplicateRatio {
     pub n: f64,
     /// Non-empty replicates.
     pub groups: usize,
+    /// Effective replicates, (ΣX)² / ΣX² over the replicates' shares of the
+    /// estimate: 32 when they hold equal shares, near 1 when one session holds
+    /// most of the arm.
+    pub effective: f64,
+}
+
+impl ReplicateRatio {
+    /// Degrees of freedom of `variance`: one fewer than the effective replicates
+    /// (never more than the non-empty replicates give).
+    pub fn df(&self) -> usize {
+        let effective = self.effective.floor().max(1.0) as usize;
+        effective.min(self.groups).saturating_sub(1)
+    }
 }
 
 /// The ratio ΣY/ΣX of per-replicate pairs (Y, X) and its between-replicate variance.
 /// `None` when no replicate has units.
 pub fn ratio(pairs: impl IntoIterator<Item = (f64, f64)>) -> Option<ReplicateRatio> {
-    let pairs: Vec<(f64, f64)> = pairs.into_iter().filter(|(_, x)| *x > 0.0).collect();
-    let n: f64 = pairs.iter().map(|(_, x)| x).sum();
-    if pairs.is_empty() || n <= 0.0 {
+    let pairs: Vec<(f64, f64)> = pairs.into_iter().collect();
+    stratified(&[(1.0, &pairs)])
+}
+
+/// The stratified ratio Σₚ wₚ·Rₚ over periods p (weights summing to 1, each with
+/// its per-replicate pairs (Y, X) and ratio Rₚ = ΣY/ΣX), and its variance between
+/// replicates. A replicate holds the same sessions in every period, so its
+/// residual is taken over all of them at once,
+///
+/// ```text
+/// eⱼ = Σₚ wₚ (Yₚⱼ − Rₚ·Xₚⱼ) / Xₚ,   V = g/(g − 1) · Σⱼ eⱼ²
+/// ```
+///
+/// which is the random-groups variance when there is one period. The effective
+/// replicates come from each replicate's share aⱼ = Σₚ wₚ·Xₚⱼ / Xₚ of the
+/// estimate: 1 / Σⱼ aⱼ² (Kish's effective sample size of the replicates).
+/// Periods without units or weight are left out. `None` when nothing is left.
+pub fn stratified(periods: &[(f64, &[(f64, f64)])]) -> Option<ReplicateRatio> {
+    /// A period used: its weight, pairs, ratio and units.
+    struct Used<'a> {
+        w: f64,
+        pairs: &'a [(f64, f64)],
+        r: f64,
+        x: f64,
+    }
+    let used: Vec<Used<'_>> = periods
+        .iter()
+        .filter_map(|&(w, pairs)| {
+            let x: f64 = pairs.iter().map(|(_, x)| x.max(0.0)).sum();
+            let y: f64 = pairs.iter().filter(|(_, x)| *x > 0.0).map(|(y, _)| y).sum();
+            (w > 0.0 && x > 0.0).then_some(Used {
+                w,
+                pairs,
+                r: y / x,
+                x,
+            })
+        })
+        .collect();
+    let total_weight: f64 = used.iter().map(|u| u.w).sum();
+    if used.is_empty() || total_weight <= 0.0 {
         return None;
     }
-    let mean = pairs.iter().map(|(y, _)| y).sum::<f64>() / n;
-    let g = pairs.len();
-    let variance = if g > 1 {
-        let ss: f64 = pairs.iter().map(|(y, x)| (y - mean * x).powi(2)).sum();
-        g as f64 / (g as f64 - 1.0) * ss / (n * n)
+    let replicates = used.iter().map(|u| u.pairs.len()).max().unwrap_or(0);
+    let mut residuals = vec![0.0; replicates];
+    let mut shares = vec![0.0; replicates];
+    let mut mean = 0.0;
+    let mut n = 0.0;
+    for &Used { w, pairs, r, x } in &used {
+        let w = w / total_weight;
+        mean += w * r;
+        n += x;
+        for (j, &(y_j, x_j)) in pairs.iter().enumerate() {
+            if x_j > 0.0 {
+                residuals[j] += w * (y_j - r * x_j) / x;
+                shares[j] += w * x_j / x;
+            }
+        }
+    }
+    let groups = shares.iter().filter(|a| **a > 0.0).count();
+    let sum_sq_shares: f64 = shares.iter().map(|a| a * a).sum();
+    let effective = if sum_sq_shares > 0.0 {
+        1.0 / sum_sq_shares
+    } else {
+        0.0
+    };
+    let variance = if groups > 1 {
+        let g = groups as f64;
+        g / (g - 1.0) * residuals.iter().map(|e| e * e).sum::<f64>()
     } else {
         f64::INFINITY
     };
@@ -50,7 +123,8 @@ pub fn ratio(pairs: impl IntoIterator<Item = (f64, f64)>) -> Option<ReplicateRat
         mean,
         variance,
         n,
-        groups: g,
+        groups,
+        effective,
     })
 }
 
@@ -200,6 +274,8 @@ mod tests {
         // Two groups with the same ratio: no spread between them.
         let same = ratio([(10.0, 100.0), (20.0, 200.0), (0.0, 0.0)]).unwrap();
         assert_eq!((same.mean, same.variance, same.groups), (0.1, 0.0, 2));
+        // Shares 1/3 and 2/3: 1 / (1/9 + 4/9) = 1.8 effective replicates.
+        assert!((same.effective - 1.8).abs() < 1e-12);
         // One group all failures, one none: the spread is the groups', however many
         // units each holds.
         let apart = ratio([(100.0, 100.0), (0.0, 100.0)]).unwrap();
@@ -208,5 +284,38 @@ mod tests {
         assert!((apart.variance - 0.25).abs() < 1e-12);
         assert_eq!(ratio([(1.0, 0.0)]), None);
         assert_eq!(ratio([(1.0, 5.0)]).unwrap().variance, f64::INFINITY);
+    }
+
+    /// One session holding 95% of an arm's units: 32 non-empty replicates, but
+    /// about one effective, and so no degrees of freedom to speak of.
+    #[test]
+    fn a_dominant_replicate_counts_as_about_one() {
+        let mut pairs = vec![(900.0, 950.0)];
+        pairs.extend((0..31).map(|_| (1.0, 50.0 / 31.0)));
+        let r = ratio(pairs).unwrap();
+        assert_eq!(r.groups, 32);
+        assert!(r.effective < 1.2, "{}", r.effective);
+        assert_eq!(r.df(), 0);
+        let even = ratio((0..32).map(|_| (5.0, 10.0))).unwrap();
+        assert!((even.effective - 32.0).abs() < 1e-9);
+        assert_eq!(even.df(), 31);
+    }
+
+    /// Periods are weighted as given; a replicate's residuals add up over them.
+    #[test]
+    fn strata_weigh_their_ratios() {
+        let a = [(10.0, 100.0), (30.0, 100.0)]; // R = 0.2
+        let b = [(80.0, 100.0), (80.0, 100.0)]; // R = 0.8
+        let r = stratified(&[(0.5, &a[..]), (0.5, &b[..])]).unwrap();
+        assert!((r.mean - 0.5).abs() < 1e-12);
+        assert_eq!(r.n, 400.0);
+        // e = 0.5 · (∓10/200): ±0.025 per replicate; V = 2 · 2 · 0.025².
+        assert!((r.variance - 0.0025).abs() < 1e-12);
+        assert!((r.effective - 2.0).abs() < 1e-12);
+        // A period without units leaves the others' weights.
+        let none = [(0.0, 0.0), (0.0, 0.0)];
+        let r = stratified(&[(0.5, &a[..]), (0.5, &none[..])]).unwrap();
+        assert!((r.mean - 0.2).abs() < 1e-12);
+        assert_eq!(stratified(&[(1.0, &none[..])]), None);
     }
 }

@@ -5,14 +5,14 @@
 
 use crate::analysis::analyse;
 use crate::analysis::decide::{decide, StageDecision};
-use crate::analysis::evidence::Window;
+use crate::analysis::evidence::{Snapshot, Window};
 use crate::analysis::AnalysisReport;
 use crate::rollout::plan::InconclusiveAction;
 use crate::rollout::Phase;
-use crate::store::RolloutRow;
+use crate::store::{self, RolloutRow};
 use crate::units::Now;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A stage decision with the evidence behind it (kept in the audit log).
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +70,7 @@ impl Judge for TimeOnlyJudge {
 #[derive(Debug)]
 pub struct Tracked {
     stage: usize,
-    /// Starts with the stage (`window.started_ms` is the stage's start).
+    /// Starts with the stage, and goes on across pauses and controller restarts.
     pub window: Window,
     consecutive_failures: u32,
     /// Since when (steady clock) the evidence has been unavailable, at the
@@ -79,21 +79,122 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    fn new(row: &RolloutRow) -> Tracked {
+    /// The rollout's window: continued from the store when it holds the stage's,
+    /// else a new one (saved at once, so that a restart finds it).
+    fn open(row: &RolloutRow, store: Option<&WindowStore>) -> Tracked {
+        let window = match store {
+            Some(store) => store.open(row),
+            None => Window::new(row.state.stage_started_ms),
+        };
         Tracked {
             stage: row.state.stage,
-            window: Window::new(row.state.stage_started_ms),
+            window,
             consecutive_failures: 0,
             evidence_lost_since: None,
         }
     }
 
-    /// A new stage (or a resumed one) starts a new window over the same baselines.
-    fn follow(&mut self, row: &RolloutRow) {
-        if self.stage != row.state.stage || self.window.started_ms != row.state.stage_started_ms {
+    /// A new stage starts a new window over the same baselines. A resume does
+    /// not: the weight stayed the same through the pause, and so the comparison
+    /// goes on (and its budgets are spent once per stage).
+    fn follow(&mut self, row: &RolloutRow, store: Option<&WindowStore>) {
+        if self.stage != row.state.stage {
             self.stage = row.state.stage;
             self.window.restart(row.state.stage_started_ms);
             self.consecutive_failures = 0;
+            if let Some(store) = store {
+                store.save(row, &self.window);
+            }
+        }
+    }
+}
+
+/// Where the judge keeps each stage's window across controller restarts: for a
+/// source that keeps history (Prometheus) its start and sequence, which is all it
+/// needs to recompute it; for the Envoy admins the whole window, counts and
+/// baselines together.
+pub struct WindowStore {
+    conn: Mutex<rusqlite::Connection>,
+    keeps_history: bool,
+}
+
+impl WindowStore {
+    /// A store on the controller's state database (opened and migrated already).
+    pub fn open_at(path: &std::path::Path, keeps_history: bool) -> rusqlite::Result<WindowStore> {
+        Ok(WindowStore {
+            conn: Mutex::new(store::open(path)?),
+            keeps_history,
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stage's window as last saved, or a new one. A saved window whose
+    /// evidence cannot be read back (a snapshot missing or unreadable) is lost:
+    /// a new analysis sequence starts now, with its own share of the budgets.
+    fn open(&self, row: &RolloutRow) -> Window {
+        let stored = store::latest_window(&self.conn(), row.id, row.state.stage)
+            .unwrap_or_else(|e| {
+                tracing::warn!(rollout = row.id, error = %e, "cannot read the saved analysis window");
+                None
+            });
+        let window = match stored {
+            None => Window::new(row.state.stage_started_ms),
+            Some(stored) if self.keeps_history => {
+                let mut window = Window::new(stored.started_ms);
+                window.sequence = stored.sequence;
+                return window;
+            }
+            Some(stored) => {
+                let snapshot = stored
+                    .snapshot
+                    .as_deref()
+                    .and_then(|json| serde_json::from_str::<Snapshot>(json).ok())
+                    .filter(|s| s.sequence == stored.sequence);
+                match snapshot {
+                    Some(snapshot) => return Window::restore(snapshot),
+                    None => {
+                        let mut window = Window::new(crate::units::now_ms());
+                        window.sequence = stored.sequence.saturating_add(1);
+                        tracing::warn!(
+                            rollout = row.id,
+                            stage = row.state.stage + 1,
+                            sequence = window.sequence,
+                            "the stage's saved evidence is lost: a new analysis starts with its share of the budgets"
+                        );
+                        window
+                    }
+                }
+            }
+        };
+        self.save(row, &window);
+        window
+    }
+
+    /// Saves the window (its snapshot, unless the source keeps history).
+    fn save(&self, row: &RolloutRow, window: &Window) {
+        self.write(row, &window.snapshot());
+    }
+
+    fn write(&self, row: &RolloutRow, snapshot: &Snapshot) {
+        let stored = store::StoredWindow {
+            sequence: snapshot.sequence,
+            started_ms: snapshot.started_ms,
+            snapshot: (!self.keeps_history)
+                .then(|| serde_json::to_string(snapshot).ok())
+                .flatten(),
+        };
+        let now = crate::units::now_ms();
+        if let Err(e) = store::save_window(&self.conn(), row.id, row.state.stage, &stored, now) {
+            tracing::warn!(rollout = row.id, error = %e, "cannot save the analysis window");
+        }
+    }
+
+    fn forget_ended(&self) {
+        if let Err(e) = store::forget_ended_windows(&self.conn()) {
+            tracing::warn!(error = %e, "cannot forget the windows of ended rollouts");
         }
     }
 }
@@ -103,14 +204,25 @@ impl Tracked {
 #[derive(Clone, Default)]
 pub struct EvidenceJudge {
     tracked: Arc<Mutex<HashMap<i64, Tracked>>>,
+    /// Set once the controller's state is open; without it (tests, simulations)
+    /// windows live in memory only.
+    store: Arc<OnceLock<WindowStore>>,
 }
 
 impl EvidenceJudge {
-    /// Runs `f` on the rollout's tracked window (started when first seen).
+    /// Keeps windows in `store` from now on.
+    pub fn keep_windows_in(&self, store: WindowStore) {
+        let _ = self.store.set(store);
+    }
+
+    /// Runs `f` on the rollout's tracked window (opened when first seen).
     pub fn with<T>(&self, row: &RolloutRow, f: impl FnOnce(&mut Tracked) -> T) -> T {
+        let store = self.store.get();
         let mut tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = tracked.entry(row.id).or_insert_with(|| Tracked::new(row));
-        entry.follow(row);
+        let entry = tracked
+            .entry(row.id)
+            .or_insert_with(|| Tracked::open(row, store));
+        entry.follow(row, store);
         f(entry)
     }
 
@@ -125,17 +237,33 @@ impl EvidenceJudge {
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
-        let mut tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
-        tracked.retain(|id, _| rows.iter().any(|r| r.id == *id));
+        let ended = {
+            let mut tracked = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
+            let before = tracked.len();
+            tracked.retain(|id, _| rows.iter().any(|r| r.id == *id));
+            tracked.len() < before
+        };
+        if ended {
+            let judge = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(store) = judge.store.get() {
+                    store.forget_ended();
+                }
+            })
+            .await;
+        }
         rows
     }
 }
 
 impl Judge for EvidenceJudge {
     fn check(&self, row: &RolloutRow, now: Now) -> Judgement {
-        self.with(row, |t| {
+        let judgement = self.with(row, |t| {
             let analysis = analyse(&row.plan, row.state.stage, &t.window);
-            let elapsed = now.wall_ms - row.state.stage_started_ms;
+            // The stage's clock (from its start or resume), and never more than the
+            // window's evidence spans: a window started afresh after lost evidence
+            // must meet `min_duration` by itself.
+            let elapsed = now.wall_ms - row.state.stage_started_ms.max(t.window.started_ms);
             if let Some(reason) = &analysis.evidence_unavailable {
                 // No evidence is never a pass: hold; after `evidence_timeout` without
                 // any, the plan's `on_evidence_loss` (unmonitored, a canary may be
@@ -175,7 +303,14 @@ impl Judge for EvidenceJudge {
             t.consecutive_failures = failures;
             let details = serde_json::to_value(&analysis).unwrap_or_default();
             Judgement { decision, details }
-        })
+        });
+        // Saved at every check: a restart continues from here, and the evidence
+        // since comes back with the next scrape (Envoy's counters are cumulative).
+        if let Some(store) = self.store.get().filter(|s| !s.keeps_history) {
+            let snapshot = self.with(row, |t| t.window.snapshot());
+            store.write(row, &snapshot);
+        }
+        judgement
     }
 
     fn report(&self, row: &RolloutRow) -> Option<AnalysisReport> {
@@ -272,5 +407,104 @@ mod tests {
         judge.with(&row, |t| t.window = Window::new(0));
         let report = judge.report(&row).unwrap();
         assert_eq!(report.analysis.evidence_unavailable, None);
+    }
+
+    /// Cumulative counts as one Envoy reports them after `passes` passes of
+    /// identical versions (A/A), with session replicates.
+    fn envoy_scrape(passes: u32) -> crate::analysis::evidence::Scrape {
+        use crate::analysis::evidence::{Sample, SeriesKey};
+        use policy_canary::replicate::{ReplicateCounter as R, Slot, REPLICATES};
+        let mut scrape = crate::analysis::evidence::Scrape::default();
+        for (version, per_pass) in [("v1", 190.0), ("v2", 10.0)] {
+            let mut s = Sample::default();
+            for r in 0..REPLICATES {
+                // Replicates differ (sessions do), the versions do not.
+                let tasks = f64::from(passes) * per_pass * (1.0 + (r % 3) as f64) / 64.0;
+                let completed = tasks * (0.8 + 0.05 * (r % 4) as f64);
+                for (counter, value) in [
+                    (R::RqTotal, tasks),
+                    (R::TasksTotal, tasks),
+                    (R::TasksCompleted, completed.floor()),
+                ] {
+                    s.set_replicate(r, Slot::Counter(counter).index(), value.floor());
+                }
+            }
+            for (name, counter) in [
+                ("rq_total", R::RqTotal),
+                ("tasks_total", R::TasksTotal),
+                ("tasks_completed", R::TasksCompleted),
+            ] {
+                let total: f64 = (0..REPLICATES)
+                    .map(|r| s.replicate(r, Slot::Counter(counter)))
+                    .sum();
+                s.counters.insert(name.into(), total);
+            }
+            scrape.series.insert(SeriesKey::compared(version), s);
+        }
+        scrape
+    }
+
+    /// A judge keeping its windows in the state database at `path`.
+    fn judge_on(path: &std::path::Path) -> EvidenceJudge {
+        let judge = EvidenceJudge::default();
+        judge.keep_windows_in(WindowStore::open_at(path, false).unwrap());
+        judge
+    }
+
+    /// Three controller restarts in a stage change nothing the checks see: the
+    /// window, saved at every check, is continued (not started afresh), so the
+    /// stage's analysis is one sequence and spends its budgets once; the evidence
+    /// scraped while the controller was down comes back in the next deltas.
+    #[test]
+    fn restarts_continue_the_stage_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = row(0);
+        let steady = EvidenceJudge::default();
+        let mut restarted = judge_on(&dir.path().join("canaryctl.db"));
+        let mut seen = Vec::new();
+        for pass in 0..40u32 {
+            if [10, 20, 30].contains(&pass) {
+                // kill -9 after the last check; scrapes in between are lost.
+                restarted = judge_on(&dir.path().join("canaryctl.db"));
+            }
+            let scrape = envoy_scrape(pass);
+            for judge in [&steady, &restarted] {
+                judge.with(&row, |t| t.window.add("envoy-1", &scrape));
+            }
+            if pass % 3 == 2 {
+                let now = Now::at(i64::from(pass) * 1_000);
+                let a = steady.check(&row, now);
+                let b = restarted.check(&row, now);
+                assert_eq!(a.decision, b.decision);
+                for field in [
+                    "comparisons",
+                    "safety",
+                    "stable_requests",
+                    "canary_requests",
+                    "sequence",
+                    "alpha",
+                ] {
+                    assert_eq!(a.details[field], b.details[field], "pass {pass}: {field}");
+                }
+                seen.push(b.details["canary_requests"].as_f64().unwrap());
+            }
+        }
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        assert_eq!(restarted.report(&row).unwrap().analysis.sequence, 0);
+
+        // A saved window that cannot be read back is lost evidence: a new
+        // sequence starts, now, with its smaller share of the budgets.
+        let conn = store::open(&dir.path().join("canaryctl.db")).unwrap();
+        conn.execute("UPDATE analysis_windows SET snapshot = 'garbage'", [])
+            .unwrap();
+        let after_loss = judge_on(&dir.path().join("canaryctl.db"));
+        let report = after_loss.report(&row).unwrap().analysis;
+        assert_eq!((report.sequence, report.canary_requests), (1, 0.0));
+        assert!(report.window_started_ms > 0);
+        let levels = crate::analysis::Levels::at_stage(&row.plan, 0);
+        assert!((report.alpha - levels.for_sequence(1).breach).abs() < 1e-15);
+        // And the next restart continues that one.
+        let again = judge_on(&dir.path().join("canaryctl.db"));
+        assert_eq!(again.report(&row).unwrap().analysis.sequence, 1);
     }
 }

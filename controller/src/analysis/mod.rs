@@ -32,27 +32,38 @@
 //!
 //! Latency P95 is compared through exceedance: with L = stable's P95 × (1 + r), or
 //! stable's P95 plus a ms, the canary breaches when the share of its requests slower
-//! than L is shown to exceed 5%, and passes when it is shown to stay below 5%.
-//! Stable's P95 is taken as known (it needs `MIN_LATENCY_SAMPLES` stable requests).
+//! than L is shown to exceed 5%, and passes when it is shown to stay below 5%;
+//! stable's P95 enters through its own bounds.
+//!
+//! Only compared traffic is compared (`Traffic::Compared`: placed by the cohort
+//! hash at the rollout's weight), period by constant-weight period of the window;
+//! forced, segment-routed and sessionless requests are shown apart (`outside`).
 
+mod arms;
 pub mod clustered;
 pub mod compare;
 pub mod decide;
 pub mod evidence;
 pub mod judge;
+mod latency;
 pub mod planning;
+mod report;
 pub mod sequential;
 
 use crate::analysis::evidence::Window;
-use crate::rollout::gates::{Direction, Gate, Metric};
+use crate::rollout::gates::Metric;
 use crate::rollout::plan::RolloutPlan;
-use crate::store::AuditEntry;
-use compare::{change, compare};
-use policy_canary::stats::Counter;
-use serde::{Deserialize, Serialize};
+use arms::Stratum;
+use compare::compare;
+use evidence::SeriesKey;
+use policy_canary::stats::{Counter, Traffic};
 
-pub use compare::{exceeding, quantile};
 pub use decide::{decide, StageDecision};
+pub use latency::{exceeding, quantile};
+pub use report::{
+    telemetry_missing, Analysis, AnalysisReport, ApartTraffic, Comparison, GateVerdict, PeriodView,
+    SafetyCheck, TELEMETRY_MISSING,
+};
 
 /// The levels of a gate's two bounds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -91,12 +102,31 @@ impl Levels {
             pass: plan.false_promotion,
         }
     }
+
+    /// The levels of a stage's analysis sequence `k`: 0 unless a controller
+    /// restart lost the evidence of the ones before (`Window::sequence`). The
+    /// first gets `FIRST_SEQUENCE_SHARE` of both budgets, sequence k ≥ 1 the rest
+    /// halved k times, so that however many there are, together they spend each
+    /// budget once.
+    pub fn for_sequence(self, k: u32) -> Levels {
+        let share = if k == 0 {
+            FIRST_SEQUENCE_SHARE
+        } else {
+            (1.0 - FIRST_SEQUENCE_SHARE) * 0.5f64.powi(k.min(1_000) as i32)
+        };
+        Levels {
+            breach: self.breach * share,
+            pass: self.pass * share,
+        }
+    }
 }
+
+/// The share of a stage's budgets its first analysis sequence spends (the
+/// others, after lost evidence, share the rest).
+pub const FIRST_SEQUENCE_SHARE: f64 = 0.9;
 
 /// Fewer samples than this in an arm: inconclusive (the bounds rely on the CLT).
 pub const MIN_SAMPLES: f64 = 30.0;
-/// Stable requests needed to take its P95 as known.
-pub const MIN_LATENCY_SAMPLES: f64 = 200.0;
 
 fn analysed_stages(plan: &RolloutPlan) -> usize {
     plan.stages
@@ -114,150 +144,6 @@ fn enabled_gates(plan: &RolloutPlan) -> usize {
         .max(1)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GateVerdict {
-    Pass,
-    Breach,
-    Inconclusive,
-    NotApplicable,
-    Disabled,
-}
-
-impl GateVerdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GateVerdict::Pass => "pass",
-            GateVerdict::Breach => "breach",
-            GateVerdict::Inconclusive => "inconclusive",
-            GateVerdict::NotApplicable => "not_applicable",
-            GateVerdict::Disabled => "disabled",
-        }
-    }
-}
-
-impl std::fmt::Display for GateVerdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One metric, side by side.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Comparison {
-    pub metric: Metric,
-    pub stable: Option<f64>,
-    pub canary: Option<f64>,
-    /// Canary vs stable in the gate's terms (`-19.0 points`, `+25.0%`).
-    pub change: String,
-    pub threshold: String,
-    pub direction: Direction,
-    pub n_stable: f64,
-    pub n_canary: f64,
-    /// The point estimate of the degradation δ (δ > 0: worse than allowed).
-    pub estimate: Option<f64>,
-    /// Anytime-valid bounds on δ.
-    pub degradation: Option<(f64, f64)>,
-    pub verdict: GateVerdict,
-    /// While the rollout runs: about how many seconds more this open gate needs at
-    /// the canary's rate so far (`planning::eta_seconds`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eta_s: Option<f64>,
-}
-
-impl Comparison {
-    /// A comparison with no verdict yet (inconclusive), or disabled.
-    fn open(
-        metric: Metric,
-        gate: &Gate,
-        stable: Option<f64>,
-        canary: Option<f64>,
-        (n_stable, n_canary): (f64, f64),
-    ) -> Comparison {
-        Comparison {
-            metric,
-            stable,
-            canary,
-            change: match (stable, canary) {
-                (Some(s), Some(c)) => change(gate.threshold, s, c),
-                _ => "n/a".into(),
-            },
-            threshold: gate.threshold.to_string(),
-            direction: gate.direction,
-            n_stable,
-            n_canary,
-            estimate: None,
-            degradation: None,
-            eta_s: None,
-            verdict: if gate.enabled {
-                GateVerdict::Inconclusive
-            } else {
-                GateVerdict::Disabled
-            },
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SafetyCheck {
-    pub stable: f64,
-    pub canary: f64,
-    pub enabled: bool,
-    pub verdict: GateVerdict,
-}
-
-/// Everything one check saw.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Analysis {
-    pub stage: usize,
-    pub window_started_ms: i64,
-    pub stable_requests: f64,
-    pub canary_requests: f64,
-    /// The breach level per gate (the false-rollback budget split).
-    pub alpha: f64,
-    /// The pass level per gate (the false-promotion budget).
-    #[serde(default)]
-    pub beta: f64,
-    /// Both versions reported session replicates: every bound is session-robust.
-    /// Otherwise units (requests, tasks) were taken as independent.
-    #[serde(default)]
-    pub session_robust: bool,
-    pub comparisons: Vec<Comparison>,
-    pub safety: SafetyCheck,
-    /// Neither version reported a task in the window.
-    pub telemetry_missing: bool,
-    pub scrapes_ok: u64,
-    pub scrapes_failed: u64,
-    pub malformed_lines: u64,
-    /// Why the evidence source cannot be trusted now (the stage is held).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence_unavailable: Option<String>,
-}
-
-impl Analysis {
-    /// The analysis an automatic decision kept in its audit entry, if it kept one.
-    pub fn from_audit(entry: &AuditEntry) -> Option<Analysis> {
-        serde_json::from_value(entry.details.clone()?).ok()
-    }
-
-    pub fn breaches(&self) -> Vec<&Comparison> {
-        self.comparisons
-            .iter()
-            .filter(|c| c.verdict == GateVerdict::Breach)
-            .collect()
-    }
-
-    /// Every enabled gate passed (or cannot apply).
-    pub fn all_pass(&self) -> bool {
-        self.comparisons.iter().all(|c| {
-            matches!(
-                c.verdict,
-                GateVerdict::Pass | GateVerdict::NotApplicable | GateVerdict::Disabled
-            )
-        })
-    }
-}
-
 /// α for one gate at one stage, split evenly (without session replicates).
 pub fn gate_alpha(plan: &RolloutPlan) -> f64 {
     plan.false_rollback / (analysed_stages(plan) * enabled_gates(plan)) as f64
@@ -265,14 +151,27 @@ pub fn gate_alpha(plan: &RolloutPlan) -> f64 {
 
 /// Compares the window's two versions under the plan's gates.
 pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
-    let stable = window.version(&plan.stable.version);
-    let canary = window.version(&plan.canary.version);
+    let (stable_key, canary_key) = (
+        SeriesKey::compared(&plan.stable.version),
+        SeriesKey::compared(&plan.canary.version),
+    );
+    let strata: Vec<Stratum> = window
+        .periods()
+        .iter()
+        .map(|p| Stratum {
+            stable: p.get(&stable_key),
+            canary: p.get(&canary_key),
+        })
+        .collect();
+    let stable = window.series(&stable_key);
+    let canary = window.series(&canary_key);
     let session_robust = stable.has_replicates() && canary.has_replicates();
     let levels = if session_robust {
         Levels::at_stage(plan, stage)
     } else {
         Levels::of(plan)
-    };
+    }
+    .for_sequence(window.sequence);
     let telemetry_missing =
         stable.count(Counter::TasksTotal) == 0.0 && canary.count(Counter::TasksTotal) == 0.0;
     let comparisons = Metric::ALL
@@ -281,7 +180,7 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
             let mut c = compare(
                 *m,
                 plan.gates.gate(*m),
-                (&stable, &canary),
+                &strata,
                 window,
                 levels,
                 session_robust,
@@ -297,11 +196,33 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
             c
         })
         .collect();
+    let outside: Vec<ApartTraffic> = window
+        .apart()
+        .iter()
+        .map(|(key, sample)| ApartTraffic::of(key, sample))
+        .collect();
+    // Zero tolerance holds for every user the canary served, segment-routed ones
+    // too (forced requests aside: whoever can force must not roll back).
     let safety_enabled = plan.gates.safety_violations.enabled;
-    let canary_violations = canary.count(Counter::SafetyViolations);
+    let canary_violations = canary.count(Counter::SafetyViolations)
+        + window
+            .series(&SeriesKey::new(Traffic::Segment, &plan.canary.version))
+            .count(Counter::SafetyViolations);
     Analysis {
         stage: stage + 1,
         window_started_ms: window.started_ms,
+        sequence: window.sequence,
+        periods: window
+            .periods()
+            .iter()
+            .zip(&strata)
+            .map(|(p, s)| PeriodView {
+                started_ms: p.started_ms,
+                weight_bp: p.weight_bp,
+                stable_requests: s.stable.count(Counter::RqTotal),
+                canary_requests: s.canary.count(Counter::RqTotal),
+            })
+            .collect(),
         stable_requests: stable.count(Counter::RqTotal),
         canary_requests: canary.count(Counter::RqTotal),
         alpha: levels.breach,
@@ -320,6 +241,7 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
                 (true, false) => GateVerdict::Pass,
             },
         },
+        outside,
         telemetry_missing,
         scrapes_ok: window.scrapes_ok,
         scrapes_failed: window.scrapes_failed,
@@ -328,56 +250,6 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
     }
 }
 
-/// What the judge saw: the current stage window's analysis while a rollout is
-/// under way, or the one its last automatic decision kept once it has ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnalysisReport {
-    #[serde(flatten)]
-    pub analysis: Analysis,
-    /// Checks in a row that breached a gate (under way only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_failures: Option<u32>,
-    /// When the decision this analysis led to was made (ended rollouts only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decided_ms: Option<i64>,
-}
-
-impl AnalysisReport {
-    /// An active stage's report; with `now_ms` (the stage is running, not paused),
-    /// each open gate's estimated time to decision.
-    pub fn running(mut analysis: Analysis, consecutive_failures: u32, now_ms: Option<i64>) -> Self {
-        if let Some(now_ms) = now_ms {
-            let elapsed_s = (now_ms - analysis.window_started_ms) as f64 / 1000.0;
-            for c in &mut analysis.comparisons {
-                c.eta_s = planning::eta_seconds(c, elapsed_s);
-            }
-        }
-        AnalysisReport {
-            analysis,
-            consecutive_failures: Some(consecutive_failures),
-            decided_ms: None,
-        }
-    }
-
-    /// Traffic flowed but neither version reported agent telemetry.
-    pub fn telemetry_missing(&self) -> bool {
-        self.analysis.telemetry_missing && self.analysis.canary_requests > 0.0
-    }
-}
-
-/// Said (by `rollout status` and the dashboard) when traffic flowed but neither
-/// version reported agent telemetry.
-pub const TELEMETRY_MISSING: &str = "No agent telemetry from either version in this window: \
-    the gates measured from it are not applicable, or inconclusive (holding the stage) \
-    with `require_telemetry: true` in the plan.";
-
-/// Whether an analysis (as JSON) saw requests but no agent telemetry.
-pub fn telemetry_missing(analysis: &serde_json::Value) -> bool {
-    analysis["telemetry_missing"] == true
-        && analysis["canary_requests"].as_f64().unwrap_or(0.0) > 0.0
-}
-
-/// An arm of a mean-type metric: mean, its per-item standard deviation, sample size.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,3 +467,6 @@ mod tests {
 
 #[cfg(test)]
 mod robust_tests;
+
+#[cfg(test)]
+mod fairness_tests;

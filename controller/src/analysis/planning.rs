@@ -27,6 +27,9 @@ pub struct Baseline {
     pub abandonment_rate: f64,
     /// σ of log latency (log-normal): how far an equal canary sits below the P95 gate.
     pub latency_log_sigma: f64,
+    /// With `--sessions`: how uneven sessions' shares of the traffic are, as the α
+    /// of a Pareto distribution (smaller: a few sessions send more of it).
+    pub session_pareto: f64,
 }
 
 impl Default for Baseline {
@@ -39,6 +42,7 @@ impl Default for Baseline {
             guardrail_rate: 0.03,
             abandonment_rate: 0.05,
             latency_log_sigma: 0.5,
+            session_pareto: 1.5,
         }
     }
 }
@@ -78,10 +82,11 @@ impl Baseline {
             "abandonment_rate" => self.abandonment_rate = rate(value)?,
             "cost_cv" => self.cost_cv = positive(value)?,
             "latency_log_sigma" => self.latency_log_sigma = positive(value)?,
+            "session_pareto" => self.session_pareto = positive(value)?,
             other => {
                 return Err(format!(
                     "`{other}`: one of completion_rate, error_rate, tool_error_rate, \
-                     guardrail_rate, abandonment_rate, cost_cv, latency_log_sigma"
+                     guardrail_rate, abandonment_rate, cost_cv, latency_log_sigma, session_pareto"
                 ))
             }
         }
@@ -111,6 +116,9 @@ pub struct StageCheck {
     /// Canary requests per second at this weight.
     pub canary_rate: f64,
     pub expected_sessions: Option<f64>,
+    /// With `--sessions`: the canary's effective replicates, median over draws
+    /// of its sessions' traffic shares (`effective_replicates`).
+    pub effective_replicates: Option<f64>,
     pub gates: Vec<GateCheck>,
     /// When an equal canary would advance: the slowest pass, at least min_duration.
     pub seconds_to_advance: Option<f64>,
@@ -213,6 +221,48 @@ fn units_needed(gap: f64, margin_at: impl Fn(f64) -> f64) -> Option<f64> {
     Some(high.max(30.0).ceil())
 }
 
+/// How many effective replicates (`clustered::ReplicateRatio::effective`) an arm
+/// of `sessions` sessions has when their shares of its traffic are Pareto(α) and
+/// each session sits in a random replicate: over 201 draws (fixed seed, so that a
+/// plan check says the same every time), the median and the share of draws below
+/// the `MIN_GROUPS` a verdict needs (the arm dominated by a few sessions).
+pub fn effective_replicates(sessions: f64, alpha: f64) -> (f64, f64) {
+    let n = sessions.round().clamp(0.0, 5_000.0) as usize;
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut draws: Vec<f64> = (0..201)
+        .map(|_| {
+            let mut replicates = [0.0f64; REPLICATES];
+            for _ in 0..n {
+                let share = (1.0 - uniform()).max(1e-12).powf(-1.0 / alpha);
+                let r = ((uniform() * REPLICATES as f64) as usize).min(REPLICATES - 1);
+                replicates[r] += share;
+            }
+            let total: f64 = replicates.iter().sum();
+            let squares: f64 = replicates.iter().map(|x| x * x).sum();
+            total * total / squares
+        })
+        .collect();
+    draws.sort_by(f64::total_cmp);
+    let dominated = draws.iter().filter(|e| **e < MIN_GROUPS as f64).count();
+    (
+        draws[draws.len() / 2],
+        dominated as f64 / draws.len() as f64,
+    )
+}
+
+/// A stage is flagged when a few sessions would dominate its canary in at least
+/// this share of rollouts.
+pub const DOMINATED_FLAG: f64 = 0.25;
+
 /// Checks `plan` at `rate` requests per second (and `sessions` active sessions).
 pub fn check_plan(
     plan: &RolloutPlan,
@@ -220,7 +270,6 @@ pub fn check_plan(
     sessions: Option<f64>,
     base: &Baseline,
 ) -> PlanCheck {
-    let df = REPLICATES - 1;
     let max_s = plan.max_stage_duration.millis() as f64 / 1000.0;
     let mut stages = Vec::new();
     let mut total = Some(0.0);
@@ -233,7 +282,41 @@ pub fn check_plan(
         let canary_rate = rate * w;
         let expected_sessions = sessions.map(|s| s * w);
         let mut problems = Vec::new();
-        if let Some(expected) = expected_sessions {
+        let effective = expected_sessions.map(|s| effective_replicates(s, base.session_pareto));
+        // The variance's degrees of freedom: the median effective replicates' (31 at most).
+        let df = effective.map_or(REPLICATES - 1, |(median, _)| {
+            (median.floor() as usize).clamp(2, REPLICATES) - 1
+        });
+        if let (Some(expected), Some((median, dominated))) = (expected_sessions, effective) {
+            if expected >= MIN_GROUPS as f64 && dominated >= DOMINATED_FLAG {
+                let total = sessions.unwrap_or(1.0);
+                let fine = |pct: f64| {
+                    effective_replicates(total * pct / 100.0, base.session_pareto).1 <= 0.1
+                };
+                // The smallest whole percent at which at most 1 in 10 is dominated.
+                let needed = if fine(100.0) {
+                    let (mut low, mut high) = (0.0f64, 100.0f64);
+                    while high - low > 1.0 {
+                        let mid = ((low + high) / 2.0).round();
+                        if fine(mid) {
+                            high = mid;
+                        } else {
+                            low = mid;
+                        }
+                    }
+                    format!("a weight of {high:.0}% or more brings that under 1 in 10")
+                } else {
+                    "more active sessions than there are would bring that under 1 in 10".into()
+                };
+                problems.push(format!(
+                    "about {expected:.0} sessions in the canary, but with traffic shares as uneven \
+                     as Pareto α {} (--base session_pareto) a few of them dominate it in {:.0}% of \
+                     rollouts (median {median:.1} effective replicates, {MIN_GROUPS} needed for a \
+                     verdict): {needed}",
+                    base.session_pareto,
+                    dominated * 100.0
+                ));
+            }
             if expected < MIN_GROUPS as f64 {
                 problems.push(format!(
                     "about {expected:.0} sessions in the canary: the analysis needs sessions in at \
@@ -314,6 +397,7 @@ pub fn check_plan(
             weight_bp: stage.weight.bp(),
             canary_rate,
             expected_sessions,
+            effective_replicates: effective.map(|(median, _)| median),
             gates,
             seconds_to_advance,
             problems,
@@ -411,6 +495,29 @@ mod tests {
             check.stages[0].problems[0].contains("sessions"),
             "{check:?}"
         );
+        // Enough sessions, but a few dominate: 30 at 1% of 3000.
+        let check = check_plan(&plan(""), 300.0, Some(3000.0), &Baseline::default());
+        let stage = &check.stages[0];
+        assert!(stage.effective_replicates.unwrap() < 16.0, "{stage:?}");
+        assert!(
+            stage.problems[0].contains("dominate") && stage.problems[0].contains("weight of"),
+            "{stage:?}"
+        );
+        // Even shares: 30 sessions are enough.
+        let mut even = Baseline::default();
+        even.set("session_pareto=100").unwrap();
+        let check = check_plan(&plan(""), 300.0, Some(3000.0), &even);
+        assert!(check.stages[0].effective_replicates.unwrap() > 8.0);
+        assert!(check.stages[0].problems.is_empty(), "{check:?}");
+    }
+
+    #[test]
+    fn effective_replicates_grow_with_sessions() {
+        let (few, dominated_few) = effective_replicates(30.0, 1.5);
+        let (many, dominated_many) = effective_replicates(3000.0, 1.5);
+        assert!(few < many && many > 20.0, "{few} {many}");
+        assert!(dominated_few > DOMINATED_FLAG && dominated_many < 0.05);
+        assert_eq!(effective_replicates(0.0, 1.5), (0.0, 1.0));
     }
 
     #[test]
@@ -436,6 +543,7 @@ mod tests {
             n_canary: 1_000.0,
             estimate: Some(-0.005),
             degradation: Some((-0.015, 0.005)),
+            effective_replicates: None,
             verdict: GateVerdict::Inconclusive,
             eta_s: None,
         };

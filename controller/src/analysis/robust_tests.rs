@@ -62,7 +62,10 @@ fn bounds_from_few_replicates_are_finite() {
             let n = total(0);
             let early = next(n as u64 + 1) as f64;
             sample.latency = vec![(250.0, early), (1000.0, n), (f64::INFINITY, n)];
-            window.totals.insert(version.into(), sample);
+            window.insert(
+                crate::analysis::evidence::SeriesKey::compared(version),
+                sample,
+            );
         }
         let a = analyse(&plan, trial % 4, &window);
         for c in &a.comparisons {

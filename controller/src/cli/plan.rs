@@ -13,7 +13,7 @@ pub enum PlanCommand {
     /// equal to stable and to roll back one at 1.6× the gate's threshold; flags
     /// gates that cannot decide within max_stage_duration and says what would.
     #[command(
-        after_help = "Examples:\n  canaryctl plan check envoy/plans/support-agent.yaml --rate 300\n  canaryctl plan check plan.yaml --rate 40 --sessions 500 --base completion_rate=0.7\n\nExit status 1 when a stage cannot decide. Stable is assumed to behave as the\nbaseline (completion 0.85, errors 0.02, tool errors 0.05, cost CV 0.3, guardrail\n0.03/request, abandonment 0.05, log-latency σ 0.5); --base changes one value.\nTimes assume sessions share nothing; with --sessions, stages with too few\nsessions in the canary are flagged."
+        after_help = "Examples:\n  canaryctl plan check envoy/plans/support-agent.yaml --rate 300\n  canaryctl plan check plan.yaml --rate 40 --sessions 500 --base completion_rate=0.7\n\nExit status 1 when a stage cannot decide. Stable is assumed to behave as the\nbaseline (completion 0.85, errors 0.02, tool errors 0.05, cost CV 0.3, guardrail\n0.03/request, abandonment 0.05, log-latency σ 0.5); --base changes one value.\nTimes assume sessions share nothing; with --sessions, stages with too few\nsessions in the canary, or whose canary a few sessions would dominate (traffic\nshares Pareto α 1.5, --base session_pareto=A), are flagged."
     )]
     Check {
         /// The plan (YAML or JSON).
@@ -89,7 +89,12 @@ fn print_check(check: &PlanCheck) {
             f64::from(stage.weight_bp) / 100.0,
             stage.canary_rate,
             stage.expected_sessions.map_or(String::new(), |s| format!(
-                ", about {s:.0} sessions in the canary"
+                ", about {s:.0} sessions in the canary{}",
+                stage
+                    .effective_replicates
+                    .map_or(String::new(), |e| format!(
+                        " (median {e:.1} effective replicates)"
+                    ))
             ))
         );
         println!(

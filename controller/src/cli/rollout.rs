@@ -171,6 +171,29 @@ fn print_analysis(report: Option<&AnalysisReport>) {
         "",
         a.safety.verdict
     );
+    for line in a
+        .comparisons
+        .iter()
+        .filter_map(crate::format::dominated)
+        .chain(crate::format::periods(a))
+        .chain(crate::format::sequence(a))
+    {
+        println!("  note      {line}");
+    }
+    if !a.outside.is_empty() {
+        println!("  {}:", crate::format::APART_NOTE);
+        let row = |cells: [&str; 7]| {
+            println!(
+                "    {:<12} {:<14} {:>9} {:>10} {:>9} {:>10} {:>10}",
+                cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6]
+            )
+        };
+        row(crate::format::APART_COLUMNS);
+        for t in &a.outside {
+            let cells = crate::format::apart_row(t);
+            row(cells.each_ref().map(String::as_str));
+        }
+    }
     if report.telemetry_missing() {
         println!("  {TELEMETRY_MISSING}");
     }

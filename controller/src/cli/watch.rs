@@ -141,8 +141,15 @@ pub fn stage_line(v: &RolloutView, report: Option<&AnalysisReport>) -> String {
     let filled = (time_part.min(request_part) * 20.0).round() as usize;
     let mut counts: std::collections::BTreeMap<GateVerdict, Vec<String>> = Default::default();
     for c in analysis.map_or(&[][..], |a| &a.comparisons) {
-        // An open gate with its estimated time to decision: `error_rate ~12m`.
+        // An open gate with its estimated time to decision (`error_rate ~12m`),
+        // or the arm a few sessions dominate (`error_rate (canary: few sessions)`).
+        let dominated = c.dominated_arms();
         let name = match c.eta_s {
+            _ if !dominated.is_empty() => format!(
+                "{} ({}: few sessions)",
+                c.metric.name(),
+                dominated.join("+")
+            ),
             Some(s) => format!(
                 "{} ~{}",
                 c.metric.name(),

@@ -259,6 +259,46 @@ impl RolloutPlan {
             .fold(weight, Weight::min)
     }
 
+    /// The canary weights of `stage` from `from_ms` to `to_ms`, as (start, weight)
+    /// of each constant-weight period, oldest first: time windows start and end
+    /// on whole minutes, so the weight can change only there.
+    pub fn weight_periods(&self, stage: usize, from_ms: i64, to_ms: i64) -> Vec<(i64, Weight)> {
+        let mut periods = vec![(from_ms, self.effective_weight(stage, from_ms))];
+        let mut at = from_ms;
+        // Every window boundary after `at`, as the next such minute of the day.
+        let boundaries: Vec<i64> = self
+            .windows
+            .iter()
+            .flat_map(|w| [TimeWindow::minutes(&w.start), TimeWindow::minutes(&w.end)])
+            .flatten()
+            .map(|minute| i64::from(minute) * 60_000)
+            .collect();
+        while !boundaries.is_empty() && periods.len() < 10_000 {
+            let next = boundaries
+                .iter()
+                .map(|offset| {
+                    let day = at.div_euclid(86_400_000) * 86_400_000;
+                    let candidate = day + offset;
+                    if candidate > at {
+                        candidate
+                    } else {
+                        candidate + 86_400_000
+                    }
+                })
+                .min()
+                .unwrap_or(i64::MAX);
+            if next > to_ms {
+                break;
+            }
+            at = next;
+            let weight = self.effective_weight(stage, at);
+            if periods.last().is_some_and(|(_, w)| *w != weight) {
+                periods.push((at, weight));
+            }
+        }
+        periods
+    }
+
     /// What a stage does once its evidence has been missing for `evidence_timeout`.
     pub fn evidence_loss_action(&self, stage: usize) -> InconclusiveAction {
         self.on_evidence_loss.unwrap_or(if stage == 0 {
@@ -436,6 +476,19 @@ gates:
         );
         assert_eq!(plan.effective_weight(2, at(0, 59)), Weight(200));
         assert_eq!(plan.effective_weight(2, at(1, 0)), Weight(10_000));
+        // The periods between two times: each change of weight starts one.
+        assert_eq!(
+            plan.weight_periods(2, at(1, 30), at(7, 0)),
+            vec![
+                (at(1, 30), Weight(10_000)),
+                (at(2, 0), Weight(5_000)),
+                (at(6, 0), Weight(10_000))
+            ]
+        );
+        assert_eq!(
+            plan.weight_periods(2, at(6, 30), at(7, 0)),
+            vec![(at(6, 30), Weight(10_000))]
+        );
         assert!(plan.is_final_weight(2) && !plan.is_final_weight(1));
     }
 }

@@ -4,7 +4,7 @@ pub mod http;
 
 use crate::analysis::evidence::envoy_admin;
 use crate::analysis::evidence::prometheus::{self, Prometheus, PrometheusOptions};
-use crate::analysis::judge::{EvidenceJudge, Judge, TimeOnlyJudge};
+use crate::analysis::judge::{EvidenceJudge, Judge, TimeOnlyJudge, WindowStore};
 use crate::api::auth::resolve_token;
 use crate::api::{app, AppState, Limits};
 use crate::controller::Controller;
@@ -59,6 +59,15 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let controller = Controller::open(&options.state_dir, notifier.clone(), judge)
         .with_context(|| format!("opening the state in {}", options.state_dir.display()))?;
     if let Some(judge) = evidence_judge {
+        // Each stage's analysis window is kept in the state, so that a restart
+        // continues it: Prometheus keeps the history (the window's start is all
+        // that is needed), the Envoy admins do not (the whole window is kept).
+        let windows = WindowStore::open_at(
+            &options.state_dir.join("canaryctl.db"),
+            options.prometheus.is_some(),
+        )
+        .context("opening the analysis windows' store")?;
+        judge.keep_windows_in(windows);
         let store = Arc::clone(&controller);
         let active = move || store.rollout_rows(true);
         match options.prometheus.clone() {

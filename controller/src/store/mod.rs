@@ -3,9 +3,11 @@
 
 mod schema;
 mod tokens;
+mod windows;
 
 pub use schema::{create_private_dir, lock, open, open_reader, schema_version, StateLock};
 pub use tokens::{find_token, get_token, insert_token, list_tokens, revoke_token, TokenRecord};
+pub use windows::{forget_ended_windows, latest_window, save_window, StoredWindow};
 
 use crate::rollout::plan::RolloutPlan;
 use crate::rollout::{AuditAction, Phase, RolloutState};

@@ -62,6 +62,16 @@ const MIGRATIONS: &[&str] = &[
         created_by TEXT NOT NULL,
         revoked_ms INTEGER);
      ALTER TABLE audit ADD COLUMN principal TEXT;",
+    // 5: each rollout stage's analysis window, so that a restarted controller
+    // continues it (the snapshot: an Envoy-admin window's counts and baselines).
+    "CREATE TABLE analysis_windows (
+        rollout_id INTEGER NOT NULL,
+        stage INTEGER NOT NULL,
+        sequence INTEGER NOT NULL,
+        started_ms INTEGER NOT NULL,
+        snapshot TEXT,
+        saved_ms INTEGER NOT NULL,
+        PRIMARY KEY (rollout_id, stage, sequence));",
 ];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {

@@ -2,7 +2,7 @@
 //! into each active rollout's stage window. An Envoy that cannot be read adds
 //! nothing (less evidence, never a pass); malformed lines are counted and skipped.
 
-use super::{replicate_slot, Scrape, REPLICATE_SERIES};
+use super::{replicate_slot, traffic_of, Scrape, SeriesKey, REPLICATE_SERIES};
 use crate::analysis::judge::EvidenceJudge;
 use crate::envoy::admin::{AdminClient, HealthChange, SourceHealth};
 use crate::metrics::{EvidenceSource, Metrics};
@@ -47,6 +47,9 @@ pub async fn collect<E: Send + 'static>(
             judge.with(row, |t| {
                 t.window.unavailable = none_answered
                     .then(|| format!("no Envoy admin answered ({} tried)", texts.len()));
+                let now = crate::units::now_ms();
+                t.window
+                    .set_weight(now, row.plan.effective_weight(row.state.stage, now).bp());
                 for (admin, text) in &texts {
                     match text {
                         Some(text) => t.window.add(admin, &parse_prometheus(text, &row.target)),
@@ -92,14 +95,17 @@ pub fn parse_prometheus(text: &str, target: &str) -> Scrape {
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.as_str())
         };
-        if label("target") != Some(target) {
+        let Some(traffic) = label("target").and_then(|t| traffic_of(t, target)) else {
             continue;
-        }
+        };
         let Some(version) = label("policy_version") else {
             continue;
         };
         let suffix = &name["policy_canary_".len()..];
-        let sample = scrape.versions.entry(version.to_string()).or_default();
+        let sample = scrape
+            .series
+            .entry(SeriesKey::new(traffic, version))
+            .or_default();
         if suffix == REPLICATE_SERIES {
             match (label("replicate"), label("counter")) {
                 (Some(replicate), Some(counter)) => match replicate_slot(replicate, counter) {
@@ -129,7 +135,7 @@ pub fn parse_prometheus(text: &str, target: &str) -> Scrape {
             sample.counters.insert(suffix.to_string(), value);
         }
     }
-    for sample in scrape.versions.values_mut() {
+    for sample in scrape.series.values_mut() {
         sample.latency.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     scrape
@@ -186,6 +192,10 @@ policy_canary_rq_total{target="support-agent",policy_version="v2.3.1"} 900
 policy_canary_rq_total{target="support-agent",policy_version="v2.4.0"} 100
 policy_canary_tasks_completed{target="support-agent",policy_version="v2.4.0"} 70
 policy_canary_rq_total{target="other",policy_version="v9"} 5
+policy_canary_rq_total{target="support-agent.segment",policy_version="v2.4.0"} 30
+policy_canary_rq_total{target="support-agent.forced",policy_version="v2.4.0"} 3
+policy_canary_rq_total{target="support-agent.elsewhere",policy_version="v2.4.0"} 3
+policy_canary_rq_total{target="support-agent-2",policy_version="v2.4.0"} 3
 policy_canary_rq_latency_ms_bucket{target="support-agent",policy_version="v2.4.0",le="5"} 40
 policy_canary_rq_latency_ms_bucket{target="support-agent",policy_version="v2.4.0",le="+Inf"} 100
 policy_canary_rq_latency_ms_sum{target="support-agent",policy_version="v2.4.0"} 1234
@@ -197,8 +207,14 @@ envoy_cluster_upstream_rq{envoy_cluster_name="x"} 3
     #[test]
     fn parses_the_target_and_counts_garbage() {
         let scrape = parse_prometheus(TEXT, "support-agent");
-        assert_eq!(scrape.versions.len(), 2);
-        let canary = &scrape.versions["v2.4.0"];
+        assert_eq!(scrape.series.len(), 4);
+        let apart = |traffic| scrape.series[&SeriesKey::new(traffic, "v2.4.0")].get("rq_total");
+        use policy_canary::stats::Traffic;
+        assert_eq!(
+            (apart(Traffic::Segment), apart(Traffic::Forced)),
+            (30.0, 3.0)
+        );
+        let canary = scrape.version("v2.4.0").unwrap();
         assert_eq!(canary.get("rq_total"), 100.0);
         assert_eq!(canary.get("tasks_completed"), 70.0);
         assert_eq!(canary.latency, vec![(5.0, 40.0), (f64::INFINITY, 100.0)]);

@@ -5,12 +5,19 @@
 //!
 //! Counter resets (an Envoy restart) count the new value as the delta; a source
 //! that cannot be reached adds nothing (less evidence, never a pass).
+//!
+//! A window keeps every series by traffic class (`Traffic`: compared, forced,
+//! segment, sessionless) and version, split into constant-weight periods: the
+//! analysis compares the arms period by period (`docs/analysis.md`, "A fair
+//! comparison"). A window can be saved and restored whole (`Snapshot`), so that a
+//! controller restart continues the stage's analysis instead of starting a new one.
 
 pub mod envoy_admin;
 pub mod prometheus;
 
 use policy_canary::replicate::{ReplicateCounter, Slot, REPLICATES};
-use policy_canary::stats::Counter;
+use policy_canary::stats::{Counter, Traffic};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
 /// The series name (after `policy_canary_`) of the session replicates' counts, with
@@ -40,11 +47,12 @@ pub fn increase(before: f64, now: f64) -> f64 {
 
 /// Cumulative values of one version as one Envoy reports them (or, in a window,
 /// the deltas added up).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// Counters by suffix (`rq_total`, `tasks_completed`, …).
     pub counters: BTreeMap<String, f64>,
     /// Latency histogram: cumulative count per upper bound (ms), `+Inf` last.
+    #[serde(with = "histogram_json")]
     pub latency: Vec<(f64, f64)>,
     /// Session replicates' counts (`policy_canary::replicate`): empty when the
     /// filter reports none, else `REPLICATES` rows by `Slot::index`.
@@ -152,18 +160,56 @@ impl Sample {
     }
 }
 
+/// Which series: the traffic class its stat target names, and the policy version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub traffic: Traffic,
+    pub version: String,
+}
+
+impl SeriesKey {
+    pub fn new(traffic: Traffic, version: &str) -> SeriesKey {
+        SeriesKey {
+            traffic,
+            version: version.to_string(),
+        }
+    }
+
+    /// A version's compared traffic: the analysis' evidence.
+    pub fn compared(version: &str) -> SeriesKey {
+        SeriesKey::new(Traffic::Compared, version)
+    }
+}
+
+/// The traffic class of a series whose `target` label is `label`, for `target`:
+/// `<target>` is compared traffic, `<target>.forced` (and the other classes) apart.
+pub fn traffic_of(label: &str, target: &str) -> Option<Traffic> {
+    let rest = label.strip_prefix(target)?;
+    if rest.is_empty() {
+        return Some(Traffic::Compared);
+    }
+    Traffic::from_name(rest.strip_prefix('.')?).filter(|t| *t != Traffic::Compared)
+}
+
 /// One scrape of one Envoy for one target.
 #[derive(Debug, Clone, Default)]
 pub struct Scrape {
-    pub versions: HashMap<String, Sample>,
+    pub series: HashMap<SeriesKey, Sample>,
     pub malformed_lines: u64,
     /// Envoy's `server.uptime` (s): lower than at the last scrape means a restart.
     pub uptime_s: Option<f64>,
 }
 
+impl Scrape {
+    /// A version's compared traffic, if the scrape has any.
+    pub fn version(&self, version: &str) -> Option<&Sample> {
+        self.series.get(&SeriesKey::compared(version))
+    }
+}
+
 /// Costs and tasks one collection pass added, per arm: the batches of the
 /// batch-means variance of cost per task.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     pub stable_tasks: f64,
     pub stable_cost: f64,
@@ -171,14 +217,50 @@ pub struct Batch {
     pub canary_cost: f64,
 }
 
+/// Part of a window over which the rollout's canary weight stayed the same. Both
+/// arms are sampled from the same hours only within one (`docs/analysis.md`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Period {
+    pub started_ms: i64,
+    /// The canary weight in force (basis points); `None` until a source says.
+    pub weight_bp: Option<u16>,
+    pub totals: HashMap<SeriesKey, Sample>,
+}
+
+impl Period {
+    pub fn new(started_ms: i64, weight_bp: Option<u16>) -> Period {
+        Period {
+            started_ms,
+            weight_bp,
+            totals: HashMap::new(),
+        }
+    }
+
+    /// A series' counts in this period (empty when it has none).
+    pub fn get(&self, key: &SeriesKey) -> Sample {
+        self.totals.get(key).cloned().unwrap_or_default()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.totals.is_empty()
+    }
+}
+
 /// Evidence of one rollout stage, from its start on.
 #[derive(Debug, Clone, Default)]
 pub struct Window {
+    /// When the window's evidence starts (the stage's start, unless the evidence
+    /// of an earlier window of the stage was lost).
     pub started_ms: i64,
-    last: HashMap<String, HashMap<String, Sample>>,
+    /// Which analysis of the stage this is: 0, unless a controller restart lost
+    /// the evidence of the ones before (each then spends its own share of the
+    /// budgets, `Levels::for_sequence`).
+    pub sequence: u32,
+    /// Constant-weight periods, oldest first; evidence goes into the last.
+    periods: Vec<Period>,
+    last: HashMap<String, HashMap<SeriesKey, Sample>>,
     /// Each Envoy's uptime at its last scrape.
     last_uptime: HashMap<String, f64>,
-    pub totals: HashMap<String, Sample>,
     pub batches: Vec<Batch>,
     pub scrapes_ok: u64,
     pub scrapes_failed: u64,
@@ -186,7 +268,7 @@ pub struct Window {
     /// Why there is no trustworthy evidence now (the source is down, erroring or
     /// lagging): the stage is held, never passed.
     pub unavailable: Option<String>,
-    pass: HashMap<String, Sample>,
+    pass: HashMap<SeriesKey, Sample>,
 }
 
 impl Window {
@@ -198,15 +280,11 @@ impl Window {
     }
 
     /// A window computed whole by a source that keeps history (Prometheus): each
-    /// version's increases since the stage started, and the cost batches.
-    pub fn from_increases(
-        started_ms: i64,
-        totals: HashMap<String, Sample>,
-        batches: Vec<Batch>,
-    ) -> Window {
+    /// constant-weight period's increases, and the cost batches.
+    pub fn from_periods(started_ms: i64, periods: Vec<Period>, batches: Vec<Batch>) -> Window {
         Window {
             started_ms,
-            totals,
+            periods,
             batches,
             scrapes_ok: 1,
             ..Window::default()
@@ -232,6 +310,35 @@ impl Window {
         self.last_uptime = last_uptime;
     }
 
+    /// From `at_ms` on the canary weight is `weight_bp`: a change starts a new
+    /// period (the first weight said names the first period's).
+    pub fn set_weight(&mut self, at_ms: i64, weight_bp: u16) {
+        match self.periods.last_mut() {
+            Some(p) if p.weight_bp == Some(weight_bp) => {}
+            Some(p) if p.weight_bp.is_none() => p.weight_bp = Some(weight_bp),
+            Some(p) if p.is_empty() => {
+                p.weight_bp = Some(weight_bp);
+                p.started_ms = at_ms;
+            }
+            _ => self
+                .periods
+                .push(Period::new(at_ms.max(self.started_ms), Some(weight_bp))),
+        }
+    }
+
+    fn current(&mut self) -> &mut Period {
+        if self.periods.is_empty() {
+            self.periods.push(Period::new(self.started_ms, None));
+        }
+        let last = self.periods.len() - 1;
+        &mut self.periods[last]
+    }
+
+    /// The constant-weight periods, oldest first.
+    pub fn periods(&self) -> &[Period] {
+        &self.periods
+    }
+
     /// Adds one Envoy's scrape: its deltas since the last scrape of that Envoy.
     /// The first scrape of an Envoy only sets its baseline.
     pub fn add(&mut self, envoy: &str, scrape: &Scrape) {
@@ -247,19 +354,24 @@ impl Window {
         if let Some(uptime) = scrape.uptime_s {
             self.last_uptime.insert(envoy.to_string(), uptime);
         }
-        let last = self.last.entry(envoy.to_string()).or_default();
+        let mut last = self.last.remove(envoy).unwrap_or_default();
         if restarted {
             last.clear();
         }
-        for (version, sample) in &scrape.versions {
+        for (key, sample) in &scrape.series {
             if !first_time {
-                let before = last.get(version).cloned().unwrap_or_default();
+                let before = last.get(key).cloned().unwrap_or_default();
                 let delta = sample.delta_since(&before);
-                self.totals.entry(version.clone()).or_default().add(&delta);
-                self.pass.entry(version.clone()).or_default().add(&delta);
+                self.current()
+                    .totals
+                    .entry(key.clone())
+                    .or_default()
+                    .add(&delta);
+                self.pass.entry(key.clone()).or_default().add(&delta);
             }
-            last.insert(version.clone(), sample.clone());
+            last.insert(key.clone(), sample.clone());
         }
+        self.last.insert(envoy.to_string(), last);
     }
 
     pub fn failed(&mut self) {
@@ -269,7 +381,10 @@ impl Window {
     /// Ends a collection pass over every Envoy, recording one cost batch.
     pub fn end_pass(&mut self, stable: &str, canary: &str) {
         let pass = std::mem::take(&mut self.pass);
-        let get = |v: &str, c: Counter| pass.get(v).map_or(0.0, |s| s.count(c));
+        let get = |v: &str, c: Counter| {
+            pass.get(&SeriesKey::compared(v))
+                .map_or(0.0, |s| s.count(c))
+        };
         let batch = Batch {
             stable_tasks: get(stable, Counter::TasksTotal),
             stable_cost: get(stable, Counter::CostMicros),
@@ -281,8 +396,184 @@ impl Window {
         }
     }
 
+    /// A series over the whole window (every period).
+    pub fn series(&self, key: &SeriesKey) -> Sample {
+        let mut total = Sample::default();
+        for period in &self.periods {
+            if let Some(sample) = period.totals.get(key) {
+                total.add(sample);
+            }
+        }
+        total
+    }
+
+    /// A version's compared traffic over the whole window.
     pub fn version(&self, version: &str) -> Sample {
-        self.totals.get(version).cloned().unwrap_or_default()
+        self.series(&SeriesKey::compared(version))
+    }
+
+    /// Every series of a traffic class other than compared, by version, over the
+    /// whole window.
+    pub fn apart(&self) -> BTreeMap<SeriesKey, Sample> {
+        let mut out: BTreeMap<SeriesKey, Sample> = BTreeMap::new();
+        for period in &self.periods {
+            for (key, sample) in &period.totals {
+                if key.traffic != Traffic::Compared {
+                    out.entry(key.clone()).or_default().add(sample);
+                }
+            }
+        }
+        out
+    }
+
+    /// Sets a series' counts in the current period (tests, simulations).
+    pub fn insert(&mut self, key: SeriesKey, sample: Sample) {
+        self.current().totals.insert(key, sample);
+    }
+
+    /// Everything a restarted controller needs to continue this window.
+    pub fn snapshot(&self) -> Snapshot {
+        let entries = |map: &HashMap<SeriesKey, Sample>| {
+            let mut entries: Vec<SeriesEntry> = map
+                .iter()
+                .map(|(key, sample)| SeriesEntry {
+                    traffic: key.traffic.name().to_string(),
+                    version: key.version.clone(),
+                    sample: sample.clone(),
+                })
+                .collect();
+            entries.sort_by(|a, b| (&a.traffic, &a.version).cmp(&(&b.traffic, &b.version)));
+            entries
+        };
+        Snapshot {
+            started_ms: self.started_ms,
+            sequence: self.sequence,
+            periods: self
+                .periods
+                .iter()
+                .map(|p| PeriodSnapshot {
+                    started_ms: p.started_ms,
+                    weight_bp: p.weight_bp,
+                    series: entries(&p.totals),
+                })
+                .collect(),
+            baselines: self
+                .last
+                .iter()
+                .map(|(envoy, series)| BaselineSnapshot {
+                    envoy: envoy.clone(),
+                    uptime_s: self.last_uptime.get(envoy).copied(),
+                    series: entries(series),
+                })
+                .collect(),
+            batches: self.batches.clone(),
+            scrapes_ok: self.scrapes_ok,
+            scrapes_failed: self.scrapes_failed,
+            malformed_lines: self.malformed_lines,
+        }
+    }
+
+    /// The window a snapshot saved.
+    pub fn restore(snapshot: Snapshot) -> Window {
+        let map = |entries: Vec<SeriesEntry>| -> HashMap<SeriesKey, Sample> {
+            entries
+                .into_iter()
+                .filter_map(|e| {
+                    let traffic = Traffic::from_name(&e.traffic)?;
+                    Some((SeriesKey::new(traffic, &e.version), e.sample))
+                })
+                .collect()
+        };
+        let mut last = HashMap::new();
+        let mut last_uptime = HashMap::new();
+        for b in snapshot.baselines {
+            if let Some(uptime) = b.uptime_s {
+                last_uptime.insert(b.envoy.clone(), uptime);
+            }
+            last.insert(b.envoy, map(b.series));
+        }
+        Window {
+            started_ms: snapshot.started_ms,
+            sequence: snapshot.sequence,
+            periods: snapshot
+                .periods
+                .into_iter()
+                .map(|p| Period {
+                    started_ms: p.started_ms,
+                    weight_bp: p.weight_bp,
+                    totals: map(p.series),
+                })
+                .collect(),
+            last,
+            last_uptime,
+            batches: snapshot.batches,
+            scrapes_ok: snapshot.scrapes_ok,
+            scrapes_failed: snapshot.scrapes_failed,
+            malformed_lines: snapshot.malformed_lines,
+            unavailable: None,
+            pass: HashMap::new(),
+        }
+    }
+}
+
+/// A window as the store keeps it (JSON): its periods' totals and, per Envoy, the
+/// values the next deltas are taken from, saved together so that they agree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub started_ms: i64,
+    pub sequence: u32,
+    periods: Vec<PeriodSnapshot>,
+    baselines: Vec<BaselineSnapshot>,
+    batches: Vec<Batch>,
+    scrapes_ok: u64,
+    scrapes_failed: u64,
+    malformed_lines: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeriodSnapshot {
+    started_ms: i64,
+    weight_bp: Option<u16>,
+    series: Vec<SeriesEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BaselineSnapshot {
+    envoy: String,
+    uptime_s: Option<f64>,
+    series: Vec<SeriesEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesEntry {
+    /// `Traffic::name`: empty for compared traffic.
+    traffic: String,
+    version: String,
+    sample: Sample,
+}
+
+/// A histogram in JSON: the `+Inf` bound, which JSON cannot carry, as `null`.
+mod histogram_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(buckets: &[(f64, f64)], s: S) -> Result<S::Ok, S::Error> {
+        buckets
+            .iter()
+            .map(|(le, n)| (le.is_finite().then_some(*le), *n))
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(f64, f64)>, D::Error> {
+        let buckets: Vec<(Option<f64>, f64)> = Vec::deserialize(d)?;
+        Ok(buckets
+            .into_iter()
+            .map(|(le, n)| (le.unwrap_or(f64::INFINITY), n))
+            .collect())
     }
 }
 

@@ -13,13 +13,16 @@
 //! not bias the estimate. Unreachable, erroring or lagging Prometheus: the window
 //! is marked unavailable and the stage is held, never passed.
 
-use super::{increase, replicate_slot, Batch, Sample, Window, REPLICATE_SERIES};
+use super::{
+    increase, replicate_slot, traffic_of, Batch, Period, Sample, SeriesKey, Window,
+    REPLICATE_SERIES,
+};
 use crate::analysis::judge::EvidenceJudge;
 use crate::envoy::admin::{HealthChange, SourceHealth};
 use crate::metrics::{EvidenceSource, Metrics};
 use crate::store::RolloutRow;
 use policy_canary::replicate::Slot;
-use policy_canary::stats::{Counter, LATENCY_SUFFIX};
+use policy_canary::stats::{Counter, Traffic, LATENCY_SUFFIX};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -64,31 +67,82 @@ impl Prometheus {
         }
     }
 
-    /// The rollout's stage window, from the stage start to `now_ms`.
-    pub async fn window(&self, row: &RolloutRow, now_ms: i64) -> Result<Window, String> {
-        let started_ms = row.state.stage_started_ms;
+    /// The rollout's stage window, from `started_ms` (the window's start) to
+    /// `now_ms`, one period per constant canary weight (`weight_periods`), every
+    /// traffic class of the target.
+    pub async fn window(
+        &self,
+        row: &RolloutRow,
+        started_ms: i64,
+        now_ms: i64,
+    ) -> Result<Window, String> {
         let now = now_ms as f64 / 1000.0;
         let start = started_ms as f64 / 1000.0;
+        // The target's own series and its classes apart (`<target>.forced`, …);
+        // target names hold no regex metacharacters (`check_name`).
+        let classes: Vec<&str> = Traffic::ALL
+            .iter()
+            .map(|t| t.name())
+            .filter(|n| !n.is_empty())
+            .collect();
         let selector = format!(
+            "{{{}=~\"{}(\\\\.({}))?\"}}",
+            self.options.target_label,
+            escape(&row.target),
+            classes.join("|")
+        );
+        self.check_lag(&selector, now).await?;
+        let range = (now_ms - started_ms).max(1);
+        let restarts = self.restarts(&selector, range, now).await;
+        let mut periods = Vec::new();
+        let bounds = row.plan.weight_periods(row.state.stage, started_ms, now_ms);
+        for (i, (from_ms, weight)) in bounds.iter().enumerate() {
+            let to_ms = bounds.get(i + 1).map_or(now_ms, |(next, _)| *next);
+            let mut period = Period::new(*from_ms, Some(weight.bp()));
+            period.totals = self
+                .increases_between(row, &selector, (*from_ms, to_ms), &restarts)
+                .await?;
+            periods.push(period);
+        }
+        let compared = format!(
             "{{{}=\"{}\"}}",
             self.options.target_label,
             escape(&row.target)
         );
-        self.check_lag(&selector, now).await?;
-        // The range (now − stage start, in ms) holds exactly the samples after the
-        // stage started; the value at the start is the last sample before it.
-        let range = (now_ms - started_ms).max(1);
-        let restarts = self.restarts(&selector, range, now).await;
-        let mut totals: HashMap<String, Sample> = HashMap::new();
+        let batches = self.batches(row, &compared, start, now).await?;
+        Ok(Window::from_periods(started_ms, periods, batches))
+    }
+
+    /// Every series' exact increase from `from_ms` to `to_ms`, by traffic class
+    /// and version.
+    async fn increases_between(
+        &self,
+        row: &RolloutRow,
+        selector: &str,
+        (from_ms, to_ms): (i64, i64),
+        restarts: &HashMap<String, Vec<i64>>,
+    ) -> Result<HashMap<SeriesKey, Sample>, String> {
+        let (start, end) = (from_ms as f64 / 1000.0, to_ms as f64 / 1000.0);
+        // The range (end − start, in ms) holds exactly the samples after `start`;
+        // the value at `start` is the last sample before it.
+        let range = (to_ms - from_ms).max(1);
+        let key_of = |labels: &Labels| -> Option<SeriesKey> {
+            let traffic = traffic_of(labels.get(&self.options.target_label)?, &row.target)?;
+            Some(SeriesKey::new(
+                traffic,
+                labels.get(&self.options.version_label)?,
+            ))
+        };
+        let mut totals: HashMap<SeriesKey, Sample> = HashMap::new();
         for counter in Counter::ALL {
             let metric = format!("{PREFIX}{}", counter.suffix());
             for (labels, delta) in self
-                .increases(&metric, &selector, range, (start, now), &restarts)
+                .increases(&metric, selector, range, (start, end), restarts)
                 .await?
             {
-                if let Some(version) = labels.get(&self.options.version_label) {
+                if let Some(key) = key_of(&labels) {
                     *totals
-                        .entry(version.clone())
+                        .entry(key)
                         .or_default()
                         .counters
                         .entry(counter.suffix().to_string())
@@ -99,39 +153,35 @@ impl Prometheus {
         // Session replicates: one series name, the counter in a label.
         let replicates = format!("{PREFIX}{REPLICATE_SERIES}");
         for (labels, delta) in self
-            .increases(&replicates, &selector, range, (start, now), &restarts)
+            .increases(&replicates, selector, range, (start, end), restarts)
             .await?
         {
             let slot = labels
                 .get("replicate")
                 .zip(labels.get("counter"))
                 .and_then(|(r, c)| replicate_slot(r, c));
-            if let (Some(version), Some((r, index))) =
-                (labels.get(&self.options.version_label), slot)
-            {
-                let sample = totals.entry(version.clone()).or_default();
+            if let (Some(key), Some((r, index))) = (key_of(&labels), slot) {
+                let sample = totals.entry(key).or_default();
                 let before = sample.replicate(r, Slot::at(index));
                 sample.set_replicate(r, index, before + delta);
             }
         }
         let buckets = format!("{PREFIX}{LATENCY_SUFFIX}_bucket");
-        let mut latency: HashMap<String, BTreeMap<String, f64>> = HashMap::new();
+        let mut latency: HashMap<SeriesKey, BTreeMap<String, f64>> = HashMap::new();
         for (labels, delta) in self
-            .increases(&buckets, &selector, range, (start, now), &restarts)
+            .increases(&buckets, selector, range, (start, end), restarts)
             .await?
         {
-            if let (Some(version), Some(le)) =
-                (labels.get(&self.options.version_label), labels.get("le"))
-            {
+            if let (Some(key), Some(le)) = (key_of(&labels), labels.get("le")) {
                 *latency
-                    .entry(version.clone())
+                    .entry(key)
                     .or_default()
                     .entry(le.clone())
                     .or_default() += delta;
             }
         }
-        for (version, by_le) in latency {
-            let sample = totals.entry(version).or_default();
+        for (key, by_le) in latency {
+            let sample = totals.entry(key).or_default();
             for (le, count) in by_le {
                 let bound = if le == "+Inf" {
                     f64::INFINITY
@@ -142,8 +192,7 @@ impl Prometheus {
             }
             sample.latency.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
-        let batches = self.batches(row, &selector, start, now).await?;
-        Ok(Window::from_increases(started_ms, totals, batches))
+        Ok(totals)
     }
 
     /// When each Envoy (by `instance`) restarted within the last `range` ms, as a
@@ -496,7 +545,17 @@ pub async fn collect<E: Send + 'static>(
         let rows = judge.active(active_rollouts.clone()).await;
         for row in &rows {
             let now = crate::units::now_ms();
-            let result = prometheus.window(row, now).await;
+            // The stage's window as the judge keeps it (its start survives
+            // restarts and resumes), recomputed whole from Prometheus.
+            let (started_ms, sequence) =
+                judge.with(row, |t| (t.window.started_ms, t.window.sequence));
+            let result = prometheus
+                .window(row, started_ms, now)
+                .await
+                .map(|mut window| {
+                    window.sequence = sequence;
+                    window
+                });
             metrics.evidence_read(EvidenceSource::Prometheus, result.is_ok());
             let window = match result {
                 Ok(window) => {
@@ -509,7 +568,9 @@ pub async fn collect<E: Send + 'static>(
                     if health.observe(&source, false) == Some(HealthChange::Failing) {
                         tracing::warn!(prometheus = %source, %reason, "no evidence from Prometheus: stages are held");
                     }
-                    Window::unavailable(row.state.stage_started_ms, reason)
+                    let mut window = Window::unavailable(started_ms, reason);
+                    window.sequence = sequence;
+                    window
                 }
             };
             judge.with(row, |t| t.window = window);

@@ -330,6 +330,28 @@ fn analysis(report: Option<&AnalysisReport>) -> Markup {
                         }
                     }
                 }
+                @for line in a.comparisons.iter().filter_map(crate::format::dominated) {
+                    p class="warning dominated" { (line) }
+                }
+                @if let Some(line) = crate::format::periods(a) {
+                    p id="periods" { (line) }
+                }
+                @if let Some(line) = crate::format::sequence(a) {
+                    p id="sequence" class="warning" { (line) }
+                }
+                @if !a.outside.is_empty() {
+                    p { (crate::format::APART_NOTE) ":" }
+                    table id="outside" class="metrics" {
+                        thead { tr { @for h in crate::format::APART_COLUMNS { th { (h) } } } }
+                        tbody {
+                            @for t in &a.outside {
+                                tr data-traffic=(t.traffic) data-version=(t.version) {
+                                    @for cell in crate::format::apart_row(t) { td { (cell) } }
+                                }
+                            }
+                        }
+                    }
+                }
                 @if report.telemetry_missing() {
                     p id="telemetry-missing" class="warning" { (TELEMETRY_MISSING) }
                 }
@@ -440,11 +462,13 @@ mod tests {
                 "session_robust": true,
                 "comparisons": [{"metric": "completion_rate", "stable": 0.9, "canary": 0.70123,
                     "change": "-19.9 points", "threshold": "5 points", "n_stable": 900.0,
-                    "n_canary": 300.0, "verdict": "breach"},
+                    "n_canary": 300.0, "verdict": "breach", "effective_replicates": [30.5, 2.5]},
                     {"metric": "error_rate", "stable": 0.01, "canary": 0.01,
                     "change": "+0.0%", "threshold": "+10%", "n_stable": 900.0,
                     "n_canary": 300.0, "verdict": "inconclusive", "eta_s": 720.0}],
-                "safety": {"stable": 0.0, "canary": 0.0, "verdict": "pass"}}),
+                "safety": {"stable": 0.0, "canary": 0.0, "verdict": "pass"},
+                "outside": [{"traffic": "segment", "version": "v2", "requests": 40.0, "errors": 0.0,
+                    "tasks": 40.0, "tasks_completed": 30.0, "cost_micros": 0.0, "safety_violations": 0.0}]}),
             )),
             audit: vec![
                 audit(
@@ -468,6 +492,13 @@ mod tests {
         // An open gate's estimated time to decision; what the bounds assume.
         assert!(html.contains("data-col=\"eta\"> ~12m</span>"), "{html}");
         assert!(html.contains("bounds: <span id=\"bounds-basis\">session-robust"));
+        // A few sessions dominate the canary; traffic outside the comparison apart.
+        assert!(
+            html.contains("completion_rate: canary dominated by a few sessions"),
+            "{html}"
+        );
+        assert!(html.contains("<tr data-traffic=\"segment\" data-version=\"v2\"><td>segment</td>"));
+        assert!(html.contains("<td>0.7500</td>"), "the segment's completion");
         assert!(
             html.contains("10s / 20s"),
             "stage 2 has run 10 of 20 seconds"
@@ -494,7 +525,9 @@ mod tests {
             super::analysis(Some(&report(
                 json!({"stable_requests": 900.0, "canary_requests": 300.0, "alpha": 0.0005,
                     "telemetry_missing": missing, "comparisons": [],
-                    "safety": {"stable": 0.0, "canary": 0.0, "verdict": "pass"}}),
+                    "safety": {"stable": 0.0, "canary": 0.0, "verdict": "pass"},
+                "outside": [{"traffic": "segment", "version": "v2", "requests": 40.0, "errors": 0.0,
+                    "tasks": 40.0, "tasks_completed": 30.0, "cost_micros": 0.0, "safety_violations": 0.0}]}),
             )))
             .into_string()
         };
@@ -504,7 +537,9 @@ mod tests {
         let held = super::analysis(Some(&report(
             json!({"stable_requests": 0.0, "canary_requests": 0.0, "alpha": 0.0005,
                 "comparisons": [], "evidence_unavailable": "cannot reach Prometheus at http://p:9090",
-                "safety": {"stable": 0.0, "canary": 0.0, "verdict": "pass"}}),
+                "safety": {"stable": 0.0, "canary": 0.0, "verdict": "pass"},
+                "outside": [{"traffic": "segment", "version": "v2", "requests": 40.0, "errors": 0.0,
+                    "tasks": 40.0, "tasks_completed": 30.0, "cost_micros": 0.0, "safety_violations": 0.0}]}),
         )))
         .into_string();
         assert!(held.contains("<p id=\"evidence-unavailable\" class=\"warning\">"));

@@ -12,281 +12,21 @@
 //! Then the session model (`BENCH_ONLY=sessions`, `SESSION_TRIALS=N`): A/A rollouts
 //! where requests come from a fixed set of sessions with persistent traits, sticky
 //! to their cohort — the case where treating requests as independent breaks.
+//! Then a fair comparison (`BENCH_ONLY=fairness`, `fairness`): dominant sessions,
+//! segments, a weight change inside a stage, controller restarts.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use canaryctl::analysis::clustered::normal_upper;
-use canaryctl::analysis::evidence::{Sample, Scrape, Window};
+mod fairness;
+mod model;
+
+use canaryctl::analysis::evidence::{Scrape, SeriesKey, Window};
 use canaryctl::analysis::{analyse, decide, gate_alpha, Analysis, GateVerdict, StageDecision};
+use canaryctl::rollout::gates::Metric;
 use canaryctl::rollout::plan::RolloutPlan;
-use policy_canary::replicate::{Slot, LATENCY_BOUNDS_MS, REPLICATES};
-
-const REQUESTS_PER_INTERVAL: u32 = 9_000;
-const SIMULATED_ENVOY: &str = "simulated-envoy";
-const INTERVAL_MS: i64 = 30_000;
-/// Envoy's default histogram bucket bounds (ms), as the filter's replicates keep them.
-const BUCKETS: [f64; 19] = LATENCY_BOUNDS_MS;
-
-/// How one policy behaves, per request.
-#[derive(Clone, Copy)]
-struct Behaviour {
-    completion: f64,
-    abandonment: f64,
-    error: f64,
-    tool_error: f64,
-    guardrail: f64,
-    safety: f64,
-    cost_mean: f64,
-    /// Latency: log-normal with this median (ms) and σ of the log.
-    latency_median: f64,
-    latency_sigma: f64,
-}
-
-const BASE: Behaviour = Behaviour {
-    completion: 0.85,
-    abandonment: 0.05,
-    error: 0.02,
-    tool_error: 0.05,
-    guardrail: 0.03,
-    safety: 0.0,
-    cost_mean: 2_000.0,
-    latency_median: 800.0,
-    latency_sigma: 0.5,
+use model::{
+    iid, Behaviour, Rng, Sessions, Tally, BASE, INTERVAL_MS, REQUESTS_PER_INTERVAL, SIMULATED_ENVOY,
 };
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.next().max(1e-300), self.next());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
-/// Counts of one arm over one interval, request by request, in total and per
-/// session replicate (as the filter keeps them).
-struct Tally {
-    c: [f64; 10],
-    latency: [f64; BUCKETS.len() + 1],
-    /// Per replicate, in the filter's `Slot::index` order: its counters, then the
-    /// latency buckets.
-    replicates: Vec<[f64; Slot::COUNT]>,
-    /// P(latency ≤ each bucket bound).
-    latency_cdf: [f64; BUCKETS.len()],
-}
-
-impl Tally {
-    /// An empty tally for requests of `behaviour` (its latency distribution).
-    fn new(behaviour: &Behaviour) -> Tally {
-        let mut latency_cdf = [0.0; BUCKETS.len()];
-        for (p, bound) in latency_cdf.iter_mut().zip(BUCKETS) {
-            let z = (bound / behaviour.latency_median).ln() / behaviour.latency_sigma;
-            *p = 1.0 - normal_upper(z);
-        }
-        Tally {
-            latency_cdf,
-            c: [0.0; 10],
-            latency: [0.0; BUCKETS.len() + 1],
-            replicates: vec![[0.0; Slot::COUNT]; REPLICATES],
-        }
-    }
-
-    /// One request of `behaviour` in session replicate `replicate`, with this
-    /// completion probability and mean cost (a session's own, in the session model).
-    fn request(
-        &mut self,
-        behaviour: &Behaviour,
-        completion: f64,
-        cost_mean: f64,
-        replicate: usize,
-        rng: &mut Rng,
-    ) {
-        let c = &mut self.c;
-        let r = &mut self.replicates[replicate];
-        c[0] += 1.0; // rq_total
-        r[0] += 1.0;
-        if rng.next() < behaviour.error {
-            c[1] += 1.0; // rq_5xx
-            r[1] += 1.0;
-        }
-        c[2] += 1.0; // tasks_total
-        r[2] += 1.0;
-        let outcome = rng.next();
-        if outcome < completion {
-            c[3] += 1.0;
-            r[3] += 1.0;
-        } else if outcome < completion + behaviour.abandonment {
-            c[4] += 1.0;
-            r[4] += 1.0;
-        }
-        let cost = cost_mean * (0.5 + rng.next());
-        c[5] += cost; // cost_micros
-        r[5] += cost;
-        c[6] += 2.0; // tool_calls
-        r[6] += 2.0;
-        for _ in 0..2 {
-            if rng.next() < behaviour.tool_error {
-                c[7] += 1.0;
-                r[7] += 1.0;
-            }
-        }
-        if rng.next() < behaviour.guardrail {
-            c[8] += 1.0;
-            r[8] += 1.0;
-        }
-        if behaviour.safety > 0.0 && rng.next() < behaviour.safety {
-            c[9] += 1.0;
-        }
-        // The latency's bucket straight from its log-normal CDF (one draw).
-        let u = rng.next();
-        let bucket = self
-            .latency_cdf
-            .iter()
-            .position(|p| u <= *p)
-            .unwrap_or(BUCKETS.len());
-        self.latency[bucket] += 1.0;
-        r[Slot::Latency(bucket).index()] += 1.0;
-    }
-
-    /// The counts as a scrape shows them; with `replicates`, the replicate series
-    /// too (without, the analysis treats requests as independent: today's method).
-    fn sample(&self, replicates: bool) -> Sample {
-        let names = [
-            "rq_total",
-            "rq_5xx",
-            "tasks_total",
-            "tasks_completed",
-            "tasks_abandoned",
-            "cost_micros",
-            "tool_calls",
-            "tool_errors",
-            "guardrail_triggers",
-            "safety_violations",
-        ];
-        let mut sample = Sample::default();
-        for (name, value) in names.iter().zip(self.c) {
-            sample.counters.insert(name.to_string(), value);
-        }
-        let mut cumulative = 0.0;
-        for (i, count) in self.latency.iter().enumerate() {
-            cumulative += count;
-            sample
-                .latency
-                .push((BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
-        }
-        if replicates {
-            sample.replicates = self.replicates.clone();
-        }
-        sample
-    }
-}
-
-/// One interval's traffic at canary weight `weight`: every request independent, each
-/// to the canary with that probability. Returns stable's and canary's samples and
-/// the canary's request count.
-fn iid(stable: &Behaviour, canary: &Behaviour, weight: f64, rng: &mut Rng) -> (Tally, Tally, u32) {
-    let mut to_canary = 0;
-    for _ in 0..REQUESTS_PER_INTERVAL {
-        if rng.next() < weight {
-            to_canary += 1;
-        }
-    }
-    let serve = |behaviour: &Behaviour, requests: u32, rng: &mut Rng| {
-        let mut tally = Tally::new(behaviour);
-        for _ in 0..requests {
-            // Independent requests: each its own session, in a random replicate.
-            let replicate = (rng.next() * REPLICATES as f64) as usize % REPLICATES;
-            tally.request(
-                behaviour,
-                behaviour.completion,
-                behaviour.cost_mean,
-                replicate,
-                rng,
-            );
-        }
-        tally
-    };
-    let stable = serve(stable, REQUESTS_PER_INTERVAL - to_canary, rng);
-    let canary = serve(canary, to_canary, rng);
-    (stable, canary, to_canary)
-}
-
-/// The session model: `n` active sessions, each with persistent traits — a cost
-/// level (log-normal, σ of the log `cost_sigma`, mean 1), a completion propensity
-/// (a two-point mixture: 80% of sessions at 0.90, 20% at 0.65, mean 0.85) and a
-/// share of the traffic (Pareto, α 1.5: a few sessions send most requests) — and a
-/// fixed cohort draw, as sticky assignment gives. Both arms behave as `BASE`
-/// otherwise (A/A).
-struct Sessions {
-    cohort: Vec<f64>,
-    /// The session's replicate: drawn independently of its cohort, as the top
-    /// bits of its hash are of its bucket.
-    replicate: Vec<usize>,
-    cost: Vec<f64>,
-    completion: Vec<f64>,
-    cumulative: Vec<f64>,
-}
-
-impl Sessions {
-    fn new(n: usize, cost_sigma: f64, rng: &mut Rng) -> Sessions {
-        let mut sessions = Sessions {
-            cohort: Vec::with_capacity(n),
-            replicate: Vec::with_capacity(n),
-            cost: Vec::with_capacity(n),
-            completion: Vec::with_capacity(n),
-            cumulative: Vec::with_capacity(n),
-        };
-        let mut total = 0.0;
-        for _ in 0..n {
-            sessions.cohort.push(rng.next());
-            sessions
-                .replicate
-                .push((rng.next() * REPLICATES as f64) as usize % REPLICATES);
-            sessions
-                .cost
-                .push((cost_sigma * rng.normal() - cost_sigma * cost_sigma / 2.0).exp());
-            sessions
-                .completion
-                .push(if rng.next() < 0.8 { 0.90 } else { 0.65 });
-            total += (1.0 - rng.next()).powf(-1.0 / 1.5);
-            sessions.cumulative.push(total);
-        }
-        sessions
-    }
-
-    fn interval(&self, canary: &Behaviour, weight: f64, rng: &mut Rng) -> (Tally, Tally, u32) {
-        let (mut s, mut c) = (Tally::new(&BASE), Tally::new(canary));
-        let total = self.cumulative.last().copied().unwrap_or(1.0);
-        let mut to_canary = 0;
-        for _ in 0..REQUESTS_PER_INTERVAL {
-            let at = rng.next() * total;
-            let i = self
-                .cumulative
-                .partition_point(|c| *c < at)
-                .min(self.cumulative.len() - 1);
-            let replicate = self.replicate[i];
-            if self.cohort[i] < weight {
-                to_canary += 1;
-                // The canary shifts the session's own traits as it shifts BASE's.
-                let completion = self.completion[i] + canary.completion - BASE.completion;
-                let cost = canary.cost_mean * self.cost[i];
-                c.request(canary, completion, cost, replicate, rng);
-            } else {
-                let cost = BASE.cost_mean * self.cost[i];
-                s.request(&BASE, self.completion[i], cost, replicate, rng);
-            }
-        }
-        (s, c, to_canary)
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum End {
@@ -299,6 +39,10 @@ struct Trial {
     end: End,
     exposed: f64,
     minutes: f64,
+    /// The first stage passed (the canary went on to the second).
+    passed_first_stage: bool,
+    /// The completion gate passed at a check of the first stage.
+    completion_passed_first_stage: bool,
 }
 
 type Rule = fn(&RolloutPlan, usize, i64, &Analysis, u32) -> (StageDecision, u32);
@@ -311,7 +55,25 @@ struct Method {
     plan: RolloutPlan,
     rule: Rule,
     replicates: bool,
+    /// The window is split into constant-weight periods (else pooled, as before).
+    periods: bool,
+    disruption: Disruption,
 }
+
+/// What happens to a stage's window besides evidence.
+#[derive(Clone, Copy, PartialEq)]
+enum Disruption {
+    None,
+    /// Three controller restarts a stage, each starting a fresh window that
+    /// spends the budgets again (before windows were kept).
+    FreshWindows,
+    /// Three a stage whose saved window is lost: each restart starts a new
+    /// analysis sequence with its share of the budgets (the fallback now).
+    LostWindows,
+}
+
+/// The checks of a stage at which `Disruption` restarts the controller.
+const RESTART_CHECKS: [i64; 3] = [7, 15, 30];
 
 impl Method {
     /// Today's method: requests independent (no replicates), and a pass at the same
@@ -324,6 +86,8 @@ impl Method {
             plan,
             rule: decide,
             replicates: false,
+            periods: true,
+            disruption: Disruption::None,
         }
     }
 
@@ -334,15 +98,17 @@ impl Method {
             plan: plan.clone(),
             rule: decide,
             replicates: true,
+            periods: true,
+            disruption: Disruption::None,
         }
     }
 }
 
-fn run(
-    method: &Method,
-    traffic: &mut dyn FnMut(f64, &mut Rng) -> (Tally, Tally, u32),
-    rng: &mut Rng,
-) -> Trial {
+/// One interval's traffic at a canary weight and a time (ms since the trial began,
+/// a UTC midnight): stable's and canary's counts and the canary's requests.
+type Traffic<'a> = dyn FnMut(f64, i64, &mut Rng) -> (Tally, Tally, u32) + 'a;
+
+fn run(method: &Method, traffic: &mut Traffic<'_>, rng: &mut Rng) -> Trial {
     let (plan, rule) = (&method.plan, method.rule);
     let mut stage = 0;
     let mut window = Window::new(0);
@@ -354,11 +120,25 @@ fn run(
     let mut checks_in_stage = 0i64;
     let mut exposed = 0.0;
     let mut checks = 0.0;
+    let mut passed_first_stage = false;
+    let mut completion_passed = false;
     loop {
+        let now_ms = checks as i64 * INTERVAL_MS;
         checks += 1.0;
         checks_in_stage += 1;
-        let weight = f64::from(plan.stages[stage].weight.bp()) / 10_000.0;
-        let (stable, canary, to_canary) = traffic(weight, rng);
+        if method.disruption != Disruption::None && RESTART_CHECKS.contains(&checks_in_stage) {
+            let sequence = window.sequence;
+            window.restart(now_ms);
+            if method.disruption == Disruption::LostWindows {
+                window.sequence = sequence + 1;
+            }
+            failures = 0;
+        }
+        let weight = plan.effective_weight(stage, now_ms);
+        if method.periods {
+            window.set_weight(now_ms, weight.bp());
+        }
+        let (stable, canary, to_canary) = traffic(f64::from(weight.bp()) / 10_000.0, now_ms, rng);
         exposed += f64::from(to_canary);
         let served = [
             ("s", stable.sample(method.replicates)),
@@ -366,49 +146,50 @@ fn run(
         ];
         for (version, delta) in &served {
             reported
-                .versions
-                .entry((*version).to_string())
+                .series
+                .entry(SeriesKey::compared(version))
                 .or_default()
                 .add(delta);
         }
         window.add(SIMULATED_ENVOY, &reported);
         window.end_pass("s", "c");
         let analysis = analyse(plan, stage, &window);
-        let (decision, f) = rule(
-            plan,
-            stage,
-            checks_in_stage * INTERVAL_MS,
-            &analysis,
-            failures,
-        );
+        completion_passed |= stage == 0
+            && analysis
+                .comparisons
+                .iter()
+                .any(|c| c.metric == Metric::CompletionRate && c.verdict == GateVerdict::Pass);
+        // The stage's clock, and (now) never more than the window spans; before,
+        // a fresh window after a restart counted the stage's whole time.
+        let in_stage = checks_in_stage * INTERVAL_MS;
+        let in_window = now_ms + INTERVAL_MS - window.started_ms;
+        let elapsed = match method.disruption {
+            Disruption::FreshWindows => in_stage,
+            _ => in_stage.min(in_window),
+        };
+        let (decision, f) = rule(plan, stage, elapsed, &analysis, failures);
         failures = f;
         let minutes = checks * INTERVAL_MS as f64 / 60_000.0;
+        let end = |end, passed_first_stage| Trial {
+            end,
+            exposed,
+            minutes,
+            passed_first_stage,
+            completion_passed_first_stage: completion_passed,
+        };
         match decision {
             StageDecision::Hold => {}
-            StageDecision::Rollback(_) => {
-                return Trial {
-                    end: End::RolledBack,
-                    exposed,
-                    minutes,
-                }
-            }
+            StageDecision::Rollback(_) => return end(End::RolledBack, passed_first_stage),
             StageDecision::Inconclusive(_) | StageDecision::Pause(_) => {
-                return Trial {
-                    end: End::Inconclusive,
-                    exposed,
-                    minutes,
-                }
+                return end(End::Inconclusive, passed_first_stage)
             }
             StageDecision::Advance(_) => {
+                passed_first_stage = true;
                 stage += 1;
                 if stage >= plan.stages.len() || plan.is_final_weight(stage) {
-                    return Trial {
-                        end: End::Promoted,
-                        exposed,
-                        minutes,
-                    };
+                    return end(End::Promoted, true);
                 }
-                window.restart(0);
+                window.restart(now_ms + INTERVAL_MS);
                 failures = 0;
                 checks_in_stage = 0;
             }
@@ -474,13 +255,18 @@ fn main() {
     // `make bench` runs every part; BENCH_ONLY picks one (`sessions`: only the
     // session model's table).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    if !only.is_empty() && only != "simulation" && only != "sessions" {
+    if !["", "simulation", "sessions", "fairness"].contains(&only.as_str()) {
         return;
     }
-    if only != "sessions" {
+    if only.is_empty() || only == "simulation" {
         independent_requests();
     }
-    session_model();
+    if only != "fairness" {
+        session_model();
+    }
+    if only != "sessions" {
+        fairness::tables();
+    }
 }
 
 /// Rollouts under the session model, today's method and the session-robust one
@@ -519,7 +305,7 @@ fn session_model() {
                     let sessions = Sessions::new(n, sigma, rng);
                     run(
                         method,
-                        &mut |weight, rng| sessions.interval(canary, weight, rng),
+                        &mut |weight, _, rng| sessions.interval(canary, weight, rng),
                         rng,
                     )
                 })
@@ -589,7 +375,7 @@ fn independent_requests() {
         trials(trials_per_scenario, 0x9e37_79b9_7f4a_7c15, |rng| {
             run(
                 method,
-                &mut |weight, rng| iid(&BASE, canary, weight, rng),
+                &mut |weight, _, rng| iid(&BASE, canary, weight, rng),
                 rng,
             )
         })
@@ -599,6 +385,8 @@ fn independent_requests() {
         plan,
         rule: decide_naive,
         replicates: false,
+        periods: true,
+        disruption: Disruption::None,
     };
     // `SIM_ONLY=text`: only the scenarios whose name holds it (no calibration).
     let only = std::env::var("SIM_ONLY").unwrap_or_default();
