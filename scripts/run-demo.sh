@@ -3,9 +3,13 @@
 # Envoy in controller mode (envoy/envoy.yaml) with the filter and the sync service,
 # two demo agents, and steady traffic from a few thousand sticky sessions. It
 # registers the example policies, starts a rollout with shortened stages and
-# follows it live. SCENARIO=regression rolls out v2.4.0, whose refund flow is
-# broken, and the analysis rolls it back by itself; SCENARIO=manual holds each stage
-# for an hour so that you steer it. Ctrl-C stops everything.
+# follows it live. The agents also act as a (simulated) LLM judge: they score half
+# their answers and post the scores 20-60 s later (POST /v1/signals), and the demo
+# plans gate on them. SCENARIO=regression rolls out v2.4.0, whose refund flow is
+# broken, and the analysis rolls it back by itself; SCENARIO=judge rolls out v2.4.2,
+# equal on every header metric but scored lower by the judge, rolled back by the
+# judge gate; SCENARIO=manual holds each stage for an hour so that you steer it.
+# Ctrl-C stops everything.
 #
 # Settings (environment): RATE (requests/s, 400), DEMO_DIR (.demo), the ports
 # CONTROLLER_PORT (7070), STABLE_PORT (8081), CANARY_PORT (8082), ADMIN_PORT (9901),
@@ -19,8 +23,9 @@ scenario=${SCENARIO:-promote}
 case "$scenario" in
   promote) plan=envoy/plans/demo.yaml; canary=envoy/policies/v2.4.1.yaml ;;
   regression) plan=envoy/plans/demo-regression.yaml; canary=envoy/policies/v2.4.0.yaml ;;
+  judge) plan=envoy/plans/demo-judge.yaml; canary=envoy/policies/v2.4.2.yaml ;;
   manual) plan=envoy/plans/demo-manual.yaml; canary=envoy/policies/v2.4.1.yaml ;;
-  *) echo "SCENARIO must be promote, regression or manual, not '$scenario'" >&2; exit 2 ;;
+  *) echo "SCENARIO must be promote, regression, judge or manual, not '$scenario'" >&2; exit 2 ;;
 esac
 rate=${RATE:-400}
 canaryctl=${CANARYCTL:-target/release/canaryctl}
@@ -76,8 +81,9 @@ envoy_token=$(token envoys routes:read)
 agent_token=$(token agents policies:read)
 operator_token=$(token demo-operator operate)
 viewer_token=$(token dashboard read)
-CANARYCTL_REGISTRY_TOKEN=$agent_token "$canaryctl" agent --listen "127.0.0.1:$stable_port" --registry "$CANARYCTL_SERVER" --seed 1 > "$state/agent-stable.log" 2>&1 & pids+=($!)
-CANARYCTL_REGISTRY_TOKEN=$agent_token "$canaryctl" agent --listen "127.0.0.1:$canary_port" --registry "$CANARYCTL_SERVER" --seed 2 > "$state/agent-canary.log" 2>&1 & pids+=($!)
+judge_token=$(token judge signals:write)
+CANARYCTL_REGISTRY_TOKEN=$agent_token CANARYCTL_JUDGE_TOKEN=$judge_token "$canaryctl" agent --listen "127.0.0.1:$stable_port" --registry "$CANARYCTL_SERVER" --seed 1 > "$state/agent-stable.log" 2>&1 & pids+=($!)
+CANARYCTL_REGISTRY_TOKEN=$agent_token CANARYCTL_JUDGE_TOKEN=$judge_token "$canaryctl" agent --listen "127.0.0.1:$canary_port" --registry "$CANARYCTL_SERVER" --seed 2 > "$state/agent-canary.log" 2>&1 & pids+=($!)
 POLICY_CANARY_TOKEN=$envoy_token "$envoy" -c "$state/envoy.yaml" --concurrency 2 --disable-hot-restart -l warning > "$state/envoy.log" 2>&1 & pids+=($!)
 wait_for Envoy "http://127.0.0.1:$admin_port/ready"
 

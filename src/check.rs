@@ -31,6 +31,47 @@ pub fn check_segment_value(path: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Most custom metrics (`x-agent-metric-<name>`) one target's agents may report.
+pub const MAX_CUSTOM_METRICS: usize = 8;
+
+/// A custom metric's or a signal's name: `[a-z0-9_]{1,32}` (it becomes part of a
+/// stat name and a Prometheus series name).
+pub fn check_metric_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    if is_token(name, 32, |b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'
+    }) {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!("`{name}` must be 1-32 characters of a-z, 0-9, '_'"),
+        ))
+    }
+}
+
+/// A target's custom metric names: valid, distinct, at most `MAX_CUSTOM_METRICS`.
+pub fn check_metric_names(path: &str, names: &[String]) -> Result<(), ConfigError> {
+    if names.len() > MAX_CUSTOM_METRICS {
+        return Err(err(
+            path,
+            format!(
+                "at most {MAX_CUSTOM_METRICS} custom metrics per target, got {}",
+                names.len()
+            ),
+        ));
+    }
+    for (i, name) in names.iter().enumerate() {
+        check_metric_name(&format!("{path}[{i}]"), name)?;
+        if names[..i].contains(name) {
+            return Err(err(
+                format!("{path}[{i}]"),
+                format!("`{name}` is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A route table holds at most `MAX_SEGMENTS` segments.
 pub fn check_segment_count(path: &str, count: usize) -> Result<(), ConfigError> {
     if count > MAX_SEGMENTS {

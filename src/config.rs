@@ -66,6 +66,8 @@ pub struct TelemetryHeaders {
     pub tool_errors: String,
     pub guardrail_triggers: String,
     pub safety_violations: String,
+    /// Custom metrics come as `<metric_prefix><name>` (the route table's `metrics`).
+    pub metric_prefix: String,
 }
 
 impl Default for TelemetryHeaders {
@@ -78,6 +80,7 @@ impl Default for TelemetryHeaders {
             tool_errors: "x-agent-tool-errors".into(),
             guardrail_triggers: "x-agent-guardrail-triggers".into(),
             safety_violations: "x-agent-safety-violations".into(),
+            metric_prefix: "x-agent-metric-".into(),
         }
     }
 }
@@ -214,7 +217,7 @@ impl PluginConfig {
                 let headers = match t.object("headers")? {
                     None => TelemetryHeaders::default(),
                     Some(h) => {
-                        const FIELDS: [&str; 7] = [
+                        const FIELDS: [&str; 8] = [
                             "outcome",
                             "cost_micros",
                             "tokens",
@@ -222,6 +225,7 @@ impl PluginConfig {
                             "tool_errors",
                             "guardrail_triggers",
                             "safety_violations",
+                            "metric_prefix",
                         ];
                         h.only(&FIELDS)?;
                         let d = TelemetryHeaders::default();
@@ -237,6 +241,7 @@ impl PluginConfig {
                             safety_violations: h
                                 .string("safety_violations")?
                                 .unwrap_or(d.safety_violations),
+                            metric_prefix: h.string("metric_prefix")?.unwrap_or(d.metric_prefix),
                         }
                     }
                 };
@@ -307,6 +312,7 @@ impl PluginConfig {
             ("tool_errors", &t.tool_errors),
             ("guardrail_triggers", &t.guardrail_triggers),
             ("safety_violations", &t.safety_violations),
+            ("metric_prefix", &t.metric_prefix),
         ] {
             check_header(&format!("telemetry.headers.{field}"), name)?;
         }

@@ -11,6 +11,7 @@ pub mod check;
 pub mod clock;
 pub mod cohort;
 pub mod config;
+pub mod custom;
 pub mod digest;
 pub mod error;
 pub mod lease;

@@ -170,6 +170,26 @@ impl<'a> Object<'a> {
             .collect()
     }
 
+    /// The strings of an array field (absent → empty).
+    pub fn strings(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        let items = match self.get(key) {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(items)) => items,
+            Some(other) => return Err(self.wrong(key, "an array", other)),
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(err(
+                    format!("{}[{i}]", self.field_path(key)),
+                    format!("expected a string, got {}", kind(other)),
+                )),
+            })
+            .collect()
+    }
+
     /// The objects of an array field (absent → empty), with paths `key[i]`.
     pub fn objects(&self, key: &str) -> Result<Vec<Object<'a>>, ConfigError> {
         let items = match self.get(key) {

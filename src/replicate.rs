@@ -36,10 +36,12 @@ pub enum ReplicateCounter {
     ToolCalls,
     ToolErrors,
     GuardrailTriggers,
+    TasksEscalated,
+    Tokens,
 }
 
 impl ReplicateCounter {
-    pub const ALL: [ReplicateCounter; 9] = [
+    pub const ALL: [ReplicateCounter; 11] = [
         ReplicateCounter::RqTotal,
         ReplicateCounter::RqErrors,
         ReplicateCounter::TasksTotal,
@@ -49,6 +51,8 @@ impl ReplicateCounter {
         ReplicateCounter::ToolCalls,
         ReplicateCounter::ToolErrors,
         ReplicateCounter::GuardrailTriggers,
+        ReplicateCounter::TasksEscalated,
+        ReplicateCounter::Tokens,
     ];
 
     pub fn suffix(self) -> &'static str {
@@ -62,6 +66,8 @@ impl ReplicateCounter {
             ReplicateCounter::ToolCalls => "tool_calls",
             ReplicateCounter::ToolErrors => "tool_errors",
             ReplicateCounter::GuardrailTriggers => "guardrail_triggers",
+            ReplicateCounter::TasksEscalated => "tasks_escalated",
+            ReplicateCounter::Tokens => "tokens",
         }
     }
 }
@@ -229,7 +235,8 @@ impl ReplicateCounts {
             match outcome {
                 TaskOutcome::Completed => self.add(Slot::Counter(C::TasksCompleted), 1),
                 TaskOutcome::Abandoned => self.add(Slot::Counter(C::TasksAbandoned), 1),
-                TaskOutcome::Failed | TaskOutcome::Escalated => {}
+                TaskOutcome::Escalated => self.add(Slot::Counter(C::TasksEscalated), 1),
+                TaskOutcome::Failed => {}
             }
         }
         for (counter, value) in [
@@ -237,6 +244,7 @@ impl ReplicateCounts {
             (C::ToolCalls, report.tool_calls),
             (C::ToolErrors, report.tool_errors),
             (C::GuardrailTriggers, report.guardrail_triggers),
+            (C::Tokens, report.tokens),
         ] {
             self.add(Slot::Counter(counter), value.unwrap_or(0));
         }
@@ -299,7 +307,7 @@ impl PendingReplicates {
     /// Hands every non-zero count (version, replicate, slot, value) to `flush`,
     /// which returns how much went out; the rest stays for the next flush.
     pub fn flush(&mut self, mut flush: impl FnMut(&str, u8, Slot, u64) -> u64) {
-        self.versions.for_each_mut(|version, replicates| {
+        self.versions.for_each_mut(|version, _, replicates| {
             replicates.flush(|replicate, slot, value| flush(version, replicate, slot, value))
         });
         self.versions.forget_if_many(Replicates::is_zero);

@@ -3,8 +3,8 @@
 //! (`Serialize`) and read by the filter (with `reader`, which names the field path).
 
 use crate::check::{
-    check_header, check_name, check_salt, check_segment_count, check_segment_value, check_version,
-    check_weight,
+    check_header, check_metric_names, check_name, check_salt, check_segment_count,
+    check_segment_value, check_version, check_weight,
 };
 use crate::cohort::Cohort;
 use crate::error::{err, ConfigError};
@@ -41,6 +41,11 @@ pub struct RouteTable {
     /// No canary: every request goes to stable and forcing the canary is ignored.
     pub canary: Option<PolicyBackend>,
     pub segments: Vec<Segment>,
+    /// The custom metrics the target's agents report (`x-agent-metric-<name>`)
+    /// that the filter counts: the active plan's, so a new plan needs no Envoy
+    /// change. Left out of the document when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<String>,
 }
 
 /// Every target's route table at one revision: what the controller serves at
@@ -154,6 +159,7 @@ impl RouteTable {
             "stable",
             "canary",
             "segments",
+            "metrics",
         ])?;
         let mut segments = Vec::new();
         for s in o.objects("segments")? {
@@ -174,12 +180,14 @@ impl RouteTable {
                 .map(|c| PolicyBackend::read(&c))
                 .transpose()?,
             segments,
+            metrics: o.strings("metrics")?,
         })
     }
 
     /// Validates the table; `prefix` is prepended to field paths in errors.
     pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
         check_salt(&format!("{prefix}salt"), &self.salt)?;
+        check_metric_names(&format!("{prefix}metrics"), &self.metrics)?;
         check_weight(&format!("{prefix}canary_weight_bp"), self.canary_weight_bp)?;
         self.stable.validate(&format!("{prefix}stable."))?;
         if let Some(canary) = &self.canary {
@@ -267,6 +275,7 @@ mod tests {
             stable: backend("v1", "agent_stable"),
             canary: Some(backend("v2", "agent_canary")),
             segments: Vec::new(),
+            metrics: Vec::new(),
         };
         let served =
             |t: &RouteTable, decided, cluster: Option<&[u8]>| t.served_cohort(decided, cluster);

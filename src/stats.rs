@@ -213,10 +213,10 @@ impl<T: Default> ByVersion<T> {
 }
 
 impl<T> ByVersion<T> {
-    /// Calls `f` with every entry's version and value.
-    pub fn for_each_mut(&mut self, mut f: impl FnMut(&str, &mut T)) {
-        for ((version, _), value) in &mut self.entries {
-            f(version, value);
+    /// Calls `f` with every entry's version, traffic class and value.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&str, Traffic, &mut T)) {
+        for ((version, traffic), value) in &mut self.entries {
+            f(version, *traffic, value);
         }
     }
 
@@ -315,6 +315,7 @@ mod tests {
                 guardrail_triggers: Some(1),
                 safety_violations: Some(1),
                 malformed: 2,
+                custom: Default::default(),
             },
             ..Default::default()
         });

@@ -23,17 +23,21 @@ pub enum Scope {
     /// Start, pause, resume, promote, roll back.
     #[serde(rename = "operate")]
     Operate,
+    /// `POST /v1/signals`: what a judge or a feedback service posts, nothing else.
+    #[serde(rename = "signals:write")]
+    SignalsWrite,
     /// Register policies, manage tokens; everything.
     #[serde(rename = "admin")]
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::RoutesRead,
         Scope::PoliciesRead,
         Scope::Read,
         Scope::Operate,
+        Scope::SignalsWrite,
         Scope::Admin,
     ];
 
@@ -43,6 +47,7 @@ impl Scope {
             Scope::PoliciesRead => "policies:read",
             Scope::Read => "read",
             Scope::Operate => "operate",
+            Scope::SignalsWrite => "signals:write",
             Scope::Admin => "admin",
         }
     }
@@ -88,6 +93,7 @@ pub fn needed_scope(method: &str, path: &str) -> Option<Scope> {
         "/v1/policies" => Scope::Admin,
         p if p.starts_with("/v1/policies/") && reads => Scope::PoliciesRead,
         p if p == "/v1/tokens" || p.starts_with("/v1/tokens/") => Scope::Admin,
+        "/v1/signals" if !reads => Scope::SignalsWrite,
         _ if reads => Scope::Read,
         "/v1/rollouts" => Scope::Operate,
         p if p.starts_with("/v1/rollouts/") => Scope::Operate,
@@ -177,6 +183,8 @@ mod tests {
         assert!(!Read.grants(RoutesRead));
         assert!(!Read.grants(PoliciesRead));
         assert!(!RoutesRead.grants(Read));
+        assert!(!Operate.grants(SignalsWrite) && !SignalsWrite.grants(Read));
+        assert!(Admin.grants(SignalsWrite));
         assert!(Scope::parse("root").unwrap_err().contains("routes:read"));
         assert!(allows(&[RoutesRead, Read], Read));
         assert!(!allows(&[], Read));
@@ -200,6 +208,7 @@ mod tests {
             ("GET", "/v1/audit", Some(Read)),
             ("POST", "/v1/rollouts", Some(Operate)),
             ("POST", "/v1/rollouts/3/pause", Some(Operate)),
+            ("POST", "/v1/signals", Some(SignalsWrite)),
             ("POST", "/v1/unknown", Some(Admin)),
         ];
         for (method, path, scope) in cases {

@@ -137,6 +137,12 @@ pub fn eta(seconds: Option<f64>) -> String {
     })
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339 with milliseconds).
+pub fn utc_ms(ms: i64) -> String {
+    let text = utc(ms);
+    format!("{}.{:03}Z", text.trim_end_matches('Z'), ms.rem_euclid(1000))
+}
+
 pub fn utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// Long-polls answered 503 at once: the cap on waiting polls was reached.
     pub polls_refused: AtomicU64,
+    /// `POST /v1/signals`: signals stored, sent again, refused.
+    pub signals_accepted: AtomicU64,
+    pub signals_duplicates: AtomicU64,
+    pub signals_rejected: AtomicU64,
 }
 
 impl Metrics {
@@ -137,6 +141,21 @@ pub fn render(metrics: &Metrics, snapshot: &Snapshot<'_>) -> String {
             "canaryctl_polls_refused_total",
             "Route long-polls refused (503) because --max-waiting-polls were waiting.",
             &metrics.polls_refused,
+        ),
+        (
+            "canaryctl_signals_accepted_total",
+            "Delayed signals stored (POST /v1/signals).",
+            &metrics.signals_accepted,
+        ),
+        (
+            "canaryctl_signals_duplicates_total",
+            "Delayed signals sent again (their id was known): counted once.",
+            &metrics.signals_duplicates,
+        ),
+        (
+            "canaryctl_signals_rejected_total",
+            "Delayed signals refused (bad, unknown target or version, no rollout then, cohort contradicted).",
+            &metrics.signals_rejected,
         ),
     ] {
         family(&mut out, name, "counter", help);

@@ -13,6 +13,84 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Milliseconds since the epoch from an RFC 3339 timestamp
+/// (`2026-12-06T14:03:07.250Z`, `…+01:00`): a date, `T` (or `t` or a space), a
+/// time with optional fraction (milliseconds kept), and `Z` or an offset.
+pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
+    let bad = || format!("`{text}` is not an RFC 3339 time (e.g. 2026-12-06T14:03:07Z)");
+    let b = text.trim().as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
+        let digits = b.get(range).ok_or_else(bad)?;
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(bad());
+        }
+        Ok(digits
+            .iter()
+            .fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return Err(bad());
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') {
+        return Err(bad());
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut at = 19;
+    let mut millis = 0;
+    if b[at] == b'.' {
+        let end = at
+            + 1
+            + b[at + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+        if end == at + 1 {
+            return Err(bad());
+        }
+        let fraction = &b[at + 1..end];
+        millis = (0..3).fold(0, |n, i| {
+            n * 10 + fraction.get(i).map_or(0, |d| i64::from(d - b'0'))
+        });
+        at = end;
+    }
+    let offset_minutes = match b.get(at) {
+        Some(b'Z' | b'z') if b.len() == at + 1 => 0,
+        Some(sign @ (b'+' | b'-')) if b.len() == at + 6 && b[at + 3] == b':' => {
+            let (h, m) = (num(at + 1..at + 3)?, num(at + 4..at + 6)?);
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
+            if *sign == b'+' {
+                h * 60 + m
+            } else {
+                -(h * 60 + m)
+            }
+        }
+        _ => return Err(bad()),
+    };
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if !(1..=days_in_month).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return Err(bad());
+    }
+    // Days since 1970-01-01 from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset_minutes * 60;
+    Ok(seconds * 1000 + millis)
+}
+
 /// A moment by both clocks. The wall clock places things people see and stores
 /// (stage starts, audit times); the steady clock (monotonic, from this process's
 /// start) measures intervals and timeouts, which a clock step must not stretch or
@@ -329,5 +407,34 @@ mod tests {
         }
         assert_eq!(Dur::parse("90s").unwrap().to_string(), "90s");
         assert_eq!(Dur::parse("2h").unwrap().to_string(), "2h");
+    }
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_rfc3339("2026-11-22T03:00:00Z"), Ok(1_795_316_400_000));
+        assert_eq!(
+            parse_rfc3339("2026-11-22T04:00:00.250+01:00"),
+            Ok(1_795_316_400_250)
+        );
+        assert_eq!(parse_rfc3339("2000-02-29t00:00:00z"), Ok(951_782_400_000));
+        assert_eq!(
+            parse_rfc3339("2026-11-21 22:00:00.9-05:00"),
+            Ok(1_795_316_400_900)
+        );
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-11-22T03:00:00",
+            "2026-02-30T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22T24:00:00Z",
+            "2026-11-22T03:00:00.Z",
+            "2026-11-22T03:00:00+0100",
+            "2026-11-22T03:00:00Zjunk",
+            "２０２６-11-22T03:00:00Z",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -45,6 +45,7 @@ const CORE_LAYERS: &[&str] = &[
     "telemetry",
     "stats",
     "replicate",
+    "custom",
     "plugin",
     "filter",
 ];

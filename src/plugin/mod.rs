@@ -102,4 +102,6 @@ impl Role {
 }
 
 #[cfg(test)]
+mod counting_tests;
+#[cfg(test)]
 mod tests;

@@ -94,9 +94,28 @@ impl Stream {
         headers: HeaderMap,
     ) {
         let telemetry = &worker.config.telemetry;
-        let found = self.record.report.read(&telemetry.headers, &headers);
+        let metrics = self.table.as_deref().map_or(&[][..], |t| &t.metrics[..]);
+        let found = self
+            .record
+            .report
+            .read(&telemetry.headers, metrics, &headers);
         if !telemetry.strip {
             return;
+        }
+        if found.custom {
+            // Every header with the custom metrics' prefix, listed or not: the
+            // agent's report is not the client's (rare; names are copied).
+            let prefix = telemetry.headers.metric_prefix.as_bytes();
+            let names: Vec<String> = headers
+                .iter()
+                .filter(|(name, _)| name.starts_with(prefix))
+                .map(|(name, _)| String::from_utf8_lossy(name).into_owned())
+                .collect();
+            for name in names {
+                if host.remove_map_value(map, &name).is_err() {
+                    worker.host_error(host, "strip telemetry");
+                }
+            }
         }
         // One removal per telemetry header present: measured cheaper than replacing
         // the whole map once (`BENCH_ONLY=plain make bench`: 102 vs 106.5 µs/rq
@@ -144,6 +163,13 @@ impl Stream {
                 .counts_mut(version, replicate)
                 .record(&self.record, millis);
         }
+        worker.pending_custom.borrow_mut().record(
+            version,
+            self.record.traffic,
+            decision.replicate,
+            &table.metrics,
+            &self.record.report.custom,
+        );
         if let Some(millis) = millis {
             let id = worker.metrics.borrow_mut().latency(
                 host,

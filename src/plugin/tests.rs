@@ -6,7 +6,7 @@ use super::host::{LogLevel, MapKind};
 use super::*;
 use crate::sync::ROUTES_KEY;
 
-const CONFIG: &str = r#"{
+pub(super) const CONFIG: &str = r#"{
   "target": "support-agent",
   "route": {
     "revision": 1,
@@ -19,16 +19,16 @@ const CONFIG: &str = r#"{
 
 const SYNC_CONFIG: &str = r#"{"sync": {"cluster": "controller", "wait_ms": 1000}}"#;
 
-fn filter(host: &MockHost) -> Role {
+pub(super) fn filter(host: &MockHost) -> Role {
     Role::configure(host, Some(b"filter"), CONFIG.as_bytes()).unwrap()
 }
 
-fn stat(version: &str, suffix: &str) -> String {
+pub(super) fn stat(version: &str, suffix: &str) -> String {
     format!("policy_canary.target.support-agent.version.{version}.{suffix}")
 }
 
 /// One whole stream through `role`, on `host`'s maps.
-fn run_stream(role: &Role, host: &MockHost) {
+pub(super) fn run_stream(role: &Role, host: &MockHost) {
     let mut stream = role.new_stream();
     stream.on_request_headers(host);
     stream.on_response_headers(host);
@@ -115,77 +115,6 @@ fn counts_telemetry_strips_it_and_flushes_metrics_on_the_tick() {
     assert_eq!(host.metric(&rep("cost_micros")), Some(1500));
     assert_eq!(host.metric(&rep("latency_bucket_50")), Some(1), "42 ms");
     assert_eq!(host.metric(&rep("rq_errors")), None, "nothing to count");
-}
-
-/// Forced, segment-routed and sessionless-to-stable requests are outside the
-/// comparison: counted under `<target>.<class>`, in no replicate.
-/// `session_replicates: false` keeps no replicate at all.
-#[test]
-fn replicates_count_only_randomised_requests() {
-    let segmented = CONFIG.replace(
-        r#""canary_weight_bp": 10000,"#,
-        r#""canary_weight_bp": 10000, "segments": [{"header": "x-user-group", "value": "internal", "canary_weight_bp": 10000}],"#,
-    );
-    let counted_under = |headers: &[(&str, &[u8])]| -> Vec<String> {
-        let host = MockHost::default().with_map(MapKind::RequestHeaders, headers);
-        let mut role = Role::configure(&host, Some(b"filter"), segmented.as_bytes()).unwrap();
-        run_stream(&role, &host);
-        for _ in 0..worker::FLUSH_EVERY_TICKS {
-            role.on_tick(&host);
-        }
-        let mut names: Vec<String> = host
-            .metric_names()
-            .into_iter()
-            .filter(|n| n.ends_with(".rq_total") && !n.contains(".replicate."))
-            .collect();
-        names.sort();
-        names
-    };
-    let total = |target: &str, version: &str| {
-        vec![format!(
-            "policy_canary.target.{target}.version.{version}.rq_total"
-        )]
-    };
-    assert_eq!(
-        counted_under(&[("x-session-id", b"user-1")]),
-        total("support-agent", "v2")
-    );
-    assert_eq!(
-        counted_under(&[("x-session-id", b"user-1"), ("x-user-group", b"internal")]),
-        total("support-agent.segment", "v2")
-    );
-    assert_eq!(counted_under(&[]), total("support-agent.sessionless", "v1"));
-    assert_eq!(
-        counted_under(&[("x-session-id", b"user-1"), ("x-canary", b"false")]),
-        total("support-agent.forced", "v1")
-    );
-    let replicated = |config: &str, headers: &[(&str, &[u8])]| -> bool {
-        let host = MockHost::default().with_map(MapKind::RequestHeaders, headers);
-        let mut role = Role::configure(&host, Some(b"filter"), config.as_bytes()).unwrap();
-        run_stream(&role, &host);
-        for _ in 0..worker::FLUSH_EVERY_TICKS {
-            role.on_tick(&host);
-        }
-        let names = host.metric_names();
-        names.iter().any(|n| n.contains(".replicate."))
-    };
-    assert!(replicated(CONFIG, &[("x-session-id", b"user-1")]));
-    assert!(!replicated(CONFIG, &[]), "sessionless, to stable");
-    assert!(!replicated(
-        CONFIG,
-        &[("x-session-id", b"user-1"), ("x-canary", b"true")]
-    ));
-    let random = CONFIG.replacen('{', r#"{"session": {"missing": "random"},"#, 1);
-    assert!(
-        replicated(&random, &[]),
-        "sessionless, randomised one by one"
-    );
-    let off = CONFIG.replacen('{', r#"{"session_replicates": false,"#, 1);
-    assert!(!replicated(&off, &[("x-session-id", b"user-1")]));
-    assert!(!replicated(
-        &segmented,
-        &[("x-session-id", b"user-1"), ("x-user-group", b"internal")]
-    ));
 }
 
 #[test]

@@ -6,6 +6,7 @@ use super::host::{Host, LogLevel, MetricKind};
 use super::lease::Lease;
 use super::sync_service::SyncService;
 use crate::config::PluginConfig;
+use crate::custom::{self, PendingCustom};
 use crate::replicate::{replicate_stat_name, PendingReplicates, Slot, REPLICATES};
 use crate::route::RouteTable;
 use crate::stats::{
@@ -24,6 +25,7 @@ pub struct Worker {
     ticks: Cell<u32>,
     pub pending: RefCell<PendingCounts>,
     pub pending_replicates: RefCell<PendingReplicates>,
+    pub pending_custom: RefCell<PendingCustom>,
     pub metrics: RefCell<MetricIds>,
     rng: Cell<u64>,
     host_error_logged: Cell<bool>,
@@ -62,6 +64,7 @@ impl Worker {
             ticks: Cell::new(0),
             pending: RefCell::default(),
             pending_replicates: RefCell::default(),
+            pending_custom: RefCell::default(),
             metrics: RefCell::default(),
             rng: Cell::new(host.now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             host_error_logged: Cell::new(false),
@@ -175,6 +178,33 @@ impl Worker {
                 let id = metrics.replicate(host, target, version, replicate, slot);
                 increment(host, id, value)
             });
+        let mut custom = self.pending_custom.borrow_mut();
+        custom.versions.for_each_mut(|version, traffic, counts| {
+            counts.flush(|name, field, value| {
+                let stat = stat_name(
+                    &stat_target(target, traffic),
+                    version,
+                    &custom::suffix(name, field),
+                );
+                increment(host, metrics.named(host, stat), value)
+            })
+        });
+        custom.replicates.for_each_mut(|version, _, replicates| {
+            replicates.flush(|name, replicate, field, value| {
+                let stat = stat_name(
+                    target,
+                    version,
+                    &format!("replicate.{replicate}.{}", custom::suffix(name, field)),
+                );
+                increment(host, metrics.named(host, stat), value)
+            })
+        });
+        custom
+            .versions
+            .forget_if_many(custom::CustomCounts::is_zero);
+        custom
+            .replicates
+            .forget_if_many(custom::CustomReplicates::is_zero);
     }
 }
 
@@ -196,6 +226,8 @@ fn increment(host: &impl Host, id: Option<u32>, value: u64) -> u64 {
 pub struct MetricIds {
     versions: ByVersion<VersionMetrics>,
     replicates: ByVersion<ReplicateMetrics>,
+    /// Custom metrics' counters by full stat name (few: only what agents report).
+    named: Vec<(String, u32)>,
 }
 
 /// One version's replicate metric ids, defined as each slot first has a count.
@@ -256,6 +288,20 @@ impl MetricIds {
                 .ok();
         }
         *id
+    }
+
+    /// A counter by its full stat name (custom metrics), defined the first time.
+    pub fn named(&mut self, host: &impl Host, stat: String) -> Option<u32> {
+        if let Some((_, id)) = self.named.iter().find(|(name, _)| *name == stat) {
+            return Some(*id);
+        }
+        let id = host.define_metric(MetricKind::Counter, &stat).ok()?;
+        // Ids stay valid in Envoy; past a bound only the lookup cache is dropped.
+        if self.named.len() >= 1024 {
+            self.named.clear();
+        }
+        self.named.push((stat, id));
+        Some(id)
     }
 
     pub fn latency(

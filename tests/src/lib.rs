@@ -633,6 +633,7 @@ pub struct Controller {
     /// A `routes:read` token for Envoys, made on first use.
     routes_token: std::sync::OnceLock<String>,
     policies_token: std::sync::OnceLock<String>,
+    signals_token: std::sync::OnceLock<String>,
     args: Vec<String>,
     /// Where the process logs (debug level), if not to the test's stderr.
     log: Option<PathBuf>,
@@ -652,6 +653,7 @@ impl Controller {
             token: String::new(),
             routes_token: std::sync::OnceLock::new(),
             policies_token: std::sync::OnceLock::new(),
+            signals_token: std::sync::OnceLock::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
             log: None,
             _dir: Some(dir),
@@ -672,6 +674,7 @@ impl Controller {
             token: String::new(),
             routes_token: std::sync::OnceLock::new(),
             policies_token: std::sync::OnceLock::new(),
+            signals_token: std::sync::OnceLock::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
             log: Some(dir.path().join("canaryctl.log")),
             _dir: Some(dir),
@@ -768,6 +771,13 @@ impl Controller {
             .clone()
     }
 
+    /// The `signals:write` token the demo agents judge with (made once).
+    pub fn signals_token(&self) -> String {
+        self.signals_token
+            .get_or_init(|| self.create_token("judge", &["signals:write"]))
+            .clone()
+    }
+
     /// The `routes:read` token Envoys poll with (made once per controller).
     pub fn routes_token(&self) -> String {
         self.routes_token
@@ -777,6 +787,13 @@ impl Controller {
 
     /// A POST with the token; returns the status and the JSON body.
     pub fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        self.post_as(&self.token, path, body)
+            .expect("controller answers")
+    }
+
+    /// A POST with `token`; the status and the JSON body, `None` when nothing
+    /// answered.
+    pub fn post_as(&self, token: &str, path: &str, body: &str) -> Option<(u16, serde_json::Value)> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))
@@ -784,12 +801,12 @@ impl Controller {
             .into();
         let mut response = agent
             .post(format!("http://127.0.0.1:{}{path}", self.port))
-            .header("authorization", &format!("Bearer {}", self.token))
+            .header("authorization", &format!("Bearer {token}"))
             .send(body)
-            .expect("controller answers");
+            .ok()?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or_default())
+        Some((status, serde_json::from_str(&text).unwrap_or_default()))
     }
 
     pub fn post_ok(&self, path: &str, body: &str) -> serde_json::Value {
@@ -888,12 +905,21 @@ fn with_controller(name: &str, stable: u16, canary: u16, controller: u16) -> Str
 /// `canaryctl agent` on a free port, fetching bundles from `registry` with a
 /// `policies:read` token; answers at once (`--time-scale 0`) unless `time_scale`
 /// says otherwise.
+/// A demo agent (`canaryctl agent`) reading bundles from `registry`, also acting
+/// as the demo's LLM judge with scores 1–3 s late (`make run`'s are 20–60 s late;
+/// tests shorten the plans' `delay` to match, `FAST_JUDGE`).
+/// What the demo plans' judge gates wait (`delay: 60s`, for `make run`'s judge) and
+/// what tests with `start_agent`'s faster judge wait instead.
+pub const FAST_JUDGE: (&str, &str) = ("delay: 60s", "delay: 5s");
+
 pub fn start_agent(registry: &Controller, seed: u64, time_scale: f64) -> (ChildGuard, u16) {
     let token = registry.policies_token();
     spawn_listening(
         Command::new(canaryctl_bin())
             .env("CANARYCTL_REGISTRY_TOKEN", token)
+            .env("CANARYCTL_JUDGE_TOKEN", registry.signals_token())
             .args(["agent", "--listen", "127.0.0.1:0"])
+            .args(["--judge-delay", "1s..3s"])
             .args(["--seed", &seed.to_string()])
             .args(["--time-scale", &time_scale.to_string()])
             .args(["--registry", &format!("http://127.0.0.1:{}", registry.port)]),

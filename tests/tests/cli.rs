@@ -220,6 +220,9 @@ fn plan_check_reads_the_shipped_plans() {
             "10000",
             "--base",
             "error_rate=0.002",
+            // The demo plans' judge gate: the agents' judge scores (0.8 ± 0.15).
+            "--base",
+            "judge_score=0.8:0.09",
         ]);
         assert_eq!(code, Some(0), "{plan}:\n{text}");
         assert!(text.contains("stage 1 ("), "{plan}:\n{text}");
@@ -235,11 +238,18 @@ fn plan_check_reads_the_shipped_plans() {
             "--json",
             "--base",
             "error_rate=0.002",
+            // The demo plans' judge gate: the agents' judge scores (0.8 ± 0.15).
+            "--base",
+            "judge_score=0.8:0.09",
         ]);
         assert_eq!(code, Some(0), "{json}");
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert!(v["stages"][0]["gates"][0]["pass_units"].as_f64().unwrap() > 0.0);
     }
+    // A plan's own gate needs its baseline: the demo's judge gate without one.
+    let (code, text) = check(&["envoy/plans/demo.yaml", "--rate", "300"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--base judge_score=MEAN[:SD]"), "{text}");
     // The production plan at 5 requests/s: flagged, with what would decide.
     let (code, text) = check(&["envoy/plans/support-agent.yaml", "--rate", "5"]);
     assert_eq!(code, Some(1), "{text}");

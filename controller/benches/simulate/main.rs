@@ -19,10 +19,10 @@
 
 mod fairness;
 mod model;
+mod signals;
 
 use canaryctl::analysis::evidence::{Scrape, SeriesKey, Window};
 use canaryctl::analysis::{analyse, decide, gate_alpha, Analysis, GateVerdict, StageDecision};
-use canaryctl::rollout::gates::Metric;
 use canaryctl::rollout::plan::RolloutPlan;
 use model::{
     iid, Behaviour, Rng, Sessions, Tally, BASE, INTERVAL_MS, REQUESTS_PER_INTERVAL, SIMULATED_ENVOY,
@@ -109,6 +109,16 @@ impl Method {
 type Traffic<'a> = dyn FnMut(f64, i64, &mut Rng) -> (Tally, Tally, u32) + 'a;
 
 fn run(method: &Method, traffic: &mut Traffic<'_>, rng: &mut Rng) -> Trial {
+    run_judged(method, traffic, rng, None)
+}
+
+/// `run`, with a judge posting delayed signals about a sample of the answers.
+fn run_judged(
+    method: &Method,
+    traffic: &mut Traffic<'_>,
+    rng: &mut Rng,
+    mut judge: Option<&mut signals::SignalJudge>,
+) -> Trial {
     let (plan, rule) = (&method.plan, method.rule);
     let mut stage = 0;
     let mut window = Window::new(0);
@@ -140,6 +150,13 @@ fn run(method: &Method, traffic: &mut Traffic<'_>, rng: &mut Rng) -> Trial {
         }
         let (stable, canary, to_canary) = traffic(f64::from(weight.bp()) / 10_000.0, now_ms, rng);
         exposed += f64::from(to_canary);
+        if let Some(judge) = judge.as_deref_mut() {
+            let answers = (stable.requests(), canary.requests());
+            judge.interval(answers, now_ms, window.started_ms, rng);
+            window
+                .signals
+                .insert(judge.name.clone(), judge.strata(now_ms + INTERVAL_MS));
+        }
         let served = [
             ("s", stable.sample(method.replicates)),
             ("c", canary.sample(method.replicates)),
@@ -158,7 +175,7 @@ fn run(method: &Method, traffic: &mut Traffic<'_>, rng: &mut Rng) -> Trial {
             && analysis
                 .comparisons
                 .iter()
-                .any(|c| c.metric == Metric::CompletionRate && c.verdict == GateVerdict::Pass);
+                .any(|c| c.metric == "completion_rate" && c.verdict == GateVerdict::Pass);
         // The stage's clock, and (now) never more than the window spans; before,
         // a fresh window after a restart counted the stage's whole time.
         let in_stage = checks_in_stage * INTERVAL_MS;
@@ -266,6 +283,7 @@ fn main() {
     }
     if only != "sessions" {
         fairness::tables();
+        signals::table();
     }
 }
 
@@ -476,7 +494,7 @@ pub fn decide_naive(
     let breached: Vec<&str> = enabled
         .clone()
         .filter(|c| c.estimate.is_some_and(|e| e > 0.0))
-        .map(|c| c.metric.name())
+        .map(|c| c.metric.as_str())
         .collect();
     if !breached.is_empty() {
         let failures = consecutive_failures + 1;

@@ -140,6 +140,11 @@ impl Tally {
         r[Slot::Latency(bucket).index()] += 1.0;
     }
 
+    /// Requests counted.
+    pub fn requests(&self) -> f64 {
+        self.c[0]
+    }
+
     /// The counts as a scrape shows them; with `replicates`, the replicate series
     /// too (without, the analysis treats requests as independent: today's method).
     pub fn sample(&self, replicates: bool) -> Sample {

@@ -4,17 +4,10 @@
 
 use super::clustered::{stratified, ReplicateRatio, MIN_GROUPS};
 use super::MIN_SAMPLES;
-use crate::analysis::evidence::Sample;
+pub use crate::analysis::evidence::Stratum;
 use crate::analysis::sequential::{
     clustered_margin, margin, proportion_sigma, rate_sigma, ArmBound,
 };
-
-/// Both versions' compared traffic in one constant-weight period.
-#[derive(Debug, Clone, Default)]
-pub struct Stratum {
-    pub stable: Sample,
-    pub canary: Sample,
-}
 
 /// How an arm's spread is known.
 #[derive(Debug, Clone, Copy)]

@@ -72,7 +72,7 @@ pub fn decide(
             .comparisons
             .iter()
             .filter(|c| c.verdict == GateVerdict::Inconclusive)
-            .map(|c| c.metric.name())
+            .map(|c| c.metric.as_str())
             .collect();
         return (
             StageDecision::Inconclusive(format!(

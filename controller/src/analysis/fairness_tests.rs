@@ -47,7 +47,7 @@ fn even(tasks: f64, p: f64) -> Vec<(f64, f64)> {
 fn completion(a: &Analysis) -> &Comparison {
     a.comparisons
         .iter()
-        .find(|c| c.metric == Metric::CompletionRate)
+        .find(|c| c.metric == "completion_rate")
         .unwrap()
 }
 
@@ -270,7 +270,7 @@ fn stable_p95_uncertainty_enters_the_latency_bound() {
         let latency = a
             .comparisons
             .iter()
-            .find(|c| c.metric == Metric::LatencyP95)
+            .find(|c| c.metric == "latency_p95")
             .unwrap();
         if latency.verdict == GateVerdict::Breach {
             breaches += 1;

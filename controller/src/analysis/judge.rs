@@ -5,12 +5,16 @@
 
 use crate::analysis::analyse;
 use crate::analysis::decide::{decide, StageDecision};
-use crate::analysis::evidence::{Snapshot, Window};
+use crate::analysis::evidence::{
+    SignalStrata, Snapshot, Stratum, Window, SIGNAL_COUNT, SIGNAL_SUM,
+};
 use crate::analysis::AnalysisReport;
+use crate::rollout::gates::Measure;
 use crate::rollout::plan::InconclusiveAction;
 use crate::rollout::Phase;
 use crate::store::{self, RolloutRow};
 use crate::units::Now;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -192,11 +196,74 @@ impl WindowStore {
         }
     }
 
+    /// Every signal gate's evidence over the window's periods (`starts`, oldest
+    /// first): all signals so far, and those of answers older than the gate's delay.
+    fn signals(
+        &self,
+        row: &RolloutRow,
+        starts: &[i64],
+        now_ms: i64,
+    ) -> BTreeMap<String, SignalStrata> {
+        let mut out = BTreeMap::new();
+        let conn = self.conn();
+        for gate in row.plan.gates.enabled() {
+            let Measure::Signal { name, delay } = gate.measure else {
+                continue;
+            };
+            let strata = |until_ms: i64| -> Vec<Stratum> {
+                starts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, from)| {
+                        let to = starts.get(i + 1).copied().unwrap_or(i64::MAX).min(until_ms);
+                        let sums = if to > *from {
+                            store::signal_sums(&conn, row.id, &name, (*from, to))
+                                .unwrap_or_else(|e| {
+                                    tracing::warn!(rollout = row.id, error = %e, "cannot read signals");
+                                    Vec::new()
+                                })
+                        } else {
+                            Vec::new()
+                        };
+                        signal_stratum(&sums)
+                    })
+                    .collect()
+            };
+            out.insert(
+                name.clone(),
+                SignalStrata {
+                    all: strata(now_ms.saturating_add(1)),
+                    matured: strata(now_ms - delay.millis()),
+                },
+            );
+        }
+        out
+    }
+
     fn forget_ended(&self) {
         if let Err(e) = store::forget_ended_windows(&self.conn()) {
             tracing::warn!(error = %e, "cannot forget the windows of ended rollouts");
         }
     }
+}
+
+/// Signal sums per arm and replicate as both versions' samples.
+fn signal_stratum(sums: &[store::SignalSum]) -> Stratum {
+    let mut stratum = Stratum::default();
+    for s in sums {
+        let sample = if s.canary {
+            &mut stratum.canary
+        } else {
+            &mut stratum.stable
+        };
+        *sample.counters.entry(SIGNAL_SUM.into()).or_default() += s.sum;
+        *sample.counters.entry(SIGNAL_COUNT.into()).or_default() += s.count;
+        let sum = sample.named_replicate(s.replicate, SIGNAL_SUM);
+        sample.set_named_replicate(s.replicate, SIGNAL_SUM, sum + s.sum);
+        let count = sample.named_replicate(s.replicate, SIGNAL_COUNT);
+        sample.set_named_replicate(s.replicate, SIGNAL_COUNT, count + s.count);
+    }
+    stratum
 }
 
 /// Evidence per rollout, shared by the evidence source that fills the windows and
@@ -213,6 +280,33 @@ impl EvidenceJudge {
     /// Keeps windows in `store` from now on.
     pub fn keep_windows_in(&self, store: WindowStore) {
         let _ = self.store.set(store);
+    }
+
+    /// Reads the signal gates' evidence into the rollout's window (none without a
+    /// store).
+    fn refresh_signals(&self, row: &RolloutRow, now_ms: i64) {
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        if !row
+            .plan
+            .gates
+            .enabled()
+            .iter()
+            .any(|g| matches!(g.measure, Measure::Signal { .. }))
+        {
+            return;
+        }
+        let starts = self.with(row, |t| {
+            let starts: Vec<i64> = t.window.periods().iter().map(|p| p.started_ms).collect();
+            if starts.is_empty() {
+                vec![t.window.started_ms]
+            } else {
+                starts
+            }
+        });
+        let signals = store.signals(row, &starts, now_ms);
+        self.with(row, |t| t.window.signals = signals);
     }
 
     /// Runs `f` on the rollout's tracked window (opened when first seen).
@@ -258,6 +352,7 @@ impl EvidenceJudge {
 
 impl Judge for EvidenceJudge {
     fn check(&self, row: &RolloutRow, now: Now) -> Judgement {
+        self.refresh_signals(row, now.wall_ms);
         let judgement = self.with(row, |t| {
             let analysis = analyse(&row.plan, row.state.stage, &t.window);
             // The stage's clock (from its start or resume), and never more than the
@@ -314,6 +409,7 @@ impl Judge for EvidenceJudge {
     }
 
     fn report(&self, row: &RolloutRow) -> Option<AnalysisReport> {
+        self.refresh_signals(row, crate::units::now_ms());
         self.with(row, |t| {
             // Time to decision only while the stage runs (not while it is paused).
             let now_ms = (row.state.phase == Phase::Progressing).then(crate::units::now_ms);

@@ -7,7 +7,7 @@ use super::compare::{finite, verdict};
 use super::{Comparison, GateVerdict, Levels};
 use crate::analysis::evidence::Sample;
 use crate::analysis::sequential::{T_STAR_BREACH, T_STAR_PASS};
-use crate::rollout::gates::{Direction, Gate, Metric, Threshold};
+use crate::rollout::gates::{Direction, Gate, Threshold};
 use policy_canary::replicate::{Slot, LATENCY_BOUNDS_MS, LATENCY_BUCKETS, REPLICATES};
 
 /// The value below which a `q` share of a histogram's samples fall (linear inside a bucket).
@@ -157,7 +157,13 @@ fn smallest(lo: f64, hi: f64, holds: impl Fn(f64) -> bool) -> Option<f64> {
 /// takes L from an upper bound on it and a pass from a lower bound (each bound
 /// and the canary's at half the side's level), so that stable's own uncertainty
 /// can make neither a false breach nor a false pass.
-pub(super) fn latency(gate: Gate, strata: &[Stratum], levels: Levels, robust: bool) -> Comparison {
+pub(super) fn latency(
+    name: &str,
+    gate: Gate,
+    strata: &[Stratum],
+    levels: Levels,
+    robust: bool,
+) -> Comparison {
     let pooled = |pick: fn(&Stratum) -> &Sample| {
         let mut total = Sample::default();
         for s in strata {
@@ -173,7 +179,7 @@ pub(super) fn latency(gate: Gate, strata: &[Stratum], levels: Levels, robust: bo
         ..gate
     };
     let mut comparison = Comparison::open(
-        Metric::LatencyP95,
+        name,
         &latency_gate,
         quantile(&pooled_s, 0.95),
         quantile(&pooled_c, 0.95),

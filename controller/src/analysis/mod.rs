@@ -40,6 +40,7 @@
 //! forced, segment-routed and sessionless requests are shown apart (`outside`).
 
 mod arms;
+pub mod baseline;
 pub mod clustered;
 pub mod compare;
 pub mod decide;
@@ -51,7 +52,7 @@ mod report;
 pub mod sequential;
 
 use crate::analysis::evidence::Window;
-use crate::rollout::gates::Metric;
+use crate::rollout::gates::{Measure, NamedGate};
 use crate::rollout::plan::RolloutPlan;
 use arms::Stratum;
 use compare::compare;
@@ -137,11 +138,19 @@ fn analysed_stages(plan: &RolloutPlan) -> usize {
 }
 
 fn enabled_gates(plan: &RolloutPlan) -> usize {
-    Metric::ALL
-        .iter()
-        .filter(|m| plan.gates.gate(**m).enabled)
-        .count()
-        .max(1)
+    plan.gates.enabled().len().max(1)
+}
+
+/// The gates an analysis shows: every enabled one, and the built-in ones on by
+/// default that the plan turned off (shown as disabled).
+pub fn shown_gates(plan: &RolloutPlan) -> Vec<NamedGate> {
+    plan.gates
+        .all()
+        .into_iter()
+        .filter(|g| {
+            g.gate.enabled || matches!(g.measure, Measure::Builtin(m) if m.default_gate().enabled)
+        })
+        .collect()
 }
 
 /// α for one gate at one stage, split evenly (without session replicates).
@@ -174,19 +183,17 @@ pub fn analyse(plan: &RolloutPlan, stage: usize, window: &Window) -> Analysis {
     .for_sequence(window.sequence);
     let telemetry_missing =
         stable.count(Counter::TasksTotal) == 0.0 && canary.count(Counter::TasksTotal) == 0.0;
-    let comparisons = Metric::ALL
+    let comparisons = shown_gates(plan)
         .iter()
-        .map(|m| {
-            let mut c = compare(
-                *m,
-                plan.gates.gate(*m),
-                &strata,
-                window,
-                levels,
-                session_robust,
-            );
+        .map(|g| {
+            let mut c = compare(g, &strata, window, levels, session_robust);
+            let from_agent = match &g.measure {
+                Measure::Builtin(m) => m.from_agent_telemetry(),
+                Measure::Reported(_) => true,
+                Measure::Signal { .. } => false,
+            };
             let unproven = window.unavailable.is_some()
-                || (plan.require_telemetry && telemetry_missing && m.from_agent_telemetry());
+                || (plan.require_telemetry && telemetry_missing && from_agent);
             if unproven {
                 c.verdict = match c.verdict {
                     GateVerdict::Disabled => GateVerdict::Disabled,
@@ -300,7 +307,7 @@ mod tests {
     fn verdict_of(a: &Analysis, metric: &str) -> GateVerdict {
         a.comparisons
             .iter()
-            .find(|c| c.metric.name() == metric)
+            .find(|c| c.metric == metric)
             .unwrap()
             .verdict
     }
@@ -414,7 +421,7 @@ mod tests {
 
         // (No latency histogram here.)
         let mut lenient = plan();
-        lenient.gates.latency_p95.enabled = Some(false);
+        lenient.gates.spec_mut("latency_p95").enabled = Some(false);
         let a = analyse(&lenient, 0, &w);
         assert!(a.telemetry_missing);
         for metric in agent_gates {
@@ -470,3 +477,6 @@ mod robust_tests;
 
 #[cfg(test)]
 mod fairness_tests;
+
+#[cfg(test)]
+mod gates_tests;

@@ -10,94 +10,18 @@
 use super::clustered::MIN_GROUPS;
 use super::sequential::{clustered_margin, T_STAR_BREACH, T_STAR_PASS};
 use super::{Comparison, GateVerdict, Levels};
-use crate::rollout::gates::{Gate, Metric, Threshold};
+use crate::rollout::gates::{Measure, Metric, NamedGate, Threshold};
 use crate::rollout::plan::RolloutPlan;
 use policy_canary::replicate::REPLICATES;
 use serde::Serialize;
 
-/// What the check assumes of stable (and an equal canary).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Baseline {
-    pub completion_rate: f64,
-    pub error_rate: f64,
-    pub tool_error_rate: f64,
-    /// Standard deviation of cost per task over its mean.
-    pub cost_cv: f64,
-    pub guardrail_rate: f64,
-    pub abandonment_rate: f64,
-    /// σ of log latency (log-normal): how far an equal canary sits below the P95 gate.
-    pub latency_log_sigma: f64,
-    /// With `--sessions`: how uneven sessions' shares of the traffic are, as the α
-    /// of a Pareto distribution (smaller: a few sessions send more of it).
-    pub session_pareto: f64,
-}
-
-impl Default for Baseline {
-    fn default() -> Self {
-        Baseline {
-            completion_rate: 0.85,
-            error_rate: 0.02,
-            tool_error_rate: 0.05,
-            cost_cv: 0.3,
-            guardrail_rate: 0.03,
-            abandonment_rate: 0.05,
-            latency_log_sigma: 0.5,
-            session_pareto: 1.5,
-        }
-    }
-}
-
-impl Baseline {
-    /// Sets one value from `metric=value` (a gate's name, or `cost_cv`,
-    /// `latency_log_sigma`).
-    pub fn set(&mut self, assignment: &str) -> Result<(), String> {
-        let (name, value) = assignment
-            .split_once('=')
-            .ok_or_else(|| format!("`{assignment}`: expected NAME=VALUE"))?;
-        let value: f64 = value
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{assignment}`: {value} is not a number"))?;
-        let rate = |v: f64| {
-            if v > 0.0 && v < 1.0 {
-                Ok(v)
-            } else {
-                Err(format!(
-                    "`{assignment}`: a rate between 0 and 1 (exclusive)"
-                ))
-            }
-        };
-        let positive = |v: f64| {
-            if v > 0.0 && v.is_finite() {
-                Ok(v)
-            } else {
-                Err(format!("`{assignment}`: must be above 0"))
-            }
-        };
-        match name.trim() {
-            "completion_rate" => self.completion_rate = rate(value)?,
-            "error_rate" => self.error_rate = rate(value)?,
-            "tool_error_rate" => self.tool_error_rate = rate(value)?,
-            "guardrail_rate" => self.guardrail_rate = positive(value)?,
-            "abandonment_rate" => self.abandonment_rate = rate(value)?,
-            "cost_cv" => self.cost_cv = positive(value)?,
-            "latency_log_sigma" => self.latency_log_sigma = positive(value)?,
-            "session_pareto" => self.session_pareto = positive(value)?,
-            other => {
-                return Err(format!(
-                    "`{other}`: one of completion_rate, error_rate, tool_error_rate, \
-                     guardrail_rate, abandonment_rate, cost_cv, latency_log_sigma, session_pareto"
-                ))
-            }
-        }
-        Ok(())
-    }
-}
+pub use super::baseline::Baseline;
 
 /// One gate at one stage.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GateCheck {
-    pub metric: Metric,
+    /// The gate's name.
+    pub metric: String,
     /// Canary units to pass a canary equal to stable (`None`: never, at any size).
     pub pass_units: Option<f64>,
     pub pass_seconds: Option<f64>,
@@ -150,10 +74,11 @@ struct GateModel {
     bad: f64,
 }
 
-fn model(metric: Metric, gate: &Gate, base: &Baseline) -> GateModel {
+fn model(named: &NamedGate, base: &Baseline) -> Result<GateModel, String> {
+    let gate = &named.gate;
     let allowed = |mean: f64| match gate.threshold {
-        Threshold::Relative(r) if r * mean < gate.floor => gate.floor,
-        Threshold::Relative(r) => r * mean,
+        Threshold::Relative(r) if r * mean.abs() < gate.floor => gate.floor,
+        Threshold::Relative(r) => r * mean.abs(),
         Threshold::Absolute(a) => a,
     };
     // A mean-type gate: per-unit variance, and stable's mean the threshold applies to.
@@ -166,15 +91,31 @@ fn model(metric: Metric, gate: &Gate, base: &Baseline) -> GateModel {
         }
     };
     let proportion = |p: f64| mean_gate(p * (1.0 - p), p);
-    match metric {
+    let metric = match &named.measure {
+        Measure::Builtin(metric) => *metric,
+        Measure::Reported(_) | Measure::Signal { .. } => {
+            let (mean, sd) = base.custom.get(&named.name).copied().ok_or_else(|| {
+                format!(
+                    "gate `{}` is the plan's own: give its mean and standard deviation per \
+                     report or signal with --base {}=MEAN[:SD]",
+                    named.name, named.name
+                )
+            })?;
+            return Ok(mean_gate(sd * sd, mean));
+        }
+    };
+    Ok(match metric {
         Metric::CompletionRate => proportion(base.completion_rate),
         Metric::ErrorRate => proportion(base.error_rate),
         Metric::ToolErrorRate => proportion(base.tool_error_rate),
         Metric::AbandonmentRate => proportion(base.abandonment_rate),
+        Metric::EscalationRate => proportion(base.escalation_rate),
         // Poisson per request.
         Metric::GuardrailRate => mean_gate(base.guardrail_rate, base.guardrail_rate),
-        // In units of the mean cost.
+        // In units of the mean.
         Metric::CostPerTask => mean_gate(base.cost_cv * base.cost_cv, 1.0),
+        Metric::TokensPerTask => mean_gate(base.tokens_cv * base.tokens_cv, 1.0),
+        Metric::TurnsPerTask => mean_gate(base.turns_cv * base.turns_cv, 1.0),
         Metric::LatencyP95 => {
             // Log-normal latency: the share of requests above stable's P95 × (1 + r)
             // (or + a, taken at the median's scale) compared with 5%.
@@ -193,7 +134,7 @@ fn model(metric: Metric, gate: &Gate, base: &Baseline) -> GateModel {
                 bad: share(factor(r) - factor(1.6 * r)) - 0.05,
             }
         }
-    }
+    })
 }
 
 /// The smallest canary units n at which `margin(n) < gap`, searched by doubling
@@ -264,12 +205,21 @@ pub fn effective_replicates(sessions: f64, alpha: f64) -> (f64, f64) {
 pub const DOMINATED_FLAG: f64 = 0.25;
 
 /// Checks `plan` at `rate` requests per second (and `sessions` active sessions).
+/// A plan's own gate needs its baseline (`Baseline::custom`); each custom metric
+/// or signal is assumed to come once per request, and a signal gate's delay is
+/// added to its times.
 pub fn check_plan(
     plan: &RolloutPlan,
     rate: f64,
     sessions: Option<f64>,
     base: &Baseline,
-) -> PlanCheck {
+) -> Result<PlanCheck, String> {
+    let gates: Vec<(NamedGate, GateModel)> = plan
+        .gates
+        .enabled()
+        .into_iter()
+        .map(|g| model(&g, base).map(|m| (g, m)))
+        .collect::<Result<_, _>>()?;
     let max_s = plan.max_stage_duration.millis() as f64 / 1000.0;
     let mut stages = Vec::new();
     let mut total = Some(0.0);
@@ -326,13 +276,14 @@ pub fn check_plan(
                 ));
             }
         }
-        let mut gates = Vec::new();
-        for metric in Metric::ALL {
-            let gate = plan.gates.gate(metric);
-            if !gate.enabled {
-                continue;
-            }
-            let m = model(metric, &gate, base);
+        let mut checks = Vec::new();
+        for (named, m) in &gates {
+            let metric = &named.name;
+            let is_latency = named.measure == Measure::Builtin(Metric::LatencyP95);
+            let delay_s = match &named.measure {
+                Measure::Signal { delay, .. } => delay.millis() as f64 / 1000.0,
+                _ => 0.0,
+            };
             // Canary units n, stable units n (1 − w)/w; δ's margin at level a.
             // Stable's variance enters with k = 1 ± r ≈ 1; latency is the canary's
             // share alone.
@@ -340,7 +291,7 @@ pub fn check_plan(
                 move |n: f64| {
                     let n_s = n * (1.0 - w) / w;
                     let variance = m.unit_variance / n
-                        + if metric == Metric::LatencyP95 {
+                        + if is_latency {
                             0.0
                         } else {
                             m.unit_variance / n_s
@@ -350,7 +301,7 @@ pub fn check_plan(
             };
             let pass_units = units_needed(-m.equal, margin_at(levels.pass, T_STAR_PASS));
             let breach_units = units_needed(m.bad, margin_at(levels.breach, T_STAR_BREACH));
-            let seconds = |units: Option<f64>| units.map(|u| u / canary_rate.max(1e-9));
+            let seconds = |units: Option<f64>| units.map(|u| u / canary_rate.max(1e-9) + delay_s);
             let (pass_seconds, breach_seconds) = (seconds(pass_units), seconds(breach_units));
             let problem = match pass_seconds {
                 Some(s) if s <= max_s => None,
@@ -372,8 +323,8 @@ pub fn check_plan(
             if let Some(p) = &problem {
                 problems.push(p.clone());
             }
-            gates.push(GateCheck {
-                metric,
+            checks.push(GateCheck {
+                metric: metric.clone(),
                 pass_units,
                 pass_seconds,
                 breach_units,
@@ -384,7 +335,7 @@ pub fn check_plan(
         let min_s = stage.min_duration.millis() as f64 / 1000.0;
         let min_requests_s = stage.min_requests as f64 / canary_rate.max(1e-9);
         let seconds_to_advance = if problems.is_empty() {
-            gates
+            checks
                 .iter()
                 .map(|g| g.pass_seconds)
                 .try_fold(min_s.max(min_requests_s), |acc, s| s.map(|s| acc.max(s)))
@@ -398,17 +349,17 @@ pub fn check_plan(
             canary_rate,
             expected_sessions,
             effective_replicates: effective.map(|(median, _)| median),
-            gates,
+            gates: checks,
             seconds_to_advance,
             problems,
         });
     }
-    PlanCheck {
+    Ok(PlanCheck {
         rate,
         sessions,
         stages,
         seconds_to_promotion: total,
-    }
+    })
 }
 
 /// Seconds as `45s`, `12m`, `3.5h`.
@@ -463,7 +414,7 @@ mod tests {
 
     #[test]
     fn the_default_plan_decides_at_300_requests_per_second() {
-        let check = check_plan(&plan(""), 300.0, None, &Baseline::default());
+        let check = check_plan(&plan(""), 300.0, None, &Baseline::default()).unwrap();
         assert!(check.ok(), "{check:#?}");
         assert_eq!(check.stages.len(), 4);
         let promotion = check.seconds_to_promotion.unwrap();
@@ -480,7 +431,7 @@ mod tests {
         // Abandonment +10% of a 5% base at 1% of 5 requests/s, with no floor.
         let p =
             plan("stages: [{weight: 1%}, {weight: 100%}]\ngates: {abandonment_rate: {floor: 0}}\n");
-        let check = check_plan(&p, 5.0, None, &Baseline::default());
+        let check = check_plan(&p, 5.0, None, &Baseline::default()).unwrap();
         assert!(!check.ok());
         let problem = check.stages[0]
             .problems
@@ -490,13 +441,13 @@ mod tests {
         assert!(problem.contains("threshold (or floor)"), "{problem}");
         assert_eq!(check.seconds_to_promotion, None);
         // Too few sessions in the canary.
-        let check = check_plan(&plan(""), 300.0, Some(60.0), &Baseline::default());
+        let check = check_plan(&plan(""), 300.0, Some(60.0), &Baseline::default()).unwrap();
         assert!(
             check.stages[0].problems[0].contains("sessions"),
             "{check:?}"
         );
         // Enough sessions, but a few dominate: 30 at 1% of 3000.
-        let check = check_plan(&plan(""), 300.0, Some(3000.0), &Baseline::default());
+        let check = check_plan(&plan(""), 300.0, Some(3000.0), &Baseline::default()).unwrap();
         let stage = &check.stages[0];
         assert!(stage.effective_replicates.unwrap() < 16.0, "{stage:?}");
         assert!(
@@ -506,7 +457,7 @@ mod tests {
         // Even shares: 30 sessions are enough.
         let mut even = Baseline::default();
         even.set("session_pareto=100").unwrap();
-        let check = check_plan(&plan(""), 300.0, Some(3000.0), &even);
+        let check = check_plan(&plan(""), 300.0, Some(3000.0), &even).unwrap();
         assert!(check.stages[0].effective_replicates.unwrap() > 8.0);
         assert!(check.stages[0].problems.is_empty(), "{check:?}");
     }
@@ -521,19 +472,9 @@ mod tests {
     }
 
     #[test]
-    fn baseline_values_are_checked() {
-        let mut b = Baseline::default();
-        b.set("completion_rate=0.7").unwrap();
-        assert_eq!(b.completion_rate, 0.7);
-        assert!(b.set("completion_rate=1.5").is_err());
-        assert!(b.set("nonsense=1").is_err());
-        assert!(b.set("cost_cv").is_err());
-    }
-
-    #[test]
     fn eta_follows_the_margin() {
         let mut c = Comparison {
-            metric: Metric::ErrorRate,
+            metric: "error_rate".into(),
             stable: Some(0.02),
             canary: Some(0.02),
             change: String::new(),

@@ -3,7 +3,7 @@
 
 use super::evidence::{Sample, SeriesKey};
 use super::{clustered, planning, MIN_SAMPLES};
-use crate::rollout::gates::{Direction, Gate, Metric, Threshold};
+use crate::rollout::gates::{Direction, Gate, Threshold};
 use crate::store::AuditEntry;
 use policy_canary::stats::Counter;
 use serde::{Deserialize, Serialize};
@@ -36,10 +36,11 @@ impl std::fmt::Display for GateVerdict {
     }
 }
 
-/// One metric, side by side.
+/// One gate, side by side.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
-    pub metric: Metric,
+    /// The gate's name: a built-in metric's (`completion_rate`) or the plan's own.
+    pub metric: String,
     pub stable: Option<f64>,
     pub canary: Option<f64>,
     /// Canary vs stable in the gate's terms (`-19.0 points`, `+25.0%`).
@@ -83,14 +84,14 @@ impl Comparison {
 
     /// A comparison with no verdict yet (inconclusive), or disabled.
     pub(super) fn open(
-        metric: Metric,
+        metric: &str,
         gate: &Gate,
         stable: Option<f64>,
         canary: Option<f64>,
         (n_stable, n_canary): (f64, f64),
     ) -> Comparison {
         Comparison {
-            metric,
+            metric: metric.to_string(),
             stable,
             canary,
             change: match (stable, canary) {

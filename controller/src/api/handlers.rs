@@ -165,6 +165,17 @@ pub(super) async fn add_policy(
     Ok((status, Json(record)).into_response())
 }
 
+/// `POST /v1/signals`: delayed signals, stored before the answer (a kill -9 after
+/// it loses none).
+pub(super) async fn post_signals(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let c = state.controller.clone();
+    let answer = blocking(move || c.post_signals(&body)).await?;
+    Ok(Json(answer).into_response())
+}
+
 pub(super) async fn list_targets(State(state): State<AppState>) -> Result<Response, Error> {
     let c = state.controller.clone();
     let targets = blocking(move || c.targets()).await?;

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 /// Largest request body accepted (plans and policies are a few KiB).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Largest `POST /v1/signals` body: 1000 signals of about 1 KiB at most.
+pub const MAX_SIGNALS_BODY_BYTES: usize = 1024 * 1024;
 /// Longest a `GET /v1/routes` long-poll may wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// An Envoy with no open poll and none for this long is shown as stale.
@@ -82,6 +84,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rollouts/{id}/analysis", get(handlers::show_analysis))
         .route("/v1/rollouts/{id}/{action}", post(handlers::act))
         .route("/v1/audit", get(handlers::audit))
+        .route(
+            "/v1/signals",
+            post(handlers::post_signals).layer(DefaultBodyLimit::max(MAX_SIGNALS_BODY_BYTES)),
+        )
         .route(
             "/v1/tokens",
             get(tokens::list_tokens).post(tokens::create_token),

@@ -63,16 +63,56 @@ pub(super) async fn run_agent(args: &AgentArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| fail(1, format!("cannot listen on {}: {e}", args.listen)))?;
     let address = listener.local_addr().map_err(|e| fail(1, e.to_string()))?;
-    println!(
-        "canaryctl agent listening on http://{address} (registry {})",
-        args.registry
-    );
-    let state = crate::demo::agent::AgentState::new(
+    let mut state = crate::demo::agent::AgentState::new(
         &args.registry,
         args.registry_token.clone(),
         args.seed,
         args.time_scale.max(0.0),
     );
+    if let Some(token) = &args.judge_token {
+        use crate::demo::judge::{parse_delay, Judge, JudgeConfig};
+        let delay =
+            parse_delay(&args.judge_delay).map_err(|e| fail(2, format!("--judge-delay {e}")))?;
+        if !(0.0..=1.0).contains(&args.judge_sample) {
+            return Err(fail(
+                2,
+                format!(
+                    "--judge-sample must be between 0 and 1, got {}",
+                    args.judge_sample
+                ),
+            ));
+        }
+        let judge = std::sync::Arc::new(Judge::new(
+            JudgeConfig {
+                url: args
+                    .judge_url
+                    .clone()
+                    .unwrap_or_else(|| args.registry.clone()),
+                token: token.clone(),
+                target: args.judge_target.clone(),
+                signal: args.judge_signal.clone(),
+                sample: args.judge_sample,
+                delay,
+            },
+            // Unique among the agents of one controller: their ports differ.
+            format!("{}-{}", address.port(), args.seed),
+        ));
+        // (stderr: stdout carries the one "listening" line scripts wait for.)
+        eprintln!(
+            "judging {:.0}% of the answers as `{}`, posted {}..{} later",
+            args.judge_sample * 100.0,
+            args.judge_signal,
+            delay.0,
+            delay.1
+        );
+        tokio::spawn(std::sync::Arc::clone(&judge).run());
+        state = state.with_judge(judge);
+    }
+    println!(
+        "canaryctl agent listening on http://{address} (registry {})",
+        args.registry
+    );
+
     axum::serve(listener, crate::demo::agent::app(state))
         .await
         .map_err(|e| fail(1, e.to_string()))

@@ -186,6 +186,25 @@ pub struct AgentArgs {
     /// Multiplies the simulated latency (0 answers at once).
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
+    /// Also act as an LLM judge (simulated): score a sample of the answers and post
+    /// the scores to the controller's /v1/signals with this `signals:write` token.
+    #[arg(long, env = "CANARYCTL_JUDGE_TOKEN", hide_env_values = true)]
+    pub judge_token: Option<String>,
+    /// Where the judge posts (default: the registry's controller).
+    #[arg(long)]
+    pub judge_url: Option<String>,
+    /// The target the judged answers belong to.
+    #[arg(long, default_value = "support-agent")]
+    pub judge_target: String,
+    /// The signal's name (a plan's gate reads `signal: NAME`).
+    #[arg(long, default_value = "judge_score")]
+    pub judge_signal: String,
+    /// Share of answers judged.
+    #[arg(long, default_value_t = 0.5)]
+    pub judge_sample: f64,
+    /// How late the scores arrive, MIN..MAX (uniform).
+    #[arg(long, default_value = "20s..60s")]
+    pub judge_delay: String,
 }
 
 #[derive(Args, Debug)]

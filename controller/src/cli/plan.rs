@@ -13,7 +13,7 @@ pub enum PlanCommand {
     /// equal to stable and to roll back one at 1.6× the gate's threshold; flags
     /// gates that cannot decide within max_stage_duration and says what would.
     #[command(
-        after_help = "Examples:\n  canaryctl plan check envoy/plans/support-agent.yaml --rate 300\n  canaryctl plan check plan.yaml --rate 40 --sessions 500 --base completion_rate=0.7\n\nExit status 1 when a stage cannot decide. Stable is assumed to behave as the\nbaseline (completion 0.85, errors 0.02, tool errors 0.05, cost CV 0.3, guardrail\n0.03/request, abandonment 0.05, log-latency σ 0.5); --base changes one value.\nTimes assume sessions share nothing; with --sessions, stages with too few\nsessions in the canary, or whose canary a few sessions would dominate (traffic\nshares Pareto α 1.5, --base session_pareto=A), are flagged."
+        after_help = "Examples:\n  canaryctl plan check envoy/plans/support-agent.yaml --rate 300\n  canaryctl plan check plan.yaml --rate 40 --sessions 500 --base completion_rate=0.7\n\nExit status 1 when a stage cannot decide. Stable is assumed to behave as the\nbaseline (completion 0.85, errors 0.02, tool errors 0.05, cost CV 0.3, guardrail\n0.03/request, abandonment 0.05, escalation 0.05, log-latency σ 0.5, tokens and turns\nper task CV 0.5); --base changes one value. A plan's own gate (a custom metric or a\nsignal) needs --base NAME=MEAN[:SD] per report or signal, assumed once per request;\na signal gate's delay is added to its times.\nTimes assume sessions share nothing; with --sessions, stages with too few\nsessions in the canary, or whose canary a few sessions would dominate (traffic\nshares Pareto α 1.5, --base session_pareto=A), are flagged."
     )]
     Check {
         /// The plan (YAML or JSON).
@@ -52,7 +52,7 @@ pub fn run(command: PlanCommand, json: bool) -> Result<(), Failure> {
             .set(assignment)
             .map_err(|e| fail(2, format!("--base {e}")))?;
     }
-    let check = check_plan(&plan, rate, sessions, &baseline);
+    let check = check_plan(&plan, rate, sessions, &baseline).map_err(|e| fail(2, e))?;
     print_or(json, &check, || print_check(&check));
     if check.ok() {
         Ok(())
@@ -104,7 +104,7 @@ fn print_check(check: &PlanCheck) {
         for gate in &stage.gates {
             println!(
                 "  {:<18} {:>14} {:>10} {:>16} {:>10}{}",
-                gate.metric.name(),
+                gate.metric,
                 units(gate.pass_units),
                 time(gate.pass_seconds),
                 units(gate.breach_units),

@@ -151,7 +151,7 @@ fn print_analysis(report: Option<&AnalysisReport>) {
     for c in &a.comparisons {
         println!(
             "  {:<18} {:>10} {:>10} {:>14} {:>10} {:>15}  {}{}",
-            c.metric.name(),
+            c.metric.as_str(),
             number(c.stable),
             number(c.canary),
             c.change,

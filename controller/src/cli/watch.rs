@@ -147,15 +147,15 @@ pub fn stage_line(v: &RolloutView, report: Option<&AnalysisReport>) -> String {
         let name = match c.eta_s {
             _ if !dominated.is_empty() => format!(
                 "{} ({}: few sessions)",
-                c.metric.name(),
+                c.metric.as_str(),
                 dominated.join("+")
             ),
             Some(s) => format!(
                 "{} ~{}",
-                c.metric.name(),
+                c.metric.as_str(),
                 crate::analysis::planning::duration(s)
             ),
-            None => c.metric.name().to_string(),
+            None => c.metric.clone(),
         };
         counts.entry(c.verdict).or_default().push(name);
     }

@@ -4,6 +4,7 @@
 
 mod change;
 mod reconcile;
+pub mod signals;
 mod tokens;
 
 pub use change::Guard;

@@ -124,6 +124,7 @@ mod tests {
                 stable: backend("v1", "agent_stable"),
                 canary: Some(backend("v2", "agent_canary")),
                 segments: vec![],
+                metrics: vec![],
             },
         );
         let known = HashMap::from([(

@@ -32,6 +32,8 @@ pub struct Behaviour {
     pub guardrail_rate: f64,
     pub latency_ms: f64,
     pub error_rate: f64,
+    /// What a judge scores this policy's answers on average (0..1).
+    pub judge_score: f64,
 }
 
 impl Default for Behaviour {
@@ -47,6 +49,7 @@ impl Default for Behaviour {
             guardrail_rate: 0.02,
             latency_ms: 120.0,
             error_rate: 0.0,
+            judge_score: 0.8,
         }
     }
 }
@@ -131,6 +134,8 @@ pub struct AgentState {
     rng: Arc<Mutex<u64>>,
     /// Multiplies simulated latency (0 = answer at once).
     time_scale: f64,
+    /// Judges a sample of the answers and posts the scores later, if set.
+    judge: Option<Arc<crate::demo::judge::Judge>>,
 }
 
 impl AgentState {
@@ -150,7 +155,15 @@ impl AgentState {
             profiles: Arc::default(),
             rng: Arc::new(Mutex::new(seed | 1)),
             time_scale,
+            judge: None,
         }
+    }
+
+    /// Also act as a (simulated) LLM judge; the judge's poster is returned to be
+    /// spawned.
+    pub fn with_judge(mut self, judge: Arc<crate::demo::judge::Judge>) -> AgentState {
+        self.judge = Some(judge);
+        self
     }
 
     fn uniform(&self) -> f64 {
@@ -224,7 +237,19 @@ async fn answer(State(state): State<AgentState>, headers: HeaderMap) -> Response
         Ok(profile) => profile,
         Err(e) => return text(StatusCode::BAD_GATEWAY, e),
     };
-    let outcome = simulate(&profile.behaviour(&class), || state.uniform());
+    let behaviour = profile.behaviour(&class);
+    let outcome = simulate(&behaviour, || state.uniform());
+    if let Some(judge) = &state.judge {
+        let session = header("x-session-id").unwrap_or_default();
+        let u = [state.uniform(), state.uniform(), state.uniform()];
+        judge.judge(
+            &session,
+            &version,
+            behaviour.judge_score,
+            u,
+            crate::units::now_ms(),
+        );
+    }
     let delay = (outcome.latency_ms as f64 * state.time_scale).min(30_000.0);
     if delay >= 1.0 {
         tokio::time::sleep(Duration::from_millis(delay as u64)).await;

@@ -1,6 +1,10 @@
 //! Metric gates of a plan: which canary-vs-stable differences roll a rollout back.
 //!
-//! Defaults (from the rollout guides the project follows):
+//! A gate is data: a name, where its numbers come from (`Measure`: a built-in
+//! ratio the filter counts, a custom metric the agent reports, or a delayed
+//! signal posted to the controller) and how it is judged (`Gate`: threshold,
+//! direction, floor). Defaults of the built-in gates (from the rollout guides the
+//! project follows):
 //!
 //! | metric | rollback when canary vs stable |
 //! |---|---|
@@ -12,11 +16,21 @@
 //! | guardrail trigger rate | more than 3× |
 //! | abandonment rate | more than +10% (relative) |
 //! | safety violations | any (zero tolerance, immediate) |
+//!
+//! and, off unless the plan names them: escalation rate (escalated / finished
+//! tasks, +20%), tokens per task (+20%), turns per task (requests per finished
+//! task, the conversation length, +20%).
 
+use crate::units::Dur;
+use policy_canary::check::{check_metric_name, MAX_CUSTOM_METRICS};
+use policy_canary::error::{err, ConfigError};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
 use std::fmt;
 
-/// A compared metric.
+pub use super::threshold::Threshold;
+
+/// A built-in measure: a ratio of the filter's own counts, or latency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
@@ -27,6 +41,9 @@ pub enum Metric {
     LatencyP95,
     GuardrailRate,
     AbandonmentRate,
+    EscalationRate,
+    TokensPerTask,
+    TurnsPerTask,
 }
 
 impl PartialEq<&str> for Metric {
@@ -42,7 +59,7 @@ impl fmt::Display for Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 10] = [
         Metric::CompletionRate,
         Metric::ErrorRate,
         Metric::ToolErrorRate,
@@ -50,7 +67,15 @@ impl Metric {
         Metric::LatencyP95,
         Metric::GuardrailRate,
         Metric::AbandonmentRate,
+        Metric::EscalationRate,
+        Metric::TokensPerTask,
+        Metric::TurnsPerTask,
     ];
+
+    /// The built-in metric of this name.
+    pub fn from_name(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
 
     /// Measured from the agent's own telemetry (its quality report), not from HTTP.
     pub fn from_agent_telemetry(self) -> bool {
@@ -66,6 +91,9 @@ impl Metric {
             Metric::LatencyP95 => "latency_p95",
             Metric::GuardrailRate => "guardrail_rate",
             Metric::AbandonmentRate => "abandonment_rate",
+            Metric::EscalationRate => "escalation_rate",
+            Metric::TokensPerTask => "tokens_per_task",
+            Metric::TurnsPerTask => "turns_per_task",
         }
     }
 
@@ -79,17 +107,24 @@ impl Metric {
             Metric::LatencyP95 => (Threshold::Relative(0.50), Direction::HigherIsWorse),
             Metric::GuardrailRate => (Threshold::Relative(2.0), Direction::HigherIsWorse),
             Metric::AbandonmentRate => (Threshold::Relative(0.10), Direction::HigherIsWorse),
+            Metric::EscalationRate | Metric::TokensPerTask | Metric::TurnsPerTask => {
+                (Threshold::Relative(0.20), Direction::HigherIsWorse)
+            }
         };
         // Relative gates on rates near zero: no sample a canary gets can show "+10%
         // of 0.1%", so at least this much (absolute) degradation is allowed.
         let floor = match self {
             Metric::ErrorRate => 0.005,
-            Metric::ToolErrorRate | Metric::AbandonmentRate => 0.01,
+            Metric::ToolErrorRate | Metric::AbandonmentRate | Metric::EscalationRate => 0.01,
             Metric::GuardrailRate => 0.01,
             _ => 0.0,
         };
         Gate {
-            enabled: true,
+            // The derived gates are off unless a plan names them.
+            enabled: !matches!(
+                self,
+                Metric::EscalationRate | Metric::TokensPerTask | Metric::TurnsPerTask
+            ),
             threshold,
             direction,
             floor,
@@ -104,94 +139,41 @@ pub enum Direction {
     LowerIsWorse,
 }
 
-/// How far the canary may be worse than stable.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Threshold {
-    /// In the metric's own units (0.05 = 5 points of a rate).
-    Absolute(f64),
-    /// As a fraction of stable's value (0.2 = +20%, 2.0 = 3×).
-    Relative(f64),
+/// A plan's `worse: lower | higher`: which way a gate's metric gets worse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Worse {
+    Lower,
+    Higher,
 }
 
-impl Threshold {
-    /// `"5 points"`, `"5pp"`, `"+20%"`, `"20%"`, `"3x"`, `"0.05"` (absolute).
-    pub fn parse(text: &str) -> Result<Threshold, String> {
-        let t = text.trim().trim_start_matches('+');
-        let number = |s: &str| -> Result<f64, String> {
-            let v: f64 = s.trim().parse().map_err(|_| {
-                format!("`{text}` is not a threshold (write e.g. \"5 points\", \"+20%\" or \"3x\")")
-            })?;
-            if v.is_finite() && v >= 0.0 {
-                Ok(v)
-            } else {
-                Err(format!("threshold `{text}` must be a non-negative number"))
-            }
-        };
-        if let Some(points) = t
-            .strip_suffix("points")
-            .or_else(|| t.strip_suffix("point"))
-            .or_else(|| t.strip_suffix("pp"))
-        {
-            return Ok(Threshold::Absolute(number(points)? / 100.0));
-        }
-        if let Some(percent) = t.strip_suffix('%') {
-            return Ok(Threshold::Relative(number(percent)? / 100.0));
-        }
-        if let Some(times) = t.strip_suffix(['x', '×']) {
-            let times = number(times)?;
-            if times < 1.0 {
-                return Err(format!("threshold `{text}` must be at least 1x"));
-            }
-            return Ok(Threshold::Relative(times - 1.0));
-        }
-        number(t).map(Threshold::Absolute)
-    }
-}
-
-impl fmt::Display for Threshold {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Threshold::Absolute(v) => write!(f, "{} points", trim(v * 100.0)),
-            Threshold::Relative(v) if v >= 1.0 => write!(f, "{}x", trim(v + 1.0)),
-            Threshold::Relative(v) => write!(f, "+{}%", trim(v * 100.0)),
+impl From<Worse> for Direction {
+    fn from(worse: Worse) -> Direction {
+        match worse {
+            Worse::Lower => Direction::LowerIsWorse,
+            Worse::Higher => Direction::HigherIsWorse,
         }
     }
 }
 
-fn trim(v: f64) -> String {
-    let s = format!("{v:.4}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
+/// Where a gate's numbers come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Measure {
+    /// One of the filter's own ratios (or latency).
+    Builtin(Metric),
+    /// The mean of what the agent reports as `x-agent-metric-<name>`.
+    Reported(String),
+    /// The mean of the signals of this name posted to `POST /v1/signals`; a pass
+    /// counts only answers older than `delay`.
+    Signal { name: String, delay: Dur },
 }
 
-impl Serialize for Threshold {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Threshold {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = Threshold;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a threshold such as \"5 points\", \"+20%\" or \"3x\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Threshold, E> {
-                Threshold::parse(v).map_err(E::custom)
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Threshold, E> {
-                Threshold::parse(&v.to_string()).map_err(E::custom)
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Threshold, E> {
-                Threshold::parse(&v.to_string()).map_err(E::custom)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Threshold, E> {
-                Threshold::parse(&v.to_string()).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
-    }
+/// A gate of a plan: its name, what it measures and how it judges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedGate {
+    pub name: String,
+    pub measure: Measure,
+    pub gate: Gate,
 }
 
 /// One metric's effective gate.
@@ -205,7 +187,9 @@ pub struct Gate {
 }
 
 /// A plan's changes to one gate; what it leaves out keeps the metric's default.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+/// A gate that is not built in also says where its numbers come from (`metric`
+/// or `signal`), which way is worse and its threshold.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,8 +198,26 @@ pub struct GateSpec {
     pub threshold: Option<Threshold>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<Direction>,
+    /// `lower` or `higher`: the same as `direction`, as people say it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worse: Option<Worse>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floor: Option<f64>,
+    /// A custom metric the agent reports (`x-agent-metric-<metric>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// A signal posted to `POST /v1/signals` under this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// How late a signal gate's signals arrive: it passes only over answers older.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Dur>,
+}
+
+impl GateSpec {
+    fn direction(&self) -> Option<Direction> {
+        self.direction.or(self.worse.map(Direction::from))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -231,43 +233,224 @@ impl Default for SafetyGate {
     }
 }
 
-/// The `gates` section of a plan.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The `gates` section of a plan: changes to the built-in gates, the plan's own
+/// gates, and the safety gate.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Gates {
-    pub completion_rate: GateSpec,
-    pub error_rate: GateSpec,
-    pub tool_error_rate: GateSpec,
-    pub cost_per_task: GateSpec,
-    pub latency_p95: GateSpec,
-    pub guardrail_rate: GateSpec,
-    pub abandonment_rate: GateSpec,
+    specs: BTreeMap<String, GateSpec>,
     pub safety_violations: SafetyGate,
 }
 
 impl Gates {
-    pub fn spec(&self, metric: Metric) -> &GateSpec {
-        match metric {
-            Metric::CompletionRate => &self.completion_rate,
-            Metric::ErrorRate => &self.error_rate,
-            Metric::ToolErrorRate => &self.tool_error_rate,
-            Metric::CostPerTask => &self.cost_per_task,
-            Metric::LatencyP95 => &self.latency_p95,
-            Metric::GuardrailRate => &self.guardrail_rate,
-            Metric::AbandonmentRate => &self.abandonment_rate,
+    /// The plan's changes to a gate (empty when it has none).
+    pub fn spec(&self, name: &str) -> GateSpec {
+        self.specs.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The plan's changes to a gate, to edit (made empty the first time).
+    pub fn spec_mut(&mut self, name: &str) -> &mut GateSpec {
+        self.specs.entry(name.to_string()).or_default()
+    }
+
+    /// The effective gate of a built-in metric: the plan's changes over its
+    /// default (a derived gate the plan names is on unless it says otherwise).
+    pub fn gate(&self, metric: Metric) -> Gate {
+        let default = metric.default_gate();
+        let named = self.specs.get(metric.name());
+        let spec = named.cloned().unwrap_or_default();
+        Gate {
+            enabled: spec.enabled.unwrap_or(default.enabled || named.is_some()),
+            threshold: spec.threshold.unwrap_or(default.threshold),
+            direction: spec.direction().unwrap_or(default.direction),
+            floor: spec.floor.unwrap_or(default.floor).max(0.0),
         }
     }
 
-    /// The effective gate: the plan's changes over the metric's default.
-    pub fn gate(&self, metric: Metric) -> Gate {
-        let default = metric.default_gate();
-        let spec = self.spec(metric);
-        Gate {
-            enabled: spec.enabled.unwrap_or(default.enabled),
-            threshold: spec.threshold.unwrap_or(default.threshold),
-            direction: spec.direction.unwrap_or(default.direction),
-            floor: spec.floor.unwrap_or(default.floor).max(0.0),
+    /// Every gate, built-in ones first (in `Metric::ALL` order), then the plan's
+    /// own by name. Enabled or not.
+    pub fn all(&self) -> Vec<NamedGate> {
+        let builtin = Metric::ALL.into_iter().map(|m| NamedGate {
+            name: m.name().to_string(),
+            measure: Measure::Builtin(m),
+            gate: self.gate(m),
+        });
+        let own = self.specs.iter().filter_map(|(name, spec)| {
+            if Metric::from_name(name).is_some() {
+                return None;
+            }
+            let measure = match (&spec.metric, &spec.signal) {
+                (Some(metric), _) => Measure::Reported(metric.clone()),
+                (None, Some(signal)) => Measure::Signal {
+                    name: signal.clone(),
+                    delay: spec.delay.unwrap_or_default(),
+                },
+                (None, None) => return None,
+            };
+            Some(NamedGate {
+                name: name.clone(),
+                measure,
+                gate: Gate {
+                    enabled: spec.enabled.unwrap_or(true),
+                    threshold: spec.threshold.unwrap_or(Threshold::Absolute(0.0)),
+                    direction: spec.direction().unwrap_or(Direction::HigherIsWorse),
+                    floor: spec.floor.unwrap_or(0.0).max(0.0),
+                },
+            })
+        });
+        builtin.chain(own).collect()
+    }
+
+    /// The enabled gates.
+    pub fn enabled(&self) -> Vec<NamedGate> {
+        self.all().into_iter().filter(|g| g.gate.enabled).collect()
+    }
+
+    /// The custom metrics the enabled gates read, each once: what the filter must
+    /// count (the route table's `metrics`).
+    pub fn reported_metrics(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .enabled()
+            .into_iter()
+            .filter_map(|g| match g.measure {
+                Measure::Reported(name) => Some(name),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Checks what serde cannot: a plan's own gate says where its numbers come
+    /// from, which way is worse and its threshold; a built-in one does not name a
+    /// source; at most `MAX_CUSTOM_METRICS` custom metrics.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, spec) in &self.specs {
+            let path = |field: &str| format!("gates.{name}.{field}");
+            if spec.direction.is_some() && spec.worse.is_some() {
+                return Err(err(path("worse"), "give `worse` or `direction`, not both"));
+            }
+            if let Some(floor) = spec.floor {
+                if !(floor.is_finite() && floor >= 0.0) {
+                    return Err(err(
+                        path("floor"),
+                        format!("must be a non-negative number, got {floor}"),
+                    ));
+                }
+            }
+            if Metric::from_name(name).is_some() {
+                for (field, set) in [
+                    ("metric", spec.metric.is_some()),
+                    ("signal", spec.signal.is_some()),
+                    ("delay", spec.delay.is_some()),
+                ] {
+                    if set {
+                        return Err(err(
+                            path(field),
+                            format!("`{name}` is built in: the filter counts it; remove `{field}`"),
+                        ));
+                    }
+                }
+                continue;
+            }
+            check_metric_name(&format!("gates.{name}"), name)?;
+            match (&spec.metric, &spec.signal) {
+                (None, None) => {
+                    return Err(err(
+                        format!("gates.{name}"),
+                        format!(
+                            "`{name}` is not a built-in gate ({}): say where its numbers come \
+                             from, `metric: NAME` (the agent's x-agent-metric-NAME) or \
+                             `signal: NAME` (POST /v1/signals)",
+                            Metric::ALL.map(Metric::name).join(", ")
+                        ),
+                    ))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        path("signal"),
+                        "a gate reads a `metric` or a `signal`, not both",
+                    ))
+                }
+                (Some(metric), None) => {
+                    check_metric_name(&path("metric"), metric)?;
+                    if spec.delay.is_some() {
+                        return Err(err(
+                            path("delay"),
+                            "only a signal gate waits: the agent reports its metric with the answer",
+                        ));
+                    }
+                }
+                (None, Some(signal)) => {
+                    check_metric_name(&path("signal"), signal)?;
+                    if spec.delay.is_none() {
+                        return Err(err(
+                            path("delay"),
+                            "a signal gate says how late its signals arrive (e.g. `delay: 2m`): \
+                             it passes only over answers older than that",
+                        ));
+                    }
+                }
+            }
+            if spec.direction().is_none() {
+                return Err(err(path("worse"), "needed: `lower` or `higher`"));
+            }
+            if spec.threshold.is_none() {
+                return Err(err(
+                    path("threshold"),
+                    "needed: an absolute number (0.05) or a relative change (\"+10%\")",
+                ));
+            }
         }
+        let metrics = self.reported_metrics();
+        if metrics.len() > MAX_CUSTOM_METRICS {
+            return Err(err(
+                "gates",
+                format!(
+                    "at most {MAX_CUSTOM_METRICS} custom metrics per target, got {}: {}",
+                    metrics.len(),
+                    metrics.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Gates {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.specs.len() + 1))?;
+        for (name, spec) in &self.specs {
+            map.serialize_entry(name, spec)?;
+        }
+        map.serialize_entry("safety_violations", &self.safety_violations)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Gates {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Gates;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of gate names to gates")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Gates, A::Error> {
+                let mut gates = Gates::default();
+                while let Some(name) = map.next_key::<String>()? {
+                    if name == "safety_violations" {
+                        gates.safety_violations = map.next_value()?;
+                    } else {
+                        let spec: GateSpec = map.next_value()?;
+                        gates.specs.insert(name, spec);
+                    }
+                }
+                Ok(gates)
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
@@ -276,39 +459,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn thresholds_as_people_write_them() {
-        let cases = [
-            ("5 points", Threshold::Absolute(0.05)),
-            ("5pp", Threshold::Absolute(0.05)),
-            ("+20%", Threshold::Relative(0.2)),
-            ("10%", Threshold::Relative(0.1)),
-            ("3x", Threshold::Relative(2.0)),
-            ("0.05", Threshold::Absolute(0.05)),
-        ];
-        for (text, expected) in cases {
-            let got = Threshold::parse(text).unwrap();
-            match (got, expected) {
-                (Threshold::Absolute(a), Threshold::Absolute(b))
-                | (Threshold::Relative(a), Threshold::Relative(b)) => {
-                    assert!((a - b).abs() < 1e-12, "{text}")
-                }
-                _ => panic!("{text}: {got:?}"),
-            }
-        }
-        for bad in ["-5%", "lots", "0.5x", "NaN"] {
-            assert!(Threshold::parse(bad).is_err(), "{bad}");
-        }
-        assert_eq!(Threshold::Relative(2.0).to_string(), "3x");
-        assert_eq!(Threshold::Relative(0.2).to_string(), "+20%");
-        assert_eq!(Threshold::Absolute(0.05).to_string(), "5 points");
-    }
-
-    #[test]
     fn plan_changes_override_defaults_field_by_field() {
         let gates: Gates = serde_json::from_str(
             r#"{"error_rate": {"threshold": "+25%"}, "latency_p95": {"enabled": false}}"#,
         )
         .unwrap();
+        gates.validate().unwrap();
         let error = gates.gate(Metric::ErrorRate);
         assert_eq!(
             (error.threshold, error.direction),
@@ -320,6 +476,106 @@ mod tests {
             Metric::CompletionRate.default_gate()
         );
         assert!(gates.safety_violations.enabled);
-        assert!(serde_json::from_str::<Gates>(r#"{"error_rte": {}}"#).is_err());
+        let unknown: Gates = serde_json::from_str(r#"{"error_rte": {}}"#).unwrap();
+        assert!(unknown
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not a built-in gate"));
+        // The derived gates are off until named.
+        assert!(!gates.gate(Metric::EscalationRate).enabled);
+        let named: Gates = serde_json::from_str(r#"{"escalation_rate": {}}"#).unwrap();
+        let escalation = named.gate(Metric::EscalationRate);
+        assert!(escalation.enabled);
+        assert_eq!(escalation.threshold, Threshold::Relative(0.2));
+    }
+
+    #[test]
+    fn a_plans_own_gates_say_where_their_numbers_come_from() {
+        let gates: Gates = serde_json::from_str(
+            r#"{"judge_score": {"metric": "judge_score", "worse": "lower", "threshold": 0.05},
+                "csat": {"signal": "csat", "worse": "lower", "threshold": 0.3, "delay": "2m"},
+                "escalation_rate": {"threshold": "+20%"}}"#,
+        )
+        .unwrap();
+        gates.validate().unwrap();
+        let enabled = gates.enabled();
+        let by_name = |n: &str| enabled.iter().find(|g| g.name == n).unwrap().clone();
+        assert_eq!(
+            by_name("judge_score").measure,
+            Measure::Reported("judge_score".into())
+        );
+        assert_eq!(
+            by_name("judge_score").gate.direction,
+            Direction::LowerIsWorse
+        );
+        assert_eq!(
+            by_name("csat").measure,
+            Measure::Signal {
+                name: "csat".into(),
+                delay: Dur::secs(120)
+            }
+        );
+        assert_eq!(gates.reported_metrics(), ["judge_score"]);
+        // Round trip, as plans are stored.
+        let text = serde_json::to_string(&gates).unwrap();
+        assert_eq!(serde_json::from_str::<Gates>(&text).unwrap(), gates);
+        for (json, expected) in [
+            (
+                r#"{"judge": {"worse": "lower", "threshold": 1}}"#,
+                "gates.judge: `judge` is not a built-in gate",
+            ),
+            (
+                r#"{"judge": {"metric": "j", "signal": "j", "worse": "lower", "threshold": 1}}"#,
+                "gates.judge.signal:",
+            ),
+            (
+                r#"{"judge": {"metric": "j", "threshold": 1}}"#,
+                "gates.judge.worse: needed",
+            ),
+            (
+                r#"{"judge": {"metric": "j", "worse": "lower"}}"#,
+                "gates.judge.threshold: needed",
+            ),
+            (
+                r#"{"judge": {"metric": "J-1", "worse": "lower", "threshold": 1}}"#,
+                "gates.judge.metric:",
+            ),
+            (
+                r#"{"csat": {"signal": "csat", "worse": "lower", "threshold": 1}}"#,
+                "gates.csat.delay:",
+            ),
+            (
+                r#"{"judge": {"metric": "j", "worse": "lower", "threshold": 1, "delay": "1m"}}"#,
+                "gates.judge.delay:",
+            ),
+            (
+                r#"{"error_rate": {"metric": "x"}}"#,
+                "gates.error_rate.metric: `error_rate` is built in",
+            ),
+            (
+                r#"{"error_rate": {"worse": "lower", "direction": "higher_is_worse"}}"#,
+                "gates.error_rate.worse:",
+            ),
+            (
+                r#"{"Judge!": {"metric": "j", "worse": "lower", "threshold": 1}}"#,
+                "gates.Judge!:",
+            ),
+        ] {
+            let gates: Gates = serde_json::from_str(json).unwrap();
+            let message = gates.validate().unwrap_err().to_string();
+            assert!(message.starts_with(expected), "{json}: {message}");
+        }
+        let many: String = (0..9)
+            .map(|i| format!(r#""g{i}": {{"metric": "m{i}", "worse": "lower", "threshold": 1}}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let gates: Gates = serde_json::from_str(&format!("{{{many}}}")).unwrap();
+        assert!(gates
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at most 8 custom metrics"));
+        assert!(serde_json::from_str::<Gates>(r#"{"judge": {"metrik": "j"}}"#).is_err());
     }
 }

@@ -5,6 +5,7 @@
 pub mod gates;
 pub mod plan;
 pub mod state;
+pub mod threshold;
 
 pub use state::{
     route_for, stable_after, stable_only, transition, Action, AuditAction, Illegal, ManualAction,

@@ -240,6 +240,7 @@ impl RolloutPlan {
                 }
             }
         }
+        self.gates.validate()?;
         if let Some(salt) = &self.salt {
             if salt.is_empty() {
                 return Err(err("salt", "must not be empty"));
@@ -447,7 +448,7 @@ gates:
             ),
             (
                 PLAN.replace("cost_per_task:", "cost_per_tsk:"),
-                "gates.cost_per_tsk: unknown field",
+                "gates.cost_per_tsk: `cost_per_tsk` is not a built-in gate (completion_rate,",
             ),
             ("[1, 2]".to_string(), "invalid type"),
             ("{".to_string(), "not valid JSON"),

@@ -350,6 +350,7 @@ pub fn route_for(
                 canary_weight_bp: s.weight.bp(),
             })
             .collect(),
+        metrics: plan.gates.reported_metrics(),
     })
 }
 
@@ -362,6 +363,7 @@ pub fn stable_only(stable: &PolicyBackend, salt: &str, revision: u64) -> RouteTa
         stable: stable.clone(),
         canary: None,
         segments: Vec::new(),
+        metrics: Vec::new(),
     }
 }
 

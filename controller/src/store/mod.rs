@@ -2,10 +2,12 @@
 //! opens the database and migrates it; this module reads and writes its rows.
 
 mod schema;
+mod signals;
 mod tokens;
 mod windows;
 
 pub use schema::{create_private_dir, lock, open, open_reader, schema_version, StateLock};
+pub use signals::{insert_signal, rollout_at, signal_sums, weight_at, PlacedSignal, SignalSum};
 pub use tokens::{find_token, get_token, insert_token, list_tokens, revoke_token, TokenRecord};
 pub use windows::{forget_ended_windows, latest_window, save_window, StoredWindow};
 
@@ -216,10 +218,10 @@ pub fn upsert_target(
     Ok(())
 }
 
-const ROLLOUT_COLUMNS: &str =
+pub(crate) const ROLLOUT_COLUMNS: &str =
     "id, target, plan, salt, phase, stage, stage_started_ms, created_ms, updated_ms";
 
-fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRow> {
+pub(crate) fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRow> {
     let phase: String = r.get(4)?;
     let phase = Phase::parse(&phase).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(

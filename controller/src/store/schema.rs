@@ -72,6 +72,22 @@ const MIGRATIONS: &[&str] = &[
         snapshot TEXT,
         saved_ms INTEGER NOT NULL,
         PRIMARY KEY (rollout_id, stage, sequence));",
+    // 6: delayed signals (judges, feedback), each placed in its rollout's arm and
+    // session replicate when it was received.
+    "CREATE TABLE signals (
+        id TEXT PRIMARY KEY,
+        target TEXT NOT NULL,
+        rollout_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        arm TEXT NOT NULL,
+        traffic TEXT NOT NULL,
+        replicate INTEGER NOT NULL,
+        session TEXT NOT NULL,
+        value REAL NOT NULL,
+        at_ms INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL);
+     CREATE INDEX signals_by_rollout ON signals (rollout_id, name, at_ms);",
 ];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {

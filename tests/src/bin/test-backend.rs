@@ -17,6 +17,10 @@
 //! `power_completion=0.3 power_cost=20000`: sessions whose `x-session-id` starts
 //! with `power-` (heavy users with their own character) complete that share of
 //! their tasks, at that cost, whichever policy serves them.
+//! `escalation=0.2`: that share of all tasks ends `escalated` instead of `failed`
+//! (taken from the tasks not completed). `metric=judge_score:0.8` (repeatable):
+//! every answer reports `x-agent-metric-judge_score`, alternately 0.1 above and
+//! below that mean.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -88,19 +92,29 @@ fn header_str<'a>(request: &'a Request<Incoming>, name: &str) -> Option<&'a str>
 }
 
 /// Telemetry every answer reports (from `key=value` arguments).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Profile {
     completion: Option<f64>,
     safety_at: Option<u64>,
     cost: u64,
     power_completion: Option<f64>,
     power_cost: Option<u64>,
+    escalation: f64,
+    /// Custom metrics: name and mean.
+    metrics: Vec<(HeaderName, f64)>,
 }
 
 static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Answers per class (power sessions, the rest), each spreading its own share.
 static SERVED_POWER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static SERVED_OTHERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Tasks not completed, spreading the escalated share among them.
+static NOT_COMPLETED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether the k-th of a run spreading `share` evenly falls on a hit.
+fn spread(k: u64, share: f64) -> bool {
+    ((k as f64) * share).floor() > (((k - 1) as f64) * share).floor()
+}
 
 fn profile_headers(profile: &Profile, power: bool, headers: &mut HeaderMap) {
     let Some(completion) = profile.completion else {
@@ -117,9 +131,29 @@ fn profile_headers(profile: &Profile, power: bool, headers: &mut HeaderMap) {
     };
     let k = class.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     // Completed when the running share of completions would otherwise fall behind.
-    let completed = ((k as f64) * completion).floor() > (((k - 1) as f64) * completion).floor();
-    let outcome = if completed { "completed" } else { "failed" };
+    let completed = spread(k, completion);
+    let outcome = if completed {
+        "completed"
+    } else {
+        let j = NOT_COMPLETED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let share = (profile.escalation / (1.0 - completion).max(1e-9)).min(1.0);
+        if spread(j, share) {
+            "escalated"
+        } else {
+            "failed"
+        }
+    };
     headers.insert("x-agent-outcome", HeaderValue::from_static(outcome));
+    for (name, mean) in &profile.metrics {
+        let value = if n.is_multiple_of(2) {
+            mean + 0.1
+        } else {
+            mean - 0.1
+        };
+        if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", value.max(0.0))) {
+            headers.insert(name.clone(), value);
+        }
+    }
     if let Ok(cost) = HeaderValue::from_str(&cost.to_string()) {
         headers.insert("x-agent-cost-micros", cost);
     }
@@ -214,6 +248,18 @@ fn main() {
             Some(("cost", v)) => profile.cost = v.parse().unwrap_or(1_000),
             Some(("power_completion", v)) => profile.power_completion = v.parse().ok(),
             Some(("power_cost", v)) => profile.power_cost = v.parse().ok(),
+            Some(("escalation", v)) => profile.escalation = v.parse().unwrap_or(0.0),
+            Some(("metric", v)) => {
+                let parsed = v.split_once(':').and_then(|(name, mean)| {
+                    let header =
+                        HeaderName::from_bytes(format!("x-agent-metric-{name}").as_bytes());
+                    Some((header.ok()?, mean.parse().ok()?))
+                });
+                match parsed {
+                    Some(metric) => profile.metrics.push(metric),
+                    None => eprintln!("test-backend: ignoring argument {arg}"),
+                }
+            }
             _ => eprintln!("test-backend: ignoring argument {arg}"),
         }
     }
@@ -243,9 +289,11 @@ fn main() {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let profile = profile.clone();
             tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |request| answer(name, profile, request));
+                let service = hyper::service::service_fn(move |request| {
+                    answer(name, profile.clone(), request)
+                });
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 // Envoy forwards up to 60 KiB of request headers; accept all of them.

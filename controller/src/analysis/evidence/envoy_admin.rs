@@ -2,7 +2,7 @@
 //! into each active rollout's stage window. An Envoy that cannot be read adds
 //! nothing (less evidence, never a pass); malformed lines are counted and skipped.
 
-use super::{replicate_slot, traffic_of, Scrape, SeriesKey, REPLICATE_SERIES};
+use super::{traffic_of, ReplicateValue, Scrape, SeriesKey, REPLICATE_SERIES};
 use crate::analysis::judge::EvidenceJudge;
 use crate::envoy::admin::{AdminClient, HealthChange, SourceHealth};
 use crate::metrics::{EvidenceSource, Metrics};
@@ -108,8 +108,11 @@ pub fn parse_prometheus(text: &str, target: &str) -> Scrape {
             .or_default();
         if suffix == REPLICATE_SERIES {
             match (label("replicate"), label("counter")) {
-                (Some(replicate), Some(counter)) => match replicate_slot(replicate, counter) {
-                    Some((r, index)) => sample.set_replicate(r, index, value),
+                (Some(replicate), Some(counter)) => match ReplicateValue::of(replicate, counter) {
+                    Some(ReplicateValue::Slot(r, index)) => sample.set_replicate(r, index, value),
+                    Some(ReplicateValue::Named(r, name)) => {
+                        sample.set_named_replicate(r, &name, value)
+                    }
                     None => scrape.malformed_lines += 1,
                 },
                 _ => scrape.malformed_lines += 1,
@@ -196,6 +199,9 @@ policy_canary_rq_total{target="support-agent.segment",policy_version="v2.4.0"} 3
 policy_canary_rq_total{target="support-agent.forced",policy_version="v2.4.0"} 3
 policy_canary_rq_total{target="support-agent.elsewhere",policy_version="v2.4.0"} 3
 policy_canary_rq_total{target="support-agent-2",policy_version="v2.4.0"} 3
+policy_canary_custom_judge_micros{target="support-agent",policy_version="v2.4.0"} 1500000
+policy_canary_replicate{target="support-agent",policy_version="v2.4.0",replicate="4",counter="custom_judge_reports"} 2
+policy_canary_replicate{target="support-agent",policy_version="v2.4.0",replicate="4",counter="tasks_escalated"} 1
 policy_canary_rq_latency_ms_bucket{target="support-agent",policy_version="v2.4.0",le="5"} 40
 policy_canary_rq_latency_ms_bucket{target="support-agent",policy_version="v2.4.0",le="+Inf"} 100
 policy_canary_rq_latency_ms_sum{target="support-agent",policy_version="v2.4.0"} 1234
@@ -215,6 +221,13 @@ envoy_cluster_upstream_rq{envoy_cluster_name="x"} 3
             (30.0, 3.0)
         );
         let canary = scrape.version("v2.4.0").unwrap();
+        assert_eq!(canary.get("custom_judge_micros"), 1_500_000.0);
+        assert_eq!(canary.named_replicate(4, "custom_judge_reports"), 2.0);
+        use policy_canary::replicate::{ReplicateCounter, Slot};
+        assert_eq!(
+            canary.replicate(4, Slot::Counter(ReplicateCounter::TasksEscalated)),
+            1.0
+        );
         assert_eq!(canary.get("rq_total"), 100.0);
         assert_eq!(canary.get("tasks_completed"), 70.0);
         assert_eq!(canary.latency, vec![(5.0, 40.0), (f64::INFINITY, 100.0)]);

@@ -14,8 +14,10 @@
 
 pub mod envoy_admin;
 pub mod prometheus;
+mod sample;
 
-use policy_canary::replicate::{ReplicateCounter, Slot, REPLICATES};
+pub use sample::{increase, replicate_slot, ReplicateRows, ReplicateValue, Sample};
+
 use policy_canary::stats::{Counter, Traffic};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -24,140 +26,24 @@ use std::collections::{BTreeMap, HashMap};
 /// labels `replicate` and `counter` (`stats_tags` of the shipped Envoy configs).
 pub const REPLICATE_SERIES: &str = "replicate";
 
-/// Where a replicate series' value goes in `Sample::replicates`: (replicate, slot
-/// index). `None` for a replicate out of range or a counter the filter does not keep.
-pub fn replicate_slot(replicate: &str, counter: &str) -> Option<(usize, usize)> {
-    let r: usize = replicate.parse().ok()?;
-    let slot = Slot::from_suffix(counter)?;
-    (r < REPLICATES).then_some((r, slot.index()))
+/// The counters a signal gate's evidence is kept under (`Window::signals`).
+pub const SIGNAL_SUM: &str = "signal_sum";
+pub const SIGNAL_COUNT: &str = "signal_count";
+
+/// Both versions' compared traffic in one constant-weight period.
+#[derive(Debug, Clone, Default)]
+pub struct Stratum {
+    pub stable: Sample,
+    pub canary: Sample,
 }
 
-/// One version's replicate counts: `REPLICATES` rows of `Slot::COUNT` values.
-pub type ReplicateRows = Vec<[f64; Slot::COUNT]>;
-
-/// How much a counter grew from `before` to `now`; a counter that went down was
-/// reset (its Envoy restarted), so its new value counts whole.
-pub fn increase(before: f64, now: f64) -> f64 {
-    if now >= before {
-        now - before
-    } else {
-        now
-    }
-}
-
-/// Cumulative values of one version as one Envoy reports them (or, in a window,
-/// the deltas added up).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
-    /// Counters by suffix (`rq_total`, `tasks_completed`, …).
-    pub counters: BTreeMap<String, f64>,
-    /// Latency histogram: cumulative count per upper bound (ms), `+Inf` last.
-    #[serde(with = "histogram_json")]
-    pub latency: Vec<(f64, f64)>,
-    /// Session replicates' counts (`policy_canary::replicate`): empty when the
-    /// filter reports none, else `REPLICATES` rows by `Slot::index`.
-    pub replicates: ReplicateRows,
-}
-
-impl Sample {
-    /// A counter of the filter's (`stats::Counter`).
-    pub fn count(&self, counter: Counter) -> f64 {
-        self.get(counter.suffix())
-    }
-
-    /// A counter by its series suffix (`rq_total`).
-    pub fn get(&self, suffix: &str) -> f64 {
-        self.counters.get(suffix).copied().unwrap_or(0.0)
-    }
-
-    /// Replicate `r`'s count in one slot, 0 when absent.
-    pub fn replicate(&self, r: usize, slot: Slot) -> f64 {
-        self.replicates.get(r).map_or(0.0, |row| row[slot.index()])
-    }
-
-    /// Sets replicate `r`'s count in the slot at `index`.
-    pub fn set_replicate(&mut self, r: usize, index: usize, value: f64) {
-        if let Some(v) = self
-            .rows_mut()
-            .get_mut(r)
-            .and_then(|row| row.get_mut(index))
-        {
-            *v = value;
-        }
-    }
-
-    /// The replicate rows, made (all zero) the first time a count arrives.
-    fn rows_mut(&mut self) -> &mut ReplicateRows {
-        if self.replicates.is_empty() {
-            self.replicates = vec![[0.0; Slot::COUNT]; REPLICATES];
-        }
-        &mut self.replicates
-    }
-
-    /// Whether any replicate counted a request: the filter splits by session.
-    pub fn has_replicates(&self) -> bool {
-        let total = Slot::Counter(ReplicateCounter::RqTotal).index();
-        self.replicates.iter().any(|row| row[total] > 0.0)
-    }
-
-    /// `self − earlier`, where a value that went down (a reset) counts whole.
-    fn delta_since(&self, earlier: &Sample) -> Sample {
-        let counters = self
-            .counters
-            .iter()
-            .map(|(k, v)| (k.clone(), increase(earlier.get(k), *v)))
-            .collect();
-        let latency = self
-            .latency
-            .iter()
-            .map(|(le, v)| {
-                let before = earlier
-                    .latency
-                    .iter()
-                    .find(|(e, _)| e == le)
-                    .map_or(0.0, |(_, b)| *b);
-                (*le, increase(before, *v))
-            })
-            .collect();
-        let replicates = self
-            .replicates
-            .iter()
-            .enumerate()
-            .map(|(r, row)| {
-                let before = earlier.replicates.get(r);
-                let mut delta = [0.0; Slot::COUNT];
-                for (i, v) in row.iter().enumerate() {
-                    delta[i] = increase(before.map_or(0.0, |b| b[i]), *v);
-                }
-                delta
-            })
-            .collect();
-        Sample {
-            counters,
-            latency,
-            replicates,
-        }
-    }
-
-    pub fn add(&mut self, other: &Sample) {
-        for (k, v) in &other.counters {
-            *self.counters.entry(k.clone()).or_default() += v;
-        }
-        for (le, v) in &other.latency {
-            match self.latency.iter_mut().find(|(e, _)| e == le) {
-                Some((_, mine)) => *mine += v,
-                None => self.latency.push((*le, *v)),
-            }
-        }
-        self.latency.sort_by(|a, b| a.0.total_cmp(&b.0));
-        if !other.replicates.is_empty() {
-            for (mine, theirs) in self.rows_mut().iter_mut().zip(&other.replicates) {
-                for (m, t) in mine.iter_mut().zip(theirs) {
-                    *m += t;
-                }
-            }
-        }
-    }
+/// One signal's evidence, period by period (`Window::periods`): every signal so
+/// far (a breach needs no wait) and only those of answers older than the gate's
+/// delay (a pass must).
+#[derive(Debug, Clone, Default)]
+pub struct SignalStrata {
+    pub all: Vec<Stratum>,
+    pub matured: Vec<Stratum>,
 }
 
 /// Which series: the traffic class its stat target names, and the policy version.
@@ -269,6 +155,9 @@ pub struct Window {
     /// lagging): the stage is held, never passed.
     pub unavailable: Option<String>,
     pass: HashMap<SeriesKey, Sample>,
+    /// The signal gates' evidence by signal name, from the controller's store
+    /// (set by the judge before each analysis; not saved: the store has it).
+    pub signals: BTreeMap<String, SignalStrata>,
 }
 
 impl Window {
@@ -320,9 +209,13 @@ impl Window {
                 p.weight_bp = Some(weight_bp);
                 p.started_ms = at_ms;
             }
-            _ => self
+            Some(_) => self
                 .periods
                 .push(Period::new(at_ms.max(self.started_ms), Some(weight_bp))),
+            // The first period starts with the window.
+            None => self
+                .periods
+                .push(Period::new(self.started_ms, Some(weight_bp))),
         }
     }
 
@@ -512,6 +405,7 @@ impl Window {
             malformed_lines: snapshot.malformed_lines,
             unavailable: None,
             pass: HashMap::new(),
+            signals: BTreeMap::new(),
         }
     }
 }
@@ -554,27 +448,6 @@ struct SeriesEntry {
     traffic: String,
     version: String,
     sample: Sample,
-}
-
-/// A histogram in JSON: the `+Inf` bound, which JSON cannot carry, as `null`.
-mod histogram_json {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(buckets: &[(f64, f64)], s: S) -> Result<S::Ok, S::Error> {
-        buckets
-            .iter()
-            .map(|(le, n)| (le.is_finite().then_some(*le), *n))
-            .collect::<Vec<_>>()
-            .serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(f64, f64)>, D::Error> {
-        let buckets: Vec<(Option<f64>, f64)> = Vec::deserialize(d)?;
-        Ok(buckets
-            .into_iter()
-            .map(|(le, n)| (le.unwrap_or(f64::INFINITY), n))
-            .collect())
-    }
 }
 
 #[cfg(test)]

@@ -14,14 +14,13 @@
 //! is marked unavailable and the stage is held, never passed.
 
 use super::{
-    increase, replicate_slot, traffic_of, Batch, Period, Sample, SeriesKey, Window,
+    increase, traffic_of, Batch, Period, ReplicateValue, Sample, SeriesKey, Window,
     REPLICATE_SERIES,
 };
 use crate::analysis::judge::EvidenceJudge;
 use crate::envoy::admin::{HealthChange, SourceHealth};
 use crate::metrics::{EvidenceSource, Metrics};
 use crate::store::RolloutRow;
-use policy_canary::replicate::Slot;
 use policy_canary::stats::{Counter, Traffic, LATENCY_SUFFIX};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -134,8 +133,19 @@ impl Prometheus {
             ))
         };
         let mut totals: HashMap<SeriesKey, Sample> = HashMap::new();
-        for counter in Counter::ALL {
-            let metric = format!("{PREFIX}{}", counter.suffix());
+        // The filter's own counters, and the custom metrics the plan's gates read.
+        let custom = row.plan.gates.reported_metrics();
+        let mut suffixes: Vec<String> = Counter::ALL
+            .iter()
+            .map(|c| c.suffix().to_string())
+            .collect();
+        for name in &custom {
+            for field in policy_canary::custom::FIELDS {
+                suffixes.push(policy_canary::custom::suffix(name, field));
+            }
+        }
+        for suffix in suffixes {
+            let metric = format!("{PREFIX}{suffix}");
             for (labels, delta) in self
                 .increases(&metric, selector, range, (start, end), restarts)
                 .await?
@@ -145,7 +155,7 @@ impl Prometheus {
                         .entry(key)
                         .or_default()
                         .counters
-                        .entry(counter.suffix().to_string())
+                        .entry(suffix.clone())
                         .or_default() += delta;
                 }
             }
@@ -159,11 +169,9 @@ impl Prometheus {
             let slot = labels
                 .get("replicate")
                 .zip(labels.get("counter"))
-                .and_then(|(r, c)| replicate_slot(r, c));
-            if let (Some(key), Some((r, index))) = (key_of(&labels), slot) {
-                let sample = totals.entry(key).or_default();
-                let before = sample.replicate(r, Slot::at(index));
-                sample.set_replicate(r, index, before + delta);
+                .and_then(|(r, c)| ReplicateValue::of(r, c));
+            if let (Some(key), Some(slot)) = (key_of(&labels), slot) {
+                slot.add_to(totals.entry(key).or_default(), delta);
             }
         }
         let buckets = format!("{PREFIX}{LATENCY_SUFFIX}_bucket");
