@@ -51,24 +51,27 @@ pub fn tables() {
 
 /// The session model's heavy-tailed traffic shares at 1% of 2000 or 3000 active
 /// sessions: 20 or 30 sessions in the first stage's canary, a few of them with
-/// most of its requests.
+/// most of its requests. Costs alike (σ 0), so that the completion gate is what
+/// decides; the at-threshold column is that gate's pass at any check of the first
+/// stage (its promise: at most 5%).
 fn dominant_sessions(n: usize) {
     let plan = default_plan();
     let method = Method::robust(&plan);
     println!();
     println!(
-        "Dominant sessions (session model, cost σ 1.0, Pareto α 1.5 traffic shares, default plan):"
+        "Dominant sessions (session model, cost σ 0, Pareto α 1.5 traffic shares, default plan):"
     );
     println!();
     println!(
         "| active sessions | canary sessions at 1% | A/A false rollback | A/A promoted | \
-         completion -5 points (at threshold): first stage passed | completion -8 points (1.6×): rolled back |"
+         completion -5 points (at threshold): completion gate passed in the first stage | \
+         completion -8 points (1.6×): rolled back |"
     );
     println!("|---:|---:|---:|---:|---:|---:|");
     for sessions in [2000usize, 3000] {
         let cell = |canary: Behaviour| {
             trials(n, SEED, |rng| {
-                let s = Sessions::new(sessions, 1.0, rng);
+                let s = Sessions::new(sessions, 0.0, rng);
                 run(
                     &method,
                     &mut |weight, _, rng| s.interval(&canary, weight, rng),
