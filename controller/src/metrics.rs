@@ -37,6 +37,13 @@ pub struct Metrics {
     evidence: Mutex<BTreeMap<EvidenceSource, (u64, bool)>>,
     /// Connections closed at once: the connection cap was reached.
     pub connections_refused: AtomicU64,
+    /// Connections closed at once: their address held too many unauthenticated ones.
+    pub connections_refused_unauthenticated: AtomicU64,
+    /// Connections open now, and the cap.
+    pub connections_open: AtomicU64,
+    pub connections_max: AtomicU64,
+    /// The cap on waiting long-polls (`--max-waiting-polls`).
+    pub polls_max: AtomicU64,
     /// Long-polls answered 503 at once: the cap on waiting polls was reached.
     pub polls_refused: AtomicU64,
     /// `POST /v1/signals`: signals stored, sent again, refused.
@@ -138,6 +145,11 @@ pub fn render(metrics: &Metrics, snapshot: &Snapshot<'_>) -> String {
             &metrics.connections_refused,
         ),
         (
+            "canaryctl_http_connections_refused_unauthenticated_total",
+            "Connections closed at once because their client address held --max-unauthenticated-per-address connections that had not authenticated.",
+            &metrics.connections_refused_unauthenticated,
+        ),
+        (
             "canaryctl_polls_refused_total",
             "Route long-polls refused (503) because --max-waiting-polls were waiting.",
             &metrics.polls_refused,
@@ -197,6 +209,36 @@ pub fn render(metrics: &Metrics, snapshot: &Snapshot<'_>) -> String {
         "Route long-polls held open now.",
     );
     let _ = writeln!(out, "canaryctl_open_long_polls {}", snapshot.open_polls);
+    let polls_max = metrics.polls_max.load(Relaxed);
+    let connections = (
+        metrics.connections_open.load(Relaxed),
+        metrics.connections_max.load(Relaxed),
+    );
+    for (name, help, value) in [
+        (
+            "canaryctl_long_polls_max",
+            "Route long-polls that may wait at once (--max-waiting-polls).",
+            polls_max,
+        ),
+        (
+            "canaryctl_long_polls_headroom",
+            "Route long-polls that may still start: the cap less the open ones.",
+            polls_max.saturating_sub(snapshot.open_polls),
+        ),
+        (
+            "canaryctl_http_connections_open",
+            "HTTP connections open now.",
+            connections.0,
+        ),
+        (
+            "canaryctl_http_connections_max",
+            "HTTP connections that may be open at once (--max-connections, within the open-file limit).",
+            connections.1,
+        ),
+    ] {
+        family(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     family(
         &mut out,
         "canaryctl_envoys",

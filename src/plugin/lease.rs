@@ -54,4 +54,16 @@ impl Lease {
         };
         held_before && self.holding
     }
+
+    /// Whether the record in shared data still names this root: a root that
+    /// stalled past the lease while a poll was out (a long pause, a clock step)
+    /// finds another holder there and must not store its answer.
+    pub fn still_held(&self, host: &impl Host) -> bool {
+        self.holding
+            && host
+                .shared_data(LEASE_KEY)
+                .ok()
+                .and_then(|(value, _)| LeaseRecord::parse(&value?))
+                .is_some_and(|record| record.holder == self.me)
+    }
 }

@@ -104,4 +104,6 @@ impl Role {
 #[cfg(test)]
 mod counting_tests;
 #[cfg(test)]
+mod lease_tests;
+#[cfg(test)]
 mod tests;

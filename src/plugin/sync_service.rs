@@ -4,7 +4,7 @@
 
 use super::host::{Host, LogLevel, MapKind, MetricKind};
 use crate::clock::SteadyClock;
-use crate::route::read_routes;
+use crate::route::{read_routes, DocumentVersion};
 use crate::sync::{
     is_envoy_id, is_sync_token, AfterPoll, HealthChange, PollFailure, SyncConfig, SyncState,
     ENVOY_ID_HEADER, ROUTES_KEY,
@@ -48,7 +48,7 @@ impl SyncService {
             envoy_id: fixed_envoy_id(&config, host),
             authorization: token.map(|t| format!("Bearer {t}")),
             config,
-            state: SyncState::default(),
+            state: SyncState::seeded(host.now_ns()),
             clock: SteadyClock::default(),
             in_flight: None,
             metrics: SyncMetrics {
@@ -113,36 +113,54 @@ impl SyncService {
     /// The answer to call `token`: `body_size` bytes of body, `:status` in the
     /// call's response headers (none when the call was reset). With `may_poll` a
     /// good answer is followed by the next long-poll at once.
+    /// Without `may_poll` (a filter root that lost the lease while the poll was
+    /// out) the answer is dropped: the root holding the lease now stores tables.
     pub fn on_response(&mut self, host: &impl Host, token: u32, body_size: usize, may_poll: bool) {
         if self.in_flight != Some(token) {
             return;
         }
         self.in_flight = None;
+        if !may_poll {
+            self.state.abandoned();
+            return;
+        }
         // Header values are bytes: a non-UTF-8 byte in any of them must not matter.
-        let status = host
-            .map(MapKind::HttpCallResponseHeaders)
-            .ok()
-            .and_then(|headers| {
-                std::str::from_utf8(headers.get(":status")?)
-                    .ok()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0u16);
+        let headers = host.map(MapKind::HttpCallResponseHeaders).ok();
+        let number = |name: &str| -> Option<u64> {
+            let value = headers.as_ref()?.get(name)?;
+            std::str::from_utf8(value).ok()?.trim().parse().ok()
+        };
+        let status = number(":status")
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(0);
+        let retry_after = number("retry-after");
         let body = if status == 200 && body_size <= self.config.max_body_bytes {
             host.http_call_body(body_size).unwrap_or_default()
         } else {
             Vec::new()
         };
-        let mut outcome = self.state.judge(&self.config, status, body_size, &body);
+        let mut outcome = self
+            .state
+            .judge(&self.config, (status, retry_after), body_size, &body);
         if let AfterPoll::Store { version } = outcome {
-            if host.set_shared_data(ROUTES_KEY, &body, None).is_err() {
-                outcome = AfterPoll::Keep(PollFailure::BadDocument(
+            outcome = match store_if_newer(host, &body, version) {
+                Stored::Yes => {
+                    if let Some(id) = self.metrics.revision {
+                        let _ = host.record_metric(id, version.revision);
+                    }
+                    outcome
+                }
+                // Shared data already holds a newer table (another root stored it):
+                // keep it, and poll from there.
+                Stored::Newer(held) => {
+                    self.state.revision = held.revision;
+                    self.state.epoch = held.epoch;
+                    AfterPoll::Unchanged
+                }
+                Stored::Failed => AfterPoll::Keep(PollFailure::BadDocument(
                     "could not store it in shared data".into(),
-                ));
-            } else if let Some(id) = self.metrics.revision {
-                let _ = host.record_metric(id, version.revision);
-            }
+                )),
+            };
         }
         let now = self.clock.read(host.now_ms());
         self.finish(host, &outcome, now);
@@ -178,6 +196,37 @@ impl SyncService {
             None => {}
         }
     }
+}
+
+/// What became of a table a poll brought.
+enum Stored {
+    Yes,
+    /// Shared data holds this version or a newer one of the same generation.
+    Newer(DocumentVersion),
+    Failed,
+}
+
+/// Stores `document` (at `version`) in shared data unless what is there already
+/// replaces it, by compare-and-set: a stale answer never overwrites a newer table.
+fn store_if_newer(host: &impl Host, document: &[u8], version: DocumentVersion) -> Stored {
+    for _ in 0..3 {
+        let Ok((held, cas)) = host.shared_data(ROUTES_KEY) else {
+            return Stored::Failed;
+        };
+        let held = held.and_then(|bytes| read_routes(&bytes, |_, _| {}).ok());
+        if let Some(held) = held {
+            if held != version && !version.replaces(&held) {
+                return Stored::Newer(held);
+            }
+        }
+        match host.set_shared_data(ROUTES_KEY, document, cas) {
+            Ok(()) => return Stored::Yes,
+            // Someone wrote in between: look again.
+            Err(_) if cas.is_some() => continue,
+            Err(_) => return Stored::Failed,
+        }
+    }
+    Stored::Failed
 }
 
 /// The configured name, else the environment variable `envoy_id_env` names (the

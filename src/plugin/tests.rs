@@ -217,7 +217,7 @@ fn streams_of_a_sync_root_pass_through() {
     );
 }
 
-fn routes(revision: u64, weight: u16) -> Vec<u8> {
+pub(super) fn routes(revision: u64, weight: u16) -> Vec<u8> {
     format!(
         r#"{{"revision": {revision}, "routes": {{"support-agent": {{"revision": {revision},
         "salt": "s2", "canary_weight_bp": {weight},
@@ -395,14 +395,14 @@ fn a_wall_clock_step_back_does_not_suspend_polling() {
     );
 }
 
-const FILTER_SYNC_CONFIG: &str = r#"{
+pub(super) const FILTER_SYNC_CONFIG: &str = r#"{
   "target": "support-agent",
   "route": {"revision": 0, "salt": "boot", "stable": {"version": "v1", "cluster": "agent_stable"}},
   "sync": {"cluster": "outbound|7070||canaryctl.policy-canary.svc.cluster.local", "wait_ms": 1000}
 }"#;
 
 /// Every root ticks once, the clock moving one tick period.
-fn tick_all(roots: &mut [Role], host: &MockHost) {
+pub(super) fn tick_all(roots: &mut [Role], host: &MockHost) {
     host.now
         .set(host.now.get() + FOLLOW_PERIOD.as_millis() as u64);
     for root in roots.iter_mut() {
@@ -410,7 +410,7 @@ fn tick_all(roots: &mut [Role], host: &MockHost) {
     }
 }
 
-fn header_of(call: &super::host::mock::Call, name: &str) -> Option<String> {
+pub(super) fn header_of(call: &super::host::mock::Call, name: &str) -> Option<String> {
     call.1
         .iter()
         .find(|(n, _)| n == name)

@@ -125,7 +125,9 @@ impl Worker {
     pub fn on_http_call_response(&self, host: &impl Host, token: u32, body_size: usize) {
         if let Some(sync) = &self.sync {
             let mut sync = sync.borrow_mut();
-            let leading = sync.leading;
+            // Leading at the last tick is not enough: the lease may have moved on
+            // while this poll was out, and the answer is then another's to store.
+            let leading = sync.leading && sync.lease.still_held(host);
             sync.service.on_response(host, token, body_size, leading);
         }
     }

@@ -17,8 +17,13 @@ pub struct SyncConfig {
     /// Timeout of one poll, ms (longer than `wait_ms`).
     pub timeout_ms: u64,
     pub max_body_bytes: usize,
-    /// Longest pause between failed polls, ms.
+    /// Longest pause between failed polls, ms (the controller answered an error).
     pub max_backoff_ms: u64,
+    /// Longest pause between polls while the controller cannot be reached (a
+    /// restart, say), ms: each wait is drawn at random up to it, so that an Envoy
+    /// follows a controller that is back within about this, and a fleet does not
+    /// come back all at once.
+    pub max_reconnect_ms: u64,
     /// How this Envoy names itself to the controller; default: the environment
     /// variable `envoy_id_env`, else a name generated once per Envoy.
     pub envoy_id: Option<String>,
@@ -71,6 +76,7 @@ impl SyncConfig {
             "timeout_ms",
             "max_body_bytes",
             "max_backoff_ms",
+            "max_reconnect_ms",
             "envoy_id",
             "envoy_id_env",
             "token",
@@ -85,6 +91,7 @@ impl SyncConfig {
             timeout_ms: s.u64("timeout_ms")?.unwrap_or(wait_ms + 5_000),
             max_body_bytes: s.u64("max_body_bytes")?.unwrap_or(1 << 20) as usize,
             max_backoff_ms: s.u64("max_backoff_ms")?.unwrap_or(5_000),
+            max_reconnect_ms: s.u64("max_reconnect_ms")?.unwrap_or(1_000),
             envoy_id: s.string("envoy_id")?,
             envoy_id_env: s
                 .string("envoy_id_env")?
@@ -116,10 +123,11 @@ impl SyncConfig {
         if config.timeout_ms <= config.wait_ms {
             return Err(err("sync.timeout_ms", "must be longer than sync.wait_ms"));
         }
-        if config.max_body_bytes == 0 || config.max_backoff_ms == 0 {
+        if config.max_body_bytes == 0 || config.max_backoff_ms == 0 || config.max_reconnect_ms == 0
+        {
             return Err(err(
                 "sync",
-                "max_body_bytes and max_backoff_ms must be above 0",
+                "max_body_bytes, max_backoff_ms and max_reconnect_ms must be above 0",
             ));
         }
         Ok(config)

@@ -22,6 +22,8 @@ pub enum PollFailure {
     Unreachable(u16),
     /// The controller answered with an error status.
     Status(u16),
+    /// The controller is busy (503 with `Retry-After`, in seconds): come back then.
+    Busy(u64),
     TooLarge(usize),
     BadDocument(String),
     OlderRevision {
@@ -41,6 +43,9 @@ impl std::fmt::Display for PollFailure {
                 "controller answered HTTP {s}: give the sync a token with the routes:read scope (sync.token, or the VM environment variable sync.token_env, POLICY_CANARY_TOKEN by default)"
             ),
             PollFailure::Status(s) => write!(f, "controller answered HTTP {s}"),
+            PollFailure::Busy(after) => {
+                write!(f, "controller busy (too many polls), retrying after about {after}s")
+            }
             PollFailure::TooLarge(n) => write!(f, "routes document too large ({n} bytes)"),
             PollFailure::BadDocument(e) => write!(f, "bad routes document: {e}"),
             PollFailure::OlderRevision { got, have } => {
@@ -93,9 +98,54 @@ pub struct SyncState {
     /// When the poll in flight started.
     pub in_flight_since_ms: Option<u64>,
     last_failure: Option<PollFailure>,
+    /// xorshift64* state for the retry jitter.
+    jitter: u64,
 }
 
 impl SyncState {
+    /// A state whose retry jitter starts from `seed` (any value; a clock reading).
+    pub fn seeded(seed: u64) -> SyncState {
+        SyncState {
+            jitter: seed | 1,
+            ..SyncState::default()
+        }
+    }
+
+    /// A uniform draw in `[0, 1)`.
+    fn uniform(&mut self) -> f64 {
+        let mut x = self.jitter | 1;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.jitter = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// How long to wait after the `failures`-th failure in a row: unreachable,
+    /// at random up to `max_reconnect_ms` (growing from 100 ms: a restart is
+    /// followed within about that, never in lockstep); busy, what the controller
+    /// asked plus up to as much again; any other error, doubling from 100 ms up to
+    /// `max_backoff_ms`, the last half at random.
+    fn retry_after_ms(&mut self, config: &SyncConfig, failure: &PollFailure) -> u64 {
+        let exponent = self.consecutive_failures.clamp(1, 16) - 1;
+        let doubling = 100u64 << exponent;
+        let u = self.uniform();
+        match failure {
+            PollFailure::Unreachable(_) | PollFailure::Dispatch => {
+                let cap = doubling.min(config.max_reconnect_ms);
+                (cap as f64 * (0.5 + 0.5 * u)) as u64
+            }
+            PollFailure::Busy(after_s) => {
+                let after = after_s.saturating_mul(1000).max(1000);
+                after + (after as f64 * u) as u64
+            }
+            _ => {
+                let cap = doubling.min(config.max_backoff_ms);
+                (cap as f64 * (0.5 + 0.5 * u)) as u64
+            }
+        }
+    }
+
     pub fn should_poll(&self, config: &SyncConfig, now_ms: u64) -> bool {
         match self.in_flight_since_ms {
             // A call Envoy never answered: give up on it after its timeout and a margin.
@@ -123,11 +173,17 @@ impl SyncState {
         self.in_flight_since_ms = Some(now_ms);
     }
 
-    /// Judges one answer: `status` 0 when there was none.
+    /// The poll out was answered after this root stopped leading: forgotten.
+    pub fn abandoned(&mut self) {
+        self.in_flight_since_ms = None;
+    }
+
+    /// Judges one answer: `status` 0 when there was none; `retry_after` the
+    /// controller's `Retry-After` (seconds), if it sent one.
     pub fn judge(
         &self,
         config: &SyncConfig,
-        status: u16,
+        (status, retry_after): (u16, Option<u64>),
         body_size: usize,
         body: &[u8],
     ) -> AfterPoll {
@@ -135,10 +191,12 @@ impl SyncState {
             return AfterPoll::Keep(PollFailure::Unreachable(0));
         }
         if status != 200 {
-            return AfterPoll::Keep(if matches!(status, 502..=504) {
-                PollFailure::Unreachable(status)
-            } else {
-                PollFailure::Status(status)
+            // Envoy's own 502-504 (no connection, reset, timeout) carry no
+            // Retry-After; the controller's 503 for too many polls does.
+            return AfterPoll::Keep(match (status, retry_after) {
+                (503, Some(after)) => PollFailure::Busy(after.min(300)),
+                (502..=504, _) => PollFailure::Unreachable(status),
+                _ => PollFailure::Status(status),
             });
         }
         if body_size > config.max_body_bytes {
@@ -173,9 +231,7 @@ impl SyncState {
         match outcome {
             AfterPoll::Keep(failure) => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-                let exponent = self.consecutive_failures.min(16) - 1;
-                let backoff = (100u64 << exponent).min(config.max_backoff_ms);
-                self.next_poll_ms = now_ms + backoff;
+                self.next_poll_ms = now_ms + self.retry_after_ms(config, failure);
                 let changed = self.last_failure.as_ref().map(std::mem::discriminant)
                     != Some(std::mem::discriminant(failure));
                 self.last_failure = Some(failure.clone());
@@ -297,7 +353,7 @@ mod tests {
         let mut state = SyncState::default();
         let store = |state: &mut SyncState, epoch: u64, revision: u64| {
             let body = document(epoch, revision);
-            let outcome = state.judge(&c, 200, body.len(), body.as_bytes());
+            let outcome = state.judge(&c, (200, None), body.len(), body.as_bytes());
             state.finished(&c, &outcome, 0);
             outcome
         };
@@ -352,7 +408,7 @@ mod tests {
         let c = config();
         let state = SyncState::default();
         assert!(matches!(
-            state.judge(&c, 200, doc.len(), doc.as_bytes()),
+            state.judge(&c, (200, None), doc.len(), doc.as_bytes()),
             AfterPoll::Store { .. }
         ));
         let mut support = TableFollower::default();
@@ -387,7 +443,7 @@ mod tests {
             "/v1/routes?revision=0&epoch=0&wait=1000ms"
         );
         assert_eq!(
-            state.judge(&c, 200, DOC.len(), DOC.as_bytes()),
+            state.judge(&c, (200, None), DOC.len(), DOC.as_bytes()),
             AfterPoll::Store {
                 version: DocumentVersion {
                     epoch: 0,
@@ -397,33 +453,38 @@ mod tests {
         );
         state.revision = 4;
         assert_eq!(
-            state.judge(&c, 200, DOC.len(), DOC.as_bytes()),
+            state.judge(&c, (200, None), DOC.len(), DOC.as_bytes()),
             AfterPoll::Unchanged
         );
         state.revision = 9;
         assert!(matches!(
-            state.judge(&c, 200, DOC.len(), DOC.as_bytes()),
+            state.judge(&c, (200, None), DOC.len(), DOC.as_bytes()),
             AfterPoll::Keep(PollFailure::OlderRevision { got: 4, have: 9 })
         ));
         assert_eq!(
-            state.judge(&c, 0, 0, b""),
+            state.judge(&c, (0, None), 0, b""),
             AfterPoll::Keep(PollFailure::Unreachable(0))
         );
         assert_eq!(
-            state.judge(&c, 503, 0, b""),
+            state.judge(&c, (503, None), 0, b""),
             AfterPoll::Keep(PollFailure::Unreachable(503))
         );
+        // The controller's own 503 for too many polls says when to come back.
         assert_eq!(
-            state.judge(&c, 500, 0, b""),
+            state.judge(&c, (503, Some(5)), 0, b""),
+            AfterPoll::Keep(PollFailure::Busy(5))
+        );
+        assert_eq!(
+            state.judge(&c, (500, None), 0, b""),
             AfterPoll::Keep(PollFailure::Status(500))
         );
         assert_eq!(
-            state.judge(&c, 200, 2 << 20, b""),
+            state.judge(&c, (200, None), 2 << 20, b""),
             AfterPoll::Keep(PollFailure::TooLarge(2 << 20))
         );
         for garbage in [&b"<html>"[..], b"{}", br#"{"revision": 10, "routes": 5}"#] {
             assert!(matches!(
-                state.judge(&c, 200, garbage.len(), garbage),
+                state.judge(&c, (200, None), garbage.len(), garbage),
                 AfterPoll::Keep(PollFailure::BadDocument(_))
             ));
         }
@@ -431,7 +492,7 @@ mod tests {
         // target's workers refuse its table, the others follow the rest.
         let one_bad_table = br#"{"revision": 10, "routes": {"x": {"salt": 1}}}"#;
         assert!(matches!(
-            state.judge(&c, 200, one_bad_table.len(), one_bad_table),
+            state.judge(&c, (200, None), one_bad_table.len(), one_bad_table),
             AfterPoll::Store { .. }
         ));
     }
@@ -439,26 +500,50 @@ mod tests {
     #[test]
     fn backs_off_and_logs_only_changes() {
         let c = config();
-        let mut state = SyncState::default();
+        let mut state = SyncState::seeded(42);
         let fail = AfterPoll::Keep(PollFailure::Unreachable(503));
         let first = state.finished(&c, &fail, 1_000);
         assert!(matches!(first, Some(HealthChange::Failing(_))));
-        assert_eq!(state.next_poll_ms, 1_100);
+        // Unreachable: 50-100 ms, then growing, never past max_reconnect_ms, and
+        // at random in the upper half (no two Envoys in lockstep).
+        assert!(
+            (1_050..=1_100).contains(&state.next_poll_ms),
+            "{}",
+            state.next_poll_ms
+        );
         assert_eq!(
             state.finished(&c, &fail, 2_000),
             None,
             "same failure: no new log line"
         );
-        assert_eq!(state.next_poll_ms, 2_200);
+        assert!((2_100..=2_200).contains(&state.next_poll_ms));
+        let mut waits = Vec::new();
         for _ in 0..20 {
             state.finished(&c, &fail, 3_000);
+            waits.push(state.next_poll_ms - 3_000);
         }
-        assert_eq!(state.next_poll_ms, 3_000 + c.max_backoff_ms);
-        let other = state.finished(&c, &AfterPoll::Keep(PollFailure::Status(500)), 4_000);
+        let top = waits.iter().skip(5);
+        assert!(
+            top.clone()
+                .all(|w| (c.max_reconnect_ms / 2..=c.max_reconnect_ms).contains(w)),
+            "{waits:?}"
+        );
+        assert!(top.clone().any(|w| *w != waits[10]), "jittered: {waits:?}");
+        // Busy: what the controller asked, plus up to as much again.
+        state.finished(&c, &AfterPoll::Keep(PollFailure::Busy(5)), 3_000);
+        assert!((8_000..=13_000).contains(&state.next_poll_ms));
+        // Other errors: up to max_backoff_ms; a new kind of failure is logged once.
+        let other = state.finished(&c, &AfterPoll::Keep(PollFailure::Status(500)), 3_000);
         assert!(matches!(
             other,
             Some(HealthChange::Failing(PollFailure::Status(500)))
         ));
+        for _ in 0..20 {
+            state.finished(&c, &AfterPoll::Keep(PollFailure::Status(500)), 3_000);
+        }
+        assert!(
+            (3_000 + c.max_backoff_ms / 2..=3_000 + c.max_backoff_ms).contains(&state.next_poll_ms)
+        );
         let back = state.finished(
             &c,
             &AfterPoll::Store {
@@ -469,7 +554,7 @@ mod tests {
             },
             5_000,
         );
-        assert_eq!(back, Some(HealthChange::Recovered { after_failures: 23 }));
+        assert_eq!(back, Some(HealthChange::Recovered { after_failures: 44 }));
         assert_eq!((state.revision, state.next_poll_ms), (7, 5_000));
         assert!(state.should_poll(&c, 5_000));
         state.started(5_000);

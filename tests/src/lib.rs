@@ -743,6 +743,21 @@ impl Controller {
         self.child = None;
     }
 
+    /// SIGTERM: a clean stop (open requests get the controller's grace period).
+    pub fn stop(&mut self) {
+        if let Some(mut guard) = self.child.take() {
+            let pid = guard.0.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = guard.0.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     /// A GET with the bootstrap token.
     pub fn get(&self, path: &str) -> serde_json::Value {
         let (status, body) = self.get_raw(path).expect("controller answers");

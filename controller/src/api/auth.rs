@@ -45,6 +45,7 @@ pub(super) async fn authorize(
         .map(str::to_string);
     let Some(presented) = presented else {
         if needed == Scope::RoutesRead && state.open_routes {
+            mark_authenticated(&request);
             request.extensions_mut().insert(Principal {
                 name: ANONYMOUS.into(),
                 scopes: vec![Scope::RoutesRead],
@@ -82,6 +83,7 @@ pub(super) async fn authorize(
             }
         }
     };
+    mark_authenticated(&request);
     if !allows(&principal.scopes, needed) {
         let held: Vec<&str> = principal.scopes.iter().map(|s| s.as_str()).collect();
         return error(
@@ -96,6 +98,17 @@ pub(super) async fn authorize(
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// The request's connection has shown a valid token (or needs none to poll): it
+/// no longer counts against its address's unauthenticated connections.
+fn mark_authenticated(request: &Request) {
+    if let Some(connection) = request
+        .extensions()
+        .get::<std::sync::Arc<super::connection::Connection>>()
+    {
+        connection.authenticated();
+    }
 }
 
 fn unauthorized(message: &str) -> Response {

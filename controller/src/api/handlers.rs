@@ -49,6 +49,7 @@ pub(in crate::api) struct RoutesQuery {
 pub(super) async fn routes(
     State(state): State<AppState>,
     Query(q): Query<RoutesQuery>,
+    connection: Option<Extension<std::sync::Arc<super::connection::Connection>>>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     let known = whole_number("revision", q.revision.as_deref())?;
@@ -65,32 +66,48 @@ pub(super) async fn routes(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let waits = known.is_some() && !other_generation && !wait.is_zero();
+    // A connection in the slots kept for the API may not hold a long-poll.
+    if waits && connection.as_ref().is_some_and(|c| c.reserved) {
+        return Ok(busy(
+            &state,
+            "the controller's connections are full: the last ones are kept for the API",
+        ));
+    }
     let cap = waits.then_some(state.limits.max_waiting_polls);
     let Some(_open) = state
         .controller
         .fleet()
         .poll(envoy, known.unwrap_or(0), now_ms(), cap)
     else {
-        state
-            .controller
-            .metrics()
-            .polls_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let message = format!(
             "{} route long-polls are waiting already (--max-waiting-polls); retry later",
             state.limits.max_waiting_polls
         );
-        let mut response = super::error(StatusCode::SERVICE_UNAVAILABLE, &message, None);
-        response
-            .headers_mut()
-            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
-        return Ok(response);
+        return Ok(busy(&state, &message));
     };
     if let Some(known) = known.filter(|_| waits) {
         let mut rx = state.controller.subscribe();
         let _ = tokio::time::timeout(wait, rx.wait_for(|revision| *revision > known)).await;
     }
     Ok(Json(state.controller.routes().as_ref().clone()).into_response())
+}
+
+/// A refused long-poll: 503 with `Retry-After` (an Envoy comes back after it, at
+/// random within as long again), and the connection closed (the slot is free).
+fn busy(state: &AppState, message: &str) -> Response {
+    state
+        .controller
+        .metrics()
+        .polls_refused
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut response = super::error(StatusCode::SERVICE_UNAVAILABLE, message, None);
+    let headers = response.headers_mut();
+    headers.insert("retry-after", axum::http::HeaderValue::from_static("5"));
+    headers.insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// A whole-number query parameter, if given.

@@ -4,6 +4,7 @@
 //! page at `/` and its assets. Every error is `{"error": "..."}`.
 
 pub mod auth;
+pub mod connection;
 pub mod dashboard;
 mod handlers;
 mod tokens;
@@ -55,7 +56,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_waiting_polls: 4096,
+            max_waiting_polls: 12_000,
             request_timeout: Duration::from_secs(30),
         }
     }

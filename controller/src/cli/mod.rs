@@ -250,9 +250,15 @@ pub struct ServeArgs {
     /// Prometheus is lagging (stages held) when its newest sample is older than this.
     #[arg(long, default_value = "60s", value_parser = parse_dur)]
     pub prometheus_max_lag: Dur,
-    /// Most API connections open at once; more are closed at once.
-    #[arg(long, default_value_t = 1024)]
+    /// Most connections open at once (Envoys' long-polls and the API's; the last
+    /// 256 are the API's alone); more are closed at once. Within the open-file
+    /// limit, which `serve` raises to its hard limit.
+    #[arg(long, default_value_t = crate::serve::http::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Most connections one client address may hold open before it has
+    /// authenticated a request on them.
+    #[arg(long, default_value_t = 512)]
+    pub max_unauthenticated_per_address: usize,
     /// Longest a client may take to send a request's headers (also an idle
     /// keep-alive connection's next request).
     #[arg(long, default_value = "10s", value_parser = parse_dur)]
@@ -260,8 +266,9 @@ pub struct ServeArgs {
     /// Longest a request may take, its body included (a route long-poll: its wait more).
     #[arg(long, default_value = "30s", value_parser = parse_dur)]
     pub request_timeout: Dur,
-    /// Route long-polls that may wait at once; more are answered 503 (Envoys back off).
-    #[arg(long, default_value_t = 4096)]
+    /// Route long-polls that may wait at once (one per Envoy); more are answered
+    /// 503 with Retry-After (Envoys come back later, at random).
+    #[arg(long, default_value_t = 12_000)]
     pub max_waiting_polls: u64,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, requires = "tls_key")]
@@ -429,6 +436,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             connections: crate::serve::http::ConnectionLimits {
                 max_connections: args.max_connections.max(1),
                 header_timeout: args.header_timeout.0.max(Duration::from_millis(100)),
+                max_unauthenticated_per_address: args.max_unauthenticated_per_address.max(1),
             },
             open_routes: args.open_routes,
             tls: args.tls_cert.clone().zip(args.tls_key.clone()),

@@ -5,7 +5,14 @@
 //! then cost a few hundred idle tasks, and never the Envoys' polls, the CLI or the
 //! control loop. With a certificate and key it speaks TLS (rustls) only; the
 //! handshake gets the header deadline too.
+//!
+//! Polls and the API have separate budgets. The last `RESERVE` connection slots
+//! are the API's: a connection admitted into them is marked `reserved`, and a
+//! route long-poll on it is refused (503, `Retry-After`, closed), so however many
+//! Envoys poll, an operator's rollback and `/healthz` find a slot. Connections that
+//! have not yet authenticated a request are limited per client address.
 
+use crate::api::connection::{Connection, Unauthenticated};
 use crate::metrics::Metrics;
 use axum::Router;
 use hyper::server::conn::http1;
@@ -29,15 +36,31 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Longest a client may take to send a request's headers.
     pub header_timeout: Duration,
+    /// Most connections one client address may hold open before it has
+    /// authenticated a request on them.
+    pub max_unauthenticated_per_address: usize,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            max_connections: 1024,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: Duration::from_secs(10),
+            max_unauthenticated_per_address: 512,
         }
     }
+}
+
+/// Default connection cap: 10,000 Envoys' long-polls and the reserve, with room.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
+/// Connection slots kept for the API (never a long-poll's): at most this, and at
+/// most an eighth of the cap.
+pub const RESERVE: usize = 256;
+
+/// The slots of a cap of `max` kept for the API.
+pub fn reserve_of(max: usize) -> usize {
+    RESERVE.min(max / 8)
 }
 
 /// A TLS server configuration from PEM files: the certificate chain and its key.
@@ -71,14 +94,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let reserve = reserve_of(max);
     let permits = Arc::new(Semaphore::new(max));
+    let unauthenticated = Arc::new(Unauthenticated::default());
+    metrics.connections_max.store(max as u64, Relaxed);
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut refused_logged = false;
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: pass, then accept again.
                     tracing::warn!(error = %e, "accepting a connection");
@@ -102,23 +128,41 @@ pub async fn run(
         if permits.available_permits() > max / 2 {
             refused_logged = false;
         }
+        let address = peer.ip();
+        if !unauthenticated.admit(address, limits.max_unauthenticated_per_address) {
+            metrics
+                .connections_refused_unauthenticated
+                .fetch_add(1, Relaxed);
+            drop(tcp);
+            continue;
+        }
+        let connection = Arc::new(Connection::new(
+            address,
+            permits.available_permits() < reserve,
+            Arc::clone(&unauthenticated),
+        ));
+        metrics.connections_open.fetch_add(1, Relaxed);
         // Long-poll answers are small: without TCP_NODELAY, Nagle plus the peer's
         // delayed ACK holds each one back ~40 ms.
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let closing = closing_rx.clone();
         let tls = tls.clone();
+        let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(tcp, app, limits, closing).await,
+                None => serve_connection(tcp, app, limits, closing, connection).await,
                 Some(tls) => {
                     match tokio::time::timeout(limits.header_timeout, tls.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, app, limits, closing).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, app, limits, closing, connection).await
+                        }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
                 }
             }
+            metrics.connections_open.fetch_sub(1, Relaxed);
             drop(permit);
         });
     }
@@ -132,6 +176,7 @@ async fn serve_connection<IO>(
     app: Router,
     limits: ConnectionLimits,
     mut closing: watch::Receiver<bool>,
+    connection: Arc<Connection>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -139,6 +184,8 @@ async fn serve_connection<IO>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
+    // Every request carries its connection (`Extension<Arc<Connection>>`).
+    let app = app.layer(axum::Extension(connection));
     let service = TowerToHyperService::new(app);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);

@@ -126,9 +126,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         Some((cert, key)) => Some(http::tls_acceptor(cert, key)?),
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let mut connections = options.connections;
+    connections.max_connections = fit_open_files(connections.max_connections);
+    controller.metrics().polls_max.store(
+        options.limits.max_waiting_polls,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let listener =
+        listen(options.listen).with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
@@ -143,16 +148,67 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         limits: options.limits,
         open_routes: options.open_routes,
     };
-    http::run(
-        listener,
-        app(state),
-        options.connections,
-        tls,
-        metrics,
-        shutdown(),
-    )
-    .await;
+    http::run(listener, app(state), connections, tls, metrics, shutdown()).await;
     Ok(())
+}
+
+/// File descriptors kept aside for everything but connections (SQLite, the
+/// listener, webhooks, evidence sources, logs).
+const RESERVED_FILES: u64 = 256;
+
+/// Raises the open-file limit to its hard limit (a fleet's long-polls are one
+/// file each) and returns the connection cap that fits in it, saying so when it
+/// is below `wanted`.
+fn fit_open_files(wanted: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return wanted;
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            tracing::info!(
+                from = before,
+                to = limit.rlim_cur,
+                "raised the open-file limit"
+            );
+        }
+    }
+    let fits = usize::try_from(limit.rlim_cur.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX);
+    if fits < wanted {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            max_connections = fits,
+            wanted,
+            "the open-file limit allows fewer connections than --max-connections: raise the \
+             hard limit (ulimit -Hn, LimitNOFILE=, a container's nofile) to hold that many Envoys"
+        );
+        return fits.max(1);
+    }
+    wanted
+}
+
+/// A listener with a deep accept queue: a fleet reconnecting at once (a
+/// controller restart) must not overflow it and wait for SYN retries.
+fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(8192)
 }
 
 async fn shutdown() {
