@@ -14,6 +14,7 @@ pub mod config;
 pub mod custom;
 pub mod digest;
 pub mod error;
+pub mod evidence;
 pub mod lease;
 pub mod plugin;
 pub mod reader;

@@ -26,18 +26,23 @@ pub enum Scope {
     /// `POST /v1/signals`: what a judge or a feedback service posts, nothing else.
     #[serde(rename = "signals:write")]
     SignalsWrite,
+    /// `POST /v1/evidence`: an Envoy's counts through the sync channel (its
+    /// token also holds `routes:read`).
+    #[serde(rename = "evidence:write")]
+    EvidenceWrite,
     /// Register policies, manage tokens; everything.
     #[serde(rename = "admin")]
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::RoutesRead,
         Scope::PoliciesRead,
         Scope::Read,
         Scope::Operate,
         Scope::SignalsWrite,
+        Scope::EvidenceWrite,
         Scope::Admin,
     ];
 
@@ -48,6 +53,7 @@ impl Scope {
             Scope::Read => "read",
             Scope::Operate => "operate",
             Scope::SignalsWrite => "signals:write",
+            Scope::EvidenceWrite => "evidence:write",
             Scope::Admin => "admin",
         }
     }
@@ -94,6 +100,7 @@ pub fn needed_scope(method: &str, path: &str) -> Option<Scope> {
         p if p.starts_with("/v1/policies/") && reads => Scope::PoliciesRead,
         p if p == "/v1/tokens" || p.starts_with("/v1/tokens/") => Scope::Admin,
         "/v1/signals" if !reads => Scope::SignalsWrite,
+        "/v1/evidence" if !reads => Scope::EvidenceWrite,
         _ if reads => Scope::Read,
         "/v1/rollouts" => Scope::Operate,
         p if p.starts_with("/v1/rollouts/") => Scope::Operate,

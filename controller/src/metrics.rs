@@ -16,6 +16,8 @@ use std::sync::Mutex;
 pub enum EvidenceSource {
     EnvoyAdmin,
     Prometheus,
+    /// The Envoys' reports through the sync channel (up: none missing).
+    Sync,
 }
 
 impl EvidenceSource {
@@ -23,6 +25,7 @@ impl EvidenceSource {
         match self {
             EvidenceSource::EnvoyAdmin => "envoy_admin",
             EvidenceSource::Prometheus => "prometheus",
+            EvidenceSource::Sync => "sync",
         }
     }
 }
@@ -50,6 +53,10 @@ pub struct Metrics {
     pub signals_accepted: AtomicU64,
     pub signals_duplicates: AtomicU64,
     pub signals_rejected: AtomicU64,
+    /// `POST /v1/evidence`: reports taken, refused; Envoys that follow but do not report.
+    pub evidence_reports: AtomicU64,
+    pub evidence_reports_rejected: AtomicU64,
+    pub evidence_envoys_missing: AtomicU64,
 }
 
 impl Metrics {
@@ -169,6 +176,16 @@ pub fn render(metrics: &Metrics, snapshot: &Snapshot<'_>) -> String {
             "Delayed signals refused (bad, unknown target or version, no rollout then, cohort contradicted).",
             &metrics.signals_rejected,
         ),
+        (
+            "canaryctl_evidence_reports_total",
+            "Evidence reports taken from Envoys (the sync channel).",
+            &metrics.evidence_reports,
+        ),
+        (
+            "canaryctl_evidence_reports_rejected_total",
+            "Evidence reports refused (unreadable).",
+            &metrics.evidence_reports_rejected,
+        ),
     ] {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", counter.load(Relaxed));
@@ -229,6 +246,11 @@ pub fn render(metrics: &Metrics, snapshot: &Snapshot<'_>) -> String {
             "canaryctl_http_connections_open",
             "HTTP connections open now.",
             connections.0,
+        ),
+        (
+            "canaryctl_evidence_envoys_missing",
+            "Envoys that follow the controller but have not reported evidence for three intervals (--evidence sync).",
+            metrics.evidence_envoys_missing.load(Relaxed),
         ),
         (
             "canaryctl_http_connections_max",

@@ -31,6 +31,7 @@ fn api() -> Api {
             webhooks: Notifier::none(),
             limits: Default::default(),
             open_routes: false,
+            evidence: None,
         },
         _dir: dir,
     }

@@ -46,6 +46,7 @@ const CORE_LAYERS: &[&str] = &[
     "stats",
     "replicate",
     "custom",
+    "evidence",
     "plugin",
     "filter",
 ];

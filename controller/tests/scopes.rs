@@ -39,6 +39,7 @@ impl Api {
                 webhooks: Notifier::none(),
                 limits: Default::default(),
                 open_routes,
+                evidence: None,
             },
             _dir: dir,
         }
@@ -83,7 +84,15 @@ fn policy(version: &str) -> String {
 
 const PLAN: &str = "target: support-agent\nstable: {version: v1, cluster: agent_stable}\ncanary: {version: v2, cluster: agent_canary}\nstages: [{weight: 5%, min_duration: 1h}, {weight: 100%}]\n";
 
-const SCOPES: [&str; 5] = ["routes:read", "policies:read", "read", "operate", "admin"];
+const SCOPES: [&str; 7] = [
+    "routes:read",
+    "policies:read",
+    "read",
+    "operate",
+    "signals:write",
+    "evidence:write",
+    "admin",
+];
 
 /// What each scope grants (admin everything, operate also read).
 fn grants(held: &str, needed: &str) -> bool {
@@ -167,6 +176,18 @@ async fn every_route_answers_every_scope_as_documented() {
             "/v1/rollouts/1/resume".into(),
             String::new(),
             Some("operate"),
+        ),
+        (
+            "POST",
+            "/v1/evidence".into(),
+            "{}".into(),
+            Some("evidence:write"),
+        ),
+        (
+            "GET",
+            "/v1/rollouts/1/evidence".into(),
+            String::new(),
+            Some("read"),
         ),
         ("GET", "/v1/tokens".into(), String::new(), Some("admin")),
         (

@@ -73,6 +73,7 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
     fn proxy_http_call(
         upstream_data: *const u8,
         upstream_size: usize,
@@ -228,22 +229,38 @@ pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
     ok(unsafe { proxy_record_metric(id, value) })
 }
 
-/// Starts an HTTP call to `cluster` without a body; returns its token.
-pub fn http_call(cluster: &str, headers: &HeaderMap, timeout_ms: u32) -> Result<u32, Status> {
+pub fn get_metric(id: u32) -> Result<u64, Status> {
+    let mut value = 0u64;
+    // SAFETY: a valid out-pointer.
+    ok(unsafe { proxy_get_metric(id, &mut value) })?;
+    Ok(value)
+}
+
+/// Starts an HTTP call to `cluster` with `body` (maybe empty); returns its token.
+pub fn http_call(
+    cluster: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    timeout_ms: u32,
+) -> Result<u32, Status> {
     let headers = headers.as_bytes();
     // An empty map: a count of 0.
     let trailers = [0u8; 4];
     let mut token = 0u32;
-    // SAFETY: pointers and lengths of live slices (no body: null and 0); a valid
-    // out-pointer.
+    // SAFETY: pointers and lengths of live slices (an empty body: null and 0); a
+    // valid out-pointer.
     ok(unsafe {
         proxy_http_call(
             cluster.as_ptr(),
             cluster.len(),
             headers.as_ptr(),
             headers.len(),
-            std::ptr::null(),
-            0,
+            if body.is_empty() {
+                std::ptr::null()
+            } else {
+                body.as_ptr()
+            },
+            body.len(),
             trailers.as_ptr(),
             trailers.len(),
             timeout_ms,

@@ -64,16 +64,21 @@ impl Host for ProxyWasmHost {
         abi::set_shared_data(key, value, cas).map_err(status)
     }
 
+    fn get_metric(&self, id: u32) -> HostResult<u64> {
+        abi::get_metric(id).map_err(status)
+    }
+
     fn dispatch_http_call(
         &self,
         cluster: &str,
         headers: &[(&str, &str)],
+        body: &[u8],
         timeout: Duration,
     ) -> HostResult<u32> {
         // The answer comes to the root that called, by its context id: no token table.
         let headers = HeaderMap::from_pairs(headers);
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        abi::http_call(cluster, &headers, timeout_ms).map_err(status)
+        abi::http_call(cluster, &headers, body, timeout_ms).map_err(status)
     }
 
     fn http_call_body(&self, size: usize) -> HostResult<Vec<u8>> {

@@ -42,15 +42,19 @@ pub trait Host {
     fn define_metric(&self, kind: MetricKind, name: &str) -> HostResult<u32>;
     fn increment_metric(&self, id: u32, by: i64) -> HostResult<()>;
     fn record_metric(&self, id: u32, value: u64) -> HostResult<()>;
+    /// A counter's or gauge's value, Envoy-wide (every worker adds to one stat).
+    fn get_metric(&self, id: u32) -> HostResult<u64>;
     /// The value under `key` and its CAS.
     fn shared_data(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)>;
     /// Writes `value` under `key` if its CAS is still `cas` (`None` or 0: unconditionally).
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()>;
-    /// Starts an HTTP call; its answer arrives as `on_http_call_response(token, …)`.
+    /// Starts an HTTP call (`body` may be empty); its answer arrives as
+    /// `on_http_call_response(token, …)`.
     fn dispatch_http_call(
         &self,
         cluster: &str,
         headers: &[(&str, &str)],
+        body: &[u8],
         timeout: Duration,
     ) -> HostResult<u32>;
     /// The body of the HTTP call being answered (at most `size` bytes).
@@ -89,6 +93,8 @@ pub mod mock {
         pub shared: RefCell<BTreeMap<String, (Vec<u8>, u32)>>,
         /// HTTP calls dispatched: cluster and headers.
         pub calls: RefCell<Vec<Call>>,
+        /// Their bodies, in the same order.
+        pub call_bodies: RefCell<Vec<Vec<u8>>>,
         pub call_body: RefCell<Vec<u8>>,
         pub logs: RefCell<Vec<(LogLevel, String)>>,
         pub now: std::cell::Cell<u64>,
@@ -96,7 +102,7 @@ pub mod mock {
         pub env: RefCell<HashMap<String, String>>,
         /// Names of the calls that fail (`map`, `set_map_value`, `remove_map_value`,
         /// `property`, `define_metric`, `increment_metric`, `record_metric`,
-        /// `shared_data`, `set_shared_data`, `dispatch_http_call`, `http_call_body`).
+        /// `get_metric`, `shared_data`, `set_shared_data`, `dispatch_http_call`, `http_call_body`).
         pub failing: RefCell<HashSet<&'static str>>,
     }
 
@@ -231,6 +237,17 @@ pub mod mock {
             Ok(())
         }
 
+        fn get_metric(&self, id: u32) -> HostResult<u64> {
+            self.check("get_metric")?;
+            let metrics = self.metrics.borrow();
+            let (_, kind, values) = metrics.get(id as usize).ok_or(HostError)?;
+            match kind {
+                MetricKind::Counter => Ok(values.iter().sum()),
+                MetricKind::Gauge => Ok(values.last().copied().unwrap_or(0)),
+                MetricKind::Histogram => Err(HostError),
+            }
+        }
+
         fn shared_data(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
             self.check("shared_data")?;
             Ok(match self.shared.borrow().get(key) {
@@ -256,9 +273,11 @@ pub mod mock {
             &self,
             cluster: &str,
             headers: &[(&str, &str)],
+            body: &[u8],
             _timeout: Duration,
         ) -> HostResult<u32> {
             self.check("dispatch_http_call")?;
+            self.call_bodies.borrow_mut().push(body.to_vec());
             let mut calls = self.calls.borrow_mut();
             calls.push((
                 cluster.to_string(),

@@ -5,6 +5,7 @@
 //! root per Envoy run it (`lease`). The wasm glue in `filter` only binds these to
 //! the module's exports and the host's imports.
 
+pub mod evidence;
 pub mod host;
 pub mod lease;
 pub mod stream;
@@ -103,6 +104,8 @@ impl Role {
 
 #[cfg(test)]
 mod counting_tests;
+#[cfg(test)]
+mod evidence_tests;
 #[cfg(test)]
 mod lease_tests;
 #[cfg(test)]

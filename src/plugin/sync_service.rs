@@ -2,6 +2,7 @@
 //! shared data for every worker's filter. Fail static: a bad or missing answer
 //! keeps the last good document.
 
+use super::evidence::{Destination, EvidenceReporter};
 use super::host::{Host, LogLevel, MapKind, MetricKind};
 use crate::clock::SteadyClock;
 use crate::route::{read_routes, DocumentVersion};
@@ -25,6 +26,8 @@ pub struct SyncService {
     clock: SteadyClock,
     in_flight: Option<u32>,
     metrics: SyncMetrics,
+    /// Evidence reports, when `sync.evidence_ms` asks for them.
+    evidence: Option<EvidenceReporter>,
 }
 
 struct SyncMetrics {
@@ -44,7 +47,10 @@ impl SyncService {
             .token
             .clone()
             .or_else(|| host.env(&config.token_env).filter(|t| is_sync_token(t)));
+        // The Envoy process's instance, as early as its first root starts.
+        let _ = super::evidence::instance(host);
         SyncService {
+            evidence: EvidenceReporter::new(&config, host),
             envoy_id: fixed_envoy_id(&config, host),
             authorization: token.map(|t| format!("Bearer {t}")),
             config,
@@ -65,6 +71,17 @@ impl SyncService {
         if self.state.should_poll(&self.config, now) {
             self.poll(host, now);
         }
+        if self.evidence.as_mut().is_some_and(|e| e.due(host, now)) {
+            let envoy_id = self.envoy_id(host);
+            let to = Destination {
+                config: &self.config,
+                envoy_id: &envoy_id,
+                authorization: self.authorization.as_deref(),
+            };
+            if let Some(evidence) = self.evidence.as_mut() {
+                evidence.report(host, now, &to);
+            }
+        }
     }
 
     fn poll(&mut self, host: &impl Host, now: u64) {
@@ -81,7 +98,7 @@ impl SyncService {
             headers.push(("authorization", authorization.as_str()));
         }
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        match host.dispatch_http_call(&self.config.cluster, &headers, timeout) {
+        match host.dispatch_http_call(&self.config.cluster, &headers, &[], timeout) {
             Ok(token) => {
                 self.in_flight = Some(token);
                 self.state.started(now);
@@ -116,6 +133,15 @@ impl SyncService {
     /// Without `may_poll` (a filter root that lost the lease while the poll was
     /// out) the answer is dropped: the root holding the lease now stores tables.
     pub fn on_response(&mut self, host: &impl Host, token: u32, body_size: usize, may_poll: bool) {
+        if let Some(evidence) = self.evidence.as_mut().filter(|e| e.owns(token)) {
+            let status = host
+                .map(MapKind::HttpCallResponseHeaders)
+                .ok()
+                .and_then(|h| std::str::from_utf8(h.get(":status")?).ok()?.parse().ok())
+                .unwrap_or(0);
+            evidence.answered(host, status);
+            return;
+        }
         if self.in_flight != Some(token) {
             return;
         }

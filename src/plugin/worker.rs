@@ -49,6 +49,8 @@ impl Worker {
     /// A worker for a valid configuration; the sync service's table, if one is
     /// already in shared data, applies at once.
     pub fn new(config: PluginConfig, host: &impl Host) -> Worker {
+        // The Envoy process's instance, as early as its first root starts.
+        let _ = super::evidence::instance(host);
         let table = Rc::new(config.route.clone());
         let sync = config.sync.clone().map(|sync| {
             RefCell::new(FilterSync {

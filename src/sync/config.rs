@@ -34,7 +34,15 @@ pub struct SyncConfig {
     pub token: Option<String>,
     /// The VM environment variable holding the token (default `POLICY_CANARY_TOKEN`).
     pub token_env: String,
+    /// Evidence through the sync channel: every this many ms the sync holder sends
+    /// its Envoy's policy-canary counts to the controller (`POST evidence_path`,
+    /// scope `evidence:write`); 0 (the default): never.
+    pub evidence_ms: u64,
+    pub evidence_path: String,
 }
+
+/// Shortest interval between evidence reports, ms.
+pub const MIN_EVIDENCE_MS: u64 = 1_000;
 
 /// Longest controller token the filter sends.
 pub const MAX_TOKEN_BYTES: usize = 256;
@@ -81,6 +89,8 @@ impl SyncConfig {
             "envoy_id_env",
             "token",
             "token_env",
+            "evidence_ms",
+            "evidence_path",
         ])?;
         let wait_ms = s.u64("wait_ms")?.unwrap_or(25_000);
         let config = SyncConfig {
@@ -100,6 +110,10 @@ impl SyncConfig {
             token_env: s
                 .string("token_env")?
                 .unwrap_or_else(|| "POLICY_CANARY_TOKEN".into()),
+            evidence_ms: s.u64("evidence_ms")?.unwrap_or(0),
+            evidence_path: s
+                .string("evidence_path")?
+                .unwrap_or_else(|| "/v1/evidence".into()),
         };
         if config.token.as_deref().is_some_and(|t| !is_sync_token(t)) {
             // The value itself is a secret: never in the error.
@@ -117,8 +131,19 @@ impl SyncConfig {
                 ));
             }
         }
-        if !config.path.starts_with('/') || config.path.contains(['?', ' ']) {
-            return Err(err("sync.path", "must be an absolute path without a query"));
+        for (field, path) in [
+            ("sync.path", &config.path),
+            ("sync.evidence_path", &config.evidence_path),
+        ] {
+            if !path.starts_with('/') || path.contains(['?', ' ']) {
+                return Err(err(field, "must be an absolute path without a query"));
+            }
+        }
+        if config.evidence_ms != 0 && config.evidence_ms < MIN_EVIDENCE_MS {
+            return Err(err(
+                "sync.evidence_ms",
+                format!("must be 0 (no evidence reports) or at least {MIN_EVIDENCE_MS}"),
+            ));
         }
         if config.timeout_ms <= config.wait_ms {
             return Err(err("sync.timeout_ms", "must be longer than sync.wait_ms"));
@@ -184,6 +209,14 @@ mod tests {
                 "sync.timeout_ms:",
             ),
             (r#"{"sync": {"cluster": "c", "path": "v1"}}"#, "sync.path:"),
+            (
+                r#"{"sync": {"cluster": "c", "evidence_path": "x"}}"#,
+                "sync.evidence_path:",
+            ),
+            (
+                r#"{"sync": {"cluster": "c", "evidence_ms": 10}}"#,
+                "sync.evidence_ms: must be 0",
+            ),
             (
                 r#"{"sync": {"cluster": "c", "extra": 1}}"#,
                 "sync.extra: unknown field",

@@ -440,6 +440,22 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// One request for each of `sessions` (`user-<i>`) through the Envoy on
+/// `port`; how many stable and the canary answered.
+pub fn send_sessions(port: u16, sessions: std::ops::Range<usize>) -> (u64, u64) {
+    let client = Client::new(port);
+    let (mut stable, mut canary) = (0, 0);
+    for i in sessions {
+        let reply = client.session(&format!("user-{i}"));
+        assert_eq!(reply.status, 200);
+        match reply.backend.as_str() {
+            "canary" => canary += 1,
+            _ => stable += 1,
+        }
+    }
+    (stable, canary)
+}
+
 /// A keep-alive HTTP client for sending many requests through Envoy.
 pub struct Client {
     agent: ureq::Agent,
@@ -738,6 +754,14 @@ impl Controller {
             .to_string();
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(|c| c.0.id())
+            .expect("the controller runs")
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill(&mut self) {
         self.child = None;
@@ -1032,6 +1056,11 @@ impl PrometheusServer {
 
     /// The value of an instant query's first series (`None` without any).
     pub fn value(&self, query: &str) -> Option<f64> {
+        self.vector(query)?.first().map(|(_, value)| *value)
+    }
+
+    /// An instant query's series: labels and value (`None` when it failed).
+    pub fn vector(&self, query: &str) -> Option<Vec<(HashMap<String, String>, f64)>> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(5)))
             .build()
@@ -1045,7 +1074,19 @@ impl PrometheusServer {
             .read_to_string()
             .ok()?;
         let body: serde_json::Value = serde_json::from_str(&text).ok()?;
-        body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+        body["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|series| {
+                let labels = series["metric"]
+                    .as_object()?
+                    .iter()
+                    .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect::<Option<HashMap<_, _>>>()?;
+                let value = series["value"][1].as_str()?.parse().ok()?;
+                Some((labels, value))
+            })
+            .collect()
     }
 }
 

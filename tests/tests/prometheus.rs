@@ -48,19 +48,8 @@ fn fleet(stable: &[&str], canary: &[&str]) -> Fleet {
     }
 }
 
-/// Requests from `sessions` through one Envoy; returns how many each backend answered.
 fn send(envoy: &Envoy, sessions: std::ops::Range<usize>) -> (u64, u64) {
-    let client = Client::new(envoy.port);
-    let (mut stable, mut canary) = (0, 0);
-    for i in sessions {
-        let reply = client.session(&format!("user-{i}"));
-        assert_eq!(reply.status, 200);
-        match reply.backend.as_str() {
-            "canary" => canary += 1,
-            _ => stable += 1,
-        }
-    }
-    (stable, canary)
+    send_sessions(envoy.port, sessions)
 }
 
 fn analysis(f: &Fleet, id: i64) -> Value {

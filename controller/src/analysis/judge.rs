@@ -6,7 +6,7 @@
 use crate::analysis::analyse;
 use crate::analysis::decide::{decide, StageDecision};
 use crate::analysis::evidence::{
-    SignalStrata, Snapshot, Stratum, Window, SIGNAL_COUNT, SIGNAL_SUM,
+    SignalStrata, Snapshot, Stratum, Window, WindowCounts, SIGNAL_COUNT, SIGNAL_SUM,
 };
 use crate::analysis::AnalysisReport;
 use crate::rollout::gates::Measure;
@@ -31,6 +31,11 @@ pub trait Judge: Send + Sync {
 
     /// The comparison behind the decisions, for people.
     fn report(&self, _rollout: &RolloutRow) -> Option<AnalysisReport> {
+        None
+    }
+
+    /// The counts the comparison is made of (the stage's window).
+    fn counts(&self, _rollout: &RolloutRow) -> Option<WindowCounts> {
         None
     }
 }
@@ -406,6 +411,10 @@ impl Judge for EvidenceJudge {
             store.write(row, &snapshot);
         }
         judgement
+    }
+
+    fn counts(&self, row: &RolloutRow) -> Option<WindowCounts> {
+        Some(self.with(row, |t| t.window.counts()))
     }
 
     fn report(&self, row: &RolloutRow) -> Option<AnalysisReport> {

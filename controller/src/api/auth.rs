@@ -65,6 +65,11 @@ pub(super) async fn authorize(
             name: BOOTSTRAP_PRINCIPAL.into(),
             scopes: vec![Scope::Admin],
         }
+    } else if let Some(token) = state.controller.known_token(&presented) {
+        Principal {
+            name: token.name,
+            scopes: token.scopes,
+        }
     } else {
         let controller = state.controller.clone();
         match super::blocking(move || controller.authenticate(&presented)).await {

@@ -89,7 +89,11 @@ pub(super) async fn routes(
         let mut rx = state.controller.subscribe();
         let _ = tokio::time::timeout(wait, rx.wait_for(|revision| *revision > known)).await;
     }
-    Ok(Json(state.controller.routes().as_ref().clone()).into_response())
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        state.controller.routes_json(),
+    )
+        .into_response())
 }
 
 /// A refused long-poll: 503 with `Retry-After` (an Envoy comes back after it, at
@@ -229,6 +233,16 @@ pub(super) async fn show_analysis(
     let id = parse_id(&id)?;
     let c = state.controller.clone();
     Ok(Json(blocking(move || c.analysis(id)).await?).into_response())
+}
+
+/// `GET /v1/rollouts/{id}/evidence`: the counts behind the analysis.
+pub(super) async fn show_evidence(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let id = parse_id(&id)?;
+    let c = state.controller.clone();
+    Ok(Json(blocking(move || c.evidence(id)).await?).into_response())
 }
 
 pub(super) async fn start_rollout(

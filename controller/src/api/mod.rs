@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod connection;
 pub mod dashboard;
+mod evidence;
 mod handlers;
 mod tokens;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Route polls need no token (`--open-routes`: the network is the boundary).
     pub open_routes: bool,
+    /// Where Envoys' evidence reports go (`--evidence sync`); none: refused.
+    pub evidence: Option<Arc<crate::analysis::evidence::sync::SyncEvidence>>,
 }
 
 /// What one request may take of the controller.
@@ -83,11 +86,17 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/rollouts/{id}", get(handlers::show_rollout))
         .route("/v1/rollouts/{id}/analysis", get(handlers::show_analysis))
+        .route("/v1/rollouts/{id}/evidence", get(handlers::show_evidence))
         .route("/v1/rollouts/{id}/{action}", post(handlers::act))
         .route("/v1/audit", get(handlers::audit))
         .route(
             "/v1/signals",
             post(handlers::post_signals).layer(DefaultBodyLimit::max(MAX_SIGNALS_BODY_BYTES)),
+        )
+        .route(
+            "/v1/evidence",
+            post(evidence::post_evidence)
+                .layer(DefaultBodyLimit::max(evidence::MAX_EVIDENCE_BODY_BYTES)),
         )
         .route(
             "/v1/tokens",

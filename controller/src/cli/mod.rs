@@ -11,7 +11,7 @@ mod watch;
 
 use crate::analysis::evidence::prometheus::PrometheusOptions;
 use crate::api::auth::read_token_file;
-use crate::serve::{serve, ServeOptions};
+use crate::serve::{serve, Evidence, ServeOptions};
 use crate::units::Dur;
 use crate::view::TargetsView;
 use clap::{Args, Parser, Subcommand};
@@ -231,6 +231,18 @@ pub struct ServeArgs {
     /// How often every --envoy-admin's stats are read for the analysis.
     #[arg(long, default_value = "1s", value_parser = parse_dur)]
     pub scrape_interval: Dur,
+    /// Where the analysis reads the Envoys' counts: `sync` (each Envoy reports
+    /// its own through the sync channel, `sync.evidence_ms`), `prometheus`
+    /// (--prometheus) or `envoy-admin` (every --envoy-admin). Default: prometheus
+    /// with --prometheus, else envoy-admin with --envoy-admin, else none (stages
+    /// move on time alone).
+    #[arg(long, env = "CANARYCTL_EVIDENCE", value_parser = ["sync", "prometheus", "envoy-admin"])]
+    pub evidence: Option<String>,
+    /// How often the Envoys report (their `sync.evidence_ms`), with --evidence
+    /// sync: a cost batch per interval; an Envoy that follows the controller but
+    /// has not reported for three holds every stage.
+    #[arg(long, default_value = "10s", value_parser = parse_dur)]
+    pub evidence_interval: Dur,
     /// Read the evidence from this Prometheus (or Thanos, Mimir, VictoriaMetrics)
     /// instead of --envoy-admin: every Envoy's series, summed, since the stage started.
     #[arg(long, env = "CANARYCTL_PROMETHEUS")]
@@ -408,6 +420,47 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from(".canaryctl")
 }
 
+/// The evidence source `serve` reads: `--evidence`, or what the other flags imply.
+fn evidence_source(args: &ServeArgs) -> Result<Evidence, String> {
+    let prometheus = || {
+        args.prometheus.clone().map(|url| {
+            Evidence::Prometheus(
+                PrometheusOptions {
+                    url,
+                    target_label: args.prometheus_target_label.clone(),
+                    version_label: args.prometheus_version_label.clone(),
+                    step: args.prometheus_step.0.max(Duration::from_secs(1)),
+                    max_lag: args.prometheus_max_lag.0,
+                },
+                args.prometheus_interval.0.max(Duration::from_millis(100)),
+            )
+        })
+    };
+    match args.evidence.as_deref() {
+        Some("sync") if args.prometheus.is_some() => {
+            Err("--prometheus is read only with --evidence prometheus".into())
+        }
+        Some("sync") => Ok(Evidence::Sync {
+            interval: args.evidence_interval.0.max(Duration::from_secs(1)),
+        }),
+        Some("prometheus") => {
+            prometheus().ok_or_else(|| "--evidence prometheus needs --prometheus URL".into())
+        }
+        Some("envoy-admin") if args.prometheus.is_some() => {
+            Err("--prometheus is read only with --evidence prometheus".into())
+        }
+        Some("envoy-admin") if args.envoy_admins.is_empty() => {
+            Err("--evidence envoy-admin needs at least one --envoy-admin URL".into())
+        }
+        Some("envoy-admin") => Ok(Evidence::EnvoyAdmin),
+        _ => Ok(prometheus().unwrap_or(if args.envoy_admins.is_empty() {
+            Evidence::None
+        } else {
+            Evidence::EnvoyAdmin
+        })),
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
     if let Command::Serve(args) = &cli.command {
@@ -421,18 +474,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             runtime_weights: args.runtime_weights,
             tick: args.tick.0.max(Duration::from_millis(10)),
             scrape_interval: args.scrape_interval.0.max(Duration::from_millis(50)),
-            prometheus: args.prometheus.clone().map(|url| {
-                (
-                    PrometheusOptions {
-                        url,
-                        target_label: args.prometheus_target_label.clone(),
-                        version_label: args.prometheus_version_label.clone(),
-                        step: args.prometheus_step.0.max(Duration::from_secs(1)),
-                        max_lag: args.prometheus_max_lag.0,
-                    },
-                    args.prometheus_interval.0.max(Duration::from_millis(100)),
-                )
-            }),
+            evidence: evidence_source(args).map_err(|e| fail(2, e))?,
             connections: crate::serve::http::ConnectionLimits {
                 max_connections: args.max_connections.max(1),
                 header_timeout: args.header_timeout.0.max(Duration::from_millis(100)),

@@ -11,6 +11,7 @@ pub use change::Guard;
 pub mod runtime_weights;
 
 use crate::access::Who;
+use crate::analysis::evidence::WindowCounts;
 use crate::analysis::judge::Judge;
 use crate::analysis::Analysis;
 use crate::analysis::AnalysisReport;
@@ -23,6 +24,7 @@ use crate::rollout::Phase;
 use crate::store::{self, AuditEntry, NewAudit, PolicyRecord, RolloutRow, TargetRow};
 use crate::units::now_ms;
 use crate::view::{RolloutAnalysis, RolloutView};
+use axum::body::Bytes;
 use policy_canary::error::ConfigError;
 use policy_canary::route::{RouteTable, RoutesDocument};
 use rusqlite::Connection;
@@ -64,7 +66,9 @@ pub struct Controller {
     /// the writer (nor the writer for a burst of reads).
     readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
-    routes: RwLock<Arc<RoutesDocument>>,
+    routes: RwLock<Published>,
+    /// Live tokens by secret hash, as looked up (`tokens::known_token`).
+    known_tokens: RwLock<tokens::KnownTokens>,
     revision_tx: watch::Sender<u64>,
     notifier: Notifier,
     judge: Box<dyn Judge>,
@@ -102,7 +106,8 @@ impl Controller {
             db: Mutex::new(conn),
             readers,
             next_reader: Default::default(),
-            routes: RwLock::new(routes),
+            routes: RwLock::new(Published::new(routes)),
+            known_tokens: RwLock::default(),
             revision_tx,
             notifier,
             judge,
@@ -136,10 +141,20 @@ impl Controller {
     }
 
     pub fn routes(&self) -> Arc<RoutesDocument> {
+        Arc::clone(&self.published().doc)
+    }
+
+    /// The route tables in force as JSON, encoded once per change: ten thousand
+    /// long-polls answered at once share it.
+    pub fn routes_json(&self) -> Bytes {
+        self.published().json
+    }
+
+    fn published(&self) -> Published {
         self.routes
             .read()
-            .map(|r| Arc::clone(&r))
-            .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
+            .map(|r| r.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     /// The Envoys that poll for route tables.
@@ -181,8 +196,10 @@ impl Controller {
     fn publish(&self, conn: &Connection) -> Result<()> {
         let doc = Arc::new(load_routes(conn, self.routes().epoch)?);
         let revision = doc.revision;
-        if let Ok(mut routes) = self.routes.write() {
-            *routes = doc;
+        let published = Published::new(doc);
+        match self.routes.write() {
+            Ok(mut routes) => *routes = published,
+            Err(poisoned) => *poisoned.into_inner() = published,
         }
         self.revision_tx.send_replace(revision);
         Ok(())
@@ -268,6 +285,23 @@ impl Controller {
             phase: row.state.phase,
             stage: row.state.stage + 1,
             analysis,
+        })
+    }
+
+    /// The counts behind an active rollout's analysis (its stage's window).
+    pub fn evidence(&self, id: i64) -> Result<WindowCounts> {
+        let row = self.rollout_row(id)?;
+        if !row.state.phase.is_active() {
+            return Err(Error::NotFound(format!(
+                "rollout {id} is {}: its windows are gone (its decisions keep their analyses: GET /v1/audit)",
+                row.state.phase.as_str()
+            )));
+        }
+        self.judge.counts(&row).ok_or_else(|| {
+            Error::NotFound(
+                "this controller reads no evidence (canaryctl serve --evidence): stages move on time"
+                    .into(),
+            )
         })
     }
 
@@ -362,6 +396,21 @@ fn random_epoch() -> Result<u64> {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
     Ok((u64::from_le_bytes(bytes) & 0xffff_ffff_ffff) | 1)
+}
+
+/// The route tables in force and their JSON.
+#[derive(Clone)]
+struct Published {
+    doc: Arc<RoutesDocument>,
+    json: Bytes,
+}
+
+impl Published {
+    fn new(doc: Arc<RoutesDocument>) -> Published {
+        // Serializing plain data with string keys cannot fail.
+        let json = serde_json::to_vec(doc.as_ref()).unwrap_or_default().into();
+        Published { doc, json }
+    }
 }
 
 fn load_routes(conn: &Connection, epoch: u64) -> Result<RoutesDocument> {

@@ -83,6 +83,7 @@ impl Controller {
             now,
         )?;
         tx.commit()?;
+        self.forget_tokens();
         Ok(TokenRecord {
             revoked_ms: Some(now),
             ..token
@@ -91,7 +92,47 @@ impl Controller {
 
     /// The live token whose secret is `secret`.
     pub fn authenticate(&self, secret: &str) -> Result<Option<TokenRecord>> {
-        let found = store::find_token(&self.reader(), &secret_hash(secret))?;
-        Ok(found.filter(|t| t.revoked_ms.is_none()))
+        let hash = secret_hash(secret);
+        if let Some(known) = self.known_token_by_hash(&hash) {
+            return Ok(Some(known));
+        }
+        let generation = self.known_tokens.read().map_or(0, |k| k.generation);
+        let found = store::find_token(&self.reader(), &hash)?;
+        let live = found.filter(|t| t.revoked_ms.is_none());
+        if let (Some(token), Ok(mut known)) = (&live, self.known_tokens.write()) {
+            // A revocation committed since the lookup began: do not keep what it read.
+            if known.generation == generation {
+                known.by_hash.insert(hash, token.clone());
+            }
+        }
+        Ok(live)
     }
+
+    /// A live token already looked up once, without the database: every Envoy's
+    /// poll shows one, and ten thousand at once must not queue on SQLite. The
+    /// cache holds live tokens only and is emptied after any revocation commits;
+    /// a lookup that read the database before that commit does not fill it.
+    pub fn known_token(&self, secret: &str) -> Option<TokenRecord> {
+        self.known_token_by_hash(&secret_hash(secret))
+    }
+
+    fn known_token_by_hash(&self, hash: &str) -> Option<TokenRecord> {
+        self.known_tokens.read().ok()?.by_hash.get(hash).cloned()
+    }
+
+    fn forget_tokens(&self) {
+        let mut known = match self.known_tokens.write() {
+            Ok(known) => known,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        known.generation += 1;
+        known.by_hash.clear();
+    }
+}
+
+/// Live tokens by secret hash, and how many revocations emptied them.
+#[derive(Default)]
+pub(super) struct KnownTokens {
+    generation: u64,
+    by_hash: std::collections::HashMap<String, TokenRecord>,
 }

@@ -184,9 +184,13 @@ async fn serve_connection<IO>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    // Every request carries its connection (`Extension<Arc<Connection>>`).
-    let app = app.layer(axum::Extension(connection));
-    let service = TowerToHyperService::new(app);
+    // Every request carries its connection (`Extension<Arc<Connection>>`), put in
+    // per request: `Router::layer` would rebuild every route for each connection.
+    let app = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request.extensions_mut().insert(Arc::clone(&connection));
+        hyper::service::Service::call(&app, request)
+    });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     let closed = tokio::select! {

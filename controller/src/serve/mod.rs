@@ -4,9 +4,10 @@ pub mod http;
 
 use crate::analysis::evidence::envoy_admin;
 use crate::analysis::evidence::prometheus::{self, Prometheus, PrometheusOptions};
+use crate::analysis::evidence::sync::SyncEvidence;
 use crate::analysis::judge::{EvidenceJudge, Judge, TimeOnlyJudge, WindowStore};
 use crate::api::auth::resolve_token;
-use crate::api::{app, AppState, Limits};
+use crate::api::{app, AppState, Limits, ENVOY_STALE_AFTER};
 use crate::controller::Controller;
 use crate::notify::Notifier;
 use crate::units::Now;
@@ -28,14 +29,27 @@ pub struct ServeOptions {
     pub tick: Duration,
     /// How often every Envoy's stats are read.
     pub scrape_interval: Duration,
-    /// Evidence from Prometheus instead of the Envoy admins, and how often it is read.
-    pub prometheus: Option<(PrometheusOptions, Duration)>,
+    /// Where the analysis reads the Envoys' counts.
+    pub evidence: Evidence,
     pub connections: http::ConnectionLimits,
     pub limits: Limits,
     /// Route polls need no token.
     pub open_routes: bool,
     /// Serve TLS with this certificate chain and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// The analysis' evidence source.
+#[derive(Debug, Clone)]
+pub enum Evidence {
+    /// None: stages move on time alone.
+    None,
+    /// Every `--envoy-admin`'s stats, read every `scrape_interval`.
+    EnvoyAdmin,
+    /// A Prometheus server's history, read this often.
+    Prometheus(PrometheusOptions, Duration),
+    /// The Envoys' own reports through the sync channel, every `interval`.
+    Sync { interval: Duration },
 }
 
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
@@ -48,9 +62,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", options.state_dir.display()))?;
     let token = resolve_token(options.token.clone(), &token_file)?;
     let notifier = Notifier::spawn(options.webhooks.clone(), 5, Duration::from_millis(500));
-    // With an evidence source (Prometheus, else the Envoy admins), stages move on
-    // evidence; without, on time alone.
-    let has_evidence = options.prometheus.is_some() || !options.envoy_admins.is_empty();
+    // With an evidence source, stages move on evidence; without, on time alone.
+    let has_evidence = !matches!(options.evidence, Evidence::None);
     let evidence_judge = has_evidence.then(EvidenceJudge::default);
     let judge: Box<dyn Judge> = match &evidence_judge {
         Some(j) => Box::new(j.clone()),
@@ -58,36 +71,56 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     };
     let controller = Controller::open(&options.state_dir, notifier.clone(), judge)
         .with_context(|| format!("opening the state in {}", options.state_dir.display()))?;
+    let mut sync_evidence = None;
     if let Some(judge) = evidence_judge {
         // Each stage's analysis window is kept in the state, so that a restart
         // continues it: Prometheus keeps the history (the window's start is all
-        // that is needed), the Envoy admins do not (the whole window is kept).
+        // that is needed), the other sources do not (the whole window is kept).
         let windows = WindowStore::open_at(
             &options.state_dir.join("canaryctl.db"),
-            options.prometheus.is_some(),
+            matches!(options.evidence, Evidence::Prometheus(..)),
         )
         .context("opening the analysis windows' store")?;
         judge.keep_windows_in(windows);
         let store = Arc::clone(&controller);
         let active = move || store.rollout_rows(true);
-        match options.prometheus.clone() {
-            Some((prometheus, interval)) => {
+        let metrics = Arc::clone(controller.metrics());
+        match options.evidence.clone() {
+            Evidence::Prometheus(prometheus, interval) => {
                 tracing::info!(prometheus = %prometheus.url, "evidence from Prometheus");
                 tokio::spawn(prometheus::collect(
                     active,
                     judge,
                     Prometheus::new(prometheus),
                     interval,
-                    Arc::clone(controller.metrics()),
+                    metrics,
                 ));
             }
-            None => {
+            Evidence::Sync { interval } => {
+                tracing::info!("evidence from the Envoys' reports (POST /v1/evidence)");
+                let source = SyncEvidence::new(judge, metrics, crate::units::now_ms());
+                let fleet = Arc::clone(&controller);
+                let following = move || {
+                    let now = crate::units::now_ms();
+                    fleet
+                        .fleet()
+                        .status(fleet.routes().revision, now, ENVOY_STALE_AFTER)
+                        .envoys
+                        .into_iter()
+                        .filter(|e| !e.stale)
+                        .map(|e| e.id)
+                        .collect()
+                };
+                tokio::spawn(Arc::clone(&source).run(active, following, interval));
+                sync_evidence = Some(source);
+            }
+            Evidence::EnvoyAdmin | Evidence::None => {
                 tokio::spawn(envoy_admin::collect(
                     active,
                     judge,
                     options.envoy_admins.clone(),
                     options.scrape_interval,
-                    Arc::clone(controller.metrics()),
+                    metrics,
                 ));
             }
         }
@@ -147,6 +180,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         webhooks: notifier,
         limits: options.limits,
         open_routes: options.open_routes,
+        evidence: sync_evidence,
     };
     http::run(listener, app(state), connections, tls, metrics, shutdown()).await;
     Ok(())

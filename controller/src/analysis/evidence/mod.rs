@@ -15,6 +15,7 @@
 pub mod envoy_admin;
 pub mod prometheus;
 mod sample;
+pub mod sync;
 
 pub use sample::{increase, replicate_slot, ReplicateRows, ReplicateValue, Sample};
 
@@ -84,6 +85,17 @@ pub struct Scrape {
     pub malformed_lines: u64,
     /// Envoy's `server.uptime` (s): lower than at the last scrape means a restart.
     pub uptime_s: Option<f64>,
+    /// The Envoy process that reported (the sync channel): another one than at
+    /// the last report means a restart.
+    pub instance: Option<Instance>,
+}
+
+/// An Envoy process as its evidence reports name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    /// When it began (ms since the epoch, the Envoy's clock).
+    pub started_ms: i64,
 }
 
 impl Scrape {
@@ -147,6 +159,8 @@ pub struct Window {
     last: HashMap<String, HashMap<SeriesKey, Sample>>,
     /// Each Envoy's uptime at its last scrape.
     last_uptime: HashMap<String, f64>,
+    /// Each Envoy's process instance at its last report (the sync channel).
+    last_instance: HashMap<String, String>,
     pub batches: Vec<Batch>,
     pub scrapes_ok: u64,
     pub scrapes_failed: u64,
@@ -194,9 +208,11 @@ impl Window {
     pub fn restart(&mut self, started_ms: i64) {
         let last = std::mem::take(&mut self.last);
         let last_uptime = std::mem::take(&mut self.last_uptime);
+        let last_instance = std::mem::take(&mut self.last_instance);
         *self = Window::new(started_ms);
         self.last = last;
         self.last_uptime = last_uptime;
+        self.last_instance = last_instance;
     }
 
     /// From `at_ms` on the canary weight is `weight_bp`: a change starts a new
@@ -233,26 +249,40 @@ impl Window {
     }
 
     /// Adds one Envoy's scrape: its deltas since the last scrape of that Envoy.
-    /// The first scrape of an Envoy only sets its baseline.
+    /// The first scrape of an Envoy only sets its baseline, unless it names an
+    /// Envoy process that began inside the window (all it counted is the window's).
     pub fn add(&mut self, envoy: &str, scrape: &Scrape) {
         self.scrapes_ok += 1;
         self.malformed_lines += scrape.malformed_lines;
         let first_time = !self.last.contains_key(envoy);
         // A restart resets every counter, even one that has grown past its old value
-        // by the next scrape: the uptime says so, counter by counter cannot.
+        // by the next scrape: the uptime (or the process instance) says so, counter
+        // by counter cannot.
         let restarted = match (scrape.uptime_s, self.last_uptime.get(envoy)) {
             (Some(now), Some(before)) => now < *before,
             _ => false,
+        } || match (&scrape.instance, self.last_instance.get(envoy)) {
+            (Some(now), Some(before)) => now.id != *before,
+            _ => false,
         };
+        let began_inside = scrape
+            .instance
+            .as_ref()
+            .is_some_and(|i| i.started_ms >= self.started_ms);
         if let Some(uptime) = scrape.uptime_s {
             self.last_uptime.insert(envoy.to_string(), uptime);
+        }
+        if let Some(instance) = &scrape.instance {
+            self.last_instance
+                .insert(envoy.to_string(), instance.id.clone());
         }
         let mut last = self.last.remove(envoy).unwrap_or_default();
         if restarted {
             last.clear();
         }
+        let counts = !first_time || began_inside;
         for (key, sample) in &scrape.series {
-            if !first_time {
+            if counts {
                 let before = last.get(key).cloned().unwrap_or_default();
                 let delta = sample.delta_since(&before);
                 self.current()
@@ -265,6 +295,11 @@ impl Window {
             last.insert(key.clone(), sample.clone());
         }
         self.last.insert(envoy.to_string(), last);
+    }
+
+    /// The Envoys this window has counts from (or a baseline for).
+    pub fn envoys(&self) -> impl Iterator<Item = &str> {
+        self.last.keys().map(String::as_str)
     }
 
     pub fn failed(&mut self) {
@@ -319,6 +354,34 @@ impl Window {
         out
     }
 
+    /// The counts behind the analysis, every series over the whole window.
+    pub fn counts(&self) -> WindowCounts {
+        let mut totals: BTreeMap<SeriesKey, Sample> = BTreeMap::new();
+        for period in &self.periods {
+            for (key, sample) in &period.totals {
+                totals.entry(key.clone()).or_default().add(sample);
+            }
+        }
+        WindowCounts {
+            started_ms: self.started_ms,
+            sequence: self.sequence,
+            periods: self.periods.len(),
+            envoys: self.last.len(),
+            unavailable: self.unavailable.clone(),
+            series: totals
+                .into_iter()
+                .map(|(key, sample)| SeriesCounts {
+                    traffic: match key.traffic {
+                        Traffic::Compared => "compared",
+                        other => other.name(),
+                    },
+                    version: key.version,
+                    sample,
+                })
+                .collect(),
+        }
+    }
+
     /// Sets a series' counts in the current period (tests, simulations).
     pub fn insert(&mut self, key: SeriesKey, sample: Sample) {
         self.current().totals.insert(key, sample);
@@ -356,6 +419,7 @@ impl Window {
                 .map(|(envoy, series)| BaselineSnapshot {
                     envoy: envoy.clone(),
                     uptime_s: self.last_uptime.get(envoy).copied(),
+                    instance: self.last_instance.get(envoy).cloned(),
                     series: entries(series),
                 })
                 .collect(),
@@ -379,9 +443,13 @@ impl Window {
         };
         let mut last = HashMap::new();
         let mut last_uptime = HashMap::new();
+        let mut last_instance = HashMap::new();
         for b in snapshot.baselines {
             if let Some(uptime) = b.uptime_s {
                 last_uptime.insert(b.envoy.clone(), uptime);
+            }
+            if let Some(instance) = b.instance {
+                last_instance.insert(b.envoy.clone(), instance);
             }
             last.insert(b.envoy, map(b.series));
         }
@@ -399,6 +467,7 @@ impl Window {
                 .collect(),
             last,
             last_uptime,
+            last_instance,
             batches: snapshot.batches,
             scrapes_ok: snapshot.scrapes_ok,
             scrapes_failed: snapshot.scrapes_failed,
@@ -408,6 +477,30 @@ impl Window {
             signals: BTreeMap::new(),
         }
     }
+}
+
+/// `GET /v1/rollouts/{id}/evidence`: what a stage's window holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowCounts {
+    pub started_ms: i64,
+    pub sequence: u32,
+    /// Constant-weight periods.
+    pub periods: usize,
+    /// Envoys with counts (or a baseline) in the window (per Envoy sources).
+    pub envoys: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    pub series: Vec<SeriesCounts>,
+}
+
+/// One series' counts over a window.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesCounts {
+    /// `compared`, `forced`, `segment` or `sessionless`.
+    pub traffic: &'static str,
+    pub version: String,
+    #[serde(flatten)]
+    pub sample: Sample,
 }
 
 /// A window as the store keeps it (JSON): its periods' totals and, per Envoy, the
@@ -438,6 +531,8 @@ struct PeriodSnapshot {
 struct BaselineSnapshot {
     envoy: String,
     uptime_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
     series: Vec<SeriesEntry>,
 }
 

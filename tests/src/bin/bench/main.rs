@@ -7,6 +7,7 @@
 //! (utime + stime from /proc) over those requests, divided by their number, is the
 //! cost per request. Variants are interleaved round by round and medians reported.
 
+mod fanout;
 mod profile;
 
 use policy_canary_e2e::*;
@@ -190,7 +191,7 @@ fn min(values: &[f64]) -> f64 {
 }
 
 fn main() {
-    // BENCH_ONLY=cpu (plain and streamed), plain, streamed, profile or propagation
+    // BENCH_ONLY=cpu (plain and streamed), plain, streamed, profile, propagation or fanout
     // runs one part of `make bench`.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only.is_empty() || only == "cpu" || only == "plain" {
@@ -204,6 +205,9 @@ fn main() {
     }
     if only.is_empty() || only == "propagation" {
         propagation();
+    }
+    if only.is_empty() || only == "fanout" {
+        fanout::run();
     }
 }
 
