@@ -156,6 +156,11 @@ fn find<'a>(documents: &'a [Value], kind: &str, name: Option<&str>) -> &'a Value
         .unwrap_or_else(|| panic!("no {kind} {name:?}"))
 }
 
+/// The stats tags of the plain Envoy config (envoy/envoy.yaml).
+fn shipped_stats_tags() -> Value {
+    documents("envoy/envoy.yaml")[0]["stats_config"]["stats_tags"].clone()
+}
+
 /// A mesh's plugin configuration, through the filter's own parser: controller mode
 /// with filter-side sync, stable alone until the controller answers.
 fn mesh_plugin_config(config: &Value, sync_cluster: &str) -> PluginConfig {
@@ -187,6 +192,19 @@ fn the_istio_example_follows_the_controller_and_routes_by_its_cluster_header() {
     );
     assert_eq!(plugin["spec"]["vmConfig"]["env"][0]["name"], "HOSTNAME");
     assert_eq!(plugin["spec"]["vmConfig"]["env"][0]["valueFrom"], "HOST");
+    assert!(
+        config.sync.as_ref().unwrap().evidence_ms > 0,
+        "reports evidence"
+    );
+    // The bootstrap override carries the plain Envoy config's stats tags.
+    let bootstrap = find(&documents, "ConfigMap", Some("policy-canary-bootstrap"));
+    let merged: Value = serde_json::from_str(
+        bootstrap["data"]["custom_bootstrap.json"]
+            .as_str()
+            .expect("custom_bootstrap.json"),
+    )
+    .expect("JSON");
+    assert_eq!(merged["stats_config"]["stats_tags"], shipped_stats_tags());
     // Every route sends a cluster name to the subset of that name; stable catches the rest.
     let subsets: Vec<&str> = find(&documents, "DestinationRule", None)["spec"]["subsets"]
         .as_array()
@@ -222,6 +240,18 @@ fn the_envoy_gateway_example_follows_the_controller_and_routes_by_its_cluster_he
     let config = mesh_plugin_config(&wasm["config"], "httproute/agents/canaryctl/rule/0");
     assert_eq!(wasm["rootID"], "policy_canary");
     assert_eq!(wasm["env"]["hostKeys"][0], "HOSTNAME");
+    assert!(
+        config.sync.as_ref().unwrap().evidence_ms > 0,
+        "reports evidence"
+    );
+    // The EnvoyProxy gives the token and merges the plain Envoy config's stats tags.
+    let proxy = find(&documents, "EnvoyProxy", Some("policy-canary"));
+    assert_eq!(proxy["spec"]["bootstrap"]["type"], "Merge");
+    let merged: Value =
+        serde_yaml_ng::from_str(proxy["spec"]["bootstrap"]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(merged["stats_config"]["stats_tags"], shipped_stats_tags());
+    let env = &proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]["env"][0];
+    assert_eq!(env["name"], wasm["env"]["hostKeys"][1]);
     // The sync cluster is the one Envoy Gateway makes for the canaryctl route.
     let controller_route = find(&documents, "HTTPRoute", Some("canaryctl"));
     let namespace = controller_route["metadata"]["namespace"].as_str().unwrap();
@@ -232,6 +262,20 @@ fn the_envoy_gateway_example_follows_the_controller_and_routes_by_its_cluster_he
     assert_eq!(
         controller_route["spec"]["hostnames"][0],
         config.sync.as_ref().unwrap().authority.as_str()
+    );
+    // Its one rule passes polls and evidence reports, nothing else of the API.
+    let paths: Vec<&str> = controller_route["spec"]["rules"][0]["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"]["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            config.sync.as_ref().unwrap().path.as_str(),
+            config.sync.as_ref().unwrap().evidence_path.as_str()
+        ]
     );
     let agents = find(&documents, "HTTPRoute", Some("support-agent"));
     let rules = agents["spec"]["rules"].as_array().unwrap();
@@ -358,10 +402,7 @@ fn the_kubernetes_manifests_validate_and_keep_one_controller() {
         .map(|a| a.as_str().unwrap())
         .collect();
     assert_eq!(args[0], "serve");
-    assert!(
-        args.iter().any(|a| a.starts_with("--prometheus=http")),
-        "{args:?}"
-    );
+    assert!(args.contains(&"--evidence=sync"), "{args:?}");
     let state_dir = args
         .iter()
         .find_map(|a| a.strip_prefix("--state-dir="))

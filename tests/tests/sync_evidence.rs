@@ -1,5 +1,6 @@
-//! Evidence through the sync channel: two real Envoys (two workers each) with
-//! filter-side sync report their own counts to `canaryctl serve --evidence sync`,
+//! Evidence through the sync channel: two real Envoys (two workers each), one
+//! with the singleton sync service and one with filter-side sync, report their
+//! own counts to `canaryctl serve --evidence sync`,
 //! and a real Prometheus scrapes the same Envoys. The controller's counts equal
 //! the Envoys' own and Prometheus's, series by series and replicate by
 //! replicate, across an Envoy restart; an Envoy that follows the controller but
@@ -15,10 +16,19 @@ const BACKEND: &str = env!("CARGO_BIN_EXE_test-backend");
 const STABLE: &str = "v2.3.1";
 const CANARY: &str = "v2.4.0";
 
-/// The shipped filter-side sync config, reporting evidence every `every_ms`.
+/// A shipped config reporting evidence every `every_ms`: gw-0 runs the
+/// singleton sync service (envoy.yaml), the others filter-side sync
+/// (envoy-filter-sync.yaml).
 fn config(ports: (u16, u16, u16), token: &str, envoy: &str, every_ms: u64) -> String {
     let (stable, canary, controller) = ports;
-    let text = filter_sync_config_for(stable, canary, controller, token, envoy);
+    let text = if envoy == "gw-0" {
+        let text = controller_mode_config_for(stable, canary, controller, token);
+        let env = "{host_env_keys: [HOSTNAME], key_values: {";
+        assert!(text.contains(env));
+        text.replace(env, &format!("{{key_values: {{HOSTNAME: {envoy}, "))
+    } else {
+        filter_sync_config_for(stable, canary, controller, token, envoy)
+    };
     let sync = r#""sync": {"cluster": "canary_controller", "wait_ms": 25000}"#;
     assert!(text.contains(sync));
     text.replace(
