@@ -248,6 +248,12 @@ fn signals_are_checked_counted_once_and_kept() {
         .as_i64()
         .unwrap();
     let token = s.controller.create_token("judge", &["signals:write"]);
+    // The answer below must be routed by the rollout's table, not the one before.
+    let revision = s.controller.get("/v1/routes")["revision"].clone();
+    wait_for("the rollout's table", Duration::from_secs(10), || {
+        let stats = s.envoy.admin_get("/stats?filter=policy_canary.sync.revision");
+        stats.contains(&format!(": {revision}")).then_some(())
+    });
     let client = Client::new(s.envoy.port);
     let answer = client.session("judged-1");
     let version = answer.received["x-agent-policy"].clone();
