@@ -162,6 +162,9 @@ fn rfc3339(ms: u128) -> String {
 /// `signals:write` token, until the rollout is `until`.
 fn judge_late(s: &AnalysisStack, id: i64, canary_score: f64, until: &str, never: &str) {
     let token = s.controller.create_token("judge", &["signals:write"]);
+    // Every answer judged is routed by the rollout's table (else its arm is not
+    // the one the cohort gives, and the controller refuses the score).
+    follows_the_rollout(s);
     let mut pending: std::collections::VecDeque<Answer> = Default::default();
     let mut posted = 0usize;
     drive(s, id, (until, never), 400_000, |i, reply| {
@@ -200,6 +203,17 @@ fn judge_late(s: &AnalysisStack, id: i64, canary_score: f64, until: &str, never:
         }
     });
     assert!(posted > 0);
+}
+
+/// Waits until the Envoy routes by the controller's current table.
+fn follows_the_rollout(s: &AnalysisStack) {
+    let revision = s.controller.get("/v1/routes")["revision"].clone();
+    wait_for("the rollout's table", Duration::from_secs(10), || {
+        let stats = s
+            .envoy
+            .admin_get("/stats?filter=policy_canary.sync.revision");
+        stats.contains(&format!(": {revision}")).then_some(())
+    });
 }
 
 const CSAT_PLAN: &str = "gates: {csat: {signal: csat, worse: lower, threshold: 0.3, delay: 30s}, completion_rate: {threshold: 25 points}}\n";
@@ -249,11 +263,7 @@ fn signals_are_checked_counted_once_and_kept() {
         .unwrap();
     let token = s.controller.create_token("judge", &["signals:write"]);
     // The answer below must be routed by the rollout's table, not the one before.
-    let revision = s.controller.get("/v1/routes")["revision"].clone();
-    wait_for("the rollout's table", Duration::from_secs(10), || {
-        let stats = s.envoy.admin_get("/stats?filter=policy_canary.sync.revision");
-        stats.contains(&format!(": {revision}")).then_some(())
-    });
+    follows_the_rollout(&s);
     let client = Client::new(s.envoy.port);
     let answer = client.session("judged-1");
     let version = answer.received["x-agent-policy"].clone();
