@@ -23,7 +23,7 @@ impl Controller {
         let plan = RolloutPlan::parse(plan_text)?;
         let mut conn = self.db();
         let now = now_ms();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for (field, backend) in [
             ("stable.version", &plan.stable),
             ("canary.version", &plan.canary),
@@ -139,7 +139,7 @@ impl Controller {
     ) -> Result<RolloutView> {
         let mut conn = self.db();
         let now = now_ms();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let row = store::get_rollout(&tx, id)?.ok_or_else(|| not_found(id))?;
         if let Some(key) = &guard.idempotency_key {
             match store::idempotent_request(&tx, key)? {

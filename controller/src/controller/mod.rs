@@ -118,6 +118,10 @@ impl Controller {
         }))
     }
 
+    /// The writer connection. Its transactions begin IMMEDIATE: the analysis
+    /// windows' store writes through a connection of its own, and a deferred
+    /// transaction that read before it wrote would fail at once with
+    /// SQLITE_BUSY instead of waiting out the busy timeout.
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.db
@@ -223,7 +227,7 @@ impl Controller {
             ));
         }
         let now = now_ms();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         store::insert_policy(&tx, &bundle.version, &sha, &bundle.canonical_json(), now)?;
         audit_outside_rollouts(
             &tx,

@@ -63,7 +63,7 @@ impl Controller {
     /// Rewrites a rollout's route table when a time window starts or ends.
     fn follow_windows(&self, id: i64, now: i64) -> Result<()> {
         let mut conn = self.db();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let Some(row) = store::get_rollout(&tx, id)? else {
             return Ok(());
         };

@@ -100,7 +100,7 @@ impl Controller {
             rejected: Vec::new(),
         };
         let mut conn = self.db();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for (index, item) in items.iter().enumerate() {
             let placed = serde_json::from_value::<SignalIn>(item.clone())
                 .map_err(|e| e.to_string())

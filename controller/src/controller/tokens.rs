@@ -40,7 +40,7 @@ impl Controller {
             revoked_ms: None,
         };
         let mut conn = self.db();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if !store::insert_token(&tx, &record, &secret_hash(&secret))? {
             return Err(conflict(
                 format!("a token named `{name}` exists (or existed: names of revoked tokens stay taken); choose another name"),
@@ -67,7 +67,7 @@ impl Controller {
     pub fn revoke_token(&self, name: &str, who: &Who) -> Result<TokenRecord> {
         let now = now_ms();
         let mut conn = self.db();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let Some(token) = store::get_token(&tx, name)? else {
             return Err(Error::NotFound(format!("no token named `{name}`")));
         };
