@@ -33,10 +33,10 @@ build: wasm-target ## Build the filter: target/policy_canary.wasm
 	@cp target/wasm32-wasip1/wasm/policy_canary.wasm $(WASM)
 	@echo "built $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
-test-tools: # Debian chromium + chromedriver (dashboard), docker-compose and promtool (config checks), openssl (test certificates)
-	@for tool in chromium chromedriver docker-compose promtool openssl; do command -v $$tool >/dev/null || missing=1; done; \
+test-tools: # Debian chromium + chromedriver (dashboard), docker.io + docker-compose + debootstrap (the compose demo in real containers), promtool (config checks), openssl (test certificates)
+	@for tool in chromium chromedriver dockerd docker-compose debootstrap promtool openssl; do command -v $$tool >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then export DEBIAN_FRONTEND=noninteractive; apt-get update -qq \
-	  && apt-get install -y -qq chromium chromium-driver docker-compose openssl >/dev/null \
+	  && apt-get install -y -qq chromium chromium-driver docker.io docker-compose debootstrap openssl >/dev/null \
 	  && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; fi
 
 test: build envoy test-tools $(VENV)/bin/kubernetes-validate ## Run every test: core unit tests and end-to-end tests against a real Envoy

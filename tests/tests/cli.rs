@@ -283,3 +283,92 @@ fn plan_check_reads_the_shipped_plans() {
         assert!(text.contains("canaryctl:"), "{bad:?}: {text}");
     }
 }
+
+/// A token file that is named (`--token-file` or `CANARYCTL_TOKEN_FILE`) but
+/// missing, unreadable or empty is an error naming the file and the cause, exit 2,
+/// before any request; only the state directory's default file may be absent.
+#[test]
+fn a_named_token_file_must_hold_a_token() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, " \n").unwrap();
+    // A directory cannot be read as a file, even by root (the tests may run as root).
+    let unreadable = dir.path().join("a-directory");
+    std::fs::create_dir(&unreadable).unwrap();
+    let cases = [
+        (&missing, "does not exist"),
+        (&empty, "is empty"),
+        (&unreadable, "Is a directory"),
+    ];
+    for (file, cause) in cases {
+        for by_env in [false, true] {
+            let mut command = Command::new(canaryctl_bin());
+            command
+                .args(["--server", &server, "--state-dir"])
+                .arg(dir.path())
+                .env_remove("CANARYCTL_TOKEN")
+                .env_remove("CANARYCTL_TOKEN_FILE")
+                .stdin(Stdio::null());
+            if by_env {
+                command.env("CANARYCTL_TOKEN_FILE", file);
+            } else {
+                command.arg("--token-file").arg(file);
+            }
+            let out = command.args(["rollout", "list"]).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{file:?} ({by_env}): {stderr}");
+            assert!(
+                stderr.contains(&file.display().to_string()) && stderr.contains(cause),
+                "{file:?}: {stderr}"
+            );
+        }
+    }
+    assert!(
+        listener.accept().is_err(),
+        "a request was sent without the named token"
+    );
+    // The default file in the state directory may be absent: the request goes out
+    // without a token (and the server answers it).
+    let out = Command::new(canaryctl_bin())
+        .args(["--server", &server, "--state-dir"])
+        .arg(dir.path().join("no-state"))
+        .env_remove("CANARYCTL_TOKEN")
+        .env_remove("CANARYCTL_TOKEN_FILE")
+        .args(["rollout", "list"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut out = out;
+    let connected = loop {
+        if listener.accept().is_ok() {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = out.kill();
+    let _ = out.wait();
+    assert!(connected, "without a named token file the request is sent");
+    // `serve` with a named token file it cannot read refuses to start.
+    let serve = Command::new(canaryctl_bin())
+        .args(["--state-dir"])
+        .arg(dir.path().join("serve-state"))
+        .arg("--token-file")
+        .arg(&unreadable)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("CANARYCTL_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("cannot read the token file"));
+}

@@ -63,10 +63,20 @@ fn the_compose_file_parses_and_mounts_configs_that_validate() {
         .find_map(|l| l.strip_prefix("ENVOY_VERSION ?= "))
         .unwrap()
         .trim();
+    // Images are variables (the compose test swaps in local builds) defaulting
+    // to the official ones.
     assert_eq!(
         envoy["image"].as_str().unwrap(),
-        format!("envoyproxy/envoy:v{version}")
+        format!("${{ENVOY_IMAGE:-envoyproxy/envoy:v{version}}}")
     );
+    for (name, service) in compose["services"].as_object().unwrap() {
+        if name != "envoy" {
+            assert_eq!(
+                service["image"], "${CANARYCTL_IMAGE:-policy-canary/canaryctl:dev}",
+                "{name}"
+            );
+        }
+    }
     let (_, reported) = run(envoy_bin().to_str().unwrap(), &["--version"], &envoy_dir);
     assert!(reported.contains(&format!("/{version}/")), "{reported}");
 

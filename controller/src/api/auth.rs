@@ -124,18 +124,19 @@ fn unauthorized(message: &str) -> Response {
     response
 }
 
-/// The token in `file`, if it can be read; `Err` when it is there but empty.
-pub fn read_token_file(file: &Path) -> Option<anyhow::Result<String>> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let token = text.trim().to_string();
-    Some(if token.is_empty() {
-        Err(anyhow::anyhow!(
-            "the token file {} is empty",
-            file.display()
-        ))
-    } else {
-        Ok(token)
-    })
+/// The token in `file`: `Ok(None)` when there is no such file, an error naming
+/// the file and the cause when it cannot be read or holds no token.
+pub fn read_token_file(file: &Path) -> anyhow::Result<Option<String>> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("cannot read the token file {}: {e}", file.display()),
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!("the token file {} is empty", file.display());
+    }
+    Ok(Some(token.to_string()))
 }
 
 /// The token from the flag or environment, else from the token file, else a new
@@ -144,8 +145,8 @@ pub fn resolve_token(token: Option<String>, file: &Path) -> anyhow::Result<Strin
     if let Some(token) = token.filter(|t| !t.trim().is_empty()) {
         return Ok(token.trim().to_string());
     }
-    if let Some(token) = read_token_file(file) {
-        return token;
+    if let Some(token) = read_token_file(file)? {
+        return Ok(token);
     }
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;

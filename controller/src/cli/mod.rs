@@ -17,7 +17,7 @@ use crate::view::TargetsView;
 use clap::{Args, Parser, Subcommand};
 use client::Client;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const EXAMPLES: &str = "\
@@ -410,6 +410,29 @@ fn fail(code: i32, message: impl Into<String>) -> Failure {
     }
 }
 
+/// The token a client command sends: `--token`, else the named `--token-file`
+/// (which must hold one), else the state directory's token file if there is one.
+fn client_token(cli: &Cli, state_dir: &Path) -> anyhow::Result<Option<String>> {
+    if let Some(token) = cli
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(Some(token.to_string()));
+    }
+    match &cli.token_file {
+        Some(file) => match read_token_file(file)? {
+            Some(token) => Ok(Some(token)),
+            None => anyhow::bail!(
+                "cannot read the token file {}: it does not exist",
+                file.display()
+            ),
+        },
+        None => read_token_file(&state_dir.join("token")),
+    }
+}
+
 pub fn default_state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("policy-canary");
@@ -499,13 +522,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Plan(command) = cli.command {
         return plan::run(command, cli.json);
     }
-    let token = cli.token.clone().or_else(|| {
-        let file = cli
-            .token_file
-            .clone()
-            .unwrap_or_else(|| state_dir.join("token"));
-        read_token_file(&file).and_then(Result::ok)
-    });
+    let token = client_token(&cli, &state_dir).map_err(|e| fail(2, format!("{e:#}")))?;
     let actor = cli
         .actor
         .clone()
