@@ -89,9 +89,12 @@ wait_for Envoy "http://127.0.0.1:$admin_port/ready"
 
 "$canaryctl" policy add envoy/policies/v2.3.1.yaml
 "$canaryctl" policy add "$canary"
+# The clusters the demo target may route to: an `operate` token's plans may name
+# only these.
+"$canaryctl" targets bind support-agent agent_stable agent_canary > /dev/null
 # From here on the demo operates with the `operate` token only.
 export CANARYCTL_TOKEN=$operator_token
-(umask 077; printf '%s\n' "$operator_token" > "$state/operator-token")
+(umask 077; printf '%s\n' "$operator_token" > "$state/operator-token"; printf '%s\n' "$viewer_token" > "$state/viewer-token")
 started=$("$canaryctl" rollout start "$plan")
 echo "${started%%$'\n'*}"
 "$canaryctl" traffic --url "http://127.0.0.1:$listener_port/chat" --rate "$rate" --sessions 10000 \
@@ -99,8 +102,8 @@ echo "${started%%$'\n'*}"
 
 cat <<TXT
 
-Dashboard:  http://127.0.0.1:$controller_port/#token=$viewer_token   (read-only)
-            http://127.0.0.1:$controller_port/#token=$operator_token   (with pause/resume/promote/rollback)
+Dashboard:  http://127.0.0.1:$controller_port/   sign in by pasting a token from a file:
+            $state/viewer-token (read-only), $state/operator-token (pause/resume/promote/rollback)
 Envoy:      127.0.0.1:$listener_port (admin 127.0.0.1:$admin_port), $rate req/s from 10000 sticky sessions
 Scenario:   $scenario ($plan); logs in $state/
 

@@ -52,7 +52,11 @@ fn a_wall_clock_step_neither_suspends_nor_hurries_the_analysis() {
             .unwrap();
     }
     let started = controller
-        .start_rollout(PLAN, &Who::new("test", None))
+        .start_rollout(
+            PLAN,
+            &Who::new("test", None),
+            canaryctl::rollout::permit::Authority::Admin,
+        )
         .unwrap();
     let wall = started.stage_started_ms;
     let steady = 1_000_000;

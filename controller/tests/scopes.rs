@@ -78,6 +78,22 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Binds `clusters` to support-agent with the admin token.
+    async fn bind(&self, clusters: &[&str]) -> Value {
+        let reply = self
+            .call(
+                "POST",
+                "/v1/targets/support-agent/clusters",
+                &json!({"clusters": clusters}).to_string(),
+                Some(ADMIN),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.body
+    }
+}
+
 fn policy(version: &str) -> String {
     format!("version: {version}\nsystem_prompt: Secret prompt.\nmodel: m-1\ntemperature: 0.2\nmax_tokens: 512\ntools: [lookup]\n")
 }
@@ -154,6 +170,24 @@ async fn every_route_answers_every_scope_as_documented() {
         ),
         ("POST", "/v1/policies".into(), policy("v9"), Some("admin")),
         ("GET", "/v1/targets".into(), String::new(), Some("read")),
+        (
+            "GET",
+            "/v1/targets/support-agent/clusters".into(),
+            String::new(),
+            Some("read"),
+        ),
+        (
+            "POST",
+            "/v1/targets/support-agent/clusters".into(),
+            json!({"clusters": ["agent_extra"]}).to_string(),
+            Some("admin"),
+        ),
+        (
+            "DELETE",
+            "/v1/targets/support-agent/clusters/agent_extra".into(),
+            String::new(),
+            Some("admin"),
+        ),
         ("GET", "/v1/envoys".into(), String::new(), Some("read")),
         ("GET", "/v1/rollouts".into(), String::new(), Some("read")),
         ("GET", "/v1/rollouts/1".into(), String::new(), Some("read")),
@@ -265,10 +299,11 @@ async fn the_audit_names_the_token_and_the_client_apart() {
             .await;
     }
     let operator = api.token("deploy-bot", &["operate"]).await;
+    api.bind(&["agent_stable", "agent_canary"]).await;
     let reply = api
         .call("POST", "/v1/rollouts", PLAN, Some(&operator))
         .await;
-    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
     let id = reply.body["id"].as_i64().unwrap();
     let reply = api
         .call(
@@ -383,4 +418,179 @@ async fn open_routes_let_envoys_poll_without_a_token_and_nothing_else() {
             .status,
         StatusCode::UNAUTHORIZED
     );
+}
+
+/// An `operate` token starts rollouts only within what an admin allowed: the
+/// clusters bound to the target, a first stage of at most 25%, the analysis on.
+/// Each refusal is a 403 that names the scope that may allow it; the admin's
+/// own plan works and binds its clusters.
+#[tokio::test]
+async fn an_operate_token_cannot_redirect_traffic() {
+    let api = Api::new(false);
+    for version in ["v1", "v2", "v3"] {
+        api.call("POST", "/v1/policies", &policy(version), Some(ADMIN))
+            .await;
+    }
+    let operator = api.token("ci", &["operate"]).await;
+    let start = |plan: String| {
+        let api = &api;
+        let operator = operator.clone();
+        async move {
+            api.call("POST", "/v1/rollouts", &plan, Some(&operator))
+                .await
+        }
+    };
+    let plan = |canary_cluster: &str, extra: &str| {
+        format!(
+            "target: support-agent\nstable: {{version: v1, cluster: agent_stable}}\n\
+             canary: {{version: v2, cluster: {canary_cluster}}}\n{extra}"
+        )
+    };
+    // Nothing bound yet: the first rollout's clusters need an admin.
+    let reply = start(plan("agent_canary", "")).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+    let message = reply.body["error"].as_str().unwrap();
+    for part in [
+        "cluster `agent_stable` is not bound to target support-agent",
+        "cluster `agent_canary` is not bound",
+        "`admin` scope",
+        "canaryctl targets bind support-agent",
+    ] {
+        assert!(message.contains(part), "{message}");
+    }
+    // The operate token cannot bind them itself.
+    let reply = api
+        .call(
+            "POST",
+            "/v1/targets/support-agent/clusters",
+            r#"{"clusters": ["payments_backend"]}"#,
+            Some(&operator),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(reply.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("needs `admin`"));
+
+    let bound = api.bind(&["agent_stable", "agent_canary"]).await;
+    let names: Vec<&str> = bound["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["cluster"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["agent_canary", "agent_stable"]);
+    // Bound, but still past the bounds: any other cluster, a first stage above
+    // 25%, no analysis.
+    for (canary, extra, expected) in [
+        (
+            "payments_backend",
+            "",
+            "cluster `payments_backend` is not bound",
+        ),
+        (
+            "agent_canary",
+            "stages: [{weight: 100%}]",
+            "the first stage sends 100%",
+        ),
+        (
+            "agent_canary",
+            "gates: {safety_violations: {enabled: false}}",
+            "safety_violations",
+        ),
+    ] {
+        let reply = start(plan(canary, extra)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{extra}: {}",
+            reply.body
+        );
+        let message = reply.body["error"].as_str().unwrap();
+        assert!(
+            message.contains(expected) && message.contains("`admin`"),
+            "{message}"
+        );
+    }
+    let rollouts = api.call("GET", "/v1/rollouts", "", Some(ADMIN)).await.body;
+    assert_eq!(rollouts["rollouts"].as_array().unwrap().len(), 0);
+
+    // Within the bounds the operate token starts it.
+    let reply = start(plan(
+        "agent_canary",
+        "stages: [{weight: 10%}, {weight: 100%}]",
+    ))
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let id = reply.body["id"].as_i64().unwrap();
+    api.call(
+        "POST",
+        &format!("/v1/rollouts/{id}/abort"),
+        "",
+        Some(&operator),
+    )
+    .await;
+
+    // The admin path: an admin's plan may name a new cluster and binds it (audited).
+    let reply = api
+        .call(
+            "POST",
+            "/v1/rollouts",
+            &plan("agent_blue", "stages: [{weight: 50%}, {weight: 100%}]")
+                .replace("version: v2", "version: v3"),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let listed = api
+        .call(
+            "GET",
+            "/v1/targets/support-agent/clusters",
+            "",
+            Some(&operator),
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert!(
+        listed.body.to_string().contains("agent_blue"),
+        "{}",
+        listed.body
+    );
+    let audit = api.call("GET", "/v1/audit", "", Some(ADMIN)).await.body;
+    let text = audit.to_string();
+    assert!(text.contains("cluster_bound"), "{text}");
+    assert!(
+        text.contains("cluster(s) agent_blue bound to support-agent by this admin's plan"),
+        "{text}"
+    );
+    // Unbinding: admin only; an unbound cluster is 404.
+    let unbind = "/v1/targets/support-agent/clusters/agent_blue";
+    for (token, expected) in [
+        (operator.as_str(), StatusCode::FORBIDDEN),
+        (ADMIN, StatusCode::OK),
+        (ADMIN, StatusCode::NOT_FOUND),
+    ] {
+        let reply = api.call("DELETE", unbind, "", Some(token)).await;
+        assert_eq!(reply.status, expected, "{}", reply.body);
+        if expected == StatusCode::OK {
+            assert!(!reply.body.to_string().contains("agent_blue"));
+        }
+    }
+    // Bad input: a clear 400.
+    for body in [
+        r#"{"clusters": []}"#,
+        r#"{"clusters": ["a b"]}"#,
+        "not json",
+    ] {
+        let reply = api
+            .call(
+                "POST",
+                "/v1/targets/support-agent/clusters",
+                body,
+                Some(ADMIN),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
+    }
 }

@@ -372,3 +372,41 @@ fn a_named_token_file_must_hold_a_token() {
     assert!(!serve.status.success());
     assert!(String::from_utf8_lossy(&serve.stderr).contains("cannot read the token file"));
 }
+
+/// `canaryctl targets bind|clusters|unbind`: the clusters an `operate` token's
+/// plans may name, managed with an admin token (the state directory's).
+#[test]
+fn targets_bind_and_unbind_clusters() {
+    let c = Controller::start(&[]);
+    let bound = ok(
+        &c,
+        &[
+            "targets",
+            "bind",
+            "support-agent",
+            "agent_stable",
+            "agent_canary",
+        ],
+    );
+    assert!(
+        bound.contains("agent_canary") && bound.contains("agent_stable"),
+        "{bound}"
+    );
+    let listed = ok(&c, &["--json", "targets", "clusters", "support-agent"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["clusters"].as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(listed["clusters"][0]["bound_by"], "admin");
+    let left = ok(&c, &["targets", "unbind", "support-agent", "agent_canary"]);
+    assert!(
+        !left.contains("agent_canary") && left.contains("agent_stable"),
+        "{left}"
+    );
+    let bad = canaryctl(&c, &["targets", "bind", "support-agent", "not a name"]);
+    assert_eq!(bad.status.code(), Some(1), "the controller refuses it");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("400"));
+    let bad = canaryctl(&c, &["targets", "unbind", "support/agent", "x"]);
+    assert_eq!(bad.status.code(), Some(2), "refused before any request");
+    let missing = canaryctl(&c, &["targets", "unbind", "support-agent", "agent_canary"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not bound"));
+}

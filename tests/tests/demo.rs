@@ -278,14 +278,43 @@ fn the_good_canary_is_promoted_and_the_dashboard_steers_it() {
     browser.goto(&url(""));
     assert!(text("#main").contains("Sign in"), "{}", text("#main"));
     assert_eq!(browser.text("#phase"), None, "no data without a token");
+    let sign_in = |token: &str| {
+        browser.type_into("#token", token);
+        browser.click("#sign-in");
+    };
     // A wrong token is refused by the API, and the page says so.
-    browser.goto(&url(&format!("?rollout={id}#token=not-the-token")));
+    browser.goto(&url(&format!("?rollout={id}")));
+    sign_in("not-the-token");
     wait_for("the refusal", Duration::from_secs(5), || {
         text("#message").contains("(401)").then_some(())
     });
-    // A read token shows everything; its buttons are refused (403), nothing changes.
+    // A token in the URL is never used: the fragment is removed, the page says
+    // why, and shows no data.
     let viewer = demo.controller.create_token("viewer", &["read"]);
+    browser.script("sessionStorage.clear(); return null;");
     browser.goto(&url(&format!("#token={viewer}")));
+    wait_for("the URL-token refusal", Duration::from_secs(5), || {
+        text("#message")
+            .contains("a token in the URL is not used")
+            .then_some(())
+    });
+    let location = browser.script("return location.href;");
+    assert!(!location.as_str().unwrap().contains("token"), "{location}");
+    assert_eq!(browser.text("#phase"), None, "no data from a URL token");
+    // A malformed fragment: an error, and the page keeps working.
+    browser.goto(&url("#token=%E0%A4%A"));
+    wait_for(
+        "the malformed-fragment error",
+        Duration::from_secs(5),
+        || {
+            text("#message")
+                .contains("not valid percent-encoding")
+                .then_some(())
+        },
+    );
+    // A read token, pasted: the page shows everything; its buttons are refused
+    // (403), nothing changes.
+    sign_in(&viewer);
     wait_for(
         "the page with a read token",
         Duration::from_secs(10),
@@ -300,9 +329,9 @@ fn the_good_canary_is_promoted_and_the_dashboard_steers_it() {
         "progressing"
     );
 
-    // With an operate token (from the URL fragment, as `make run` prints it).
+    // With an operate token, pasted in the same tab.
     let operator = demo.controller.create_token("operator", &["operate"]);
-    browser.goto(&url(&format!("#token={operator}")));
+    sign_in(&operator);
     wait_for(
         "canary requests on the page",
         Duration::from_secs(60),

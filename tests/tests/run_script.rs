@@ -134,9 +134,17 @@ fn make_run_regression_scenario_rolls_back_and_cleans_up() {
     };
     let out = script.stdout();
     assert_eq!(status.code(), Some(4), "not promoted:\n{out}");
+    // No secret on the terminal: the dashboard is signed in by pasting a token.
+    assert!(
+        !out.contains("pct_") && !out.contains("#token"),
+        "make run printed a token:\n{out}"
+    );
     for expected in [
         "registered v2.4.0@sha256:",
-        &format!("Dashboard:  http://127.0.0.1:{}/#token=", ports[0]),
+        &format!(
+            "Dashboard:  http://127.0.0.1:{}/   sign in by pasting a token",
+            ports[0]
+        ),
         "start          pending -> progressing (stage 1)  canary 10%",
         // The demo operates with a scoped token; the audit names it.
         "by demo (token demo-operator): rollout started",

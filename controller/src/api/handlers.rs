@@ -3,7 +3,9 @@
 
 use super::auth::Principal;
 use super::{blocking, document, parse_id, who, AppState, ENVOY_STALE_AFTER, MAX_WAIT};
+use crate::access::{allows, Scope};
 use crate::controller::{Error, Guard, DEFAULT_AUDIT_PAGE};
+use crate::rollout::permit::Authority;
 use crate::rollout::ManualAction;
 use crate::units::now_ms;
 use crate::units::Dur;
@@ -253,8 +255,13 @@ pub(super) async fn start_rollout(
 ) -> Result<Response, Error> {
     let text = document(&body)?;
     let who = who(&principal, &headers, None);
+    let authority = if allows(&principal.scopes, Scope::Admin) {
+        Authority::Admin
+    } else {
+        Authority::Operate(state.limits.operate)
+    };
     let c = state.controller.clone();
-    let view = blocking(move || c.start_rollout(&text, &who)).await?;
+    let view = blocking(move || c.start_rollout(&text, &who, authority)).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 

@@ -4,6 +4,7 @@
 //! page at `/` and its assets. Every error is `{"error": "..."}`.
 
 pub mod auth;
+mod clusters;
 pub mod connection;
 pub mod dashboard;
 mod evidence;
@@ -54,6 +55,8 @@ pub struct Limits {
     /// Longest a request may take, its body included (a long-poll: its wait
     /// more).
     pub request_timeout: Duration,
+    /// What an `operate` token's plan may do (more needs `admin`).
+    pub operate: crate::rollout::permit::OperateLimits,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
         Limits {
             max_waiting_polls: 12_000,
             request_timeout: Duration::from_secs(30),
+            operate: Default::default(),
         }
     }
 }
@@ -79,6 +83,14 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/policies/{version}", get(handlers::show_policy))
         .route("/v1/targets", get(handlers::list_targets))
+        .route(
+            "/v1/targets/{target}/clusters",
+            get(clusters::list).post(clusters::bind),
+        )
+        .route(
+            "/v1/targets/{target}/clusters/{cluster}",
+            axum::routing::delete(clusters::unbind),
+        )
         .route("/v1/envoys", get(handlers::list_envoys))
         .route(
             "/v1/rollouts",
@@ -178,6 +190,7 @@ impl IntoResponse for Error {
         match self {
             Error::BadRequest(_) => error(StatusCode::BAD_REQUEST, &message, None),
             Error::NotFound(_) => error(StatusCode::NOT_FOUND, &message, None),
+            Error::Forbidden(_) => error(StatusCode::FORBIDDEN, &message, None),
             Error::Conflict { state, .. } => error(StatusCode::CONFLICT, &message, state),
             Error::Storage(_) | Error::Internal(_) => {
                 tracing::error!(%message, "request failed");

@@ -98,6 +98,11 @@ impl Client {
         })
     }
 
+    pub(super) async fn delete(&self, path: &str) -> Result<Value, Failure> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
     pub(super) async fn post(&self, path: &str, body: String) -> Result<Value, Failure> {
         self.send(self.http.post(format!("{}{path}", self.base)).body(body))
             .await

@@ -12,7 +12,7 @@ mod watch;
 use crate::analysis::evidence::prometheus::PrometheusOptions;
 use crate::api::auth::read_token_file;
 use crate::serve::{serve, Evidence, ServeOptions};
-use crate::units::Dur;
+use crate::units::{Dur, Weight};
 use crate::view::TargetsView;
 use clap::{Args, Parser, Subcommand};
 use client::Client;
@@ -81,9 +81,14 @@ pub enum Command {
     /// Rollouts: start, watch and steer them.
     #[command(subcommand)]
     Rollout(RolloutCommand),
-    /// Targets and their current route tables.
-    #[command(after_help = "Example:\n  canaryctl targets --json")]
-    Targets,
+    /// Targets and their current route tables; the clusters each may route to.
+    #[command(
+        after_help = "Examples:\n  canaryctl targets --json\n  canaryctl targets bind support-agent agent_stable agent_canary   # admin"
+    )]
+    Targets {
+        #[command(subcommand)]
+        command: Option<targets::TargetsCommand>,
+    },
     /// Rollout plans, checked offline: how long each stage takes to decide.
     #[command(
         subcommand,
@@ -282,6 +287,11 @@ pub struct ServeArgs {
     /// 503 with Retry-After (Envoys come back later, at random).
     #[arg(long, default_value_t = 12_000)]
     pub max_waiting_polls: u64,
+    /// The most an `operate` token's plan may send to the canary in its first
+    /// stage; more (and plans without analysis, or clusters not bound to the
+    /// target) need an `admin` token.
+    #[arg(long, default_value = "25%", value_parser = Weight::parse)]
+    pub operate_max_first_stage: Weight,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -506,6 +516,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             open_routes: args.open_routes,
             tls: args.tls_cert.clone().zip(args.tls_key.clone()),
             limits: crate::api::Limits {
+                operate: crate::rollout::permit::OperateLimits {
+                    max_first_stage: args.operate_max_first_stage,
+                },
                 max_waiting_polls: args.max_waiting_polls,
                 request_timeout: args.request_timeout.0.max(Duration::from_millis(100)),
             },
@@ -553,7 +566,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     let json = cli.json;
     match cli.command {
         Command::Serve(_) | Command::Agent(_) | Command::Traffic(_) | Command::Plan(_) => Ok(()),
-        Command::Targets => {
+        Command::Targets { command: None } => {
             let v = TargetsView {
                 targets: client.fetch("/v1/targets").await?,
                 envoys: client.fetch("/v1/envoys").await?,
@@ -561,6 +574,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             print_or(json, &v, || targets::print_targets(&v));
             Ok(())
         }
+        Command::Targets {
+            command: Some(command),
+        } => targets::run(&client, command, json).await,
         Command::Policy(command) => policy::run(&client, command, json).await,
         Command::Token(command) => token::run(&client, command, json).await,
         Command::Rollout(command) => rollout::run(&client, command, json).await,

@@ -5,6 +5,7 @@
 use super::{conflict, not_found, Controller, Error, Result};
 use crate::access::Who;
 use crate::notify::Event;
+use crate::rollout::permit::{needs_admin, unbound_clusters, Authority};
 use crate::rollout::plan::RolloutPlan;
 use crate::rollout::{
     route_for, stable_after, stable_only, transition, Action, AuditAction, Phase, RolloutState,
@@ -16,10 +17,18 @@ use crate::units::Weight;
 use crate::view::RolloutView;
 use policy_canary::digest::hex;
 use policy_canary::error::err;
+use std::collections::BTreeSet;
 
 impl Controller {
     /// Registers the plan's rollout and starts it, in one transaction.
-    pub fn start_rollout(&self, plan_text: &str, who: &Who) -> Result<RolloutView> {
+    /// An `operate` caller's plan must stay within its limits (`rollout::permit`);
+    /// an admin's binds the clusters it names to the target.
+    pub fn start_rollout(
+        &self,
+        plan_text: &str,
+        who: &Who,
+        authority: Authority,
+    ) -> Result<RolloutView> {
         let plan = RolloutPlan::parse(plan_text)?;
         let mut conn = self.db();
         let now = now_ms();
@@ -39,6 +48,23 @@ impl Controller {
                 .into());
             }
         }
+        let bound: BTreeSet<String> = store::bound_clusters(&tx, &plan.target)?
+            .into_iter()
+            .map(|b| b.cluster)
+            .collect();
+        let newly_bound = match authority {
+            Authority::Operate(limits) => {
+                let reasons = needs_admin(&plan, &bound, &limits);
+                if !reasons.is_empty() {
+                    return Err(Error::Forbidden(format!(
+                        "this plan needs an `admin` token: {}",
+                        reasons.join("; ")
+                    )));
+                }
+                Vec::new()
+            }
+            Authority::Admin => unbound_clusters(&plan, &bound),
+        };
         if let Some(active) = store::active_rollout(&tx, &plan.target)? {
             return Err(conflict(
                 format!(
@@ -93,13 +119,23 @@ impl Controller {
             _ => return Err(Error::Internal("a new rollout could not start".into())),
         };
         // A target's first rollout fixes its stable policy and cluster: say so.
-        let reason = match known_target {
+        let mut reason = match known_target {
             Some(_) => "rollout started".to_string(),
             None => format!(
                 "rollout started; first rollout of {}: its stable policy is now {} on cluster {}",
                 row.target, row.plan.stable.version, row.plan.stable.cluster
             ),
         };
+        for cluster in &newly_bound {
+            store::bind_cluster(&tx, &row.target, cluster, &who.principal, now)?;
+        }
+        if !newly_bound.is_empty() {
+            reason.push_str(&format!(
+                "; cluster(s) {} bound to {} by this admin's plan",
+                newly_bound.join(", "),
+                row.target
+            ));
+        }
         let change = Change {
             action: AuditAction::Start,
             who,

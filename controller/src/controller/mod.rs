@@ -3,6 +3,7 @@
 //! appends to the audit log; only after the commit do long-polls wake and webhooks go.
 
 mod change;
+pub mod clusters;
 mod reconcile;
 pub mod signals;
 mod tokens;
@@ -46,6 +47,9 @@ pub enum Error {
         message: String,
         state: Option<String>,
     },
+    /// The caller's token lacks the scope this needs (the message names it).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("storage: {0}")]
     Storage(#[from] rusqlite::Error),
     #[error("internal: {0}")]
@@ -234,6 +238,7 @@ impl Controller {
             who,
             AuditAction::PolicyRegistered,
             format!("{}@sha256:{sha}", bundle.version),
+            None,
             now,
         )?;
         tx.commit()?;
@@ -368,6 +373,7 @@ fn audit_outside_rollouts(
     who: &Who,
     action: AuditAction,
     reason: String,
+    target: Option<&str>,
     now: i64,
 ) -> Result<()> {
     let revision = store::revision(tx)?;
@@ -378,7 +384,7 @@ fn audit_outside_rollouts(
             actor: who.actor.clone(),
             action,
             reason,
-            target: None,
+            target: target.map(str::to_string),
             rollout_id: None,
             from: None,
             to: None,

@@ -53,6 +53,7 @@ impl Controller {
             who,
             AuditAction::TokenCreated,
             format!("token {name} ({})", scopes.join(", ")),
+            None,
             now,
         )?;
         tx.commit()?;
@@ -80,6 +81,7 @@ impl Controller {
             who,
             AuditAction::TokenRevoked,
             format!("token {name}"),
+            None,
             now,
         )?;
         tx.commit()?;

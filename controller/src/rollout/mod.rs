@@ -3,6 +3,7 @@
 //! and documents: every other room builds on it.
 
 pub mod gates;
+pub mod permit;
 pub mod plan;
 pub mod state;
 pub mod threshold;

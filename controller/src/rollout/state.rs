@@ -189,10 +189,12 @@ pub enum AuditAction {
     PolicyRegistered,
     TokenCreated,
     TokenRevoked,
+    ClusterBound,
+    ClusterUnbound,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 12] = [
+    pub const ALL: [AuditAction; 14] = [
         AuditAction::Start,
         AuditAction::Pause,
         AuditAction::Resume,
@@ -205,6 +207,8 @@ impl AuditAction {
         AuditAction::PolicyRegistered,
         AuditAction::TokenCreated,
         AuditAction::TokenRevoked,
+        AuditAction::ClusterBound,
+        AuditAction::ClusterUnbound,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -221,6 +225,8 @@ impl AuditAction {
             AuditAction::PolicyRegistered => "policy_registered",
             AuditAction::TokenCreated => "token_created",
             AuditAction::TokenRevoked => "token_revoked",
+            AuditAction::ClusterBound => "cluster_bound",
+            AuditAction::ClusterUnbound => "cluster_unbound",
         }
     }
 

@@ -1,11 +1,13 @@
 //! SQLite persistence: WAL, full sync, one transaction per state change. `schema`
 //! opens the database and migrates it; this module reads and writes its rows.
 
+mod clusters;
 mod schema;
 mod signals;
 mod tokens;
 mod windows;
 
+pub use clusters::{bind_cluster, bound_clusters, unbind_cluster, ClusterBinding};
 pub use schema::{create_private_dir, lock, open, open_reader, schema_version, StateLock};
 pub use signals::{insert_signal, rollout_at, signal_sums, weight_at, PlacedSignal, SignalSum};
 pub use tokens::{find_token, get_token, insert_token, list_tokens, revoke_token, TokenRecord};

@@ -88,6 +88,22 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL,
         received_ms INTEGER NOT NULL);
      CREATE INDEX signals_by_rollout ON signals (rollout_id, name, at_ms);",
+    // 7: the clusters each target may route to (bound under `admin`); the ones in
+    // use before are bound as they were.
+    "CREATE TABLE target_clusters (
+        target TEXT NOT NULL,
+        cluster TEXT NOT NULL,
+        bound_ms INTEGER NOT NULL,
+        bound_by TEXT NOT NULL,
+        PRIMARY KEY (target, cluster));
+     INSERT OR IGNORE INTO target_clusters (target, cluster, bound_ms, bound_by)
+        SELECT name, stable_cluster, updated_ms, 'upgrade' FROM targets;
+     INSERT OR IGNORE INTO target_clusters (target, cluster, bound_ms, bound_by)
+        SELECT target, json_extract(plan, '$.stable.cluster'), created_ms, 'upgrade' FROM rollouts
+        WHERE json_extract(plan, '$.stable.cluster') IS NOT NULL;
+     INSERT OR IGNORE INTO target_clusters (target, cluster, bound_ms, bound_by)
+        SELECT target, json_extract(plan, '$.canary.cluster'), created_ms, 'upgrade' FROM rollouts
+        WHERE json_extract(plan, '$.canary.cluster') IS NOT NULL;",
 ];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -250,5 +266,39 @@ mod tests {
             lock(dir.path()).is_ok(),
             "free again once the holder is gone"
         );
+    }
+
+    /// A state from before cluster bindings keeps working for `operate` tokens:
+    /// the clusters its targets and rollouts used are bound by the upgrade.
+    #[test]
+    fn the_upgrade_binds_the_clusters_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..6] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            conn.execute(
+                "INSERT INTO targets VALUES ('t', 'v1', 'blue', '{}', 1)",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO rollouts (target, plan, salt, phase, stage, stage_started_ms, created_ms, updated_ms)
+                 VALUES ('t', '{\"stable\": {\"cluster\": \"blue\"}, \"canary\": {\"cluster\": \"green\"}}',
+                         's', 'promoted', 0, 0, 2, 2)",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let bound = crate::store::bound_clusters(&conn, "t").unwrap();
+        let names: Vec<(&str, &str)> = bound
+            .iter()
+            .map(|b| (b.cluster.as_str(), b.bound_by.as_str()))
+            .collect();
+        assert_eq!(names, [("blue", "upgrade"), ("green", "upgrade")]);
     }
 }

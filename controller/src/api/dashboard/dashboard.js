@@ -1,24 +1,59 @@
 // policy-canary dashboard: refreshes the page's <main> every 2 s with the token
-// (a `read` token shows everything; the buttons' actions need `operate`). The token
-// is kept in this tab's sessionStorage; a `#token=...` fragment in the URL fills it
-// in and is then removed. Without a token the server sends the page's frame only.
+// (a `read` token shows everything; the buttons' actions need `operate`). Sign in
+// by pasting a token: it is kept in this tab's sessionStorage only. A token is
+// never taken from the URL (it would stay in the browser's history): a `#token=`
+// fragment is removed and refused with a message. Without a token the server
+// sends the page's frame only.
 "use strict";
 (function () {
   const KEY = "policy-canary-token";
   const tokenInput = document.getElementById("token");
   const reasonInput = document.getElementById("reason");
   const message = document.getElementById("message");
-  function tokenFromFragment() {
-    if (!location.hash.startsWith("#token=")) return false;
-    sessionStorage.setItem(KEY, decodeURIComponent(location.hash.slice(7)));
-    history.replaceState(null, "", location.pathname + location.search);
-    tokenInput.value = sessionStorage.getItem(KEY) || "";
-    return true;
+
+  function storedToken() {
+    try { return sessionStorage.getItem(KEY) || ""; } catch (e) { return ""; }
   }
-  tokenFromFragment();
-  tokenInput.value = sessionStorage.getItem(KEY) || "";
-  tokenInput.addEventListener("input", () => sessionStorage.setItem(KEY, tokenInput.value.trim()));
-  document.getElementById("auth").addEventListener("submit", (e) => e.preventDefault());
+  function storeToken(token) {
+    try {
+      if (token) sessionStorage.setItem(KEY, token); else sessionStorage.removeItem(KEY);
+    } catch (e) { /* storage refused (private mode): the field still holds it */ }
+  }
+
+  // The page reads nothing from its fragment; one carrying a token is removed and
+  // refused. Whatever the fragment holds (a malformed `%` too), the page goes on.
+  function checkFragment() {
+    const fragment = location.hash.slice(1);
+    if (!fragment) return;
+    let text = fragment;
+    let malformed = false;
+    try { text = decodeURIComponent(fragment); } catch (e) { malformed = true; }
+    const hasToken = /(^|[&;?])\s*token=/i.test(text);
+    if (hasToken) {
+      try { history.replaceState(null, "", location.pathname + location.search); } catch (e) { /* keep going */ }
+    }
+    const problems = [];
+    if (malformed) problems.push("ignored the URL's fragment: it is not valid percent-encoding");
+    if (hasToken) problems.push("a token in the URL is not used: it stays in the browser's history. Paste it into the token field and sign in (and consider revoking it)");
+    if (problems.length) say(problems.join("; "), true);
+  }
+
+  // The signed-in token: what requests carry (not whatever the field holds).
+  let token = storedToken();
+  tokenInput.value = token;
+  document.getElementById("auth").addEventListener("submit", (e) => {
+    e.preventDefault();
+    token = tokenInput.value.trim();
+    storeToken(token);
+    say(token ? "signed in for this tab" : "", false);
+    refresh();
+  });
+  document.getElementById("sign-out").addEventListener("click", () => {
+    token = "";
+    storeToken("");
+    tokenInput.value = "";
+    location.reload();
+  });
 
   function say(text, isError) {
     message.textContent = text;
@@ -32,7 +67,6 @@
     try {
       const params = new URLSearchParams(location.search);
       params.set("part", "main");
-      const token = tokenInput.value.trim();
       const headers = token ? { "Authorization": "Bearer " + token } : {};
       const response = await fetch("/?" + params.toString(), { cache: "no-store", headers: headers });
       if (response.status === 401 || response.status === 403) {
@@ -59,9 +93,8 @@
     if (!button) return;
     const action = button.dataset.action;
     const id = button.dataset.rollout;
-    const token = tokenInput.value.trim();
     if (!token) {
-      say("enter the API token first (the `token` file in the controller's state directory)", true);
+      say("paste an API token and sign in first", true);
       tokenInput.focus();
       return;
     }
@@ -93,9 +126,8 @@
     await refresh();
   });
 
-  tokenInput.addEventListener("change", refresh);
-  // A new `#token=` on the open page (the same URL otherwise) does not reload it.
-  window.addEventListener("hashchange", () => { if (tokenFromFragment()) refresh(); });
-  if (tokenInput.value && document.getElementById("main")?.dataset.locked === "1") refresh();
+  window.addEventListener("hashchange", checkFragment);
+  checkFragment();
+  if (token && document.getElementById("main")?.dataset.locked === "1") refresh();
   setInterval(refresh, 2000);
 })();

@@ -37,7 +37,9 @@ pub fn page(snapshot: &Snapshot) -> Markup {
                 header {
                     h1 { "policy-canary" }
                     form id="auth" autocomplete="off" {
-                        label { "API token " input id="token" type="password" placeholder="from the state directory's token file"; }
+                        label { "API token " input id="token" type="password" placeholder="paste a token"; }
+                        button id="sign-in" type="submit" { "Sign in" }
+                        button id="sign-out" type="button" class="secondary" { "Sign out" }
                         label { "Reason " input id="reason" type="text" placeholder="for the audit log"; }
                     }
                     p id="message" role="status" {}
@@ -60,9 +62,9 @@ pub fn main(snapshot: &Snapshot) -> Markup {
                 section {
                     h2 { "Sign in" }
                     p {
-                        "Enter an API token with the " code { "read" } " scope above (or open this page with "
-                        code { "#token=…" } "); pausing, resuming, promoting and rolling back need "
-                        code { "operate" } "."
+                        "Paste an API token with the " code { "read" } " scope above and sign in; "
+                        "pausing, resuming, promoting and rolling back need " code { "operate" } ". "
+                        "The token is kept for this browser tab only and never goes in a URL."
                     }
                 }
             }
