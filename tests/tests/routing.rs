@@ -1,4 +1,5 @@
-//! The filter's routing inside a real Envoy, static mode (envoy/envoy-static.yaml).
+//! The filter's routing inside a real Envoy, static mode (envoy/envoy-static.yaml),
+//! each test against both builds: the wasm filter and the native module.
 
 use policy_canary_e2e::*;
 use std::collections::HashSet;
@@ -15,14 +16,14 @@ struct Setup {
 }
 
 /// The shipped static config, optionally with another plugin configuration.
-fn start(plugin_json: Option<&str>) -> Setup {
+fn start(build: Build, plugin_json: Option<&str>) -> Setup {
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
     let mut config = shipped_config("envoy-static.yaml", stable.port, canary.port);
     if let Some(json) = plugin_json {
         config = with_plugin_config(&config, json);
     }
-    let envoy = Envoy::start(&config, 1);
+    let envoy = Envoy::start(&build.config(&config), 1);
     let client = Client::new(envoy.port);
     Setup {
         envoy,
@@ -63,10 +64,9 @@ fn session_in(canary: bool, weight: u16) -> String {
         .unwrap()
 }
 
-#[test]
-fn every_session_lands_where_the_formula_says_and_stays_there() {
+fn every_session_lands_where_the_formula_says_and_stays_there(build: Build) {
     // The shipped config: 10% canary.
-    let s = start(None);
+    let s = start(build, None);
     let weight = 1000;
     let sessions: Vec<String> = (0..2500).map(|i| format!("user-{i}")).collect();
     let mut canary = 0u32;
@@ -101,12 +101,11 @@ fn every_session_lands_where_the_formula_says_and_stays_there() {
     assert_eq!(s.envoy.wasm_failures(), Vec::<String>::new());
 }
 
-#[test]
-fn raising_the_weight_keeps_every_earlier_canary_session() {
+fn raising_the_weight_keeps_every_earlier_canary_session(build: Build) {
     let sessions: Vec<String> = (0..2000).map(|i| format!("grow-{i}")).collect();
     let mut previous: HashSet<String> = HashSet::new();
     for weight in [100, 500, 2500] {
-        let s = start(Some(&plugin(weight, "")));
+        let s = start(build, Some(&plugin(weight, "")));
         let now: HashSet<String> = sessions
             .iter()
             .filter(|session| s.client.session(session).backend == "canary")
@@ -126,9 +125,8 @@ fn raising_the_weight_keeps_every_earlier_canary_session() {
     }
 }
 
-#[test]
-fn x_canary_forces_either_cohort() {
-    let s = start(None);
+fn x_canary_forces_either_cohort(build: Build) {
+    let s = start(build, None);
     let stable_session = session_in(false, 1000);
     let canary_session = session_in(true, 1000);
     for value in ["true", "1", "canary", "TRUE", " Canary "] {
@@ -179,13 +177,15 @@ fn x_canary_forces_either_cohort() {
     assert_eq!(s.envoy.policy_stat(TARGET, "v2.4.0", "rq_forced"), 0);
 }
 
-#[test]
-fn forcing_needs_the_token_when_one_is_configured() {
+fn forcing_needs_the_token_when_one_is_configured(build: Build) {
     let hash = policy_canary::digest::sha256_hex(b"let-me-in");
-    let s = start(Some(&plugin(
-        0,
-        &format!(r#""force": {{"header": "x-canary", "token_sha256": "{hash}"}},"#),
-    )));
+    let s = start(
+        build,
+        Some(&plugin(
+            0,
+            &format!(r#""force": {{"header": "x-canary", "token_sha256": "{hash}"}},"#),
+        )),
+    );
     let no_token = s
         .client
         .get("/", &[("x-session-id", "a"), ("x-canary", "true")]);
@@ -216,10 +216,9 @@ fn forcing_needs_the_token_when_one_is_configured() {
     );
 }
 
-#[test]
-fn segments_override_the_weight() {
+fn segments_override_the_weight(build: Build) {
     // The shipped config sends x-user-group: internal to the canary at 100%.
-    let s = start(None);
+    let s = start(build, None);
     for i in 0..200 {
         let session = format!("staff-{i}");
         let reply = s.client.get(
@@ -238,9 +237,8 @@ fn segments_override_the_weight() {
     }
 }
 
-#[test]
-fn sessions_from_the_cookie_and_requests_without_one() {
-    let s = start(None);
+fn sessions_from_the_cookie_and_requests_without_one(build: Build) {
+    let s = start(build, None);
     // The shipped config reads the session from cookie `agent_session` when the header is absent.
     for i in 0..300 {
         let session = format!("cookie-{i}");
@@ -269,9 +267,11 @@ fn sessions_from_the_cookie_and_requests_without_one() {
     assert_eq!(s.envoy.policy_stat(TARGET, "v2.4.0", "sessionless_rq"), 0);
 }
 
-#[test]
-fn missing_random_spreads_sessionless_requests() {
-    let s = start(Some(&plugin(5000, r#""session": {"missing": "random"},"#)));
+fn missing_random_spreads_sessionless_requests(build: Build) {
+    let s = start(
+        build,
+        Some(&plugin(5000, r#""session": {"missing": "random"},"#)),
+    );
     let canary = (0..400)
         .filter(|_| s.client.get("/", &[]).backend == "canary")
         .count();
@@ -291,9 +291,8 @@ fn missing_random_spreads_sessionless_requests() {
     );
 }
 
-#[test]
-fn client_sent_internal_headers_are_replaced() {
-    let s = start(None);
+fn client_sent_internal_headers_are_replaced(build: Build) {
+    let s = start(build, None);
     let session = session_in(false, 1000);
     let reply = s.client.get(
         "/",
@@ -315,9 +314,8 @@ fn client_sent_internal_headers_are_replaced() {
     );
 }
 
-#[test]
-fn hostile_headers_still_reach_a_backend() {
-    let s = start(None);
+fn hostile_headers_still_reach_a_backend(build: Build) {
+    let s = start(build, None);
     let big = vec![b's'; 30 * 1024];
     let cases: Vec<Vec<(&str, &[u8])>> = vec![
         vec![("x-session-id", b"")],
@@ -349,3 +347,15 @@ fn hostile_headers_still_reach_a_backend() {
     assert!(reply.1.contains(&format!("\"backend\":\"{expected}\"")));
     assert_eq!(s.envoy.wasm_failures(), Vec::<String>::new());
 }
+
+both_builds!(
+    every_session_lands_where_the_formula_says_and_stays_there,
+    raising_the_weight_keeps_every_earlier_canary_session,
+    x_canary_forces_either_cohort,
+    forcing_needs_the_token_when_one_is_configured,
+    segments_override_the_weight,
+    sessions_from_the_cookie_and_requests_without_one,
+    missing_random_spreads_sessionless_requests,
+    client_sent_internal_headers_are_replaced,
+    hostile_headers_still_reach_a_backend,
+);

@@ -90,12 +90,15 @@ fn assert_stats_of(envoy: &Envoy, target: &str, version: &str, expected: &Expect
     );
 }
 
-#[test]
-fn stats_equal_what_was_sent_per_version() {
+fn stats_equal_what_was_sent_per_version(build: Build) {
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
     let envoy = Envoy::start(
-        &shipped_config("envoy-static.yaml", stable.port, canary.port),
+        &build.config(&shipped_config(
+            "envoy-static.yaml",
+            stable.port,
+            canary.port,
+        )),
         2,
     );
     let client = Client::new(envoy.port);
@@ -268,7 +271,7 @@ fn stats_equal_what_was_sent_per_version() {
     );
     let want_count = want_canary.0["rq_total"];
     let prometheus = wait_for("the latency histogram", Duration::from_secs(15), || {
-        let text = envoy.admin_get("/stats/prometheus");
+        let text = envoy.prometheus();
         let count: Option<u64> = text
             .lines()
             .find_map(|l| l.strip_prefix(&count_line)?.trim().parse().ok());
@@ -318,8 +321,7 @@ fn stats_equal_what_was_sent_per_version() {
     assert_eq!(envoy.wasm_failures(), Vec::<String>::new());
 }
 
-#[test]
-fn telemetry_can_be_left_on_the_response() {
+fn telemetry_can_be_left_on_the_response(build: Build) {
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
     let config = with_plugin_config(
@@ -327,7 +329,7 @@ fn telemetry_can_be_left_on_the_response() {
         r#"{"target": "support-agent", "telemetry": {"strip": false},
  "route": {"salt": "s", "stable": {"version": "v1", "cluster": "agent_stable"}}}"#,
     );
-    let envoy = Envoy::start(&config, 1);
+    let envoy = Envoy::start(&build.config(&config), 1);
     let reply = Client::new(envoy.port).get("/", &[("x-reply-x-agent-outcome", "completed")]);
     assert_eq!(
         reply.headers.get("x-agent-outcome").map(String::as_str),
@@ -348,12 +350,15 @@ fn rss_kib(pid: u32) -> u64 {
 /// The filter keeps per-stream state in wasm memory and frees it when Envoy
 /// deletes the stream's context: 32,000 streams must not grow Envoy (a leak of
 /// even 100 bytes a stream would add 3 MiB).
-#[test]
-fn streams_leave_no_memory_behind() {
+fn streams_leave_no_memory_behind(build: Build) {
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
     let envoy = Envoy::start(
-        &shipped_config("envoy-static.yaml", stable.port, canary.port),
+        &build.config(&shipped_config(
+            "envoy-static.yaml",
+            stable.port,
+            canary.port,
+        )),
         1,
     );
     let send = |per_thread: usize| {
@@ -378,3 +383,9 @@ fn streams_leave_no_memory_behind() {
         "Envoy grew from {before} KiB to {after} KiB over 32,000 streams"
     );
 }
+
+both_builds!(
+    stats_equal_what_was_sent_per_version,
+    telemetry_can_be_left_on_the_response,
+    streams_leave_no_memory_behind,
+);

@@ -4,6 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// The native module's Prometheus names start so (its stats are labelled in
+/// the `wasmcustom` namespace, native/src/names.rs).
+pub const NATIVE_PREFIX: &str = "envoy_wasmcustom_policy_canary_";
+
 /// How long one admin request may take.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -26,7 +30,9 @@ impl Default for AdminClient {
 
 impl AdminClient {
     /// The filter's series (`policy_canary_*`) and Envoy's uptime (a restart
-    /// resets every counter) from `/stats/prometheus`.
+    /// resets every counter) from `/stats/prometheus`. The native module's series
+    /// (`envoy_wasmcustom_policy_canary_*`: Envoy keeps a dynamic module's
+    /// namespace in the name) are renamed to the wasm filter's.
     pub async fn policy_stats(&self, admin: &str) -> Result<String, String> {
         let url = format!(
             "{}/stats/prometheus?usedonly&filter=policy_canary%7C%5Eserver%5C.uptime%24",
@@ -41,7 +47,8 @@ impl AdminClient {
         if !response.status().is_success() {
             return Err(format!("{url} answered {}", response.status()));
         }
-        response.text().await.map_err(|e| e.to_string())
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        Ok(text.replace(NATIVE_PREFIX, "policy_canary_"))
     }
 
     /// `GET /runtime`: every runtime entry with its final value.

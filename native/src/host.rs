@@ -1,0 +1,340 @@
+//! The plugin's `Host` over the dynamic-module callbacks. Two places call it: a
+//! stream's hooks on a worker thread (`filter` is set) and the main thread's
+//! scheduled ticks and callout answers (`filter` is `None`). What the wasm filter
+//! gets from Envoy per VM the module keeps per process: shared data (one map for
+//! every worker, with the same CAS rules) and the value of every stat it adds to
+//! (what `get_metric` reads: the module's own additions, Envoy-wide).
+
+use crate::abi::{self, EnvoyBuffer, EnvoyPtr, HttpHeader, ModuleBuffer};
+use crate::names::{labelled, Family};
+use policy_canary::plugin::host::{Host, HostError, HostResult, LogLevel, MapKind, MetricKind};
+use policy_canary::wire::HeaderMap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+/// The filter configuration's stats: the families Envoy defined for it, and each
+/// labelled stat the plugin named, by the id handed to the plugin.
+#[derive(Default)]
+pub struct Stats {
+    /// Envoy's id of each family (`Family::index`), when its definition succeeded.
+    pub families: Vec<Option<usize>>,
+    entries: RwLock<Vec<Entry>>,
+    by_name: Mutex<HashMap<String, u32>>,
+}
+
+struct Entry {
+    family: Family,
+    labels: Vec<String>,
+    /// Everything the module added to it, in every worker.
+    total: AtomicU64,
+}
+
+impl Stats {
+    fn define(&self, name: &str) -> HostResult<u32> {
+        let mut by_name = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(id) = by_name.get(name) {
+            return Ok(*id);
+        }
+        let labelled = labelled(name).ok_or(HostError)?;
+        self.families
+            .get(labelled.family.index())
+            .copied()
+            .flatten()
+            .ok_or(HostError)?;
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let id = u32::try_from(entries.len()).map_err(|_| HostError)?;
+        entries.push(Entry {
+            family: labelled.family,
+            labels: labelled.labels,
+            total: AtomicU64::new(0),
+        });
+        by_name.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    /// Adds to (counters) or records in (histograms) stat `id` through `config`.
+    fn add(&self, config: EnvoyPtr, id: u32, value: u64) -> HostResult<()> {
+        let cb = abi::callbacks().ok_or(HostError)?;
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let entry = entries.get(id as usize).ok_or(HostError)?;
+        let family_id = self
+            .families
+            .get(entry.family.index())
+            .copied()
+            .flatten()
+            .ok_or(HostError)?;
+        let values: Vec<ModuleBuffer> = entry
+            .labels
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        // SAFETY: the label buffers outlive the call; `config` is Envoy's live config.
+        let result = unsafe {
+            if entry.family.is_histogram() {
+                (cb.http_filter_config_record_histogram_value)(
+                    config,
+                    family_id,
+                    values.as_ptr(),
+                    values.len(),
+                    value,
+                )
+            } else {
+                (cb.http_filter_config_increment_counter)(
+                    config,
+                    family_id,
+                    values.as_ptr(),
+                    values.len(),
+                    value,
+                )
+            }
+        };
+        if result != abi::SUCCESS {
+            return Err(HostError);
+        }
+        if !entry.family.is_histogram() {
+            entry.total.fetch_add(value, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn total(&self, id: u32) -> HostResult<u64> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let entry = entries.get(id as usize).ok_or(HostError)?;
+        Ok(entry.total.load(Ordering::Relaxed))
+    }
+}
+
+/// A shared value and its CAS.
+type Shared = HashMap<String, (Vec<u8>, u32)>;
+
+/// Shared data for the whole process, as proxy-wasm's.
+static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
+
+/// The answer to the HTTP callout being handled (main thread only).
+#[derive(Default)]
+pub struct CallAnswer {
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// The `Host` of one call into the module.
+pub struct NativeHost<'a> {
+    /// Envoy's filter configuration (its stats and callouts).
+    pub config: EnvoyPtr,
+    pub stats: &'a Stats,
+    /// The stream being handled, on a worker thread.
+    pub filter: Option<EnvoyPtr>,
+    pub answer: Option<&'a CallAnswer>,
+}
+
+fn header_type(map: MapKind) -> Option<u32> {
+    match map {
+        MapKind::RequestHeaders => Some(abi::REQUEST_HEADER),
+        MapKind::ResponseHeaders => Some(abi::RESPONSE_HEADER),
+        MapKind::ResponseTrailers => Some(abi::RESPONSE_TRAILER),
+        MapKind::HttpCallResponseHeaders => None,
+    }
+}
+
+impl NativeHost<'_> {
+    fn stream_map(&self, filter: EnvoyPtr, kind: u32) -> HostResult<HeaderMap> {
+        let cb = abi::callbacks().ok_or(HostError)?;
+        // SAFETY: `filter` is the stream whose hook is running.
+        let size = unsafe { (cb.http_get_headers_size)(filter, kind) };
+        let mut headers = vec![HttpHeader::empty(); size];
+        if size > 0 {
+            // SAFETY: `headers` holds `size` entries, as the callback requires.
+            let ok = unsafe { (cb.http_get_headers)(filter, kind, headers.as_mut_ptr()) };
+            if !ok {
+                return Err(HostError);
+            }
+        }
+        let pairs: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|h| {
+                // SAFETY: Envoy's buffers are valid until the hook returns.
+                let (name, value) = unsafe {
+                    (
+                        EnvoyBuffer {
+                            ptr: h.key_ptr,
+                            length: h.key_length,
+                        }
+                        .to_vec(),
+                        EnvoyBuffer {
+                            ptr: h.value_ptr,
+                            length: h.value_length,
+                        }
+                        .to_vec(),
+                    )
+                };
+                (String::from_utf8_lossy(&name).into_owned(), value)
+            })
+            .collect();
+        Ok(HeaderMap::from_pairs(&pairs))
+    }
+
+    fn set_header(&self, map: MapKind, name: &str, value: ModuleBuffer) -> HostResult<()> {
+        let (Some(filter), Some(kind)) = (self.filter, header_type(map)) else {
+            return Err(HostError);
+        };
+        let cb = abi::callbacks().ok_or(HostError)?;
+        // SAFETY: the buffers outlive the call; `filter` is the running stream.
+        let ok =
+            unsafe { (cb.http_set_header)(filter, kind, ModuleBuffer::of(name.as_bytes()), value) };
+        if !ok {
+            return Err(HostError);
+        }
+        if map == MapKind::RequestHeaders {
+            // The route may read what was just set (`cluster_header`).
+            // SAFETY: as above.
+            unsafe { (cb.http_clear_route_cache)(filter) };
+        }
+        Ok(())
+    }
+}
+
+impl Host for NativeHost<'_> {
+    fn map(&self, map: MapKind) -> HostResult<HeaderMap> {
+        match (header_type(map), self.filter, self.answer) {
+            (Some(kind), Some(filter), _) => self.stream_map(filter, kind),
+            (None, _, Some(answer)) => Ok(HeaderMap::from_pairs(&answer.headers)),
+            _ => Err(HostError),
+        }
+    }
+
+    fn set_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()> {
+        // A non-null pointer even for an empty value (null removes the header).
+        let value = if value.is_empty() {
+            ModuleBuffer {
+                ptr: b"".as_ptr(),
+                length: 0,
+            }
+        } else {
+            ModuleBuffer::of(value)
+        };
+        self.set_header(map, name, value)
+    }
+
+    fn remove_map_value(&self, map: MapKind, name: &str) -> HostResult<()> {
+        self.set_header(map, name, ModuleBuffer::null())
+    }
+
+    fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {
+        let attribute = match path {
+            ["xds", "cluster_name"] => abi::ATTRIBUTE_XDS_CLUSTER_NAME,
+            ["response", "code_details"] => abi::ATTRIBUTE_RESPONSE_CODE_DETAILS,
+            _ => return Ok(None),
+        };
+        let filter = self.filter.ok_or(HostError)?;
+        let cb = abi::callbacks().ok_or(HostError)?;
+        let mut value = EnvoyBuffer::empty();
+        // SAFETY: `value` is a valid out-parameter; `filter` is the running stream.
+        let found = unsafe { (cb.http_filter_get_attribute_string)(filter, attribute, &mut value) };
+        // SAFETY: Envoy's buffer is valid until the hook returns.
+        Ok(found.then(|| unsafe { value.to_vec() }))
+    }
+
+    fn define_metric(&self, _kind: MetricKind, name: &str) -> HostResult<u32> {
+        self.stats.define(name)
+    }
+
+    fn increment_metric(&self, id: u32, by: i64) -> HostResult<()> {
+        let by = u64::try_from(by).map_err(|_| HostError)?;
+        self.stats.add(self.config, id, by)
+    }
+
+    fn record_metric(&self, id: u32, value: u64) -> HostResult<()> {
+        self.stats.add(self.config, id, value)
+    }
+
+    fn get_metric(&self, id: u32) -> HostResult<u64> {
+        self.stats.total(id)
+    }
+
+    fn shared_data(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
+        let shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(match shared.as_ref().and_then(|m| m.get(key)) {
+            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+            None => (None, None),
+        })
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
+        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = shared.get_or_insert_with(HashMap::new);
+        let current = map.get(key).map_or(0, |(_, c)| *c);
+        if let Some(expected) = cas.filter(|c| *c != 0) {
+            if expected != current {
+                return Err(HostError);
+            }
+        }
+        map.insert(
+            key.to_string(),
+            (value.to_vec(), current.wrapping_add(1).max(1)),
+        );
+        Ok(())
+    }
+
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> HostResult<u32> {
+        let mut pairs: Vec<HttpHeader> = headers
+            .iter()
+            .map(|(name, value)| HttpHeader {
+                key_ptr: name.as_ptr(),
+                key_length: name.len(),
+                value_ptr: value.as_ptr(),
+                value_length: value.len(),
+            })
+            .collect();
+        let cb = abi::callbacks().ok_or(HostError)?;
+        let mut id = 0u64;
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        // SAFETY: every buffer outlives the call (Envoy copies the request).
+        let result = unsafe {
+            (cb.http_filter_config_http_callout)(
+                self.config,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                pairs.as_mut_ptr(),
+                pairs.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        if result != abi::SUCCESS {
+            return Err(HostError);
+        }
+        u32::try_from(id).map_err(|_| HostError)
+    }
+
+    fn http_call_body(&self, size: usize) -> HostResult<Vec<u8>> {
+        let answer = self.answer.ok_or(HostError)?;
+        Ok(answer.body.iter().take(size).copied().collect())
+    }
+
+    fn now_ns(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let level = match level {
+            LogLevel::Info => abi::LOG_INFO,
+            LogLevel::Warn => abi::LOG_WARN,
+            LogLevel::Error => abi::LOG_ERROR,
+        };
+        abi::log(level, message);
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}

