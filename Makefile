@@ -64,9 +64,10 @@ tools: # h2load for the benchmark (Debian nghttp2-client), perf for its profile 
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 	@command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
 
-bench: build envoy tools ## Benchmarks: Envoy CPU per request (plain, streamed; empty, floor), profile, .wasm size, propagation, fan-out to a fleet, analysis simulation
+bench: build envoy tools ## Benchmarks: Envoy CPU per request (plain, streamed; empty, floor, native module), profile, .wasm size, propagation, fan-out to a fleet, analysis simulation
 	cargo build --profile wasm --target wasm32-wasip1 -p empty-filter -p floor-direct
-	cargo build --release -p canaryctl -p policy-canary-e2e
+	cargo build --release -p canaryctl -p policy-canary-e2e -p empty-native
+	@cp target/release/libpolicy_canary_empty.so target/libpolicy_canary_empty.so
 	target/release/bench
 	cargo bench -q -p canaryctl --bench simulate
 

@@ -179,6 +179,20 @@ callbacks! {
         label_names_length: usize,
         id: *mut usize,
     ) -> u32;
+    http_filter_config_define_gauge: fn(
+        config: EnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    http_filter_config_set_gauge: fn(
+        config: EnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
     http_filter_config_increment_counter: fn(
         config: EnvoyPtr,
         id: usize,

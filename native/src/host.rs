@@ -3,7 +3,8 @@
 //! scheduled ticks and callout answers (`filter` is `None`). What the wasm filter
 //! gets from Envoy per VM the module keeps per process: shared data (one map for
 //! every worker, with the same CAS rules) and the value of every stat it adds to
-//! (what `get_metric` reads: the module's own additions, Envoy-wide).
+//! (what `get_metric` reads: the module's own additions, Envoy-wide), handed to
+//! Envoy by the main thread every `FLUSH_EVERY_TICKS` ticks.
 
 use crate::abi::{self, EnvoyBuffer, EnvoyPtr, HttpHeader, ModuleBuffer};
 use crate::names::{labelled, Family};
@@ -22,6 +23,7 @@ pub struct Stats {
     pub families: Vec<Option<usize>>,
     entries: RwLock<Vec<Entry>>,
     by_name: Mutex<HashMap<String, u32>>,
+    refusal_logged: std::sync::atomic::AtomicBool,
 }
 
 struct Entry {
@@ -29,7 +31,16 @@ struct Entry {
     labels: Vec<String>,
     /// Everything the module added to it, in every worker.
     total: AtomicU64,
+    /// Added since the last `drain` (counters); the value to set (gauges).
+    pending: AtomicU64,
+    /// A gauge was set since the last `drain`.
+    dirty: std::sync::atomic::AtomicBool,
+    /// Recorded since the last `drain` (histograms), at most `MAX_SAMPLES`.
+    samples: Mutex<Vec<u64>>,
 }
+
+/// Histogram samples one stat keeps between two drains (more are dropped).
+pub const MAX_SAMPLES: usize = 65_536;
 
 impl Stats {
     fn define(&self, name: &str) -> HostResult<u32> {
@@ -49,54 +60,112 @@ impl Stats {
             family: labelled.family,
             labels: labelled.labels,
             total: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            dirty: std::sync::atomic::AtomicBool::new(false),
+            samples: Mutex::new(Vec::new()),
         });
         by_name.insert(name.to_string(), id);
         Ok(id)
     }
 
-    /// Adds to (counters) or records in (histograms) stat `id` through `config`.
-    fn add(&self, config: EnvoyPtr, id: u32, value: u64) -> HostResult<()> {
-        let cb = abi::callbacks().ok_or(HostError)?;
+    /// Adds to (counters) or records in (histograms) stat `id`: kept in the
+    /// module until the main thread's next `drain` (a labelled stat costs Envoy a
+    /// lookup per call; a worker pays an atomic add).
+    fn add(&self, id: u32, value: u64) -> HostResult<()> {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         let entry = entries.get(id as usize).ok_or(HostError)?;
-        let family_id = self
-            .families
-            .get(entry.family.index())
-            .copied()
-            .flatten()
-            .ok_or(HostError)?;
-        let values: Vec<ModuleBuffer> = entry
-            .labels
-            .iter()
-            .map(|l| ModuleBuffer::of(l.as_bytes()))
-            .collect();
-        // SAFETY: the label buffers outlive the call; `config` is Envoy's live config.
-        let result = unsafe {
-            if entry.family.is_histogram() {
-                (cb.http_filter_config_record_histogram_value)(
-                    config,
-                    family_id,
-                    values.as_ptr(),
-                    values.len(),
-                    value,
-                )
-            } else {
-                (cb.http_filter_config_increment_counter)(
-                    config,
-                    family_id,
-                    values.as_ptr(),
-                    values.len(),
-                    value,
-                )
+        if entry.family.is_histogram() {
+            let mut samples = entry.samples.lock().unwrap_or_else(PoisonError::into_inner);
+            if samples.len() < MAX_SAMPLES {
+                samples.push(value);
             }
-        };
-        if result != abi::SUCCESS {
-            return Err(HostError);
-        }
-        if !entry.family.is_histogram() {
+        } else if entry.family.is_gauge() {
+            entry.pending.store(value, Ordering::Relaxed);
+            entry.total.store(value, Ordering::Relaxed);
+            entry.dirty.store(true, Ordering::Release);
+        } else {
+            entry.pending.fetch_add(value, Ordering::Relaxed);
             entry.total.fetch_add(value, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Hands what was added since the last call to Envoy (main thread, through
+    /// `config`); what Envoy refuses is dropped (counted in the log once).
+    pub(crate) fn drain(&self, config: EnvoyPtr) {
+        let Some(cb) = abi::callbacks() else {
+            return;
+        };
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let mut refused = 0u64;
+        for entry in entries.iter() {
+            let Some(family_id) = self.families.get(entry.family.index()).copied().flatten() else {
+                continue;
+            };
+            if entry.family.is_gauge() {
+                if entry.dirty.swap(false, Ordering::Acquire) {
+                    let value = entry.pending.load(Ordering::Relaxed);
+                    // SAFETY: no labels; `config` is Envoy's live config.
+                    let result = unsafe {
+                        (cb.http_filter_config_set_gauge)(
+                            config,
+                            family_id,
+                            std::ptr::null(),
+                            0,
+                            value,
+                        )
+                    };
+                    refused += u64::from(result != abi::SUCCESS);
+                }
+                continue;
+            }
+            let pending = entry.pending.swap(0, Ordering::Relaxed);
+            let samples = if entry.family.is_histogram() {
+                std::mem::take(&mut *entry.samples.lock().unwrap_or_else(PoisonError::into_inner))
+            } else {
+                Vec::new()
+            };
+            if pending == 0 && samples.is_empty() {
+                continue;
+            }
+            let values: Vec<ModuleBuffer> = entry
+                .labels
+                .iter()
+                .map(|l| ModuleBuffer::of(l.as_bytes()))
+                .collect();
+            // SAFETY: the label buffers outlive each call; `config` is Envoy's live config.
+            unsafe {
+                if pending > 0
+                    && (cb.http_filter_config_increment_counter)(
+                        config,
+                        family_id,
+                        values.as_ptr(),
+                        values.len(),
+                        pending,
+                    ) != abi::SUCCESS
+                {
+                    refused += 1;
+                }
+                for sample in samples {
+                    if (cb.http_filter_config_record_histogram_value)(
+                        config,
+                        family_id,
+                        values.as_ptr(),
+                        values.len(),
+                        sample,
+                    ) != abi::SUCCESS
+                    {
+                        refused += 1;
+                    }
+                }
+            }
+        }
+        if refused > 0 && !self.refusal_logged.swap(true, Ordering::Relaxed) {
+            abi::log(
+                abi::LOG_WARN,
+                "policy_canary: Envoy refused a stat update (further refusals not logged)",
+            );
+        }
     }
 
     fn total(&self, id: u32) -> HostResult<u64> {
@@ -127,6 +196,9 @@ pub struct NativeHost<'a> {
     /// The stream being handled, on a worker thread.
     pub filter: Option<EnvoyPtr>,
     pub answer: Option<&'a CallAnswer>,
+    /// A request header was edited: the route must be picked again (once, after
+    /// the hook: `clear_route_cache`).
+    pub route_dirty: std::cell::Cell<bool>,
 }
 
 fn header_type(map: MapKind) -> Option<u32> {
@@ -139,6 +211,19 @@ fn header_type(map: MapKind) -> Option<u32> {
 }
 
 impl NativeHost<'_> {
+    /// After a hook that edited request headers: the route may read what was
+    /// set (`cluster_header`), so Envoy picks it again.
+    pub fn refresh_route(&self) {
+        if let (true, Some(filter), Some(cb)) = (
+            self.route_dirty.replace(false),
+            self.filter,
+            abi::callbacks(),
+        ) {
+            // SAFETY: `filter` is the stream whose hook is running.
+            unsafe { (cb.http_clear_route_cache)(filter) };
+        }
+    }
+
     fn stream_map(&self, filter: EnvoyPtr, kind: u32) -> HostResult<HeaderMap> {
         let cb = abi::callbacks().ok_or(HostError)?;
         // SAFETY: `filter` is the stream whose hook is running.
@@ -187,9 +272,7 @@ impl NativeHost<'_> {
             return Err(HostError);
         }
         if map == MapKind::RequestHeaders {
-            // The route may read what was just set (`cluster_header`).
-            // SAFETY: as above.
-            unsafe { (cb.http_clear_route_cache)(filter) };
+            self.route_dirty.set(true);
         }
         Ok(())
     }
@@ -242,11 +325,11 @@ impl Host for NativeHost<'_> {
 
     fn increment_metric(&self, id: u32, by: i64) -> HostResult<()> {
         let by = u64::try_from(by).map_err(|_| HostError)?;
-        self.stats.add(self.config, id, by)
+        self.stats.add(id, by)
     }
 
     fn record_metric(&self, id: u32, value: u64) -> HostResult<()> {
-        self.stats.add(self.config, id, value)
+        self.stats.add(id, value)
     }
 
     fn get_metric(&self, id: u32) -> HostResult<u64> {

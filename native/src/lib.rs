@@ -5,8 +5,10 @@
 //! Where the wasm filter has a VM per worker, the module has one `Worker` per
 //! worker thread and configuration (thread-local: the plugin's state is `Rc`),
 //! created on the thread's first stream and ticked by its streams (a table
-//! follows within `FOLLOW_PERIOD` of a stream arriving; counts reach Envoy as
-//! each stream ends). Filter-side sync (`sync` in the configuration) runs on the
+//! follows within `FOLLOW_PERIOD` of a stream arriving). A stream's counts go to
+//! the module's process-wide stats as it ends (atomic adds), and the main thread
+//! hands them to Envoy every `FLUSH_EVERY_TICKS` ticks of a timer thread (each
+//! labelled stat update costs Envoy a lookup). Filter-side sync (`sync` in the configuration) runs on the
 //! main thread: a `Worker` there holds the lease and polls the controller
 //! through configuration-level HTTP callouts, ticked by a timer thread through
 //! Envoy's main-thread scheduler; workers follow its tables through the module's
@@ -25,7 +27,7 @@ use host::{CallAnswer, NativeHost, Stats};
 use names::Family;
 use policy_canary::config::PluginConfig;
 use policy_canary::plugin::stream::Stream;
-use policy_canary::plugin::worker::Worker;
+use policy_canary::plugin::worker::{Worker, FLUSH_EVERY_TICKS};
 use policy_canary::plugin::FOLLOW_PERIOD;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -57,9 +59,12 @@ struct NativeConfig {
     plugin: PluginConfig,
     stats: Stats,
     ticker: Option<Ticker>,
+    /// Main-thread ticks so far.
+    ticks: std::sync::atomic::AtomicU32,
 }
 
-/// The timer that ticks the main thread's filter-side sync.
+/// The timer that ticks the main thread: filter-side sync, and the stats the
+/// workers added, handed to Envoy every `FLUSH_EVERY_TICKS` ticks.
 struct Ticker {
     scheduler: usize,
     stop: Arc<AtomicBool>,
@@ -77,6 +82,7 @@ impl NativeConfig {
             stats: &self.stats,
             filter,
             answer,
+            route_dirty: std::cell::Cell::new(false),
         }
     }
 }
@@ -169,12 +175,13 @@ fn new_config(envoy: EnvoyPtr, bytes: &[u8]) -> Option<Box<NativeConfig>> {
         plugin,
         stats,
         ticker: None,
+        ticks: std::sync::atomic::AtomicU32::new(0),
     });
     if full.sync.is_some() {
         let worker = Worker::new(full, &config.host(None, None));
         SYNC_WORKERS.with(|w| w.borrow_mut().insert(config.id, worker));
-        config.ticker = start_ticker(envoy);
     }
+    config.ticker = start_ticker(envoy);
     Some(config)
 }
 
@@ -190,7 +197,15 @@ fn define(envoy: EnvoyPtr, family: Family) -> Option<usize> {
     let mut id = 0usize;
     // SAFETY: the buffers outlive the call; `envoy` is the configuration being made.
     let result = unsafe {
-        if family.is_histogram() {
+        if family.is_gauge() {
+            (cb.http_filter_config_define_gauge)(
+                envoy,
+                ModuleBuffer::of(name.as_bytes()),
+                labels.as_ptr(),
+                labels.len(),
+                &mut id,
+            )
+        } else if family.is_histogram() {
             (cb.http_filter_config_define_histogram)(
                 envoy,
                 ModuleBuffer::of(name.as_bytes()),
@@ -263,6 +278,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
         }
         // SAFETY: made by `Box::into_raw` in config_new; Envoy destroys it once.
         let config = unsafe { Box::from_raw(config as *mut NativeConfig) };
+        // What the workers added since the last tick still reaches Envoy.
+        config.stats.drain(config.envoy as EnvoyPtr);
         if let (Some(ticker), Some(cb)) = (&config.ticker, abi::callbacks()) {
             ticker.stop.store(true, Ordering::Release);
             let thread = ticker
@@ -300,6 +317,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
                 }
             }
         });
+        let ticks = config.ticks.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if ticks.is_multiple_of(FLUSH_EVERY_TICKS) {
+            config.stats.drain(config.envoy as EnvoyPtr);
+        }
     });
 }
 
@@ -442,7 +463,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     _end_of_stream: bool,
 ) -> u32 {
     // SAFETY: the caller's contract.
-    unsafe { on_stream(filter, stream, |s, host| s.stream.on_request_headers(host)) };
+    unsafe {
+        on_stream(filter, stream, |s, host| {
+            s.stream.on_request_headers(host);
+            host.refresh_route();
+        })
+    };
     abi::SUCCESS
 }
 

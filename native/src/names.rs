@@ -9,7 +9,18 @@
 
 use policy_canary::stats::{Counter, LATENCY_SUFFIX};
 
-/// A labelled stat family the module defines when its configuration loads.
+/// The sync's own stats (`policy_canary.sync.<name>`), and whether each is a gauge:
+/// unlabelled, so their names are the wasm filter's exactly.
+pub const SYNC_STATS: [(&str, bool); 6] = [
+    ("polls_ok", false),
+    ("polls_failed", false),
+    ("documents_rejected", false),
+    ("revision", true),
+    ("evidence_reports_ok", false),
+    ("evidence_reports_failed", false),
+];
+
+/// A stat family the module defines when its configuration loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     /// One of `Counter::ALL`, by index.
@@ -18,18 +29,19 @@ pub enum Family {
     Replicate,
     /// An agent's own metric (`custom_<name>_<field>`), named by its counter label.
     Custom,
+    /// One of `SYNC_STATS`, by index.
+    Sync(usize),
 }
 
 impl Family {
-    pub const COUNT: usize = Counter::ALL.len() + 3;
+    pub const COUNT: usize = Counter::ALL.len() + 3 + SYNC_STATS.len();
 
     /// Every family, in a fixed order (its index is its slot in the definitions).
     pub fn all() -> impl Iterator<Item = Family> {
-        (0..Counter::ALL.len()).map(Family::Counter).chain([
-            Family::Latency,
-            Family::Replicate,
-            Family::Custom,
-        ])
+        (0..Counter::ALL.len())
+            .map(Family::Counter)
+            .chain([Family::Latency, Family::Replicate, Family::Custom])
+            .chain((0..SYNC_STATS.len()).map(Family::Sync))
     }
 
     pub fn index(self) -> usize {
@@ -38,6 +50,7 @@ impl Family {
             Family::Latency => Counter::ALL.len(),
             Family::Replicate => Counter::ALL.len() + 1,
             Family::Custom => Counter::ALL.len() + 2,
+            Family::Sync(i) => Counter::ALL.len() + 3 + i,
         }
     }
 
@@ -51,6 +64,10 @@ impl Family {
             Family::Latency => format!("policy_canary.{LATENCY_SUFFIX}"),
             Family::Replicate => "policy_canary.replicate".into(),
             Family::Custom => "policy_canary.custom".into(),
+            Family::Sync(i) => format!(
+                "policy_canary.sync.{}",
+                SYNC_STATS.get(i).map_or("unknown", |(name, _)| name)
+            ),
         }
     }
 
@@ -59,11 +76,16 @@ impl Family {
             Family::Counter(_) | Family::Latency => &["target", "policy_version"],
             Family::Replicate => &["target", "policy_version", "replicate", "counter"],
             Family::Custom => &["target", "policy_version", "counter"],
+            Family::Sync(_) => &[],
         }
     }
 
     pub fn is_histogram(self) -> bool {
         self == Family::Latency
+    }
+
+    pub fn is_gauge(self) -> bool {
+        matches!(self, Family::Sync(i) if SYNC_STATS.get(i).is_some_and(|(_, gauge)| *gauge))
     }
 }
 
@@ -77,6 +99,13 @@ pub struct Labelled {
 /// The family and labels of a stat the plugin names; `None` for a name of
 /// another shape (the plugin keeps its counts pending, as after a failed call).
 pub fn labelled(name: &str) -> Option<Labelled> {
+    if let Some(stat) = name.strip_prefix("policy_canary.sync.") {
+        let i = SYNC_STATS.iter().position(|(n, _)| *n == stat)?;
+        return Some(Labelled {
+            family: Family::Sync(i),
+            labels: Vec::new(),
+        });
+    }
     let rest = name.strip_prefix("policy_canary.target.")?;
     let (target, rest) = rest.split_once(".version.")?;
     let (head, suffix) = rest.rsplit_once('.')?;
@@ -160,7 +189,7 @@ mod tests {
     fn other_names_have_none() {
         for name in [
             "",
-            "policy_canary.sync.polls_failed",
+            "policy_canary.sync.no_such_stat",
             "policy_canary.target.t.rq_total",
             "policy_canary.target..version.v1.rq_total",
             "policy_canary.target.t.version.v1.no_such_counter",
@@ -172,6 +201,18 @@ mod tests {
         // A replicate that is not a number stays part of the version.
         let odd = labelled("policy_canary.target.t.version.v1.replicate.x.rq_total").unwrap();
         assert_eq!(odd.labels, ["t", "v1.replicate.x"]);
+    }
+
+    #[test]
+    fn sync_stats_keep_their_names() {
+        for (i, (stat, gauge)) in SYNC_STATS.iter().enumerate() {
+            let name = format!("policy_canary.sync.{stat}");
+            let l = labelled(&name).unwrap();
+            assert_eq!(l.family, Family::Sync(i));
+            assert_eq!(l.family.name(), name);
+            assert!(l.labels.is_empty());
+            assert_eq!(l.family.is_gauge(), *gauge);
+        }
     }
 
     #[test]

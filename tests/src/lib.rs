@@ -430,7 +430,36 @@ pub fn native_config(config: &str) -> String {
         !config.contains("envoy.extensions.wasm.v3.WasmService"),
         "the native module has no bootstrap sync service: use filter-side sync"
     );
+    // The module reads Envoy's own environment; values a test gave the wasm VM
+    // (`key_values`) go into the plugin's `sync` block instead.
+    let vm_env = config
+        .split("environment_variables: {key_values: {")
+        .nth(1)
+        .and_then(|rest| rest.split("}}").next())
+        .map(|pairs| {
+            pairs
+                .split(',')
+                .filter_map(|kv| kv.split_once(':'))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
     let mut out = config.to_string();
+    let mut sync_fields = String::new();
+    for (key, value) in &vm_env {
+        match key.as_str() {
+            "HOSTNAME" => sync_fields.push_str(&format!("\"envoy_id\": \"{value}\", ")),
+            "POLICY_CANARY_TOKEN" => sync_fields.push_str(&format!("\"token\": \"{value}\", ")),
+            _ => {}
+        }
+    }
+    if !sync_fields.is_empty() {
+        assert!(
+            out.contains("\"sync\": {"),
+            "VM environment without a sync block"
+        );
+        out = out.replace("\"sync\": {", &format!("\"sync\": {{{sync_fields}"));
+    }
     while let Some(at) =
         out.find("\"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
     {

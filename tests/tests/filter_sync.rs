@@ -73,13 +73,17 @@ fn connections_per_worker(envoy: &Envoy) -> Vec<u64> {
     per_worker
 }
 
-#[test]
-fn one_poller_per_envoy_and_every_worker_follows_the_controller() {
+fn one_poller_per_envoy_and_every_worker_follows_the_controller(build: Build) {
     let controller = Controller::start(&[]).with_policies(&["v2.3.1", "v2.4.0"]);
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
     let envoy = Envoy::start(
-        &filter_sync_config(stable.port, canary.port, &controller, "edge-1"),
+        &build.config(&filter_sync_config(
+            stable.port,
+            canary.port,
+            &controller,
+            "edge-1",
+        )),
         WORKERS,
     );
     // Steady state: one long-poll open, named by the node id, at the current revision.
@@ -109,6 +113,14 @@ fn one_poller_per_envoy_and_every_worker_follows_the_controller() {
         e["revision"] == revision && e["in_sync"] == true
     });
     assert_eq!(after["open_polls"], 1);
+    // The sync's own stats, under the same names in both builds.
+    wait_for("the sync's revision gauge", Duration::from_secs(5), || {
+        let stats = envoy.admin_get("/stats?filter=policy_canary.sync");
+        (stats.contains(&format!(
+            "wasmcustom.policy_canary.sync.revision: {revision}"
+        )) && stats.contains("wasmcustom.policy_canary.sync.polls_ok: "))
+        .then_some(())
+    });
 
     let served: Vec<u64> = connections_per_worker(&envoy)
         .iter()
@@ -161,13 +173,17 @@ fn one_poller_per_envoy_and_every_worker_follows_the_controller() {
     );
 }
 
-#[test]
-fn with_the_controller_gone_every_worker_keeps_the_last_table() {
+fn with_the_controller_gone_every_worker_keeps_the_last_table(build: Build) {
     let mut controller = Controller::start(&[]).with_policies(&["v2.3.1", "v2.4.0"]);
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
     let envoy = Envoy::start(
-        &filter_sync_config(stable.port, canary.port, &controller, "edge-1"),
+        &build.config(&filter_sync_config(
+            stable.port,
+            canary.port,
+            &controller,
+            "edge-1",
+        )),
         WORKERS,
     );
     controller.post_ok("/v1/rollouts", PLAN);
@@ -178,3 +194,8 @@ fn with_the_controller_gone_every_worker_keeps_the_last_table() {
     probes_reach(&envoy, "canary", 40);
     assert_eq!(envoy.wasm_failures(), Vec::<String>::new());
 }
+
+both_builds!(
+    one_poller_per_envoy_and_every_worker_follows_the_controller,
+    with_the_controller_gone_every_worker_keeps_the_last_table,
+);

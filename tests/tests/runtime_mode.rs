@@ -17,12 +17,15 @@ fn set_weights(envoy: &Envoy, canary: u16) {
     assert_eq!(status, 200, "runtime_modify: {body}");
 }
 
-#[test]
-fn runtime_weights_move_the_split_live_and_stay_sticky() {
+fn runtime_weights_move_the_split_live_and_stay_sticky(build: Build) {
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
     let envoy = Envoy::start(
-        &shipped_config("envoy-runtime.yaml", stable.port, canary.port),
+        &build.config(&shipped_config(
+            "envoy-runtime.yaml",
+            stable.port,
+            canary.port,
+        )),
         2,
     );
     let client = Client::new(envoy.port);
@@ -98,3 +101,5 @@ fn runtime_weights_move_the_split_live_and_stay_sticky() {
     assert_eq!(envoy.policy_stat(TARGET, "v2.4.0", "rq_forced"), 0);
     assert_eq!(envoy.wasm_failures(), Vec::<String>::new());
 }
+
+both_builds!(runtime_weights_move_the_split_live_and_stay_sticky,);

@@ -265,7 +265,17 @@ fn signals_are_checked_counted_once_and_kept() {
     // The answer below must be routed by the rollout's table, not the one before.
     follows_the_rollout(&s);
     let client = Client::new(s.envoy.port);
-    let answer = client.session("judged-1");
+    // A session in the stable arm: right after a start the controller also takes
+    // the weight before it (0%, all stable) for answers within its propagation
+    // grace, so only a stable session's contradicting signal is refused for sure.
+    let rollout = s.controller.get(&format!("/v1/rollouts/{id}"));
+    let salt = rollout["salt"].as_str().unwrap().to_string();
+    let weight = rollout["weight_bp"].as_u64().unwrap() as u16;
+    let session = (0..)
+        .map(|i| format!("judged-{i}"))
+        .find(|s| !expected_canary(s, &salt, weight))
+        .unwrap();
+    let answer = client.session(&session);
     let version = answer.received["x-agent-policy"].clone();
     let other = if version == "v2.4.0" {
         "v2.3.1"
@@ -274,7 +284,7 @@ fn signals_are_checked_counted_once_and_kept() {
     };
     let at = rfc3339(now_ms());
     let signal = |id: &str, version: &str, value: Value, extra: &[(&str, Value)]| {
-        let mut v = json!({"id": id, "target": "support-agent", "session": "judged-1",
+        let mut v = json!({"id": id, "target": "support-agent", "session": session,
             "version": version, "name": "csat", "value": value, "at": at});
         for (k, x) in extra {
             v[*k] = x.clone();

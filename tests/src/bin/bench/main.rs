@@ -127,6 +127,22 @@ fn wasm_filter(path: &str, configuration: &str) -> String {
     )
 }
 
+/// A native module (`target/lib<module>.so`, `make bench` puts both there):
+/// policy-canary's with the same plugin JSON, or the empty floor.
+fn native_filter(module: &str, configuration: &str) -> String {
+    format!(
+        r#"          - name: policy_canary
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{name: {module}, metrics_namespace: wasmcustom}}
+              filter_name: policy_canary
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: '{configuration}'
+"#
+    )
+}
+
 /// CPU time of every thread of process `pid` so far, in ns (the scheduler's own
 /// account, `/proc/PID/task/*/schedstat`: user and system, no tick rounding, so a
 /// short batch measures as exactly as a long one).
@@ -303,6 +319,16 @@ fn cpu(answer: Answer) {
                 Some(wasm_filter(&filter_wasm.to_string_lossy(), plugin)),
                 by_header,
             ),
+            samples: vec![],
+        },
+        Variant {
+            name: "empty native module",
+            envoy: make(Some(native_filter("policy_canary_empty", "")), direct),
+            samples: vec![],
+        },
+        Variant {
+            name: "policy-canary, native module",
+            envoy: make(Some(native_filter("policy_canary", plugin)), by_header),
             samples: vec![],
         },
         Variant {
