@@ -1152,7 +1152,11 @@ impl PrometheusServer {
         let config = format!(
             "global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}\n\
              scrape_configs:\n\
-             - job_name: envoy\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: [{}]\n",
+             - job_name: envoy\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: [{}]\n\
+             \x20 # As envoy/prometheus/prometheus.yml: the native module's series renamed.\n\
+             \x20 metric_relabel_configs:\n  - source_labels: [__name__]\n\
+             \x20   regex: envoy_wasmcustom_(policy_canary_.*)\n    target_label: __name__\n\
+             \x20   replacement: $1\n",
             targets.join(", ")
         );
         let config_path = dir.path().join("prometheus.yml");

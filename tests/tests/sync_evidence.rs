@@ -17,9 +17,9 @@ const STABLE: &str = "v2.3.1";
 const CANARY: &str = "v2.4.0";
 
 /// A shipped config reporting evidence every `every_ms`: gw-0 runs the
-/// singleton sync service (envoy.yaml), the others filter-side sync
-/// (envoy-filter-sync.yaml).
-fn config(ports: (u16, u16, u16), token: &str, envoy: &str, every_ms: u64) -> String {
+/// singleton sync service (envoy.yaml, wasm), the others filter-side sync
+/// (envoy-filter-sync.yaml) in `build`.
+fn config(ports: (u16, u16, u16), token: &str, envoy: &str, every_ms: u64, build: Build) -> String {
     let (stable, canary, controller) = ports;
     let text = if envoy == "gw-0" {
         let text = controller_mode_config_for(stable, canary, controller, token);
@@ -31,12 +31,17 @@ fn config(ports: (u16, u16, u16), token: &str, envoy: &str, every_ms: u64) -> St
     };
     let sync = r#""sync": {"cluster": "canary_controller", "wait_ms": 25000}"#;
     assert!(text.contains(sync));
-    text.replace(
+    let text = text.replace(
         sync,
         &format!(
             r#""sync": {{"cluster": "canary_controller", "wait_ms": 25000, "evidence_ms": {every_ms}}}"#
         ),
-    )
+    );
+    if envoy == "gw-0" {
+        text
+    } else {
+        build.config(&text)
+    }
 }
 
 fn send(envoy: &Envoy, sessions: std::ops::Range<usize>) -> (u64, u64) {
@@ -109,8 +114,7 @@ fn prometheus_counts(
     out
 }
 
-#[test]
-fn counts_through_the_sync_channel_equal_the_envoys_own_and_prometheus() {
+fn counts_through_the_sync_channel_equal_the_envoys_own_and_prometheus(build: Build) {
     let stable = Backend::start_with(BACKEND, "stable", &["completion=0.9"]);
     let canary = Backend::start_with(BACKEND, "canary", &["completion=0.9"]);
     let admin_ports = [free_port(), free_port()];
@@ -127,7 +131,7 @@ fn counts_through_the_sync_channel_equal_the_envoys_own_and_prometheus() {
     let token = controller.create_token("reporting-envoys", &["routes:read", "evidence:write"]);
     let ports = (stable.port, canary.port, controller.port);
     let configs: Vec<String> = (0..2)
-        .map(|i| config(ports, &token, &format!("gw-{i}"), 1_000))
+        .map(|i| config(ports, &token, &format!("gw-{i}"), 1_000, build))
         .collect();
     let mut envoys: Vec<Envoy> = (0..2)
         .map(|i| Envoy::start_with_admin(&configs[i], 2, admin_ports[i]))
@@ -185,7 +189,7 @@ fn counts_through_the_sync_channel_equal_the_envoys_own_and_prometheus() {
     drop(envoys.pop());
     // Its first report comes at random within 5 s: most likely after all its new
     // requests, when only its instance says that its counters started again.
-    let slower = config(ports, &token, "gw-1", 5_000);
+    let slower = config(ports, &token, "gw-1", 5_000, build);
     envoys.push(Envoy::start_with_admin(&slower, 2, admin_ports[1]));
     follows(&envoys[1]);
     add(send(&envoys[1], 450..700));
@@ -256,7 +260,7 @@ fn counts_through_the_sync_channel_equal_the_envoys_own_and_prometheus() {
     // the controller, so every window is unavailable and the stage held.
     let routes_only = controller.routes_token();
     drop(envoys.remove(0));
-    let config = config(ports, &routes_only, "gw-0", 1_000);
+    let config = config(ports, &routes_only, "gw-0", 1_000, build);
     envoys.insert(0, Envoy::start_with_admin(&config, 2, admin_ports[0]));
     let held = wait_for("the stage held", Duration::from_secs(20), || {
         let analysis = controller.get(&format!("/v1/rollouts/{id}/analysis"))["analysis"].clone();
@@ -277,3 +281,7 @@ fn counts_through_the_sync_channel_equal_the_envoys_own_and_prometheus() {
         "progressing"
     );
 }
+
+// gw-1 (filter-side sync) as the wasm filter or the native module; gw-0 is the
+// wasm singleton sync service either way.
+both_builds!(counts_through_the_sync_channel_equal_the_envoys_own_and_prometheus,);
