@@ -24,20 +24,30 @@ impl HeaderMap {
 
     /// Encodes `pairs` as the host does (for tests and the in-memory host).
     pub fn from_pairs<N: AsRef<str>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> HeaderMap {
+        let raw: Vec<(&[u8], &[u8])> = pairs
+            .iter()
+            .map(|(n, v)| (n.as_ref().as_bytes(), v.as_ref()))
+            .collect();
+        HeaderMap::from_byte_pairs(&raw)
+    }
+
+    /// Encodes pairs whose names are bytes too (a native host's header map, copied
+    /// once, without checking the names as UTF-8: they are compared as bytes).
+    pub fn from_byte_pairs(pairs: &[(&[u8], &[u8])]) -> HeaderMap {
         let size = 4 + pairs
             .iter()
-            .map(|(n, v)| n.as_ref().len() + v.as_ref().len() + 10)
+            .map(|(n, v)| n.len() + v.len() + 10)
             .sum::<usize>();
         let mut bytes = Vec::with_capacity(size);
         bytes.extend_from_slice(&len32(pairs.len()).to_le_bytes());
         for (name, value) in pairs {
-            bytes.extend_from_slice(&len32(name.as_ref().len()).to_le_bytes());
-            bytes.extend_from_slice(&len32(value.as_ref().len()).to_le_bytes());
+            bytes.extend_from_slice(&len32(name.len()).to_le_bytes());
+            bytes.extend_from_slice(&len32(value.len()).to_le_bytes());
         }
         for (name, value) in pairs {
-            bytes.extend_from_slice(name.as_ref().as_bytes());
+            bytes.extend_from_slice(name);
             bytes.push(0);
-            bytes.extend_from_slice(value.as_ref());
+            bytes.extend_from_slice(value);
             bytes.push(0);
         }
         HeaderMap { bytes }
@@ -138,6 +148,25 @@ pub fn encode_path(path: &[&str]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_pairs_encode_as_the_host_does() {
+        let pairs: [(&str, &[u8]); 2] = [("x-session-id", b"u-1"), ("x-odd", b"\xff")];
+        let raw: Vec<(&[u8], &[u8])> = pairs.iter().map(|(n, v)| (n.as_bytes(), *v)).collect();
+        assert_eq!(
+            HeaderMap::from_byte_pairs(&raw),
+            HeaderMap::from_pairs(&pairs)
+        );
+        // A name that is not UTF-8 is kept as bytes (and matches no &str name).
+        let odd = HeaderMap::from_byte_pairs(&[(b"\xff-name", b"v"), (b"ok", b"1")]);
+        let decoded = HeaderMap::decode(odd.as_bytes().to_vec()).unwrap();
+        assert_eq!(decoded.iter().count(), 2);
+        assert_eq!(decoded.get("ok"), Some(&b"1"[..]));
+        assert_eq!(
+            HeaderMap::from_byte_pairs(&[]),
+            HeaderMap::from_pairs::<&str, &[u8]>(&[])
+        );
+    }
 
     #[test]
     fn maps_round_trip_and_malformed_ones_are_refused() {

@@ -201,6 +201,18 @@ pub struct NativeHost<'a> {
     pub route_dirty: std::cell::Cell<bool>,
 }
 
+/// Envoy's bytes, borrowed for the current hook (empty for a null pointer).
+///
+/// # Safety
+/// `ptr` is null or points to `length` bytes valid for `'a`.
+unsafe fn raw<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
+    if ptr.is_null() || length == 0 {
+        return &[];
+    }
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts(ptr, length) }
+}
+
 fn header_type(map: MapKind) -> Option<u32> {
     match map {
         MapKind::RequestHeaders => Some(abi::REQUEST_HEADER),
@@ -236,28 +248,18 @@ impl NativeHost<'_> {
                 return Err(HostError);
             }
         }
-        let pairs: Vec<(String, Vec<u8>)> = headers
+        let pairs: Vec<(&[u8], &[u8])> = headers
             .iter()
-            .map(|h| {
-                // SAFETY: Envoy's buffers are valid until the hook returns.
-                let (name, value) = unsafe {
-                    (
-                        EnvoyBuffer {
-                            ptr: h.key_ptr,
-                            length: h.key_length,
-                        }
-                        .to_vec(),
-                        EnvoyBuffer {
-                            ptr: h.value_ptr,
-                            length: h.value_length,
-                        }
-                        .to_vec(),
-                    )
-                };
-                (String::from_utf8_lossy(&name).into_owned(), value)
+            // SAFETY: Envoy's buffers are valid until the hook returns; the map is
+            // copied out of them before it does.
+            .map(|h| unsafe {
+                (
+                    raw(h.key_ptr, h.key_length),
+                    raw(h.value_ptr, h.value_length),
+                )
             })
             .collect();
-        Ok(HeaderMap::from_pairs(&pairs))
+        Ok(HeaderMap::from_byte_pairs(&pairs))
     }
 
     fn set_header(&self, map: MapKind, name: &str, value: ModuleBuffer) -> HostResult<()> {
