@@ -86,6 +86,12 @@ impl Counter {
 /// Histogram of request latency in milliseconds.
 pub const LATENCY_SUFFIX: &str = "rq_latency_ms";
 
+/// How Envoy names the native module's stats in Prometheus: its labelled stats
+/// live in the `wasmcustom` namespace (`metrics_namespace`), which Envoy drops
+/// from a wasm filter's Prometheus names but keeps, with `envoy_`, for a dynamic
+/// module's. Readers rename them to the wasm filter's `policy_canary_*`.
+pub const NATIVE_PROMETHEUS_PREFIX: &str = "envoy_wasmcustom_policy_canary_";
+
 pub fn stat_name(target: &str, version: &str, suffix: &str) -> String {
     format!("policy_canary.target.{target}.version.{version}.{suffix}")
 }

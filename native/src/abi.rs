@@ -3,7 +3,8 @@
 //! `source/extensions/dynamic_modules/abi/abi.h` at ABI "v0.1.0", which the ABI
 //! guarantees compatible with the "v0.2.x" of Envoy 1.40; every callback declared
 //! here is resolved from the running Envoy before the module says it is ready
-//! (`resolve`), listed in `CALLBACKS`, and exercised by the e2e suite.
+//! (`resolve`), checked against the Envoy binary's exported symbols
+//! (tests/tests/native.rs) and exercised by the e2e suite.
 
 use std::ffi::{c_char, c_void};
 
@@ -116,11 +117,6 @@ macro_rules! callbacks {
         pub struct Callbacks {
             $(pub $field: unsafe extern "C" fn($($ty),*) $(-> $ret)?,)*
         }
-
-        /// Every callback's symbol, as the running Envoy must export it.
-        pub const CALLBACKS: &[&std::ffi::CStr] = &[
-            $(callback_name!($field),)*
-        ];
 
         impl Callbacks {
             /// The callbacks of the running process, or the names it lacks.

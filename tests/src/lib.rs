@@ -297,8 +297,10 @@ impl Envoy {
     /// `/stats/prometheus`, the native module's series named as the wasm filter's
     /// (as the controller reads them: `policy_canary_*`).
     pub fn prometheus(&self) -> String {
-        self.admin_get("/stats/prometheus")
-            .replace(NATIVE_PROMETHEUS_PREFIX, "policy_canary_")
+        self.admin_get("/stats/prometheus").replace(
+            policy_canary::stats::NATIVE_PROMETHEUS_PREFIX,
+            "policy_canary_",
+        )
     }
 
     pub fn admin_post(&self, path: &str) -> (u16, String) {
@@ -364,10 +366,6 @@ pub fn shipped_config(name: &str, stable: u16, canary: u16) -> String {
         .replace("port_value: 8081}", &format!("port_value: {stable}}}"))
         .replace("port_value: 8082}", &format!("port_value: {canary}}}"))
 }
-
-/// How Envoy exports the native module's stats to Prometheus (the wasm filter's
-/// `wasmcustom` namespace is dropped from the name; a dynamic module's is not).
-pub const NATIVE_PROMETHEUS_PREFIX: &str = "envoy_wasmcustom_policy_canary_";
 
 /// The wasm filter's name of a native module stat
 /// (`wasmcustom.policy_canary.<family>.target.<t>.policy_version.<v>[…]`, see

@@ -1,12 +1,9 @@
 //! The Envoy admin client, and the once-per-change logging of sources that fail
 //! and recover.
 
+use policy_canary::stats::NATIVE_PROMETHEUS_PREFIX;
 use std::collections::HashMap;
 use std::time::Duration;
-
-/// The native module's Prometheus names start so (its stats are labelled in
-/// the `wasmcustom` namespace, native/src/names.rs).
-pub const NATIVE_PREFIX: &str = "envoy_wasmcustom_policy_canary_";
 
 /// How long one admin request may take.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -48,7 +45,7 @@ impl AdminClient {
             return Err(format!("{url} answered {}", response.status()));
         }
         let text = response.text().await.map_err(|e| e.to_string())?;
-        Ok(text.replace(NATIVE_PREFIX, "policy_canary_"))
+        Ok(text.replace(NATIVE_PROMETHEUS_PREFIX, "policy_canary_"))
     }
 
     /// `GET /runtime`: every runtime entry with its final value.
