@@ -38,7 +38,7 @@ build: wasm-target ## Build the filter: target/policy_canary.wasm and the native
 	@echo "built $(NATIVE) ($$(stat -c %s $(NATIVE)) bytes)"
 
 test-tools: # Debian chromium + chromedriver (dashboard), docker.io + docker-compose + debootstrap (the compose demo in real containers), promtool (config checks), openssl (test certificates)
-	@for tool in chromium chromedriver dockerd docker-compose debootstrap promtool openssl; do command -v $$tool >/dev/null || missing=1; done; \
+	@for tool in chromium chromedriver dockerd docker-compose debootstrap promtool openssl; do command -v $$tool >/dev/null || test -x /usr/sbin/$$tool || missing=1; done; \
 	if [ -n "$$missing" ]; then export DEBIAN_FRONTEND=noninteractive; apt-get update -qq \
 	  && apt-get install -y -qq chromium chromium-driver docker.io docker-compose debootstrap openssl >/dev/null \
 	  && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; fi

@@ -40,6 +40,15 @@ fn run_ok(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `dockerd` and `debootstrap` live in /usr/sbin, which a CI job's PATH may lack.
+fn sbin_on_path() {
+    let path = std::env::var("PATH").unwrap_or_default();
+    if !path.split(':').any(|dir| dir == "/usr/sbin") {
+        // The only test in this binary: nothing reads PATH concurrently.
+        std::env::set_var("PATH", format!("{path}:/usr/sbin:/sbin"));
+    }
+}
+
 fn on_path(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
@@ -333,6 +342,7 @@ fn requests_counted(stats: &str, version: &str) -> u64 {
 #[test]
 fn the_compose_demo_promotes_in_real_containers() {
     let started = Instant::now();
+    sbin_on_path();
     let engine = Engine::ensure();
     base_image();
     build_envoy_image();
