@@ -1,6 +1,7 @@
 //! After a controller restart (kill -9 or a clean stop) every Envoy holds the next
-//! change within a second: while the controller is gone the sync retries at
-//! random within `max_reconnect_ms` (1 s), not on a growing backoff.
+//! change within about a second: while the controller is gone the sync retries at
+//! random within `max_reconnect_ms` (1 s), not on a growing backoff (which would
+//! have reached several seconds after the 4 s outage).
 
 use policy_canary_e2e::*;
 use std::time::{Duration, Instant};
@@ -72,8 +73,11 @@ fn envoys_refollow_a_restarted_controller_within_a_second() {
         eprintln!("filter-side {filter_side}: {took:?}");
         times.push(took);
     }
+    // The retry lands at most `max_reconnect_ms` after the failed one before it;
+    // the sync's answer, the route change and this test's 20 ms poll come on top.
+    let bound = Duration::from_millis(1_000 + 300);
     assert!(
-        times.iter().all(|t| *t <= Duration::from_millis(1_000)),
-        "{times:?}"
+        times.iter().all(|t| *t <= bound),
+        "{times:?} (bound {bound:?})"
     );
 }
