@@ -92,6 +92,12 @@ pub const LATENCY_SUFFIX: &str = "rq_latency_ms";
 /// module's. Readers rename them to the wasm filter's `policy_canary_*`.
 pub const NATIVE_PROMETHEUS_PREFIX: &str = "envoy_wasmcustom_policy_canary_";
 
+/// The native module's one family for every custom metric
+/// (`policy_canary_custom{target, policy_version, counter="custom_<name>_<field>"}`):
+/// their names are known only at run time, after Envoy has frozen stat names.
+/// The wasm filter's series of the same count is `policy_canary_custom_<name>_<field>`.
+pub const NATIVE_CUSTOM_FAMILY: &str = "custom";
+
 pub fn stat_name(target: &str, version: &str, suffix: &str) -> String {
     format!("policy_canary.target.{target}.version.{version}.{suffix}")
 }

@@ -7,7 +7,7 @@
 //! `wasmcustom_policy_canary_rq_total{target, policy_version}`,
 //! `wasmcustom_policy_canary_replicate{target, policy_version, replicate, counter}`.
 
-use policy_canary::stats::{Counter, LATENCY_SUFFIX};
+use policy_canary::stats::{Counter, LATENCY_SUFFIX, NATIVE_CUSTOM_FAMILY};
 
 /// The sync's own stats (`policy_canary.sync.<name>`), and whether each is a gauge:
 /// unlabelled, so their names are the wasm filter's exactly.
@@ -63,7 +63,7 @@ impl Family {
             ),
             Family::Latency => format!("policy_canary.{LATENCY_SUFFIX}"),
             Family::Replicate => "policy_canary.replicate".into(),
-            Family::Custom => "policy_canary.custom".into(),
+            Family::Custom => format!("policy_canary.{NATIVE_CUSTOM_FAMILY}"),
             Family::Sync(i) => format!(
                 "policy_canary.sync.{}",
                 SYNC_STATS.get(i).map_or("unknown", |(name, _)| name)

@@ -701,7 +701,20 @@ pub struct AnalysisStack {
 }
 
 impl AnalysisStack {
+    /// The wasm filter in controller mode (envoy/envoy.yaml), `edit`ed.
     pub fn start(
+        backend_bin: &str,
+        stable: &[&str],
+        canary: &[&str],
+        edit: impl FnOnce(String) -> String,
+    ) -> AnalysisStack {
+        AnalysisStack::start_on(Build::Wasm, backend_bin, stable, canary, edit)
+    }
+
+    /// `start` with the filter as `build`: the native module syncs filter-side
+    /// (envoy/envoy-filter-sync.yaml, `edit`ed before it is made native).
+    pub fn start_on(
+        build: Build,
         backend_bin: &str,
         stable: &[&str],
         canary: &[&str],
@@ -719,11 +732,19 @@ impl AnalysisStack {
             "50ms",
         ])
         .with_policies(&["v2.3.1", "v2.4.0"]);
-        let config = edit(controller_mode_config(
-            stable.port,
-            canary.port,
-            &controller,
-        ));
+        let config = match build {
+            Build::Wasm => edit(controller_mode_config(
+                stable.port,
+                canary.port,
+                &controller,
+            )),
+            Build::Native => native_config(&edit(filter_sync_config(
+                stable.port,
+                canary.port,
+                &controller,
+                "edge-1",
+            ))),
+        };
         let envoy = Envoy::start_with_admin(&config, 2, admin_port);
         AnalysisStack {
             envoy,
@@ -1140,6 +1161,23 @@ pub struct PrometheusServer {
     _dir: TempDir,
 }
 
+/// The Envoy job's `metric_relabel_configs` of envoy/prometheus/prometheus.yml (the
+/// native module's series under the wasm filter's names), as shipped.
+fn shipped_relabel_rules() -> String {
+    let shipped = std::fs::read_to_string(repo_root().join("envoy/prometheus/prometheus.yml"))
+        .expect("envoy/prometheus/prometheus.yml");
+    let start = shipped
+        .find("    metric_relabel_configs:")
+        .expect("the envoy job's metric_relabel_configs");
+    let block: String = shipped[start..]
+        .lines()
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(block.contains("envoy_wasmcustom_"), "{block}");
+    block
+}
+
 impl PrometheusServer {
     pub fn start(envoy_admin_ports: &[u16]) -> PrometheusServer {
         let dir = TempDir::new("prometheus");
@@ -1150,12 +1188,10 @@ impl PrometheusServer {
         let config = format!(
             "global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}\n\
              scrape_configs:\n\
-             - job_name: envoy\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: [{}]\n\
-             \x20 # As envoy/prometheus/prometheus.yml: the native module's series renamed.\n\
-             \x20 metric_relabel_configs:\n  - source_labels: [__name__]\n\
-             \x20   regex: envoy_wasmcustom_(policy_canary_.*)\n    target_label: __name__\n\
-             \x20   replacement: $1\n",
-            targets.join(", ")
+             \x20 - job_name: envoy\n    metrics_path: /stats/prometheus\n\
+             \x20   static_configs:\n      - targets: [{}]\n{}",
+            targets.join(", "),
+            shipped_relabel_rules()
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();

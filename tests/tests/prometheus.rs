@@ -11,13 +11,19 @@ const BACKEND: &str = env!("CARGO_BIN_EXE_test-backend");
 struct Fleet {
     envoys: Vec<Envoy>,
     admin_ports: Vec<u16>,
-    config: String,
+    configs: Vec<String>,
     controller: Controller,
     prometheus: PrometheusServer,
     _backends: (Backend, Backend),
 }
 
 fn fleet(stable: &[&str], canary: &[&str]) -> Fleet {
+    fleet_on(Build::Wasm, stable, canary)
+}
+
+/// Two Envoys of `build` (the wasm filter in controller mode, the native module
+/// with filter-side sync as `gw-0` and `gw-1`) scraped by a real Prometheus.
+fn fleet_on(build: Build, stable: &[&str], canary: &[&str]) -> Fleet {
     let stable = Backend::start_with(BACKEND, "stable", stable);
     let canary = Backend::start_with(BACKEND, "canary", canary);
     let admin_ports = vec![free_port(), free_port()];
@@ -33,15 +39,26 @@ fn fleet(stable: &[&str], canary: &[&str]) -> Fleet {
         "50ms",
     ])
     .with_policies(&["v2.3.1", "v2.4.0"]);
-    let config = controller_mode_config(stable.port, canary.port, &controller);
+    let configs: Vec<String> = (0..admin_ports.len())
+        .map(|i| match build {
+            Build::Wasm => controller_mode_config(stable.port, canary.port, &controller),
+            Build::Native => native_config(&filter_sync_config(
+                stable.port,
+                canary.port,
+                &controller,
+                &format!("gw-{i}"),
+            )),
+        })
+        .collect();
     let envoys = admin_ports
         .iter()
-        .map(|port| Envoy::start_with_admin(&config, 1, *port))
+        .zip(&configs)
+        .map(|(port, config)| Envoy::start_with_admin(config, 1, *port))
         .collect();
     Fleet {
         envoys,
         admin_ports,
-        config,
+        configs,
         controller,
         prometheus,
         _backends: (stable, canary),
@@ -101,7 +118,7 @@ fn counts_equal_the_envoys_own_across_a_restart() {
     add(send(&f.envoys[1], 300..600));
     // Envoy 2's counts are in Prometheus; then it restarts (its counters reset).
     scraped(&f, f.admin_ports[1], 300);
-    let config = f.config.clone();
+    let config = f.configs[1].clone();
     let port = f.admin_ports[1];
     drop(f.envoys.pop());
     f.envoys.push(Envoy::start_with_admin(&config, 1, port));
@@ -215,5 +232,38 @@ fn a_regression_is_rolled_back_and_an_identical_canary_promoted() {
     assert_eq!(
         f.controller.audit_actions(id),
         ["start", "advance", "advance"]
+    );
+}
+
+/// The native module's custom metrics reach the analysis through Prometheus: the
+/// shipped relabel rules give its one family (`policy_canary_custom{counter=…}`)
+/// the wasm filter's names, and a canary worse on the agent's `judge_score` only
+/// is rolled back by that gate.
+#[test]
+fn a_native_fleets_custom_metric_is_judged_through_prometheus() {
+    let f = fleet_on(
+        Build::Native,
+        &["completion=0.9", "metric=judge_score:0.8"],
+        &["completion=0.9", "metric=judge_score:0.6"],
+    );
+    let plan = format!("{FAST_PLAN}gates: {{judge_score: {{metric: judge_score, worse: lower, threshold: 0.05}}}}\n");
+    let id = f.controller.post_ok("/v1/rollouts", &plan)["id"]
+        .as_i64()
+        .unwrap();
+    drive(&f, 60_000, || phase(&f, id) == "rolled_back");
+    let audit = f.controller.get(&format!("/v1/audit?rollout={id}"));
+    let last = audit["audit"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        last["reason"].as_str().unwrap().contains("judge_score"),
+        "{last}"
+    );
+    // Prometheus holds the wasm filter's series, and no native family is left.
+    let reports = "sum(policy_canary_custom_judge_score_reports{policy_version=\"v2.4.0\"})";
+    assert!(f.prometheus.value(reports).unwrap_or(0.0) > 0.0);
+    assert_eq!(f.prometheus.value("count(policy_canary_custom)"), None);
+    assert_eq!(
+        f.prometheus
+            .value("count({__name__=~\"policy_canary_custom_.+\", counter!=\"\"})"),
+        None
     );
 }

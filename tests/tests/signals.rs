@@ -64,10 +64,11 @@ fn drive(
 
 /// A canary equal on every header metric but the agent's own `judge_score`
 /// (0.6 against 0.8) is rolled back by that gate; the client never sees the
-/// metric, and the route document tells Envoy which metrics to count.
-#[test]
-fn a_canary_worse_on_a_custom_metric_is_rolled_back_by_it() {
-    let s = AnalysisStack::start(
+/// metric, and the route document tells Envoy which metrics to count. Against
+/// both builds: the native module counts custom metrics in one family.
+fn a_canary_worse_on_a_custom_metric_is_rolled_back_by_it(build: Build) {
+    let s = AnalysisStack::start_on(
+        build,
         BACKEND,
         &["completion=0.9", "metric=judge_score:0.8"],
         &["completion=0.9", "metric=judge_score:0.6"],
@@ -427,3 +428,5 @@ fn signals_are_checked_counted_once_and_kept() {
     let n = csat["n_stable"].as_f64().unwrap() + csat["n_canary"].as_f64().unwrap();
     assert_eq!(n, 2.0, "{csat} {analysis}");
 }
+
+both_builds!(a_canary_worse_on_a_custom_metric_is_rolled_back_by_it);

@@ -7,6 +7,8 @@ use crate::analysis::judge::EvidenceJudge;
 use crate::envoy::admin::{AdminClient, HealthChange, SourceHealth};
 use crate::metrics::{EvidenceSource, Metrics};
 use crate::store::RolloutRow;
+use policy_canary::custom;
+use policy_canary::stats::NATIVE_CUSTOM_FAMILY;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,6 +121,16 @@ pub fn parse_prometheus(text: &str, target: &str) -> Scrape {
             }
             continue;
         }
+        if suffix == NATIVE_CUSTOM_FAMILY {
+            // The native module's custom metrics: the count's name is the label.
+            match label("counter").filter(|c| custom::parse_suffix(c).is_some()) {
+                Some(counter) => {
+                    sample.counters.insert(counter.to_string(), value);
+                }
+                None => scrape.malformed_lines += 1,
+            }
+            continue;
+        }
         if let Some(histogram) = suffix.strip_suffix("_bucket") {
             if histogram == "rq_latency_ms" {
                 let le = match label("le") {
@@ -200,6 +212,9 @@ policy_canary_rq_total{target="support-agent.forced",policy_version="v2.4.0"} 3
 policy_canary_rq_total{target="support-agent.elsewhere",policy_version="v2.4.0"} 3
 policy_canary_rq_total{target="support-agent-2",policy_version="v2.4.0"} 3
 policy_canary_custom_judge_micros{target="support-agent",policy_version="v2.4.0"} 1500000
+policy_canary_custom{target="support-agent",policy_version="v2.4.0",counter="custom_judge_reports"} 3
+policy_canary_custom{target="support-agent",policy_version="v2.4.0",counter="rq_total"} 3
+policy_canary_custom{target="support-agent",policy_version="v2.4.0"} 3
 policy_canary_replicate{target="support-agent",policy_version="v2.4.0",replicate="4",counter="custom_judge_reports"} 2
 policy_canary_replicate{target="support-agent",policy_version="v2.4.0",replicate="4",counter="tasks_escalated"} 1
 policy_canary_rq_latency_ms_bucket{target="support-agent",policy_version="v2.4.0",le="5"} 40
@@ -222,6 +237,8 @@ envoy_cluster_upstream_rq{envoy_cluster_name="x"} 3
         );
         let canary = scrape.version("v2.4.0").unwrap();
         assert_eq!(canary.get("custom_judge_micros"), 1_500_000.0);
+        // The native module's family, its counter label naming the count.
+        assert_eq!(canary.get("custom_judge_reports"), 3.0);
         assert_eq!(canary.named_replicate(4, "custom_judge_reports"), 2.0);
         use policy_canary::replicate::{ReplicateCounter, Slot};
         assert_eq!(
@@ -232,7 +249,7 @@ envoy_cluster_upstream_rq{envoy_cluster_name="x"} 3
         assert_eq!(canary.get("tasks_completed"), 70.0);
         assert_eq!(canary.latency, vec![(5.0, 40.0), (f64::INFINITY, 100.0)]);
         assert!(!canary.counters.contains_key("rq_latency_ms_sum"));
-        assert_eq!(scrape.malformed_lines, 2);
+        assert_eq!(scrape.malformed_lines, 4);
         assert_eq!(parse_labels(r#"a="x\"y",b="2""#).unwrap()[0].1, "x\"y");
     }
 }
