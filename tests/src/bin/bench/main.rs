@@ -357,6 +357,12 @@ fn cpu(answer: Answer) {
             samples: vec![],
         },
     ];
+    // BENCH_VARIANTS="empty native module;policy-canary, native module" keeps those
+    // (and "no filter", the base of the ratios, and the extra builds below).
+    if let Ok(keep) = std::env::var("BENCH_VARIANTS") {
+        let keep: Vec<&str> = keep.split(';').map(str::trim).collect();
+        variants.retain(|v| v.name == "no filter" || keep.contains(&v.name));
+    }
     // Extra builds of the filter to compare side by side (before/after an optimisation):
     // BENCH_EXTRA_WASM="label=path.wasm,label2=path2.wasm".
     for extra in std::env::var("BENCH_EXTRA_WASM")
@@ -369,6 +375,24 @@ fn cpu(answer: Answer) {
         variants.push(Variant {
             name: Box::leak(label.to_string().into_boxed_str()),
             envoy: make(Some(wasm_filter(path, plugin)), by_header),
+            samples: vec![],
+        });
+    }
+    // Extra builds of the native module, copied under their own names into
+    // target/ (Envoy finds modules by name there): BENCH_EXTRA_NATIVE="label=path.so".
+    for extra in std::env::var("BENCH_EXTRA_NATIVE")
+        .unwrap_or_default()
+        .split(',')
+    {
+        let Some((label, path)) = extra.split_once('=') else {
+            continue;
+        };
+        let module = format!("policy_canary_extra{}", variants.len());
+        std::fs::copy(path, root.join(format!("target/lib{module}.so")))
+            .unwrap_or_else(|e| panic!("BENCH_EXTRA_NATIVE {path}: {e}"));
+        variants.push(Variant {
+            name: Box::leak(label.to_string().into_boxed_str()),
+            envoy: make(Some(native_filter(&module, plugin)), by_header),
             samples: vec![],
         });
     }
