@@ -1,5 +1,7 @@
 //! Controller mode: a real `canaryctl serve`, a real Envoy running the filter and
-//! the sync service (envoy/envoy.yaml), and test backends.
+//! the sync service (envoy/envoy.yaml), and test backends. The tests of following
+//! the controller through outages, bad answers and restored backups also run
+//! against the native module, which syncs filter-side (its only controller mode).
 
 use policy_canary_e2e::*;
 use serde_json::Value;
@@ -17,11 +19,36 @@ struct Stack {
 }
 
 fn stack(controller_args: &[&str]) -> Stack {
+    stack_on(Build::Wasm, controller_args)
+}
+
+/// The shipped configs' sync settings.
+const SYNC: &str = r#""sync": {"cluster": "canary_controller", "wait_ms": 25000}"#;
+
+/// The config following the controller on `port`: the wasm filter with the
+/// singleton sync service, or the native module syncing filter-side; `sync`
+/// replaces the sync settings.
+fn following(build: Build, ports: (u16, u16, u16), token: &str, sync: &str) -> String {
+    let (stable, canary, port) = ports;
+    let text = match build {
+        Build::Wasm => controller_mode_config_for(stable, canary, port, token),
+        Build::Native => filter_sync_config_for(stable, canary, port, token, "edge-1"),
+    };
+    assert!(text.contains(SYNC), "{text}");
+    build.config(&text.replace(SYNC, sync))
+}
+
+fn stack_on(build: Build, controller_args: &[&str]) -> Stack {
     let controller = Controller::start(controller_args).with_policies(&["v2.3.1", "v2.4.0"]);
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
     let envoy = Envoy::start(
-        &controller_mode_config(stable.port, canary.port, &controller),
+        &following(
+            build,
+            (stable.port, canary.port, controller.port),
+            &controller.routes_token(),
+            SYNC,
+        ),
         2,
     );
     let client = Client::new(envoy.port);
@@ -168,9 +195,8 @@ fn a_rollout_moves_through_its_stages_by_itself() {
     assert_eq!(targets["targets"][0]["stable"]["version"], "v2.4.0");
 }
 
-#[test]
-fn envoy_keeps_routing_while_the_controller_is_gone() {
-    let mut s = stack(&[]);
+fn envoy_keeps_routing_while_the_controller_is_gone(build: Build) {
+    let mut s = stack_on(build, &[]);
     let started = s.controller.post_ok(
         "/v1/rollouts",
         &plan("[{weight: 25%, min_duration: 1h}, {weight: 100%}]", ""),
@@ -359,14 +385,15 @@ fn routes_doc(revision: u64, weight: u16) -> String {
     )
 }
 
-#[test]
-fn bad_controller_answers_keep_the_last_table() {
+fn bad_controller_answers_keep_the_last_table(build: Build) {
     let fake = fake::start(fake::Answer::Document(routes_doc(5, 3_000)));
     let stable = Backend::start(BACKEND, "stable");
     let canary = Backend::start(BACKEND, "canary");
-    let config = controller_mode_config_for(stable.port, canary.port, fake.port, "fake-token").replace(
-        r#"{"sync": {"cluster": "canary_controller", "wait_ms": 25000}}"#,
-        r#"{"sync": {"cluster": "canary_controller", "wait_ms": 300, "timeout_ms": 1000, "max_backoff_ms": 200}}"#,
+    let config = following(
+        build,
+        (stable.port, canary.port, fake.port),
+        "fake-token",
+        r#""sync": {"cluster": "canary_controller", "wait_ms": 300, "timeout_ms": 1000, "max_backoff_ms": 200}"#,
     );
     let envoy = Envoy::start(&config, 2);
     let client = Client::new(envoy.port);
@@ -589,9 +616,8 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// A controller restored from an older backup serves lower revisions than the
 /// Envoys hold: they follow it all the same (a new generation), so a rollback on
 /// the restored controller reaches every worker.
-#[test]
-fn a_controller_restored_from_an_older_backup_is_followed() {
-    let mut s = stack(&[]);
+fn a_controller_restored_from_an_older_backup_is_followed(build: Build) {
+    let mut s = stack_on(build, &[]);
     let probe_plan = plan(
         "[{weight: 1%, min_duration: 1h}, {weight: 5%, min_duration: 1h}, {weight: 25%, min_duration: 1h}, {weight: 100%}]",
         "segments: [{header: x-probe, value: \"1\", weight: 100%}]\n",
@@ -751,3 +777,9 @@ fn losing_all_evidence_stops_the_stage() {
         || (c.get(&format!("/v1/rollouts/{id}"))["phase"] == "rolled_back").then_some(()),
     );
 }
+
+both_builds!(
+    envoy_keeps_routing_while_the_controller_is_gone,
+    bad_controller_answers_keep_the_last_table,
+    a_controller_restored_from_an_older_backup_is_followed,
+);
