@@ -258,34 +258,53 @@ impl ReplicateCounts {
     }
 }
 
-/// One version's replicates.
+/// One version's replicates, and which of them hold counts: a flush (one per
+/// stream in the native module) visits only those, not all 32.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replicates(pub Box<[ReplicateCounts; REPLICATES]>);
+pub struct Replicates {
+    counts: Box<[ReplicateCounts; REPLICATES]>,
+    /// Bit `r` is set when replicate `r` may hold a non-zero count.
+    touched: u32,
+}
+
+const _: () = assert!(REPLICATES <= u32::BITS as usize);
 
 impl Default for Replicates {
     fn default() -> Self {
-        Replicates(Box::new([ReplicateCounts::default(); REPLICATES]))
+        Replicates {
+            counts: Box::new([ReplicateCounts::default(); REPLICATES]),
+            touched: 0,
+        }
     }
 }
 
 impl Replicates {
     pub fn get_mut(&mut self, replicate: u8) -> &mut ReplicateCounts {
-        &mut self.0[usize::from(replicate) % REPLICATES]
+        let index = usize::from(replicate) % REPLICATES;
+        self.touched |= 1 << index;
+        &mut self.counts[index]
     }
 
     pub fn is_zero(&self) -> bool {
-        self.0.iter().all(ReplicateCounts::is_zero)
+        self.touched == 0
     }
 
     /// Hands every non-zero count (replicate, slot, value) to `flush`, which returns
     /// how much of it went out; the rest stays.
     pub fn flush(&mut self, mut flush: impl FnMut(u8, Slot, u64) -> u64) {
-        for (replicate, counts) in self.0.iter_mut().enumerate() {
+        let mut touched = self.touched;
+        while touched != 0 {
+            let replicate = touched.trailing_zeros() as usize;
+            touched &= touched - 1;
+            let counts = &mut self.counts[replicate];
             for (index, value) in counts.0.iter_mut().enumerate() {
                 if *value > 0 {
                     let sent = flush(replicate as u8, Slot::at(index), *value).min(*value);
                     *value -= sent;
                 }
+            }
+            if counts.is_zero() {
+                self.touched &= !(1 << replicate);
             }
         }
     }
@@ -413,6 +432,17 @@ mod tests {
         });
         assert_eq!(seen.len(), 3, "rq_total, rq_errors, one latency bucket");
         r.flush(|_, _, n| n);
+        assert!(r.is_zero());
+        // Only the replicates that hold counts are visited, every one of them.
+        r.get_mut(0).record(&StreamRecord::default(), None);
+        r.get_mut(31).record(&StreamRecord::default(), None);
+        let _ = r.get_mut(7);
+        let mut seen = Vec::new();
+        r.flush(|rep, _, n| {
+            seen.push(rep);
+            n
+        });
+        assert_eq!(seen, vec![0, 0, 31, 31]);
         assert!(r.is_zero());
     }
 

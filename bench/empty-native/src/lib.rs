@@ -1,5 +1,8 @@
 //! The native module's floor: every hook Envoy 1.40 requires of an HTTP filter,
 //! each doing nothing (what loading any dynamic-module filter costs per request).
+//! With the filter configuration `routing floor` its request hook does the least
+//! a filter that picks the upstream by a header must: set the cluster header
+//! (`x-policy-cluster: agent_stable`) and clear the route cache, once.
 
 use std::ffi::{c_char, c_void};
 
@@ -12,6 +15,21 @@ pub struct Buffer {
 }
 
 static CONFIG: u8 = 0;
+static ROUTING_FLOOR: u8 = 1;
+
+// Envoy's own (the binary exports them; the module is loaded into it).
+extern "C" {
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: Ptr,
+        header_type: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_clear_route_cache(filter: Ptr);
+}
+
+/// `envoy_dynamic_module_type_http_header_type` of request headers.
+const REQUEST_HEADER: u32 = 0;
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
@@ -22,9 +40,47 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     _e: Ptr,
     _n: Buffer,
-    _c: Buffer,
+    c: Buffer,
 ) -> *const u8 {
-    &CONFIG
+    let config = if c.ptr.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: Envoy's buffer of `c.length` bytes, valid during the call.
+        unsafe { std::slice::from_raw_parts(c.ptr, c.length) }
+    };
+    if config == b"routing floor" {
+        &ROUTING_FLOOR
+    } else {
+        &CONFIG
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter: Ptr,
+    module: *const u8,
+    _end_of_stream: bool,
+) -> u32 {
+    if std::ptr::eq(module, &ROUTING_FLOOR) {
+        let (key, value) = (b"x-policy-cluster", b"agent_stable");
+        // SAFETY: `filter` is the stream whose hook is running; the buffers outlive the calls.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                filter,
+                REQUEST_HEADER,
+                Buffer {
+                    ptr: key.as_ptr(),
+                    length: key.len(),
+                },
+                Buffer {
+                    ptr: value.as_ptr(),
+                    length: value.len(),
+                },
+            );
+            envoy_dynamic_module_callback_http_clear_route_cache(filter);
+        }
+    }
+    0
 }
 
 #[no_mangle]
@@ -45,7 +101,6 @@ nothing! {
     envoy_dynamic_module_on_http_filter_config_destroy(Ptr);
     envoy_dynamic_module_on_http_filter_per_route_config_new(Buffer, Buffer) -> Ptr = std::ptr::null_mut();
     envoy_dynamic_module_on_http_filter_per_route_config_destroy(Ptr);
-    envoy_dynamic_module_on_http_filter_request_headers(Ptr, Ptr, bool) -> u32 = 0;
     envoy_dynamic_module_on_http_filter_request_body(Ptr, Ptr, bool) -> u32 = 0;
     envoy_dynamic_module_on_http_filter_request_trailers(Ptr, Ptr) -> u32 = 0;
     envoy_dynamic_module_on_http_filter_response_headers(Ptr, Ptr, bool) -> u32 = 0;

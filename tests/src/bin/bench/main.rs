@@ -327,6 +327,14 @@ fn cpu(answer: Answer) {
             samples: vec![],
         },
         Variant {
+            name: "native routing floor (sets the cluster header, clears the route cache)",
+            envoy: make(
+                Some(native_filter("policy_canary_empty", "routing floor")),
+                by_header,
+            ),
+            samples: vec![],
+        },
+        Variant {
             name: "policy-canary, native module",
             envoy: make(Some(native_filter("policy_canary", plugin)), by_header),
             samples: vec![],
