@@ -36,8 +36,10 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     c"v0.2.0".as_ptr()
 }
 
+/// # Safety
+/// `c` is Envoy's buffer of the filter configuration, valid during the call.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     _e: Ptr,
     _n: Buffer,
     c: Buffer,
@@ -55,8 +57,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     }
 }
 
+/// # Safety
+/// `filter` is the stream whose hook Envoy is running.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: Ptr,
     module: *const u8,
     _end_of_stream: bool,
