@@ -2,7 +2,9 @@
 //! each doing nothing (what loading any dynamic-module filter costs per request).
 //! With the filter configuration `routing floor` its request hook does the least
 //! a filter that picks the upstream by a header must: set the cluster header
-//! (`x-policy-cluster: agent_stable`) and clear the route cache, once.
+//! (`x-policy-cluster: agent_stable`) and clear the route cache, once. Its cluster
+//! specifier (a route's `inline_cluster_specifier_plugin`) picks `agent_stable`
+//! while Envoy picks the route: routing by a module with no second route pick.
 
 use std::ffi::{c_char, c_void};
 
@@ -26,6 +28,10 @@ extern "C" {
         value: Buffer,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_clear_route_cache(filter: Ptr);
+    fn envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
+        context: Ptr,
+        cluster: Buffer,
+    );
 }
 
 /// `envoy_dynamic_module_type_http_header_type` of request headers.
@@ -121,4 +127,39 @@ nothing! {
     envoy_dynamic_module_on_http_filter_scheduled(Ptr, Ptr, u64);
     envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(Ptr, Ptr);
     envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(Ptr, Ptr);
+}
+
+static SPECIFIER: u8 = 2;
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_new(
+    _e: Ptr,
+    _n: Buffer,
+    _c: Buffer,
+) -> *const u8 {
+    &SPECIFIER
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_destroy(_config: *const u8) {}
+
+/// # Safety
+/// `context` is the selection Envoy is making.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_cluster_specifier_select(
+    _config: *const u8,
+    context: Ptr,
+) -> bool {
+    let cluster = b"agent_stable";
+    // SAFETY: `context` is live during this call; the buffer outlives it.
+    unsafe {
+        envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
+            context,
+            Buffer {
+                ptr: cluster.as_ptr(),
+                length: cluster.len(),
+            },
+        )
+    };
+    true
 }

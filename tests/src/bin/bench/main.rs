@@ -335,6 +335,14 @@ fn cpu(answer: Answer) {
             samples: vec![],
         },
         Variant {
+            name: "native cluster specifier floor (picks the cluster as Envoy picks the route)",
+            envoy: make(
+                Some(native_filter("policy_canary_empty", "")),
+                "{inline_cluster_specifier_plugin: {extension: {name: policy_canary, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier, dynamic_module_config: {name: policy_canary_empty}, specifier_name: floor}}}}",
+            ),
+            samples: vec![],
+        },
+        Variant {
             name: "policy-canary, native module",
             envoy: make(Some(native_filter("policy_canary", plugin)), by_header),
             samples: vec![],
