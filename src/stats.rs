@@ -92,6 +92,11 @@ pub const LATENCY_SUFFIX: &str = "rq_latency_ms";
 /// module's. Readers rename them to the wasm filter's `policy_canary_*`.
 pub const NATIVE_PROMETHEUS_PREFIX: &str = "envoy_wasmcustom_policy_canary_";
 
+/// Prometheus text with the native module's series under the wasm filter's names.
+pub fn wasm_prometheus_names(text: &str) -> String {
+    text.replace(NATIVE_PROMETHEUS_PREFIX, "policy_canary_")
+}
+
 /// The native module's one family for every custom metric
 /// (`policy_canary_custom{target, policy_version, counter="custom_<name>_<field>"}`):
 /// their names are known only at run time, after Envoy has frozen stat names.

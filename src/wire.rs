@@ -24,23 +24,28 @@ impl HeaderMap {
 
     /// Encodes `pairs` as the host does (for tests and the in-memory host).
     pub fn from_pairs<N: AsRef<str>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> HeaderMap {
-        let raw: Vec<(&[u8], &[u8])> = pairs
-            .iter()
-            .map(|(n, v)| (n.as_ref().as_bytes(), v.as_ref()))
-            .collect();
-        HeaderMap::from_byte_pairs(&raw)
+        HeaderMap::encode(
+            pairs
+                .iter()
+                .map(|(n, v)| (n.as_ref().as_bytes(), v.as_ref())),
+        )
     }
 
     /// Encodes pairs whose names are bytes too (a native host's header map, copied
     /// once, without checking the names as UTF-8: they are compared as bytes).
     pub fn from_byte_pairs(pairs: &[(&[u8], &[u8])]) -> HeaderMap {
-        let size = 4 + pairs
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 10)
-            .sum::<usize>();
+        HeaderMap::encode(pairs.iter().copied())
+    }
+
+    /// Encodes the pairs `pairs` yields (walked three times: sizes, lengths, bytes),
+    /// with no copy of the pairs themselves.
+    pub fn encode<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> HeaderMap {
+        let (count, size) = pairs.clone().fold((0, 4), |(count, size), (n, v)| {
+            (count + 1, size + n.len() + v.len() + 10)
+        });
         let mut bytes = Vec::with_capacity(size);
-        bytes.extend_from_slice(&len32(pairs.len()).to_le_bytes());
-        for (name, value) in pairs {
+        bytes.extend_from_slice(&len32(count).to_le_bytes());
+        for (name, value) in pairs.clone() {
             bytes.extend_from_slice(&len32(name.len()).to_le_bytes());
             bytes.extend_from_slice(&len32(value.len()).to_le_bytes());
         }

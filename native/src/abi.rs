@@ -58,17 +58,35 @@ impl EnvoyBuffer {
         }
     }
 
+    /// The bytes, borrowed for the current hook (empty for a null buffer).
+    ///
+    /// # Safety
+    /// `ptr` must be null or point to `length` bytes valid for `'a`.
+    pub unsafe fn bytes<'a>(self) -> &'a [u8] {
+        // SAFETY: the caller's contract.
+        unsafe { slice(self.ptr, self.length) }
+    }
+
     /// The bytes, copied (empty for a null buffer).
     ///
     /// # Safety
-    /// `ptr` must be null or point to `length` readable bytes.
+    /// As `bytes`.
     pub unsafe fn to_vec(self) -> Vec<u8> {
-        if self.ptr.is_null() || self.length == 0 {
-            return Vec::new();
-        }
         // SAFETY: the caller's contract.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }.to_vec()
+        unsafe { self.bytes() }.to_vec()
     }
+}
+
+/// `len` values at `ptr`, borrowed (empty for a null pointer).
+///
+/// # Safety
+/// `ptr` is null or points to `len` values valid for `'a`.
+pub unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if ptr.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
 }
 
 /// A header pair, the module's (`ModuleHttpHeader`) or Envoy's (`EnvoyHttpHeader`).
@@ -82,6 +100,20 @@ pub struct HttpHeader {
 }
 
 impl HttpHeader {
+    /// Name and value, borrowed for the current hook.
+    ///
+    /// # Safety
+    /// Both pointers are null or point to their lengths' bytes, valid for `'a`.
+    pub unsafe fn pair<'a>(&self) -> (&'a [u8], &'a [u8]) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            (
+                slice(self.key_ptr, self.key_length),
+                slice(self.value_ptr, self.value_length),
+            )
+        }
+    }
+
     pub fn empty() -> HttpHeader {
         HttpHeader {
             key_ptr: std::ptr::null(),

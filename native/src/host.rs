@@ -8,7 +8,9 @@
 
 use crate::abi::{self, EnvoyBuffer, EnvoyPtr, HttpHeader, ModuleBuffer};
 use crate::names::{labelled, Family};
-use policy_canary::plugin::host::{Host, HostError, HostResult, LogLevel, MapKind, MetricKind};
+use policy_canary::plugin::host::{
+    shared_get, shared_set, Host, HostError, HostResult, LogLevel, MapKind, MetricKind, SharedData,
+};
 use policy_canary::wire::HeaderMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -175,11 +177,8 @@ impl Stats {
     }
 }
 
-/// A shared value and its CAS.
-type Shared = HashMap<String, (Vec<u8>, u32)>;
-
 /// Shared data for the whole process, as proxy-wasm's.
-static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
+static SHARED: Mutex<SharedData> = Mutex::new(SharedData::new());
 
 /// The answer to the HTTP callout being handled (main thread only).
 #[derive(Default)]
@@ -199,18 +198,6 @@ pub struct NativeHost<'a> {
     /// A request header was edited: the route must be picked again (once, after
     /// the hook: `clear_route_cache`).
     pub route_dirty: std::cell::Cell<bool>,
-}
-
-/// Envoy's bytes, borrowed for the current hook (empty for a null pointer).
-///
-/// # Safety
-/// `ptr` is null or points to `length` bytes valid for `'a`.
-unsafe fn raw<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
-    if ptr.is_null() || length == 0 {
-        return &[];
-    }
-    // SAFETY: the caller's contract.
-    unsafe { std::slice::from_raw_parts(ptr, length) }
 }
 
 fn header_type(map: MapKind) -> Option<u32> {
@@ -248,18 +235,11 @@ impl NativeHost<'_> {
                 return Err(HostError);
             }
         }
-        let pairs: Vec<(&[u8], &[u8])> = headers
-            .iter()
-            // SAFETY: Envoy's buffers are valid until the hook returns; the map is
-            // copied out of them before it does.
-            .map(|h| unsafe {
-                (
-                    raw(h.key_ptr, h.key_length),
-                    raw(h.value_ptr, h.value_length),
-                )
-            })
-            .collect();
-        Ok(HeaderMap::from_byte_pairs(&pairs))
+        // SAFETY: Envoy's buffers are valid until the hook returns; the map is
+        // copied out of them before it does.
+        Ok(HeaderMap::encode(
+            headers.iter().map(|h| unsafe { h.pair() }),
+        ))
     }
 
     fn set_header(&self, map: MapKind, name: &str, value: ModuleBuffer) -> HostResult<()> {
@@ -339,27 +319,19 @@ impl Host for NativeHost<'_> {
     }
 
     fn shared_data(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
-        let shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(match shared.as_ref().and_then(|m| m.get(key)) {
-            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
-            None => (None, None),
-        })
+        Ok(shared_get(
+            &SHARED.lock().unwrap_or_else(PoisonError::into_inner),
+            key,
+        ))
     }
 
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
-        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-        let map = shared.get_or_insert_with(HashMap::new);
-        let current = map.get(key).map_or(0, |(_, c)| *c);
-        if let Some(expected) = cas.filter(|c| *c != 0) {
-            if expected != current {
-                return Err(HostError);
-            }
-        }
-        map.insert(
-            key.to_string(),
-            (value.to_vec(), current.wrapping_add(1).max(1)),
-        );
-        Ok(())
+        shared_set(
+            &mut SHARED.lock().unwrap_or_else(PoisonError::into_inner),
+            key,
+            value,
+            cas,
+        )
     }
 
     fn dispatch_http_call(

@@ -32,7 +32,7 @@ use policy_canary::plugin::FOLLOW_PERIOD;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -60,7 +60,7 @@ struct NativeConfig {
     stats: Stats,
     ticker: Option<Ticker>,
     /// Main-thread ticks so far.
-    ticks: std::sync::atomic::AtomicU32,
+    ticks: AtomicU32,
 }
 
 /// The timer that ticks the main thread: filter-side sync, and the stats the
@@ -175,7 +175,7 @@ fn new_config(envoy: EnvoyPtr, bytes: &[u8]) -> Option<Box<NativeConfig>> {
         plugin,
         stats,
         ticker: None,
-        ticks: std::sync::atomic::AtomicU32::new(0),
+        ticks: AtomicU32::new(0),
     });
     if full.sync.is_some() {
         let worker = Worker::new(full, &config.host(None, None));
@@ -194,34 +194,23 @@ fn define(envoy: EnvoyPtr, family: Family) -> Option<usize> {
         .iter()
         .map(|l| ModuleBuffer::of(l.as_bytes()))
         .collect();
+    let define = if family.is_gauge() {
+        cb.http_filter_config_define_gauge
+    } else if family.is_histogram() {
+        cb.http_filter_config_define_histogram
+    } else {
+        cb.http_filter_config_define_counter
+    };
     let mut id = 0usize;
     // SAFETY: the buffers outlive the call; `envoy` is the configuration being made.
     let result = unsafe {
-        if family.is_gauge() {
-            (cb.http_filter_config_define_gauge)(
-                envoy,
-                ModuleBuffer::of(name.as_bytes()),
-                labels.as_ptr(),
-                labels.len(),
-                &mut id,
-            )
-        } else if family.is_histogram() {
-            (cb.http_filter_config_define_histogram)(
-                envoy,
-                ModuleBuffer::of(name.as_bytes()),
-                labels.as_ptr(),
-                labels.len(),
-                &mut id,
-            )
-        } else {
-            (cb.http_filter_config_define_counter)(
-                envoy,
-                ModuleBuffer::of(name.as_bytes()),
-                labels.as_ptr(),
-                labels.len(),
-                &mut id,
-            )
-        }
+        define(
+            envoy,
+            ModuleBuffer::of(name.as_bytes()),
+            labels.as_ptr(),
+            labels.len(),
+            &mut id,
+        )
     };
     if result != abi::SUCCESS {
         abi::log(
@@ -346,23 +335,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
         if result == abi::SUCCESS {
             // SAFETY: Envoy's arrays and buffers are valid until this hook returns.
             unsafe {
-                for h in slice(headers, headers_size) {
-                    let name = EnvoyBuffer {
-                        ptr: h.key_ptr,
-                        length: h.key_length,
-                    }
-                    .to_vec();
-                    let value = EnvoyBuffer {
-                        ptr: h.value_ptr,
-                        length: h.value_length,
-                    }
-                    .to_vec();
+                for h in abi::slice(headers, headers_size) {
+                    let (name, value) = h.pair();
                     answer
                         .headers
-                        .push((String::from_utf8_lossy(&name).into_owned(), value));
+                        .push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
                 }
-                for chunk in slice(body, body_size) {
-                    answer.body.extend_from_slice(&chunk.to_vec());
+                for chunk in abi::slice(body, body_size) {
+                    answer.body.extend_from_slice(chunk.bytes());
                 }
             }
         }
@@ -378,16 +358,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
             }
         });
     });
-}
-
-/// # Safety
-/// `ptr` is null or points to `len` values.
-unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
-    if ptr.is_null() || len == 0 {
-        return &[];
-    }
-    // SAFETY: the caller's contract.
-    unsafe { std::slice::from_raw_parts(ptr, len) }
 }
 
 /// This thread's worker for `config`, ticked if a tick is due.

@@ -70,13 +70,42 @@ pub trait Host {
     fn env(&self, name: &str) -> Option<String>;
 }
 
+/// Shared data kept in memory (a host without Envoy's own: the native module,
+/// tests): each key's value and its CAS.
+pub type SharedData = std::collections::BTreeMap<String, (Vec<u8>, u32)>;
+
+/// The value under `key` and its CAS (`Host::shared_data`).
+pub fn shared_get(data: &SharedData, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    match data.get(key) {
+        Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+        None => (None, None),
+    }
+}
+
+/// Writes under proxy-wasm's rules (`Host::set_shared_data`): a CAS other than 0
+/// must be the key's current one; every write moves the key's CAS on.
+pub fn shared_set(
+    data: &mut SharedData,
+    key: &str,
+    value: &[u8],
+    cas: Option<u32>,
+) -> HostResult<()> {
+    let current = data.get(key).map(|(_, cas)| *cas);
+    if cas.is_some_and(|expected| expected != 0 && current != Some(expected)) {
+        return Err(HostError);
+    }
+    let next = current.map_or(1, |cas| cas.wrapping_add(1).max(1));
+    data.insert(key.to_string(), (value.to_vec(), next));
+    Ok(())
+}
+
 /// An in-memory host for tests: maps, properties, metrics, shared data and log
 /// lines, with chosen calls made to fail.
 #[cfg(test)]
 pub mod mock {
     use super::*;
     use std::cell::RefCell;
-    use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::collections::{HashMap, HashSet};
 
     pub type Call = (String, Vec<(String, String)>);
 
@@ -90,7 +119,7 @@ pub mod mock {
         /// Metric names by id, and their values (counters and gauges add or set,
         /// histograms keep every sample).
         pub metrics: RefCell<Vec<(String, MetricKind, Vec<u64>)>>,
-        pub shared: RefCell<BTreeMap<String, (Vec<u8>, u32)>>,
+        pub shared: RefCell<SharedData>,
         /// HTTP calls dispatched: cluster and headers.
         pub calls: RefCell<Vec<Call>>,
         /// Their bodies, in the same order.
@@ -250,23 +279,12 @@ pub mod mock {
 
         fn shared_data(&self, key: &str) -> HostResult<(Option<Vec<u8>>, Option<u32>)> {
             self.check("shared_data")?;
-            Ok(match self.shared.borrow().get(key) {
-                Some((value, cas)) => (Some(value.clone()), Some(*cas)),
-                None => (None, None),
-            })
+            Ok(shared_get(&self.shared.borrow(), key))
         }
 
         fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> HostResult<()> {
             self.check("set_shared_data")?;
-            let mut shared = self.shared.borrow_mut();
-            let current = shared.get(key).map(|(_, cas)| *cas);
-            // As in Envoy, CAS 0 writes unconditionally.
-            if cas.is_some_and(|expected| expected != 0 && current != Some(expected)) {
-                return Err(HostError);
-            }
-            let next = current.map_or(1, |cas| cas + 1);
-            shared.insert(key.to_string(), (value.to_vec(), next));
-            Ok(())
+            shared_set(&mut self.shared.borrow_mut(), key, value, cas)
         }
 
         fn dispatch_http_call(

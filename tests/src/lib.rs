@@ -297,17 +297,13 @@ impl Envoy {
     /// `/stats/prometheus`, the native module's series named as the wasm filter's
     /// (as the controller reads them: `policy_canary_*`).
     pub fn prometheus(&self) -> String {
-        self.admin_get("/stats/prometheus").replace(
-            policy_canary::stats::NATIVE_PROMETHEUS_PREFIX,
-            "policy_canary_",
-        )
+        policy_canary::stats::wasm_prometheus_names(&self.admin_get("/stats/prometheus"))
     }
 
     pub fn admin_post(&self, path: &str) -> (u16, String) {
         http_request(self.admin, "POST", path, &[]).expect("admin answers")
     }
 
-    /// Counter stats whose names start with `prefix`, from `/stats`.
     /// Counters under `prefix`, by their wasm-filter names (the native module's
     /// labelled stats are renamed to them: `wasm_stat_name`).
     pub fn counters(&self, prefix: &str) -> HashMap<String, u64> {
@@ -732,19 +728,13 @@ impl AnalysisStack {
             "50ms",
         ])
         .with_policies(&["v2.3.1", "v2.4.0"]);
-        let config = match build {
-            Build::Wasm => edit(controller_mode_config(
-                stable.port,
-                canary.port,
-                &controller,
-            )),
-            Build::Native => native_config(&edit(filter_sync_config(
-                stable.port,
-                canary.port,
-                &controller,
-                "edge-1",
-            ))),
-        };
+        let config = following_config_for(
+            build,
+            (stable.port, canary.port, controller.port),
+            &controller.routes_token(),
+            "edge-1",
+            edit,
+        );
         let envoy = Envoy::start_with_admin(&config, 2, admin_port);
         AnalysisStack {
             envoy,
@@ -1088,6 +1078,42 @@ pub fn filter_sync_config_for(
     with_vm_env(
         &text,
         &format!("{{key_values: {{HOSTNAME: {envoy_id}, POLICY_CANARY_TOKEN: {token}}}}}"),
+    )
+}
+
+/// The shipped config that follows the controller on `port` in `build`: the wasm
+/// filter with the singleton sync service (envoy/envoy.yaml), or the native module
+/// syncing filter-side as `envoy_id` (envoy/envoy-filter-sync.yaml: the module has
+/// no bootstrap service). `edit` sees the shipped text before it is made native.
+pub fn following_config_for(
+    build: Build,
+    (stable, canary, port): (u16, u16, u16),
+    token: &str,
+    envoy_id: &str,
+    edit: impl FnOnce(String) -> String,
+) -> String {
+    match build {
+        Build::Wasm => edit(controller_mode_config_for(stable, canary, port, token)),
+        Build::Native => native_config(&edit(filter_sync_config_for(
+            stable, canary, port, token, envoy_id,
+        ))),
+    }
+}
+
+/// `following_config_for` the controller, as shipped.
+pub fn following_config(
+    build: Build,
+    stable: u16,
+    canary: u16,
+    controller: &Controller,
+    envoy_id: &str,
+) -> String {
+    following_config_for(
+        build,
+        (stable, canary, controller.port),
+        &controller.routes_token(),
+        envoy_id,
+        |text| text,
     )
 }
 

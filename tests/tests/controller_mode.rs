@@ -25,17 +25,13 @@ fn stack(controller_args: &[&str]) -> Stack {
 /// The shipped configs' sync settings.
 const SYNC: &str = r#""sync": {"cluster": "canary_controller", "wait_ms": 25000}"#;
 
-/// The config following the controller on `port`: the wasm filter with the
-/// singleton sync service, or the native module syncing filter-side; `sync`
-/// replaces the sync settings.
+/// The config following the controller on `port` in `build`, its sync settings
+/// replaced by `sync`.
 fn following(build: Build, ports: (u16, u16, u16), token: &str, sync: &str) -> String {
-    let (stable, canary, port) = ports;
-    let text = match build {
-        Build::Wasm => controller_mode_config_for(stable, canary, port, token),
-        Build::Native => filter_sync_config_for(stable, canary, port, token, "edge-1"),
-    };
-    assert!(text.contains(SYNC), "{text}");
-    build.config(&text.replace(SYNC, sync))
+    following_config_for(build, ports, token, "edge-1", |text| {
+        assert!(text.contains(SYNC), "{text}");
+        text.replace(SYNC, sync)
+    })
 }
 
 fn stack_on(build: Build, controller_args: &[&str]) -> Stack {

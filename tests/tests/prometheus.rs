@@ -40,14 +40,14 @@ fn fleet_on(build: Build, stable: &[&str], canary: &[&str]) -> Fleet {
     ])
     .with_policies(&["v2.3.1", "v2.4.0"]);
     let configs: Vec<String> = (0..admin_ports.len())
-        .map(|i| match build {
-            Build::Wasm => controller_mode_config(stable.port, canary.port, &controller),
-            Build::Native => native_config(&filter_sync_config(
+        .map(|i| {
+            following_config(
+                build,
                 stable.port,
                 canary.port,
                 &controller,
                 &format!("gw-{i}"),
-            )),
+            )
         })
         .collect();
     let envoys = admin_ports

@@ -1,7 +1,7 @@
 //! The Envoy admin client, and the once-per-change logging of sources that fail
 //! and recover.
 
-use policy_canary::stats::NATIVE_PROMETHEUS_PREFIX;
+use policy_canary::stats::wasm_prometheus_names;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ impl AdminClient {
             return Err(format!("{url} answered {}", response.status()));
         }
         let text = response.text().await.map_err(|e| e.to_string())?;
-        Ok(text.replace(NATIVE_PROMETHEUS_PREFIX, "policy_canary_"))
+        Ok(wasm_prometheus_names(&text))
     }
 
     /// `GET /runtime`: every runtime entry with its final value.

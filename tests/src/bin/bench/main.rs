@@ -143,6 +143,19 @@ fn native_filter(module: &str, configuration: &str) -> String {
     )
 }
 
+/// The `label=path` pairs of a comma-separated environment variable.
+fn extra_builds(var: &str) -> Vec<(&'static str, String)> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|extra| extra.split_once('='))
+        .map(|(label, path)| {
+            let label: &'static str = Box::leak(label.to_string().into_boxed_str());
+            (label, path.to_string())
+        })
+        .collect()
+}
+
 /// CPU time of every thread of process `pid` so far, in ns (the scheduler's own
 /// account, `/proc/PID/task/*/schedstat`: user and system, no tick rounding, so a
 /// short batch measures as exactly as a long one).
@@ -379,35 +392,23 @@ fn cpu(answer: Answer) {
         let keep: Vec<&str> = keep.split(';').map(str::trim).collect();
         variants.retain(|v| v.name == "no filter" || keep.contains(&v.name));
     }
-    // Extra builds of the filter to compare side by side (before/after an optimisation):
+    // Extra builds to compare side by side (before/after an optimisation):
     // BENCH_EXTRA_WASM="label=path.wasm,label2=path2.wasm".
-    for extra in std::env::var("BENCH_EXTRA_WASM")
-        .unwrap_or_default()
-        .split(',')
-    {
-        let Some((label, path)) = extra.split_once('=') else {
-            continue;
-        };
+    for (name, path) in extra_builds("BENCH_EXTRA_WASM") {
         variants.push(Variant {
-            name: Box::leak(label.to_string().into_boxed_str()),
-            envoy: make(Some(wasm_filter(path, plugin)), by_header),
+            name,
+            envoy: make(Some(wasm_filter(&path, plugin)), by_header),
             samples: vec![],
         });
     }
-    // Extra builds of the native module, copied under their own names into
-    // target/ (Envoy finds modules by name there): BENCH_EXTRA_NATIVE="label=path.so".
-    for extra in std::env::var("BENCH_EXTRA_NATIVE")
-        .unwrap_or_default()
-        .split(',')
-    {
-        let Some((label, path)) = extra.split_once('=') else {
-            continue;
-        };
+    // BENCH_EXTRA_NATIVE="label=path.so": each copied under its own name into
+    // target/ (Envoy finds modules by name there).
+    for (name, path) in extra_builds("BENCH_EXTRA_NATIVE") {
         let module = format!("policy_canary_extra{}", variants.len());
-        std::fs::copy(path, root.join(format!("target/lib{module}.so")))
+        std::fs::copy(&path, root.join(format!("target/lib{module}.so")))
             .unwrap_or_else(|e| panic!("BENCH_EXTRA_NATIVE {path}: {e}"));
         variants.push(Variant {
-            name: Box::leak(label.to_string().into_boxed_str()),
+            name,
             envoy: make(Some(native_filter(&module, plugin)), by_header),
             samples: vec![],
         });
