@@ -1165,18 +1165,32 @@ pub fn drive_sessions(
     clients: &[Client],
     max: usize,
     limit: Duration,
-    mut done: impl FnMut() -> bool,
+    done: impl FnMut() -> bool,
 ) -> usize {
+    try_drive_sessions(clients, max, limit, done)
+        .unwrap_or_else(|sent| panic!("no decision after {sent} requests"))
+}
+
+/// [`drive_sessions`] that returns how many it sent as the error when `done`
+/// never said so, for a test to say what the controller saw.
+pub fn try_drive_sessions(
+    clients: &[Client],
+    max: usize,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<usize, usize> {
     let started = Instant::now();
     for i in 0..max {
         let reply = clients[i % clients.len()].session(&format!("user-{i}"));
         assert_eq!(reply.status, 200);
         if i % 100 == 99 && done() {
-            return i + 1;
+            return Ok(i + 1);
         }
-        assert!(started.elapsed() < limit, "no decision after {i} requests");
+        if started.elapsed() >= limit {
+            return Err(i + 1);
+        }
     }
-    panic!("no decision after {max} requests");
+    Err(max)
 }
 
 /// A real Prometheus server (Debian `prometheus`) on a free loopback port,

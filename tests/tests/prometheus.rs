@@ -201,10 +201,19 @@ fn counts_equal_the_envoys_own_across_a_restart() {
     );
 }
 
-/// Sends sessions through both Envoys in turn until `done` (at most `max` or 120 s).
-fn drive(f: &Fleet, max: usize, done: impl FnMut() -> bool) -> usize {
+/// Sends sessions through both Envoys in turn until rollout `id` has ended (at
+/// most `max` requests or 120 s); a rollout still under way fails the test with
+/// what the controller saw.
+fn drive(f: &Fleet, id: i64, max: usize) -> usize {
     let clients: Vec<Client> = f.envoys.iter().map(|e| Client::new(e.port)).collect();
-    drive_sessions(&clients, max, Duration::from_secs(120), done)
+    let ended = || phase(f, id) != "progressing";
+    try_drive_sessions(&clients, max, Duration::from_secs(120), ended).unwrap_or_else(|sent| {
+        panic!(
+            "rollout {id} still under way after {sent} requests\nrollout: {}\nanalysis: {}",
+            f.controller.get(&format!("/v1/rollouts/{id}")),
+            analysis(f, id)
+        )
+    })
 }
 
 fn phase(f: &Fleet, id: i64) -> Value {
@@ -217,8 +226,9 @@ fn a_regression_is_rolled_back_and_an_identical_canary_promoted() {
     let id = f.controller.post_ok("/v1/rollouts", FAST_PLAN)["id"]
         .as_i64()
         .unwrap();
-    drive(&f, 60_000, || phase(&f, id) == "rolled_back");
+    drive(&f, id, 60_000);
     let audit = f.controller.get(&format!("/v1/audit?rollout={id}"));
+    assert_eq!(phase(&f, id), "rolled_back", "{audit}");
     let last = audit["audit"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["actor"], "canaryctl");
     assert!(last["reason"].as_str().unwrap().contains("completion_rate"));
@@ -228,10 +238,12 @@ fn a_regression_is_rolled_back_and_an_identical_canary_promoted() {
     let id = f.controller.post_ok("/v1/rollouts", FAST_PLAN)["id"]
         .as_i64()
         .unwrap();
-    drive(&f, 60_000, || phase(&f, id) == "promoted");
+    drive(&f, id, 60_000);
+    let audit = f.controller.get(&format!("/v1/audit?rollout={id}"));
     assert_eq!(
         f.controller.audit_actions(id),
-        ["start", "advance", "advance"]
+        ["start", "advance", "advance"],
+        "{audit}"
     );
 }
 
@@ -250,7 +262,8 @@ fn a_native_fleets_custom_metric_is_judged_through_prometheus() {
     let id = f.controller.post_ok("/v1/rollouts", &plan)["id"]
         .as_i64()
         .unwrap();
-    drive(&f, 60_000, || phase(&f, id) == "rolled_back");
+    drive(&f, id, 60_000);
+    assert_eq!(phase(&f, id), "rolled_back");
     let audit = f.controller.get(&format!("/v1/audit?rollout={id}"));
     let last = audit["audit"].as_array().unwrap().last().unwrap().clone();
     assert!(
