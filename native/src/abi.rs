@@ -192,6 +192,19 @@ callbacks! {
     http_get_headers: fn(filter: EnvoyPtr, header_type: u32, result: *mut HttpHeader) -> bool;
     http_set_header: fn(filter: EnvoyPtr, header_type: u32, key: ModuleBuffer, value: ModuleBuffer) -> bool;
     http_clear_route_cache: fn(filter: EnvoyPtr);
+    http_get_header: fn(
+        filter: EnvoyPtr,
+        header_type: u32,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        optional_size: *mut usize,
+    ) -> bool;
+    http_get_cluster_name: fn(filter: EnvoyPtr, result: *mut EnvoyBuffer) -> bool;
+    cluster_specifier_get_request_headers_size: fn(context: EnvoyPtr) -> usize;
+    cluster_specifier_get_request_headers: fn(context: EnvoyPtr, result: *mut HttpHeader) -> bool;
+    cluster_specifier_get_random_value: fn(context: EnvoyPtr) -> u64;
+    cluster_specifier_set_cluster_name: fn(context: EnvoyPtr, cluster: ModuleBuffer);
     http_filter_get_attribute_string: fn(filter: EnvoyPtr, attribute_id: u32, result: *mut EnvoyBuffer) -> bool;
     http_filter_config_define_counter: fn(
         config: EnvoyPtr,

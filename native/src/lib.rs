@@ -14,6 +14,10 @@
 //! Envoy's main-thread scheduler; workers follow its tables through the module's
 //! shared data, as wasm workers follow Envoy's.
 //!
+//! A route may pick its cluster by the module's cluster specifier instead of the
+//! cluster header (`specifier`): the decision is then made while Envoy picks the
+//! route, and the stream's filter takes it over.
+//!
 //! There is no VM to catch a fault: every hook runs under `guard`, which turns a
 //! panic into a logged error and a pass-through answer, and the module refuses to
 //! load into an Envoy that lacks a callback it declares (`abi::resolve`).
@@ -21,6 +25,8 @@
 pub mod abi;
 pub mod host;
 pub mod names;
+pub mod required_hooks;
+pub mod specifier;
 
 use abi::{EnvoyBuffer, EnvoyPtr, ModuleBuffer, ModulePtr};
 use host::{CallAnswer, NativeHost, Stats};
@@ -29,6 +35,7 @@ use policy_canary::config::PluginConfig;
 use policy_canary::plugin::stream::Stream;
 use policy_canary::plugin::worker::{Worker, FLUSH_EVERY_TICKS};
 use policy_canary::plugin::FOLLOW_PERIOD;
+use policy_canary::routing::HeaderEdit;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -61,6 +68,11 @@ struct NativeConfig {
     ticker: Option<Ticker>,
     /// Main-thread ticks so far.
     ticks: AtomicU32,
+    /// A cluster specifier has routed a stream of this configuration: a stream
+    /// with no decision of its own asks for one before routing by the header.
+    specified: AtomicBool,
+    /// Envoy is destroying it: specifiers look for another.
+    retired: AtomicBool,
 }
 
 /// The timer that ticks the main thread: filter-side sync, and the stats the
@@ -136,25 +148,37 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 ) -> ModulePtr {
     guard(std::ptr::null(), || {
         // SAFETY: Envoy's buffers are valid for the call.
-        let (name, config) = unsafe { (name.to_vec(), config.to_vec()) };
-        if name != FILTER_NAME.as_bytes() {
-            abi::log(
-                abi::LOG_ERROR,
-                &format!(
-                    "policy_canary: unknown filter_name `{}` (this module serves `{FILTER_NAME}`)",
-                    String::from_utf8_lossy(&name)
-                ),
-            );
+        let (name, config) = unsafe { (name.bytes(), config.bytes()) };
+        if !serves(name, "filter_name") {
             return std::ptr::null();
         }
-        match new_config(envoy, &config) {
-            Some(config) => Box::into_raw(config) as ModulePtr,
+        match new_config(envoy, config) {
+            Some(config) => {
+                let config = Arc::new(config);
+                specifier::register(&config);
+                Arc::into_raw(config) as ModulePtr
+            }
             None => std::ptr::null(),
         }
     })
 }
 
-fn new_config(envoy: EnvoyPtr, bytes: &[u8]) -> Option<Box<NativeConfig>> {
+/// Whether `name` (Envoy's `field`) is the one this module serves; logged if not.
+fn serves(name: &[u8], field: &str) -> bool {
+    if name == FILTER_NAME.as_bytes() {
+        return true;
+    }
+    abi::log(
+        abi::LOG_ERROR,
+        &format!(
+            "policy_canary: unknown {field} `{}` (this module serves `{FILTER_NAME}`)",
+            String::from_utf8_lossy(name)
+        ),
+    );
+    false
+}
+
+fn new_config(envoy: EnvoyPtr, bytes: &[u8]) -> Option<NativeConfig> {
     let full = match PluginConfig::from_json(bytes) {
         Ok(config) => config,
         Err(error) => {
@@ -169,14 +193,16 @@ fn new_config(envoy: EnvoyPtr, bytes: &[u8]) -> Option<Box<NativeConfig>> {
     stats.families = Family::all().map(|family| define(envoy, family)).collect();
     let mut plugin = full.clone();
     plugin.sync = None;
-    let mut config = Box::new(NativeConfig {
+    let mut config = NativeConfig {
         id: NEXT_CONFIG.fetch_add(1, Ordering::Relaxed),
         envoy: envoy as usize,
         plugin,
         stats,
         ticker: None,
         ticks: AtomicU32::new(0),
-    });
+        specified: AtomicBool::new(false),
+        retired: AtomicBool::new(false),
+    };
     if full.sync.is_some() {
         let worker = Worker::new(full, &config.host(None, None));
         SYNC_WORKERS.with(|w| w.borrow_mut().insert(config.id, worker));
@@ -265,8 +291,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
         if config.is_null() {
             return;
         }
-        // SAFETY: made by `Box::into_raw` in config_new; Envoy destroys it once.
-        let config = unsafe { Box::from_raw(config as *mut NativeConfig) };
+        // SAFETY: made by `Arc::into_raw` in config_new; Envoy destroys it once.
+        // A specifier choosing a cluster may hold it a moment longer.
+        let config = unsafe { Arc::from_raw(config as *const NativeConfig) };
+        specifier::retire(&config);
         // What the workers added since the last tick still reaches Envoy.
         config.stats.drain(config.envoy as EnvoyPtr);
         if let (Some(ticker), Some(cb)) = (&config.ticker, abi::callbacks()) {
@@ -435,8 +463,36 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     // SAFETY: the caller's contract.
     unsafe {
         on_stream(filter, stream, |s, host| {
-            s.stream.on_request_headers(host);
-            host.refresh_route();
+            // SAFETY (in the caller's block): `on_stream` found the configuration live.
+            let Some(config) = s.config.as_ref() else {
+                return;
+            };
+            let routed = specifier::take(config, filter).or_else(|| {
+                (config.specified.load(Ordering::Relaxed) && specifier::reselect(filter))
+                    .then(|| specifier::take(config, filter))
+                    .flatten()
+            });
+            match routed {
+                Some(specifier::Handoff {
+                    table,
+                    decision,
+                    edits,
+                    ..
+                }) => {
+                    if !config.specified.load(Ordering::Relaxed) {
+                        config.specified.store(true, Ordering::Relaxed);
+                    }
+                    let edits = edits.iter().map(|(name, value)| match value {
+                        Some(value) => HeaderEdit::Set(name, value),
+                        None => HeaderEdit::Remove(name),
+                    });
+                    s.stream.on_routed_request(host, table, decision, edits);
+                }
+                None => {
+                    s.stream.on_request_headers(host);
+                    host.refresh_route();
+                }
+            }
         })
     };
     abi::SUCCESS
@@ -497,132 +553,4 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(stream: Mod
             drop(unsafe { Box::from_raw(stream as *mut NativeStream) });
         }
     });
-}
-
-// The hooks Envoy requires that this filter does not use.
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
-    _name: EnvoyBuffer,
-    _config: EnvoyBuffer,
-) -> ModulePtr {
-    abi::log(
-        abi::LOG_ERROR,
-        "policy_canary: per-route configuration is not supported",
-    );
-    std::ptr::null()
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: ModulePtr) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-    _end_of_stream: bool,
-) -> u32 {
-    abi::SUCCESS
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-) -> u32 {
-    abi::SUCCESS
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-    _end_of_stream: bool,
-) -> u32 {
-    abi::SUCCESS
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-    _callout: u64,
-    _result: u32,
-    _headers: *const abi::HttpHeader,
-    _headers_size: usize,
-    _body: *const EnvoyBuffer,
-    _body_size: usize,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-    _id: u64,
-    _headers: *const abi::HttpHeader,
-    _headers_size: usize,
-    _end_stream: bool,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-    _id: u64,
-    _data: *const EnvoyBuffer,
-    _data_count: usize,
-    _end_stream: bool,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-    _id: u64,
-    _trailers: *const abi::HttpHeader,
-    _trailers_size: usize,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-    _id: u64,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-    _id: u64,
-    _reason: u32,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-    _event: u64,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
-    _filter: EnvoyPtr,
-    _stream: ModulePtr,
-) {
 }

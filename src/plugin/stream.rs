@@ -11,6 +11,19 @@ use crate::stats::StreamRecord;
 use crate::wire::HeaderMap;
 use std::rc::Rc;
 
+/// One request header edit; a failure is logged (once per kind).
+fn edit_request(worker: &Worker, host: &impl Host, edit: HeaderEdit<'_>) {
+    let result = match edit {
+        HeaderEdit::Remove(name) => host.remove_map_value(MapKind::RequestHeaders, name),
+        HeaderEdit::Set(name, value) => {
+            host.set_map_value(MapKind::RequestHeaders, name, value.as_bytes())
+        }
+    };
+    if result.is_err() {
+        worker.host_error(host, "edit request headers");
+    }
+}
+
 pub struct Stream {
     /// `None` for a root that is not a configured filter: the stream passes through.
     worker: Option<Rc<Worker>>,
@@ -47,20 +60,39 @@ impl Stream {
             table,
             &headers,
             || worker.random(),
-            |edit| {
-                let result = match edit {
-                    HeaderEdit::Remove(name) => {
-                        host.remove_map_value(MapKind::RequestHeaders, name)
-                    }
-                    HeaderEdit::Set(name, value) => {
-                        host.set_map_value(MapKind::RequestHeaders, name, value.as_bytes())
-                    }
-                };
-                if result.is_err() {
-                    worker.host_error(host, "edit request headers");
-                }
-            },
+            |edit| edit_request(worker, host, edit),
         );
+        self.decided(decision);
+    }
+
+    /// The request as the host's router routed it before the filter ran (the
+    /// native module's cluster specifier, deciding by `table`): makes the header
+    /// edits it left (`edits`, then the version header) and keeps its decision.
+    pub fn on_routed_request<'a>(
+        &mut self,
+        host: &impl Host,
+        table: Rc<RouteTable>,
+        decision: Decision,
+        edits: impl IntoIterator<Item = HeaderEdit<'a>>,
+    ) {
+        let Some(worker) = &self.worker else {
+            return;
+        };
+        self.started_ns = host.now_ns();
+        for edit in edits {
+            edit_request(worker, host, edit);
+        }
+        let version = &table.backend(decision.cohort).version;
+        edit_request(
+            worker,
+            host,
+            HeaderEdit::Set(&worker.config.version_header, version),
+        );
+        self.table = Some(table);
+        self.decided(decision);
+    }
+
+    fn decided(&mut self, decision: Decision) {
         self.record.traffic = decision.traffic;
         self.record.sessionless = decision.sessionless;
         self.decision = Some(decision);

@@ -60,6 +60,59 @@ fn routes_the_request_and_removes_what_the_client_must_not_send() {
     assert!(host.logs.borrow().is_empty());
 }
 
+/// A request the host routed before the filter ran (the native module's cluster
+/// specifier): the filter makes the edits it was handed and the version header,
+/// writes no cluster or bucket header, and counts the stream for the decision
+/// and table it was handed, not for one of its own.
+#[test]
+fn a_routed_request_keeps_the_decision_it_was_handed() {
+    use crate::routing::{Decision, HeaderEdit};
+    use crate::stats::Traffic;
+    let host = MockHost::default().with_map(
+        MapKind::RequestHeaders,
+        &[("x-session-id", b"user-1"), ("x-policy-cluster", b"evil")],
+    );
+    let mut role = filter(&host);
+    let Role::Filter(worker) = &role else {
+        panic!("a filter");
+    };
+    let worker = Rc::clone(worker);
+    // The config routes everything to the canary; the decision handed over is stable.
+    let decision = Decision {
+        cohort: crate::cohort::Cohort::Stable,
+        bucket: 9999,
+        traffic: Traffic::Forced,
+        sessionless: false,
+        replicate: None,
+    };
+    let mut stream = role.new_stream();
+    stream.on_routed_request(
+        &host,
+        worker.current_table(),
+        decision,
+        [HeaderEdit::Remove("x-policy-cluster")],
+    );
+    stream.on_log(&host);
+    assert_eq!(
+        host.header(MapKind::RequestHeaders, "x-policy-cluster"),
+        None
+    );
+    assert_eq!(
+        host.header(MapKind::RequestHeaders, "x-canary-bucket"),
+        None
+    );
+    assert_eq!(
+        host.header(MapKind::RequestHeaders, "x-agent-policy"),
+        Some(b"v1".to_vec())
+    );
+    for _ in 0..worker::FLUSH_EVERY_TICKS {
+        role.on_tick(&host);
+    }
+    let forced = "policy_canary.target.support-agent.forced.version.v1.rq_total";
+    assert_eq!(host.metric(forced), Some(1));
+    assert_eq!(host.metric(&stat("v2", "rq_total")), None);
+}
+
 #[test]
 fn counts_telemetry_strips_it_and_flushes_metrics_on_the_tick() {
     let host = MockHost::default()

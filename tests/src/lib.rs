@@ -387,11 +387,14 @@ pub fn wasm_stat_name(native: &str) -> Option<String> {
 
 /// Which build of the filter a test runs: the proxy-wasm filter
 /// (`target/policy_canary.wasm`) or the native dynamic module
-/// (`target/libpolicy_canary.so`), both made by `make build`.
+/// (`target/libpolicy_canary.so`), both made by `make build`; the native module
+/// also with its cluster specifier picking the cluster of the routes that follow
+/// the cluster header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Build {
     Wasm,
     Native,
+    NativeSpecifier,
 }
 
 impl Build {
@@ -400,8 +403,43 @@ impl Build {
         match self {
             Build::Wasm => config.to_string(),
             Build::Native => native_config(config),
+            Build::NativeSpecifier => native_specifier_config(config),
         }
     }
+
+    /// The native module deciding in its cluster specifier: the request carries no
+    /// cluster or bucket header.
+    pub fn routes_by_specifier(self) -> bool {
+        self == Build::NativeSpecifier
+    }
+}
+
+/// The route action of the native module's cluster specifier for `target`.
+pub fn native_specifier_route(target: &str) -> String {
+    format!(
+        "inline_cluster_specifier_plugin: {{extension: {{name: policy_canary, typed_config: {{\
+         \"@type\": type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier, \
+         dynamic_module_config: {{name: policy_canary}}, specifier_name: policy_canary, \
+         specifier_config: {{\"@type\": type.googleapis.com/google.protobuf.StringValue, value: {target}}}}}}}}}"
+    )
+}
+
+/// `native_config`, with every route that follows the cluster header picking its
+/// cluster by the module's cluster specifier instead (for the plugin's target).
+pub fn native_specifier_config(config: &str) -> String {
+    let native = native_config(config);
+    let target = native
+        .split("\"target\": \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a plugin configuration with a target")
+        .to_string();
+    let by_header = "cluster_header: x-policy-cluster";
+    assert!(
+        native.contains(by_header),
+        "no route follows the cluster header"
+    );
+    native.replace(by_header, &native_specifier_route(&target))
 }
 
 /// The native module built by `make build`.
@@ -485,6 +523,18 @@ macro_rules! both_builds {
         }
         mod native {
             $( #[test] fn $name() { super::$name($crate::Build::Native) } )*
+        }
+    };
+}
+
+/// `both_builds`, and the native module routing by its cluster specifier too
+/// (`native_specifier::<name>`).
+#[macro_export]
+macro_rules! every_build {
+    ($($name:ident),* $(,)?) => {
+        $crate::both_builds!($($name),*);
+        mod native_specifier {
+            $( #[test] fn $name() { super::$name($crate::Build::NativeSpecifier) } )*
         }
     };
 }
@@ -1094,7 +1144,7 @@ pub fn following_config_for(
 ) -> String {
     match build {
         Build::Wasm => edit(controller_mode_config_for(stable, canary, port, token)),
-        Build::Native => native_config(&edit(filter_sync_config_for(
+        Build::Native | Build::NativeSpecifier => build.config(&edit(filter_sync_config_for(
             stable, canary, port, token, envoy_id,
         ))),
     }

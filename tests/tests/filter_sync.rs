@@ -195,7 +195,7 @@ fn with_the_controller_gone_every_worker_keeps_the_last_table(build: Build) {
     assert_eq!(envoy.wasm_failures(), Vec::<String>::new());
 }
 
-both_builds!(
+every_build!(
     one_poller_per_envoy_and_every_worker_follows_the_controller,
     with_the_controller_gone_every_worker_keeps_the_last_table,
 );

@@ -73,6 +73,9 @@ fn the_module_uses_only_callbacks_envoy_exports() {
         "envoy_dynamic_module_on_http_filter_destroy",
         "envoy_dynamic_module_on_http_filter_config_scheduled",
         "envoy_dynamic_module_on_http_filter_config_http_callout_done",
+        "envoy_dynamic_module_on_cluster_specifier_config_new",
+        "envoy_dynamic_module_on_cluster_specifier_select",
+        "envoy_dynamic_module_on_cluster_specifier_config_destroy",
     ] {
         assert!(hooks.contains(hook), "{hook}");
     }
@@ -166,6 +169,47 @@ fn bad_configurations_are_refused_with_a_message() {
         log.contains("unknown filter_name `something_else`"),
         "{log}"
     );
+    // The cluster specifier: another specifier_name, or a specifier_config that
+    // is not a target name, is refused too.
+    let by_specifier = native_specifier_config(&shipped_config(
+        "envoy-static.yaml",
+        stable.port,
+        canary.port,
+    ));
+    let other_name = by_specifier.replace(
+        "specifier_name: policy_canary",
+        "specifier_name: something_else",
+    );
+    let log = refused(&other_name);
+    assert!(
+        log.contains("unknown specifier_name `something_else`"),
+        "{log}"
+    );
+    let bad_target = by_specifier.replace("value: support-agent}", "value: \"not a target!\"}");
+    let log = refused(&bad_target);
+    assert!(
+        log.contains("specifier_config: `not a target!` is not a target name"),
+        "{log}"
+    );
+    // A target no policy_canary filter serves: the route has no cluster (503),
+    // and the log says why, once.
+    let nobody = Envoy::start(
+        &by_specifier.replace("value: support-agent}", "value: nobody}"),
+        1,
+    );
+    let client = Client::new(nobody.port);
+    assert_eq!(client.session("user-1").status, 503);
+    assert_eq!(client.session("user-2").status, 503);
+    wait_for(
+        "the specifier's complaint in Envoy's log",
+        std::time::Duration::from_secs(5),
+        || {
+            let log = nobody.log();
+            let line = "the cluster specifier finds no policy_canary filter of target `nobody`";
+            (log.matches(line).count() == 1).then_some(())
+        },
+    );
+    drop(nobody);
     let envoy = Envoy::start(&config, 1);
     let client = Client::new(envoy.port);
     assert_eq!(client.session("user-1").status, 200);

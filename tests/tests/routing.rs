@@ -1,5 +1,6 @@
 //! The filter's routing inside a real Envoy, static mode (envoy/envoy-static.yaml),
-//! each test against both builds: the wasm filter and the native module.
+//! each test against every build: the wasm filter, the native module, and the
+//! native module deciding in its cluster specifier.
 
 use policy_canary_e2e::*;
 use std::collections::HashSet;
@@ -76,7 +77,12 @@ fn every_session_lands_where_the_formula_says_and_stays_there(build: Build) {
         let expected = expected_canary(session, SALT, weight);
         assert_eq!(reply.backend, backend_for(expected), "session {session}");
         let bucket = policy_canary::cohort::bucket(session.as_bytes(), SALT.as_bytes());
-        assert_eq!(reply.received["x-canary-bucket"], bucket.to_string());
+        assert_eq!(
+            reply.received.get("x-canary-bucket"),
+            (!build.routes_by_specifier())
+                .then(|| bucket.to_string())
+                .as_ref()
+        );
         let version = if expected { "v2.4.0" } else { "v2.3.1" };
         assert_eq!(reply.received["x-agent-policy"], version);
         canary += u32::from(expected);
@@ -252,7 +258,9 @@ fn sessions_from_the_cookie_and_requests_without_one(build: Build) {
     for _ in 0..50 {
         let reply = s.client.get("/", &[]);
         assert_eq!(reply.backend, "stable", "no session → stable");
-        assert_eq!(reply.received["x-canary-bucket"], "9999");
+        let bucket = reply.received.get("x-canary-bucket").map(String::as_str);
+        let expected = (!build.routes_by_specifier()).then_some("9999");
+        assert_eq!(bucket, expected);
     }
     wait_for(
         "sessionless requests counted",
@@ -289,6 +297,9 @@ fn missing_random_spreads_sessionless_requests(build: Build) {
             (total == 400).then_some(())
         },
     );
+    // Each counted for the version whose backend answered it.
+    let counted = s.envoy.policy_stat(TARGET, "v2.4.0", "sessionless_rq");
+    assert_eq!(counted, canary as u64);
 }
 
 fn client_sent_internal_headers_are_replaced(build: Build) {
@@ -305,8 +316,14 @@ fn client_sent_internal_headers_are_replaced(build: Build) {
         ],
     );
     assert_eq!(reply.backend, "stable");
-    assert_eq!(reply.received_all["x-policy-cluster"], vec!["agent_stable"]);
     assert_eq!(reply.received_all["x-agent-policy"], vec!["v2.3.1"]);
+    if build.routes_by_specifier() {
+        // Removed, and nothing written in their place: the route needs neither.
+        assert_eq!(reply.received_all.get("x-policy-cluster"), None);
+        assert_eq!(reply.received_all.get("x-canary-bucket"), None);
+        return;
+    }
+    assert_eq!(reply.received_all["x-policy-cluster"], vec!["agent_stable"]);
     let bucket = policy_canary::cohort::bucket(session.as_bytes(), SALT.as_bytes());
     assert_eq!(
         reply.received_all["x-canary-bucket"],
@@ -348,7 +365,7 @@ fn hostile_headers_still_reach_a_backend(build: Build) {
     assert_eq!(s.envoy.wasm_failures(), Vec::<String>::new());
 }
 
-both_builds!(
+every_build!(
     every_session_lands_where_the_formula_says_and_stays_there,
     raising_the_weight_keeps_every_earlier_canary_session,
     x_canary_forces_either_cohort,
@@ -359,3 +376,91 @@ both_builds!(
     client_sent_internal_headers_are_replaced,
     hostile_headers_still_reach_a_backend,
 );
+
+/// The native module's specifier hands its decision to the stream's filter only
+/// while `:path` is the one it saw: a stream whose path an earlier filter rewrote
+/// has Envoy pick the route again (the specifier decides on the new headers), and
+/// a route without the specifier is routed by the cluster header. Either way each
+/// session lands where the formula says, and every request, sessionless ones
+/// drawn at random too, is counted for the version that answered it.
+#[test]
+fn native_specifier_streams_are_routed_when_the_path_changes_or_the_route_lacks_it() {
+    let stable = Backend::start(BACKEND, "stable");
+    let canary = Backend::start(BACKEND, "canary");
+    let config = with_plugin_config(
+        &shipped_config("envoy-static.yaml", stable.port, canary.port),
+        &plugin(5000, r#""session": {"missing": "random"},"#),
+    );
+    let config = native_specifier_config(&config);
+    let by_header = "- match: {prefix: \"/by-header/\"}\n                route: {cluster_header: x-policy-cluster, timeout: 60s}\n              ";
+    let routes = "routes:\n              ";
+    assert!(config.contains(routes));
+    let config = config.replacen(routes, &format!("{routes}{by_header}"), 1);
+    // Before the module: `/rewrite/…` gets another path; `/pause/…` waits for a
+    // call to a backend, while the worker routes other streams.
+    let rewrite = r#"- name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(h)
+                    local path = h:headers():get(":path")
+                    if string.sub(path, 1, 9) == "/rewrite/" then
+                      h:headers():replace(":path", "/rewritten" .. string.sub(path, 9))
+                    elseif string.sub(path, 1, 7) == "/pause/" then
+                      h:httpCall("agent_stable", {[":method"] = "GET", [":path"] = "/", [":authority"] = "pause"}, "", 5000)
+                    end
+                  end
+          "#;
+    let filters = "http_filters:\n          ";
+    assert!(config.contains(filters));
+    let config = config.replacen(filters, &format!("{filters}{rewrite}"), 1);
+    let envoy = Envoy::start(&config, 1);
+    let client = Client::new(envoy.port);
+    let paths = ["/", "/rewrite/x", "/by-header/x", "/pause/x"];
+    let mut on_canary = 0u64;
+    for i in 0..400 {
+        let session = format!("user-{i}");
+        let path = paths[i % paths.len()];
+        let reply = client.get(path, &[("x-session-id", &session)]);
+        assert_eq!(reply.status, 200, "{path}");
+        let expected = expected_canary(&session, SALT, 5000);
+        assert_eq!(reply.backend, backend_for(expected), "{session} on {path}");
+        let version = if expected { "v2.4.0" } else { "v2.3.1" };
+        assert_eq!(reply.received["x-agent-policy"], version);
+        on_canary += u64::from(expected);
+    }
+    // Sessionless requests, drawn at random, from 8 clients at once: streams
+    // paused in `/pause/` find other streams' decisions in the hand-off slot.
+    let port = envoy.port;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let client = Client::new(port);
+                let mut canary = 0u64;
+                for i in 0..50 {
+                    let reply = client.get(paths[(t + i) % paths.len()], &[]);
+                    assert_eq!(reply.status, 200);
+                    let on_canary = reply.backend == "canary";
+                    let version = if on_canary { "v2.4.0" } else { "v2.3.1" };
+                    assert_eq!(reply.received["x-agent-policy"], version);
+                    canary += u64::from(on_canary);
+                }
+                canary
+            })
+        })
+        .collect();
+    for thread in threads {
+        on_canary += thread.join().unwrap();
+    }
+    wait_for(
+        "every stream counted",
+        std::time::Duration::from_secs(5),
+        || {
+            let counted = envoy.policy_stat(TARGET, "v2.3.1", "rq_total")
+                + envoy.policy_stat(TARGET, "v2.4.0", "rq_total");
+            (counted == 800).then_some(())
+        },
+    );
+    assert_eq!(envoy.policy_stat(TARGET, "v2.4.0", "rq_total"), on_canary);
+}

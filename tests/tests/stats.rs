@@ -384,7 +384,7 @@ fn streams_leave_no_memory_behind(build: Build) {
     );
 }
 
-both_builds!(
+every_build!(
     stats_equal_what_was_sent_per_version,
     telemetry_can_be_left_on_the_response,
     streams_leave_no_memory_behind,
