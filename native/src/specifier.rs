@@ -9,11 +9,13 @@
 //! it in its request hook, applies the header edits left (never the cluster or
 //! bucket header) and counts the stream as decided. A slot belongs to the stream
 //! whose `:path` value lives at the address it records (an Envoy header map's
-//! value is the stream's own memory while the stream lives); a filter that finds
-//! no slot of its own (an earlier filter changed `:path`, or paused while other
-//! streams were routed) asks Envoy to pick the route again, which runs the
-//! specifier on its current headers; a route without the specifier is routed by
-//! the cluster header as before.
+//! value is the stream's own memory while the stream lives) and whose route has
+//! the cluster it names. The filter reads its route first, so a route an earlier
+//! filter cleared is picked again, and decided again, before the slot is read; a
+//! filter that finds no slot of its own (an earlier filter paused while other
+//! streams were routed, or rewrote `:path` without clearing the route) asks Envoy
+//! to pick the route again, which runs the specifier on its current headers; a
+//! route without the specifier is routed by the cluster header as before.
 
 use crate::abi::{self, EnvoyBuffer, EnvoyPtr, HttpHeader, ModuleBuffer, ModulePtr};
 use crate::{guard, serves, thread_worker, NativeConfig};
