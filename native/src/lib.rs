@@ -40,7 +40,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Instant;
 
 /// The `filter_name` this module serves.
@@ -104,11 +104,15 @@ static NEXT_CONFIG: AtomicU64 = AtomicU64::new(1);
 struct ThreadWorker {
     worker: Rc<Worker>,
     ticked: Instant,
+    /// Its configuration, to drop the worker once Envoy has destroyed it.
+    config: Weak<NativeConfig>,
 }
 
 thread_local! {
     /// This worker thread's `Worker` per configuration.
     static WORKERS: RefCell<HashMap<u64, ThreadWorker>> = RefCell::new(HashMap::new());
+    /// The configurations' generation `WORKERS` was last pruned at.
+    static WORKERS_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// The main thread's sync `Worker` per configuration.
     static SYNC_WORKERS: RefCell<HashMap<u64, Worker>> = RefCell::new(HashMap::new());
 }
@@ -388,13 +392,24 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     });
 }
 
-/// This thread's worker for `config`, ticked if a tick is due.
-fn thread_worker(config: &NativeConfig, host: &NativeHost<'_>) -> Option<Rc<Worker>> {
+/// This thread's worker for `config`, ticked if a tick is due. Workers of
+/// configurations Envoy has destroyed since (a listener update replaces them)
+/// are dropped first.
+fn thread_worker(config: &Arc<NativeConfig>, host: &NativeHost<'_>) -> Option<Rc<Worker>> {
     WORKERS.with(|w| {
         let mut workers = w.try_borrow_mut().ok()?;
+        let generation = specifier::generation();
+        if WORKERS_GENERATION.replace(generation) != generation {
+            workers.retain(|_, w| {
+                w.config
+                    .upgrade()
+                    .is_some_and(|c| !c.retired.load(Ordering::Acquire))
+            });
+        }
         let entry = workers.entry(config.id).or_insert_with(|| ThreadWorker {
             worker: Rc::new(Worker::new(config.plugin.clone(), host)),
             ticked: Instant::now(),
+            config: Arc::downgrade(config),
         });
         if entry.ticked.elapsed() >= FOLLOW_PERIOD {
             entry.ticked = Instant::now();
@@ -412,16 +427,19 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     filter: EnvoyPtr,
 ) -> ModulePtr {
     guard(std::ptr::null(), || {
-        // SAFETY: the caller's contract.
-        let Some(native) = (unsafe { (config as *const NativeConfig).as_ref() }) else {
+        if config.is_null() {
             return std::ptr::null();
-        };
+        }
+        // SAFETY: made by `Arc::into_raw` in config_new and live (the caller's
+        // contract); borrowed, so its count is left as it is.
+        let native =
+            std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(config as *const NativeConfig) });
         let host = native.host(Some(filter), None);
-        let Some(worker) = thread_worker(native, &host) else {
+        let Some(worker) = thread_worker(&native, &host) else {
             return std::ptr::null();
         };
         let stream = Box::new(NativeStream {
-            config: native,
+            config: Arc::as_ptr(&native),
             stream: Stream::new(Some(Rc::clone(&worker))),
             worker,
         });

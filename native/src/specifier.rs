@@ -49,7 +49,8 @@ thread_local! {
 static CONFIGS: Mutex<Vec<Weak<NativeConfig>>> = Mutex::new(Vec::new());
 
 /// Moves on whenever a filter configuration or a specifier comes or goes: what
-/// each thread found for its specifiers is then looked up again.
+/// each thread found for its specifiers is then looked up again, and its workers
+/// of destroyed configurations are dropped.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// The configuration a thread found for a specifier, and at which generation
@@ -66,6 +67,11 @@ pub(crate) fn register(config: &Arc<NativeConfig>) {
     configs.retain(|c| c.strong_count() > 0);
     configs.push(Arc::downgrade(config));
     GENERATION.fetch_add(1, Ordering::Release);
+}
+
+/// The configurations' generation now.
+pub(crate) fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
 }
 
 /// A filter configuration is being destroyed: specifiers stop using it.
@@ -95,7 +101,7 @@ struct Specifier {
 impl Specifier {
     /// Runs `f` with this thread's configuration of the specifier (found once per
     /// generation, without a lock or a shared count touched per request).
-    fn with_config<T>(&self, f: impl FnOnce(Option<&NativeConfig>) -> T) -> T {
+    fn with_config<T>(&self, f: impl FnOnce(Option<&Arc<NativeConfig>>) -> T) -> T {
         let generation = GENERATION.load(Ordering::Acquire);
         let key = self as *const Specifier as usize;
         FOUND.with(|found| {
@@ -107,7 +113,7 @@ impl Specifier {
                 found.insert(key, (generation, find(&self.target)));
             }
             // Borrowed for the call: a nested call (none is made) would get `None`.
-            f(found.get(&key).and_then(|(_, config)| config.as_deref()))
+            f(found.get(&key).and_then(|(_, config)| config.as_ref()))
         })
     }
 }
@@ -213,7 +219,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_cluster_specifier_select(
 ///
 /// # Safety
 /// `context` is the selection Envoy is making.
-unsafe fn select(native: &NativeConfig, context: EnvoyPtr) -> bool {
+unsafe fn select(native: &Arc<NativeConfig>, context: EnvoyPtr) -> bool {
     let Some(cb) = abi::callbacks() else {
         return false;
     };

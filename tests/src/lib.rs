@@ -209,6 +209,15 @@ impl Envoy {
 
     /// Like `start`, but returns Envoy's log if it exits before it is ready.
     pub fn try_start(config: &str, concurrency: u32) -> Result<Envoy, String> {
+        Self::try_start_with(config, concurrency, &[])
+    }
+
+    /// Like `try_start`, with more command-line arguments for Envoy.
+    pub fn try_start_with(
+        config: &str,
+        concurrency: u32,
+        extra_args: &[&str],
+    ) -> Result<Envoy, String> {
         wasm_path();
         let dir = TempDir::new("envoy");
         let config_path = dir.path().join("envoy.yaml");
@@ -237,6 +246,7 @@ impl Envoy {
                 "--file-flush-interval-msec",
                 "100",
             ])
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
