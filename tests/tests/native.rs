@@ -298,7 +298,7 @@ fn replaced_configurations_leave_no_state_behind(build: Build) {
             assert_eq!(session_answer(&envoy, s).0, 200);
         }
         if i % 40 == 0 {
-            rss.push(rss_kib(envoy.pid()));
+            rss.push(envoy.rss_kib());
         }
     }
     // Measured: with each thread's state of a replaced configuration kept, Envoy
@@ -338,13 +338,4 @@ fn session_answer(envoy: &Envoy, s: u32) -> (u16, String) {
         &[("x-session-id", session.as_bytes())],
     )
     .expect("Envoy answers")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }

@@ -337,16 +337,6 @@ fn telemetry_can_be_left_on_the_response(build: Build) {
     );
 }
 
-/// Envoy's resident memory in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// The filter keeps per-stream state in wasm memory and frees it when Envoy
 /// deletes the stream's context: 32,000 streams must not grow Envoy (a leak of
 /// even 100 bytes a stream would add 3 MiB).
@@ -375,9 +365,9 @@ fn streams_leave_no_memory_behind(build: Build) {
         });
     };
     send(1_000); // warm-up: connections, stats, the VM's first pages
-    let before = rss_kib(envoy.pid());
+    let before = envoy.rss_kib();
     send(8_000);
-    let after = rss_kib(envoy.pid());
+    let after = envoy.rss_kib();
     assert!(
         after < before + 2_048,
         "Envoy grew from {before} KiB to {after} KiB over 32,000 streams"
