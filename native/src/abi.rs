@@ -114,6 +114,16 @@ impl HttpHeader {
         }
     }
 
+    /// `size` headers as Envoy fills them in (`fill` gets room for exactly that
+    /// many); `None` when it fails.
+    pub fn read(
+        size: usize,
+        fill: impl FnOnce(*mut HttpHeader) -> bool,
+    ) -> Option<Vec<HttpHeader>> {
+        let mut headers = vec![HttpHeader::empty(); size];
+        (size == 0 || fill(headers.as_mut_ptr())).then_some(headers)
+    }
+
     pub fn empty() -> HttpHeader {
         HttpHeader {
             key_ptr: std::ptr::null(),

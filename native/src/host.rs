@@ -225,16 +225,13 @@ impl NativeHost<'_> {
 
     fn stream_map(&self, filter: EnvoyPtr, kind: u32) -> HostResult<HeaderMap> {
         let cb = abi::callbacks().ok_or(HostError)?;
-        // SAFETY: `filter` is the stream whose hook is running.
-        let size = unsafe { (cb.http_get_headers_size)(filter, kind) };
-        let mut headers = vec![HttpHeader::empty(); size];
-        if size > 0 {
-            // SAFETY: `headers` holds `size` entries, as the callback requires.
-            let ok = unsafe { (cb.http_get_headers)(filter, kind, headers.as_mut_ptr()) };
-            if !ok {
-                return Err(HostError);
-            }
+        // SAFETY: `filter` is the stream whose hook is running; `read` gives room
+        // for `size` headers, as the callback requires.
+        let headers = unsafe {
+            let size = (cb.http_get_headers_size)(filter, kind);
+            HttpHeader::read(size, |room| (cb.http_get_headers)(filter, kind, room))
         }
+        .ok_or(HostError)?;
         // SAFETY: Envoy's buffers are valid until the hook returns; the map is
         // copied out of them before it does.
         Ok(HeaderMap::encode(

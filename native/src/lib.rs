@@ -35,7 +35,6 @@ use policy_canary::config::PluginConfig;
 use policy_canary::plugin::stream::Stream;
 use policy_canary::plugin::worker::{Worker, FLUSH_EVERY_TICKS};
 use policy_canary::plugin::FOLLOW_PERIOD;
-use policy_canary::routing::HeaderEdit;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -485,26 +484,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
             let Some(config) = s.config.as_ref() else {
                 return;
             };
-            let routed = specifier::take(config, filter).or_else(|| {
-                (config.specified.load(Ordering::Relaxed) && specifier::reselect(filter))
-                    .then(|| specifier::take(config, filter))
-                    .flatten()
-            });
-            match routed {
-                Some(specifier::Handoff {
-                    table,
-                    decision,
-                    edits,
-                    ..
-                }) => {
-                    if !config.specified.load(Ordering::Relaxed) {
-                        config.specified.store(true, Ordering::Relaxed);
-                    }
-                    let edits = edits.iter().map(|(name, value)| match value {
-                        Some(value) => HeaderEdit::Set(name, value),
-                        None => HeaderEdit::Remove(name),
-                    });
-                    s.stream.on_routed_request(host, table, decision, edits);
+            match specifier::routed(config, filter) {
+                Some(routed) => {
+                    let edits = routed.edits();
+                    s.stream
+                        .on_routed_request(host, routed.table.clone(), routed.decision, edits);
                 }
                 None => {
                     s.stream.on_request_headers(host);

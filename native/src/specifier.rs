@@ -31,14 +31,23 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 /// What the specifier decided for one stream, for its HTTP filter.
 pub struct Handoff {
     /// The filter configuration that decided (`NativeConfig::id`).
-    pub config: u64,
+    config: u64,
     /// Address and length of the stream's `:path` value.
     path: (usize, usize),
     pub table: Rc<RouteTable>,
     pub decision: Decision,
     /// The header edits the filter makes: removals of what the client may not
     /// send and the canonical force header (the version header it writes itself).
-    pub edits: Vec<(String, Option<String>)>,
+    edits: Vec<(String, Option<String>)>,
+}
+
+impl Handoff {
+    pub fn edits(&self) -> impl Iterator<Item = HeaderEdit<'_>> {
+        self.edits.iter().map(|(name, value)| match value {
+            Some(value) => HeaderEdit::Set(name, value),
+            None => HeaderEdit::Remove(name),
+        })
+    }
 }
 
 thread_local! {
@@ -148,8 +157,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_new(
     })
 }
 
-/// The target a `specifier_config` names: empty (the only filter configuration),
-/// or a target name as the filter configuration allows it.
+/// The target a `specifier_config` names: a target name as the filter
+/// configuration allows it, or empty (the newest configuration of any target).
 pub fn parse_target(config: &[u8]) -> Result<String, String> {
     let target = std::str::from_utf8(config)
         .map_err(|_| "specifier_config: the target is not UTF-8".to_string())?
@@ -227,15 +236,14 @@ unsafe fn select(native: &Arc<NativeConfig>, context: EnvoyPtr) -> bool {
     let Some(worker) = thread_worker(native, &host) else {
         return false;
     };
-    // SAFETY: `context` is live; `headers` holds `size` entries.
+    // SAFETY: `context` is live; `read` gives room for `size` headers.
     let headers = unsafe {
         let size = (cb.cluster_specifier_get_request_headers_size)(context);
-        let mut headers = vec![HttpHeader::empty(); size];
-        if size > 0 && !(cb.cluster_specifier_get_request_headers)(context, headers.as_mut_ptr()) {
-            headers.clear();
-        }
-        headers
-    };
+        HttpHeader::read(size, |room| {
+            (cb.cluster_specifier_get_request_headers)(context, room)
+        })
+    }
+    .unwrap_or_default();
     let path = headers
         .iter()
         .find(|h| {
@@ -280,8 +288,26 @@ unsafe fn select(native: &Arc<NativeConfig>, context: EnvoyPtr) -> bool {
     true
 }
 
+/// The specifier's decision for this stream (`filter`) of `config`, if a
+/// specifier routes it: the one it left, else (once a specifier has routed a
+/// stream of `config`) the one it makes when Envoy picks the route again.
+/// `None`: the stream is routed by the cluster header.
+pub(crate) fn routed(config: &NativeConfig, filter: EnvoyPtr) -> Option<Handoff> {
+    let handoff = take(config, filter).or_else(|| {
+        if !config.specified.load(Ordering::Relaxed) {
+            return None;
+        }
+        reselect(filter);
+        take(config, filter)
+    })?;
+    if !config.specified.load(Ordering::Relaxed) {
+        config.specified.store(true, Ordering::Relaxed);
+    }
+    Some(handoff)
+}
+
 /// The decision the specifier left for this stream (`filter`) of `config`, if any.
-pub(crate) fn take(config: &NativeConfig, filter: EnvoyPtr) -> Option<Handoff> {
+fn take(config: &NativeConfig, filter: EnvoyPtr) -> Option<Handoff> {
     if HANDOFF.with(|slot| slot.borrow().is_none()) {
         return None;
     }
@@ -318,16 +344,15 @@ pub(crate) fn take(config: &NativeConfig, filter: EnvoyPtr) -> Option<Handoff> {
     ours.then_some(handoff)
 }
 
-/// Has Envoy pick the stream's route again (running the specifier on its current
-/// headers, if the route has it); `true` if the route has a cluster.
-pub(crate) fn reselect(filter: EnvoyPtr) -> bool {
-    let Some(cb) = abi::callbacks() else {
-        return false;
-    };
-    let mut name = EnvoyBuffer::empty();
-    // SAFETY: `filter` is the running stream; `name` is a valid out-parameter.
-    unsafe {
-        (cb.http_clear_route_cache)(filter);
-        (cb.http_get_cluster_name)(filter, &mut name)
+/// Has Envoy pick the stream's route again, now (running the specifier on the
+/// current headers, if the route has it).
+fn reselect(filter: EnvoyPtr) {
+    if let Some(cb) = abi::callbacks() {
+        let mut name = EnvoyBuffer::empty();
+        // SAFETY: `filter` is the running stream; `name` is a valid out-parameter.
+        unsafe {
+            (cb.http_clear_route_cache)(filter);
+            (cb.http_get_cluster_name)(filter, &mut name);
+        }
     }
 }

@@ -434,14 +434,22 @@ impl Build {
     }
 }
 
+/// A route action whose cluster a dynamic module's cluster specifier picks:
+/// `module`'s specifier `name`, with `config` as its `specifier_config` if any.
+pub fn specifier_route(module: &str, name: &str, config: Option<&str>) -> String {
+    let config = config.map_or(String::new(), |value| {
+        format!(", specifier_config: {{\"@type\": type.googleapis.com/google.protobuf.StringValue, value: {value}}}")
+    });
+    format!(
+        "inline_cluster_specifier_plugin: {{extension: {{name: {name}, typed_config: {{\
+         \"@type\": type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier, \
+         dynamic_module_config: {{name: {module}}}, specifier_name: {name}{config}}}}}}}"
+    )
+}
+
 /// The route action of the native module's cluster specifier for `target`.
 pub fn native_specifier_route(target: &str) -> String {
-    format!(
-        "inline_cluster_specifier_plugin: {{extension: {{name: policy_canary, typed_config: {{\
-         \"@type\": type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier, \
-         dynamic_module_config: {{name: policy_canary}}, specifier_name: policy_canary, \
-         specifier_config: {{\"@type\": type.googleapis.com/google.protobuf.StringValue, value: {target}}}}}}}}}"
-    )
+    specifier_route("policy_canary", "policy_canary", Some(target))
 }
 
 /// `native_config`, with every route that follows the cluster header picking its

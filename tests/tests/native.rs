@@ -145,6 +145,12 @@ fn refused(config: &str) -> String {
     text
 }
 
+/// Envoy refuses `config`, and its output says each of `parts`.
+fn assert_refused(config: &str, parts: &[&str]) {
+    let log = refused(config);
+    assert!(parts.iter().all(|part| log.contains(part)), "{log}");
+}
+
 /// A configuration the plugin refuses, or another filter_name, keeps Envoy from
 /// starting with a message that says why; a valid one loads with the ABI matched.
 #[test]
@@ -157,18 +163,15 @@ fn bad_configurations_are_refused_with_a_message() {
         canary.port,
     ));
     let bad_json = with_plugin_config(&config, r#"{"target": "t", "route": "not a route"}"#);
-    let log = refused(&bad_json);
-    assert!(
-        log.contains("policy_canary: invalid plugin configuration: route:")
-            && log.contains("Failed to initialize dynamic module"),
-        "{log}"
+    assert_refused(
+        &bad_json,
+        &[
+            "policy_canary: invalid plugin configuration: route:",
+            "Failed to initialize dynamic module",
+        ],
     );
     let other_name = config.replace("filter_name: policy_canary", "filter_name: something_else");
-    let log = refused(&other_name);
-    assert!(
-        log.contains("unknown filter_name `something_else`"),
-        "{log}"
-    );
+    assert_refused(&other_name, &["unknown filter_name `something_else`"]);
     // The cluster specifier: another specifier_name, or a specifier_config that
     // is not a target name, is refused too.
     let by_specifier = native_specifier_config(&shipped_config(
@@ -180,16 +183,11 @@ fn bad_configurations_are_refused_with_a_message() {
         "specifier_name: policy_canary",
         "specifier_name: something_else",
     );
-    let log = refused(&other_name);
-    assert!(
-        log.contains("unknown specifier_name `something_else`"),
-        "{log}"
-    );
+    assert_refused(&other_name, &["unknown specifier_name `something_else`"]);
     let bad_target = by_specifier.replace("value: support-agent}", "value: \"not a target!\"}");
-    let log = refused(&bad_target);
-    assert!(
-        log.contains("specifier_config: `not a target!` is not a target name"),
-        "{log}"
+    assert_refused(
+        &bad_target,
+        &["specifier_config: `not a target!` is not a target name"],
     );
     // A target no policy_canary filter serves: the route has no cluster (503),
     // and the log says why, once.

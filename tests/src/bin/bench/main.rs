@@ -254,9 +254,6 @@ enum Answer {
 /// policy-canary's configuration in the benchmark.
 const PLUGIN: &str = r#"{"target": "bench", "served_by": "decision", "route": {"salt": "s", "canary_weight_bp": 1000, "stable": {"version": "v1", "cluster": "agent_stable"}, "canary": {"version": "v2", "cluster": "agent_canary"}}}"#;
 
-/// A route whose cluster policy-canary's native cluster specifier picks.
-const NATIVE_SPECIFIER_ROUTE: &str = "{inline_cluster_specifier_plugin: {extension: {name: policy_canary, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier, dynamic_module_config: {name: policy_canary}, specifier_name: policy_canary, specifier_config: {\"@type\": type.googleapis.com/google.protobuf.StringValue, value: bench}}}}}";
-
 /// Chunks of a streamed answer.
 const STREAMED_CHUNKS: u32 = 200;
 
@@ -354,7 +351,10 @@ fn cpu(answer: Answer) {
             name: "native cluster specifier floor (picks the cluster as Envoy picks the route)",
             envoy: make(
                 Some(native_filter("policy_canary_empty", "")),
-                "{inline_cluster_specifier_plugin: {extension: {name: policy_canary, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier, dynamic_module_config: {name: policy_canary_empty}, specifier_name: floor}}}}",
+                &format!(
+                    "{{{}}}",
+                    specifier_route("policy_canary_empty", "floor", None)
+                ),
             ),
             samples: vec![],
         },
@@ -365,7 +365,10 @@ fn cpu(answer: Answer) {
         },
         Variant {
             name: "policy-canary, native module, cluster specifier",
-            envoy: make(Some(native_filter("policy_canary", plugin)), NATIVE_SPECIFIER_ROUTE),
+            envoy: make(
+                Some(native_filter("policy_canary", plugin)),
+                &format!("{{{}}}", native_specifier_route("bench")),
+            ),
             samples: vec![],
         },
         Variant {
