@@ -60,11 +60,12 @@ run-static: build envoy ## Envoy in static mode and two test backends; prints cu
 	cargo build --release -p policy-canary-e2e --bin test-backend
 	@scripts/run-static.sh
 
-tools: # h2load for the benchmark (Debian nghttp2-client), perf for its profile (Debian linux-perf)
+tools: # h2load for the benchmark (Debian nghttp2-client), perf for its profile (Debian linux-perf), callgrind for its instruction counts (Debian valgrind)
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 	@command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
+	@command -v callgrind_control >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 
-bench: build envoy tools ## Benchmarks: Envoy CPU per request (plain, streamed; empty, floor, native module), profile, .wasm size, propagation, fan-out to a fleet, analysis simulation
+bench: build envoy tools ## Benchmarks: Envoy CPU per request (plain, streamed; empty, floor, native module), instructions per request (callgrind), profile, .wasm size, propagation, fan-out to a fleet, analysis simulation
 	cargo build --profile wasm --target wasm32-wasip1 -p empty-filter -p floor-direct
 	cargo build --release -p canaryctl -p policy-canary-e2e -p empty-native
 	@cp target/release/libpolicy_canary_empty.so target/libpolicy_canary_empty.so

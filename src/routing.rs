@@ -29,11 +29,15 @@ pub struct Decision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderEdit<'a> {
     Remove(&'a str),
-    Set(&'a str, &'a str),
+    /// A header the request does not have (a client's copy is removed first):
+    /// added, which spares Envoy the search for an old value that a replacement
+    /// makes (the request map is searched once per call).
+    Add(&'a str, &'a str),
 }
 
 /// Decides the cohort of one request and hands `edit` the header edits, removals
-/// first (one by one, so that a request allocates nothing for them).
+/// first (one by one, so that a request allocates nothing for them); a header is
+/// added only after any client copy of it was removed.
 ///
 /// `random` (64 random bits) is called only for a sessionless request under
 /// `missing: random`: its bucket, and its replicate from the top bits.
@@ -76,7 +80,7 @@ pub fn route_request(
                 Cohort::Stable => "false",
             };
             edit(HeaderEdit::Remove(&config.force.header));
-            edit(HeaderEdit::Set(&config.force.header, canonical));
+            edit(HeaderEdit::Add(&config.force.header, canonical));
         }
     }
 
@@ -139,10 +143,10 @@ pub fn route_request(
     };
 
     let backend = table.backend(decision.cohort);
-    edit(HeaderEdit::Set(&config.cluster_header, &backend.cluster));
-    edit(HeaderEdit::Set(&config.version_header, &backend.version));
+    edit(HeaderEdit::Add(&config.cluster_header, &backend.cluster));
+    edit(HeaderEdit::Add(&config.version_header, &backend.version));
     let mut digits = [0u8; 5];
-    edit(HeaderEdit::Set(
+    edit(HeaderEdit::Add(
         &config.bucket_header,
         bucket_text(decision.bucket, &mut digits),
     ));
@@ -267,7 +271,7 @@ mod tests {
             |e| {
                 edits.push(match e {
                     HeaderEdit::Remove(n) => HeaderEdit::Remove(leak(n)),
-                    HeaderEdit::Set(n, v) => HeaderEdit::Set(leak(n), leak(v)),
+                    HeaderEdit::Add(n, v) => HeaderEdit::Add(leak(n), leak(v)),
                 })
             },
         );
@@ -280,7 +284,7 @@ mod tests {
 
     fn set_value<'e>(edits: &'e [HeaderEdit<'_>], name: &str) -> Option<&'e str> {
         edits.iter().rev().find_map(|e| match e {
-            HeaderEdit::Set(n, v) if *n == name => Some(*v),
+            HeaderEdit::Add(n, v) if *n == name => Some(*v),
             _ => None,
         })
     }
@@ -545,7 +549,7 @@ mod tests {
                 .unwrap();
             let set = edits
                 .iter()
-                .position(|e| matches!(e, HeaderEdit::Set(n, _) if *n == name))
+                .position(|e| matches!(e, HeaderEdit::Add(n, _) if *n == name))
                 .unwrap();
             assert!(remove < set);
             assert_eq!(

@@ -201,6 +201,7 @@ callbacks! {
     http_get_headers_size: fn(filter: EnvoyPtr, header_type: u32) -> usize;
     http_get_headers: fn(filter: EnvoyPtr, header_type: u32, result: *mut HttpHeader) -> bool;
     http_set_header: fn(filter: EnvoyPtr, header_type: u32, key: ModuleBuffer, value: ModuleBuffer) -> bool;
+    http_add_header: fn(filter: EnvoyPtr, header_type: u32, key: ModuleBuffer, value: ModuleBuffer) -> bool;
     http_clear_route_cache: fn(filter: EnvoyPtr);
     http_get_header: fn(
         filter: EnvoyPtr,

@@ -239,14 +239,25 @@ impl NativeHost<'_> {
         ))
     }
 
-    fn set_header(&self, map: MapKind, name: &str, value: ModuleBuffer) -> HostResult<()> {
+    /// Adds (`add`) or replaces a header; a null `value` removes it.
+    fn edit_header(
+        &self,
+        map: MapKind,
+        name: &str,
+        value: ModuleBuffer,
+        add: bool,
+    ) -> HostResult<()> {
         let (Some(filter), Some(kind)) = (self.filter, header_type(map)) else {
             return Err(HostError);
         };
         let cb = abi::callbacks().ok_or(HostError)?;
+        let edit = if add {
+            cb.http_add_header
+        } else {
+            cb.http_set_header
+        };
         // SAFETY: the buffers outlive the call; `filter` is the running stream.
-        let ok =
-            unsafe { (cb.http_set_header)(filter, kind, ModuleBuffer::of(name.as_bytes()), value) };
+        let ok = unsafe { edit(filter, kind, ModuleBuffer::of(name.as_bytes()), value) };
         if !ok {
             return Err(HostError);
         }
@@ -266,8 +277,8 @@ impl Host for NativeHost<'_> {
         }
     }
 
-    fn set_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()> {
-        // A non-null pointer even for an empty value (null removes the header).
+    fn add_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()> {
+        // A non-null pointer even for an empty value.
         let value = if value.is_empty() {
             ModuleBuffer {
                 ptr: b"".as_ptr(),
@@ -276,11 +287,11 @@ impl Host for NativeHost<'_> {
         } else {
             ModuleBuffer::of(value)
         };
-        self.set_header(map, name, value)
+        self.edit_header(map, name, value, true)
     }
 
     fn remove_map_value(&self, map: MapKind, name: &str) -> HostResult<()> {
-        self.set_header(map, name, ModuleBuffer::null())
+        self.edit_header(map, name, ModuleBuffer::null(), false)
     }
 
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>> {

@@ -44,7 +44,7 @@ pub struct Handoff {
 impl Handoff {
     pub fn edits(&self) -> impl Iterator<Item = HeaderEdit<'_>> {
         self.edits.iter().map(|(name, value)| match value {
-            Some(value) => HeaderEdit::Set(name, value),
+            Some(value) => HeaderEdit::Add(name, value),
             None => HeaderEdit::Remove(name),
         })
     }
@@ -263,11 +263,11 @@ unsafe fn select(native: &Arc<NativeConfig>, context: EnvoyPtr) -> bool {
         // SAFETY: `context` is live.
         || unsafe { (cb.cluster_specifier_get_random_value)(context) },
         |edit| match edit {
-            HeaderEdit::Set(name, _)
+            HeaderEdit::Add(name, _)
                 if name == config.cluster_header
                     || name == config.bucket_header
                     || name == config.version_header => {}
-            HeaderEdit::Set(name, value) => edits.push((name.to_string(), Some(value.to_string()))),
+            HeaderEdit::Add(name, value) => edits.push((name.to_string(), Some(value.to_string()))),
             HeaderEdit::Remove(name) => edits.push((name.to_string(), None)),
         },
     );

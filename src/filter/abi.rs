@@ -37,7 +37,7 @@ extern "C" {
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> u32;
-    fn proxy_replace_header_map_value(
+    fn proxy_add_header_map_value(
         map_type: u32,
         key_data: *const u8,
         key_size: usize,
@@ -156,10 +156,10 @@ pub fn map(map_type: u32) -> Result<HeaderMap, Status> {
     HeaderMap::decode(bytes.unwrap_or_default()).ok_or(Status(u32::MAX))
 }
 
-pub fn set_map_value(map_type: u32, name: &str, value: &[u8]) -> Result<(), Status> {
+pub fn add_map_value(map_type: u32, name: &str, value: &[u8]) -> Result<(), Status> {
     // SAFETY: pointers and lengths of live slices.
     ok(unsafe {
-        proxy_replace_header_map_value(
+        proxy_add_header_map_value(
             map_type,
             name.as_ptr(),
             name.len(),

@@ -27,8 +27,8 @@ impl Host for ProxyWasmHost {
         abi::map(map_type(map)).map_err(status)
     }
 
-    fn set_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()> {
-        abi::set_map_value(map_type(map), name, value).map_err(status)
+    fn add_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()> {
+        abi::add_map_value(map_type(map), name, value).map_err(status)
     }
 
     fn remove_map_value(&self, map: MapKind, name: &str) -> HostResult<()> {

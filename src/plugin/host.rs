@@ -36,7 +36,8 @@ pub type HostResult<T> = Result<T, HostError>;
 
 pub trait Host {
     fn map(&self, map: MapKind) -> HostResult<HeaderMap>;
-    fn set_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()>;
+    /// Adds a header (beside any of the same name: callers remove those first).
+    fn add_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()>;
     fn remove_map_value(&self, map: MapKind, name: &str) -> HostResult<()>;
     fn property(&self, path: &[&str]) -> HostResult<Option<Vec<u8>>>;
     fn define_metric(&self, kind: MetricKind, name: &str) -> HostResult<u32>;
@@ -129,7 +130,7 @@ pub mod mock {
         pub now: std::cell::Cell<u64>,
         readings: std::cell::Cell<u64>,
         pub env: RefCell<HashMap<String, String>>,
-        /// Names of the calls that fail (`map`, `set_map_value`, `remove_map_value`,
+        /// Names of the calls that fail (`map`, `add_map_value`, `remove_map_value`,
         /// `property`, `define_metric`, `increment_metric`, `record_metric`,
         /// `get_metric`, `shared_data`, `set_shared_data`, `dispatch_http_call`, `http_call_body`).
         pub failing: RefCell<HashSet<&'static str>>,
@@ -218,12 +219,12 @@ pub mod mock {
                 .map_or_else(HeaderMap::default, |pairs| HeaderMap::from_pairs(pairs)))
         }
 
-        fn set_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()> {
-            self.check("set_map_value")?;
+        fn add_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()> {
+            self.check("add_map_value")?;
             let mut maps = self.maps.borrow_mut();
-            let headers = maps.entry(map).or_default();
-            headers.retain(|(n, _)| n != name);
-            headers.push((name.to_string(), value.to_vec()));
+            maps.entry(map)
+                .or_default()
+                .push((name.to_string(), value.to_vec()));
             Ok(())
         }
 

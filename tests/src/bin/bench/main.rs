@@ -8,6 +8,7 @@
 //! cost per request. Variants are interleaved round by round and medians reported.
 
 mod fanout;
+mod instructions;
 mod profile;
 
 use policy_canary_e2e::*;
@@ -220,14 +221,17 @@ fn min(values: &[f64]) -> f64 {
 }
 
 fn main() {
-    // BENCH_ONLY=cpu (plain and streamed), plain, streamed, profile, propagation or fanout
-    // runs one part of `make bench`.
+    // BENCH_ONLY=cpu (plain and streamed), plain, streamed, instructions, profile,
+    // propagation or fanout runs one part of `make bench`.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only.is_empty() || only == "cpu" || only == "plain" {
         cpu(Answer::Plain);
     }
     if only.is_empty() || only == "streamed" || only == "cpu" {
         cpu(Answer::Streamed);
+    }
+    if only.is_empty() || only == "instructions" {
+        instructions::run();
     }
     if only.is_empty() || only == "profile" {
         profile::run();

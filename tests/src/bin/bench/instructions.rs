@@ -1,0 +1,210 @@
+//! Instructions per request, counted by callgrind (Debian `valgrind`): exact and
+//! repeatable (two runs agree within 0.3%), where the CPU-time tables of this VM
+//! move by several µs per request between runs. Each variant is an Envoy (one
+//! worker) run under `valgrind --tool=callgrind` with counting off; after a
+//! warm-up, counting is switched on (`callgrind_control -i on`), `REQUESTS` plain
+//! answers are sent, and the count is dumped. Every thread of Envoy counts, in
+//! user space only: the kernel's share of a request (sockets, epoll) is not in the
+//! count, so a filter's ratio here is an upper bound of its ratio in CPU time.
+//! Valgrind's CPU has no SHA extensions, so sha256 runs the portable code here
+//! (about 3,500 instructions a request) where this machine's CPU would use them.
+
+use super::{config, native_filter, wasm_filter, CONNECTIONS, PLUGIN};
+use policy_canary_e2e::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Requests counted per variant (after `WARM_UP` uncounted ones).
+const REQUESTS: u32 = 5_000;
+const WARM_UP: u32 = 1_000;
+
+/// Where a variant's instructions went: its module's hooks (inclusive), per request.
+struct Count {
+    name: &'static str,
+    per_request: f64,
+    hooks: Vec<(String, f64)>,
+}
+
+pub fn run() {
+    let valgrind = Command::new("valgrind").arg("--version").output();
+    assert!(
+        valgrind.is_ok_and(|o| o.status.success()),
+        "valgrind (Debian valgrind) is installed by `make bench`"
+    );
+    let plugin = PLUGIN;
+    let direct = "{cluster: agent_stable}".to_string();
+    let by_header = "{cluster_header: x-policy-cluster}".to_string();
+    let floor_specifier = format!(
+        "{{{}}}",
+        specifier_route("policy_canary_empty", "floor", None)
+    );
+    let specifier = format!("{{{}}}", native_specifier_route("bench"));
+    let wasm = wasm_path().to_string_lossy().into_owned();
+    let mut variants: Vec<(&'static str, Option<String>, String)> = vec![
+        ("no filter", None, direct.clone()),
+        (
+            "empty native module",
+            Some(native_filter("policy_canary_empty", "")),
+            direct,
+        ),
+        (
+            "native cluster specifier floor (picks the cluster as Envoy picks the route)",
+            Some(native_filter("policy_canary_empty", "")),
+            floor_specifier.clone(),
+        ),
+        (
+            "native required edits (the specifier floor + the version header added + seven telemetry headers removed)",
+            Some(native_filter("policy_canary_empty", "required edits")),
+            floor_specifier,
+        ),
+        (
+            "native routing floor (sets the cluster header, clears the route cache)",
+            Some(native_filter("policy_canary_empty", "routing floor")),
+            by_header.clone(),
+        ),
+        (
+            "policy-canary, native module",
+            Some(native_filter("policy_canary", plugin)),
+            by_header.clone(),
+        ),
+        (
+            "policy-canary, native module, cluster specifier",
+            Some(native_filter("policy_canary", plugin)),
+            specifier,
+        ),
+        (
+            "policy-canary",
+            Some(wasm_filter(&wasm, plugin)),
+            by_header,
+        ),
+    ];
+    if let Ok(keep) = std::env::var("BENCH_VARIANTS") {
+        let keep: Vec<&str> = keep.split(';').map(str::trim).collect();
+        variants.retain(|(name, _, _)| *name == "no filter" || keep.contains(name));
+    }
+    println!();
+    println!(
+        "Instructions per request (callgrind, user space, every Envoy thread), plain answers: 1 worker, {CONNECTIONS} HTTP/1.1 connections, {REQUESTS} requests counted after {WARM_UP}"
+    );
+    let dir = TempDir::new("callgrind");
+    let counts: Vec<Count> = variants
+        .into_iter()
+        .map(|(name, filter, route)| count(name, filter.as_deref(), &route, dir.path()))
+        .collect();
+    let base = counts[0].per_request;
+    println!();
+    println!("| variant | instructions/rq | × no filter | over no filter |");
+    println!("|---|---:|---:|---:|");
+    for count in &counts {
+        println!(
+            "| {} | {:.0} | {:.3} | {:+.0} |",
+            count.name,
+            count.per_request,
+            count.per_request / base,
+            count.per_request - base
+        );
+    }
+    for count in counts
+        .iter()
+        .filter(|c| c.name.starts_with("policy-canary, native"))
+    {
+        println!();
+        println!(
+            "{}: its hooks, with what Envoy does in their callbacks (inclusive instructions/rq)",
+            count.name
+        );
+        println!();
+        println!("| hook | instructions/rq |");
+        println!("|---|---:|");
+        for (hook, per_request) in &count.hooks {
+            println!("| {hook} | {per_request:.0} |");
+        }
+    }
+}
+
+/// Counts one variant's instructions per request.
+fn count(name: &'static str, filter: Option<&str>, route: &str, dir: &Path) -> Count {
+    let out = dir.join(format!("{}.out", name.len()));
+    let out_pattern = format!("--callgrind-out-file={}.%p", out.display());
+    let envoy = Envoy::start_under(
+        &[
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            &out_pattern,
+        ],
+        &config(filter, route, free_port()),
+        1,
+    );
+    let pid = envoy.pid().to_string();
+    send(&envoy, WARM_UP);
+    callgrind_control(&["-i", "on", &pid]);
+    callgrind_control(&["-z", &pid]);
+    send(&envoy, REQUESTS);
+    callgrind_control(&["-d", &pid]);
+    let dump = PathBuf::from(format!("{}.{pid}.1", out.display()));
+    let total = wait_for("callgrind's dump", Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(&dump).ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("summary: "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+    });
+    drop(envoy);
+    let per_request = total / f64::from(REQUESTS);
+    println!("  {name}: {per_request:.0}");
+    Count {
+        name,
+        per_request,
+        hooks: hooks(&dump),
+    }
+}
+
+/// The module's exported hooks in `dump`, inclusive instructions per request.
+fn hooks(dump: &Path) -> Vec<(String, f64)> {
+    let out = Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--threshold=100"])
+        .arg(dump)
+        .output()
+        .expect("callgrind_annotate (Debian valgrind)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|line| {
+            let (count, rest) = line.trim().split_once(' ')?;
+            let count: f64 = count.replace(',', "").parse().ok()?;
+            let function = rest.split("???:").nth(1)?.split(' ').next()?;
+            let hook = function.strip_prefix("envoy_dynamic_module_on_")?;
+            rest.contains("libpolicy_canary.so")
+                .then(|| (hook.to_string(), count / f64::from(REQUESTS)))
+        })
+        .filter(|(_, per_request)| *per_request >= 50.0)
+        .collect()
+}
+
+fn callgrind_control(args: &[&str]) {
+    let status = Command::new("callgrind_control")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("callgrind_control (Debian valgrind)");
+    assert!(status.success(), "callgrind_control {args:?}");
+}
+
+/// Sends `requests` plain requests through `envoy`; all must succeed.
+fn send(envoy: &Envoy, requests: u32) {
+    let started = Instant::now();
+    let out = Command::new("h2load")
+        .args(["--h1", "-t", "1", "-c", &CONNECTIONS.to_string()])
+        .args(["-n", &requests.to_string()])
+        .args(["-H", "x-session-id: bench-session-42"])
+        .arg(format!("http://127.0.0.1:{}/chat", envoy.port))
+        .output()
+        .expect("h2load (Debian nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("status codes: {requests} 2xx")),
+        "not every request succeeded in {:?}:\n{text}",
+        started.elapsed()
+    );
+}
