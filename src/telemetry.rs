@@ -213,7 +213,7 @@ pub fn parse_count(value: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &[u8])]) -> HeaderMap {
+    fn h(pairs: &[(&str, &[u8])]) -> HeaderMap<'static> {
         HeaderMap::from_pairs(pairs)
     }
 

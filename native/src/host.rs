@@ -223,7 +223,9 @@ impl NativeHost<'_> {
         }
     }
 
-    fn stream_map(&self, filter: EnvoyPtr, kind: u32) -> HostResult<HeaderMap> {
+    /// The stream's map, lent: Envoy's own buffers, valid while the hook runs
+    /// and until the map is edited (the plugin reads a map before editing it).
+    fn stream_map(&self, filter: EnvoyPtr, kind: u32) -> HostResult<HeaderMap<'_>> {
         let cb = abi::callbacks().ok_or(HostError)?;
         // SAFETY: `filter` is the stream whose hook is running; `read` gives room
         // for `size` headers, as the callback requires.
@@ -232,10 +234,10 @@ impl NativeHost<'_> {
             HttpHeader::read(size, |room| (cb.http_get_headers)(filter, kind, room))
         }
         .ok_or(HostError)?;
-        // SAFETY: Envoy's buffers are valid until the hook returns; the map is
-        // copied out of them before it does.
-        Ok(HeaderMap::encode(
-            headers.iter().map(|h| unsafe { h.pair() }),
+        // SAFETY: Envoy's buffers are valid until the hook returns, which outlives
+        // this host, and are not edited while the map is read (above).
+        Ok(HeaderMap::lent(
+            headers.iter().map(|h| unsafe { h.pair() }).collect(),
         ))
     }
 
@@ -269,7 +271,7 @@ impl NativeHost<'_> {
 }
 
 impl Host for NativeHost<'_> {
-    fn map(&self, map: MapKind) -> HostResult<HeaderMap> {
+    fn map(&self, map: MapKind) -> HostResult<HeaderMap<'_>> {
         match (header_type(map), self.filter, self.answer) {
             (Some(kind), Some(filter), _) => self.stream_map(filter, kind),
             (None, _, Some(answer)) => Ok(HeaderMap::from_pairs(&answer.headers)),

@@ -18,12 +18,11 @@
 //! route without the specifier is routed by the cluster header as before.
 
 use crate::abi::{self, EnvoyBuffer, EnvoyPtr, HttpHeader, ModuleBuffer, ModulePtr};
-use crate::{guard, serves, thread_worker, NativeConfig};
+use crate::{guard, serves, thread_worker, IdMap, NativeConfig};
 use policy_canary::route::RouteTable;
 use policy_canary::routing::{route_request, Decision, HeaderEdit};
 use policy_canary::wire::HeaderMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -68,7 +67,7 @@ type Found = (u64, Option<Arc<NativeConfig>>);
 
 thread_local! {
     /// This thread's configuration of each specifier, by the specifier's address.
-    static FOUND: RefCell<HashMap<usize, Found>> = RefCell::new(HashMap::new());
+    static FOUND: RefCell<IdMap<usize, Found>> = RefCell::new(IdMap::default());
 }
 
 pub(crate) fn register(config: &Arc<NativeConfig>) {
@@ -251,8 +250,9 @@ unsafe fn select(native: &Arc<NativeConfig>, context: EnvoyPtr) -> bool {
             unsafe { h.pair() }.0 == b":path"
         })
         .map_or((0, 0), |h| (h.value_ptr as usize, h.value_length));
-    // SAFETY: as above; the map copies what it keeps.
-    let map = HeaderMap::encode(headers.iter().map(|h| unsafe { h.pair() }));
+    // SAFETY: as above; the map is dropped before this call returns and nothing
+    // edits the headers meanwhile.
+    let map = HeaderMap::lent(headers.iter().map(|h| unsafe { h.pair() }).collect());
     let table = worker.current_table();
     let config = &worker.config;
     let mut edits = Vec::new();

@@ -149,7 +149,7 @@ pub fn buffer(buffer_type: u32, start: usize, max_size: usize) -> Result<Option<
 }
 
 /// Every pair of a header map; a map the decoder cannot read is an error.
-pub fn map(map_type: u32) -> Result<HeaderMap, Status> {
+pub fn map(map_type: u32) -> Result<HeaderMap<'static>, Status> {
     // SAFETY: valid out-pointers.
     let bytes =
         returned_bytes(|data, size| unsafe { proxy_get_header_map_pairs(map_type, data, size) })?;
@@ -243,7 +243,7 @@ pub fn http_call(
     body: &[u8],
     timeout_ms: u32,
 ) -> Result<u32, Status> {
-    let headers = headers.as_bytes();
+    let headers = headers.wire();
     // An empty map: a count of 0.
     let trailers = [0u8; 4];
     let mut token = 0u32;

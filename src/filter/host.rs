@@ -23,7 +23,7 @@ fn map_type(map: MapKind) -> u32 {
 }
 
 impl Host for ProxyWasmHost {
-    fn map(&self, map: MapKind) -> HostResult<HeaderMap> {
+    fn map(&self, map: MapKind) -> HostResult<HeaderMap<'_>> {
         abi::map(map_type(map)).map_err(status)
     }
 

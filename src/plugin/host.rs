@@ -35,7 +35,7 @@ pub struct HostError;
 pub type HostResult<T> = Result<T, HostError>;
 
 pub trait Host {
-    fn map(&self, map: MapKind) -> HostResult<HeaderMap>;
+    fn map(&self, map: MapKind) -> HostResult<HeaderMap<'_>>;
     /// Adds a header (beside any of the same name: callers remove those first).
     fn add_map_value(&self, map: MapKind, name: &str, value: &[u8]) -> HostResult<()>;
     fn remove_map_value(&self, map: MapKind, name: &str) -> HostResult<()>;
@@ -210,7 +210,7 @@ pub mod mock {
     }
 
     impl Host for MockHost {
-        fn map(&self, map: MapKind) -> HostResult<HeaderMap> {
+        fn map(&self, map: MapKind) -> HostResult<HeaderMap<'_>> {
             self.check("map")?;
             Ok(self
                 .maps

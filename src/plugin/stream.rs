@@ -123,7 +123,7 @@ impl Stream {
         worker: &Worker,
         host: &impl Host,
         map: MapKind,
-        headers: HeaderMap,
+        headers: HeaderMap<'_>,
     ) {
         let telemetry = &worker.config.telemetry;
         let metrics = self.table.as_deref().map_or(&[][..], |t| &t.metrics[..]);

@@ -19,6 +19,22 @@ use std::time::{Duration, Instant};
 const REQUESTS: u32 = 5_000;
 const WARM_UP: u32 = 1_000;
 
+/// Envoy's own filter stripping the telemetry headers: what the removals cost
+/// without a module.
+const HEADER_MUTATION: &str = r#"          - name: envoy.filters.http.header_mutation
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+              mutations:
+                response_mutations:
+                - remove: x-agent-outcome
+                - remove: x-agent-cost-micros
+                - remove: x-agent-tokens
+                - remove: x-agent-tool-calls
+                - remove: x-agent-tool-errors
+                - remove: x-agent-guardrail-triggers
+                - remove: x-agent-safety-violations
+"#;
+
 /// Where a variant's instructions went: its module's hooks (inclusive), per request.
 struct Count {
     name: &'static str,
@@ -57,6 +73,11 @@ pub fn run() {
             "native required edits (the specifier floor + the version header added + seven telemetry headers removed)",
             Some(native_filter("policy_canary_empty", "required edits")),
             floor_specifier,
+        ),
+        (
+            "Envoy's header_mutation filter removing the seven telemetry headers (no module)",
+            Some(HEADER_MUTATION.to_string()),
+            "{cluster: agent_stable}".to_string(),
         ),
         (
             "native routing floor (sets the cluster header, clears the route cache)",
