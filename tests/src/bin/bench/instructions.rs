@@ -92,6 +92,17 @@ pub fn run() {
         (
             "policy-canary, native module, cluster specifier",
             Some(native_filter("policy_canary", plugin)),
+            specifier.clone(),
+        ),
+        (
+            "policy-canary, native module, cluster specifier, telemetry left on the answer (telemetry.strip: false)",
+            Some(native_filter(
+                "policy_canary",
+                &plugin.replace(
+                    r#""served_by": "decision", "#,
+                    r#""served_by": "decision", "telemetry": {"strip": false}, "#,
+                ),
+            )),
             specifier,
         ),
         (
