@@ -39,30 +39,26 @@ impl HeaderMap<'static> {
 
     /// Encodes `pairs` as the host does (for tests and the in-memory host).
     pub fn from_pairs<N: AsRef<str>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> HeaderMap<'static> {
-        HeaderMap::encode(
-            pairs
-                .iter()
-                .map(|(n, v)| (n.as_ref().as_bytes(), v.as_ref())),
-        )
+        HeaderMap {
+            repr: Repr::Wire(encode_pairs(
+                pairs
+                    .iter()
+                    .map(|(n, v)| (n.as_ref().as_bytes(), v.as_ref())),
+            )),
+        }
     }
 
     /// Encodes pairs whose names are bytes too (not checked as UTF-8: names are
     /// compared as bytes).
     pub fn from_byte_pairs(pairs: &[(&[u8], &[u8])]) -> HeaderMap<'static> {
-        HeaderMap::encode(pairs.iter().copied())
-    }
-
-    /// Encodes the pairs `pairs` yields (walked three times: sizes, lengths, bytes),
-    /// with no copy of the pairs themselves.
-    pub fn encode<'p>(
-        pairs: impl Iterator<Item = (&'p [u8], &'p [u8])> + Clone,
-    ) -> HeaderMap<'static> {
         HeaderMap {
-            repr: Repr::Wire(encode_pairs(pairs)),
+            repr: Repr::Wire(encode_pairs(pairs.iter().copied())),
         }
     }
 }
 
+/// Encodes the pairs `pairs` yields (walked three times: sizes, lengths, bytes),
+/// with no copy of the pairs themselves.
 fn encode_pairs<'p>(pairs: impl Iterator<Item = (&'p [u8], &'p [u8])> + Clone) -> Vec<u8> {
     let (count, size) = pairs.clone().fold((0, 4), |(count, size), (n, v)| {
         (count + 1, size + n.len() + v.len() + 10)

@@ -107,38 +107,9 @@ struct ThreadWorker {
     config: Weak<NativeConfig>,
 }
 
-/// Hashes the ids and addresses that key the module's per-thread maps with one
-/// multiply per word (std's SipHash costs a few hundred instructions a lookup,
-/// and the maps are looked up on every stream).
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_usize(&mut self, word: usize) {
-        self.write_u64(word as u64);
-    }
-}
-
-/// A per-thread map keyed by an id or an address.
-pub(crate) type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
-
 thread_local! {
     /// This worker thread's `Worker` per configuration.
-    static WORKERS: RefCell<IdMap<u64, ThreadWorker>> = RefCell::new(IdMap::default());
+    static WORKERS: RefCell<HashMap<u64, ThreadWorker>> = RefCell::new(HashMap::new());
     /// The configurations' generation `WORKERS` was last pruned at.
     static WORKERS_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// The main thread's sync `Worker` per configuration.

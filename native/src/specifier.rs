@@ -18,11 +18,12 @@
 //! route without the specifier is routed by the cluster header as before.
 
 use crate::abi::{self, EnvoyBuffer, EnvoyPtr, HttpHeader, ModuleBuffer, ModulePtr};
-use crate::{guard, serves, thread_worker, IdMap, NativeConfig};
+use crate::{guard, serves, thread_worker, NativeConfig};
 use policy_canary::route::RouteTable;
 use policy_canary::routing::{route_request, Decision, HeaderEdit};
 use policy_canary::wire::HeaderMap;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -67,7 +68,7 @@ type Found = (u64, Option<Arc<NativeConfig>>);
 
 thread_local! {
     /// This thread's configuration of each specifier, by the specifier's address.
-    static FOUND: RefCell<IdMap<usize, Found>> = RefCell::new(IdMap::default());
+    static FOUND: RefCell<HashMap<usize, Found>> = RefCell::new(HashMap::new());
 }
 
 pub(crate) fn register(config: &Arc<NativeConfig>) {

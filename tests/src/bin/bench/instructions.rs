@@ -122,7 +122,11 @@ pub fn run() {
     let dir = TempDir::new("callgrind");
     let counts: Vec<Count> = variants
         .into_iter()
-        .map(|(name, filter, route)| count(name, filter.as_deref(), &route, dir.path()))
+        .enumerate()
+        .map(|(i, (name, filter, route))| {
+            let out = dir.path().join(format!("variant-{i}"));
+            count(name, filter.as_deref(), &route, &out)
+        })
         .collect();
     let base = counts[0].per_request;
     println!();
@@ -155,9 +159,8 @@ pub fn run() {
     }
 }
 
-/// Counts one variant's instructions per request.
-fn count(name: &'static str, filter: Option<&str>, route: &str, dir: &Path) -> Count {
-    let out = dir.join(format!("{}.out", name.len()));
+/// Counts one variant's instructions per request; callgrind writes to `out.<pid>…`.
+fn count(name: &'static str, filter: Option<&str>, route: &str, out: &Path) -> Count {
     let out_pattern = format!("--callgrind-out-file={}.%p", out.display());
     let envoy = Envoy::start_under(
         &[
