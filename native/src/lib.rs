@@ -6,13 +6,16 @@
 //! worker thread and configuration (thread-local: the plugin's state is `Rc`),
 //! created on the thread's first stream and ticked by its streams (a table
 //! follows within `FOLLOW_PERIOD` of a stream arriving). A stream's counts go to
-//! the module's process-wide stats as it ends (atomic adds), and the main thread
-//! hands them to Envoy every `FLUSH_EVERY_TICKS` ticks of a timer thread (each
-//! labelled stat update costs Envoy a lookup). Filter-side sync (`sync` in the configuration) runs on the
-//! main thread: a `Worker` there holds the lease and polls the controller
-//! through configuration-level HTTP callouts, ticked by a timer thread through
-//! Envoy's main-thread scheduler; workers follow its tables through the module's
-//! shared data, as wasm workers follow Envoy's.
+//! its worker's tally as it ends; every `FLUSH_EVERY_TICKS` ticks of a timer
+//! thread the main thread moves each worker's tally into the module's
+//! process-wide stats and hands them to Envoy (each labelled stat update costs
+//! Envoy a lookup, so they go in sums). The tally's mutex is taken by its
+//! worker's streams and that flush only.
+//! Filter-side sync (`sync` in the configuration) runs on the main thread: a
+//! `Worker` there holds the lease and polls the controller through
+//! configuration-level HTTP callouts, ticked by a timer thread through Envoy's
+//! main-thread scheduler; workers follow its tables through the module's shared
+//! data, as wasm workers follow Envoy's.
 //!
 //! A route may pick its cluster by the module's cluster specifier instead of the
 //! cluster header (`specifier`): the decision is then made while Envoy picks the
@@ -33,7 +36,7 @@ use host::{CallAnswer, NativeHost, Stats};
 use names::Family;
 use policy_canary::config::PluginConfig;
 use policy_canary::plugin::stream::Stream;
-use policy_canary::plugin::worker::{Worker, FLUSH_EVERY_TICKS};
+use policy_canary::plugin::worker::{Tally, Worker, FLUSH_EVERY_TICKS};
 use policy_canary::plugin::FOLLOW_PERIOD;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -64,6 +67,8 @@ struct NativeConfig {
     /// What workers route by: the configuration without its `sync` block.
     plugin: PluginConfig,
     stats: Stats,
+    /// Every worker's tally, flushed into `stats` by the main thread.
+    tallies: Mutex<Vec<Arc<Mutex<Tally>>>>,
     ticker: Option<Ticker>,
     /// Main-thread ticks so far.
     ticks: AtomicU32,
@@ -96,6 +101,19 @@ impl NativeConfig {
             route_dirty: std::cell::Cell::new(false),
         }
     }
+
+    /// Moves what every worker counted into `stats` (main thread) and hands it
+    /// to Envoy.
+    fn flush(&self) {
+        let host = self.host(None, None);
+        let tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        for tally in tallies.iter() {
+            let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
+            tally.flush(&host, &self.plugin.target);
+        }
+        drop(tallies);
+        self.stats.drain(self.envoy as EnvoyPtr);
+    }
 }
 
 static NEXT_CONFIG: AtomicU64 = AtomicU64::new(1);
@@ -119,7 +137,6 @@ thread_local! {
 /// One HTTP stream.
 struct NativeStream {
     config: *const NativeConfig,
-    worker: Rc<Worker>,
     stream: Stream,
 }
 
@@ -201,6 +218,7 @@ fn new_config(envoy: EnvoyPtr, bytes: &[u8]) -> Option<NativeConfig> {
         envoy: envoy as usize,
         plugin,
         stats,
+        tallies: Mutex::default(),
         ticker: None,
         ticks: AtomicU32::new(0),
         specified: AtomicBool::new(false),
@@ -298,8 +316,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
         // A specifier choosing a cluster may hold it a moment longer.
         let config = unsafe { Arc::from_raw(config as *const NativeConfig) };
         specifier::retire(&config);
-        // What the workers added since the last tick still reaches Envoy.
-        config.stats.drain(config.envoy as EnvoyPtr);
+        // What the workers counted since the last tick still reaches Envoy.
+        config.flush();
         if let (Some(ticker), Some(cb)) = (&config.ticker, abi::callbacks()) {
             ticker.stop.store(true, Ordering::Release);
             let thread = ticker
@@ -339,7 +357,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
         });
         let ticks = config.ticks.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         if ticks.is_multiple_of(FLUSH_EVERY_TICKS) {
-            config.stats.drain(config.envoy as EnvoyPtr);
+            config.flush();
         }
     });
 }
@@ -405,10 +423,18 @@ fn thread_worker(config: &Arc<NativeConfig>, host: &NativeHost<'_>) -> Option<Rc
                     .is_some_and(|c| !c.retired.load(Ordering::Acquire))
             });
         }
-        let entry = workers.entry(config.id).or_insert_with(|| ThreadWorker {
-            worker: Rc::new(Worker::new(config.plugin.clone(), host)),
-            ticked: Instant::now(),
-            config: Arc::downgrade(config),
+        let entry = workers.entry(config.id).or_insert_with(|| {
+            let worker = Rc::new(Worker::new(config.plugin.clone(), host));
+            config
+                .tallies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(worker.shared_tally());
+            ThreadWorker {
+                worker,
+                ticked: Instant::now(),
+                config: Arc::downgrade(config),
+            }
         });
         if entry.ticked.elapsed() >= FOLLOW_PERIOD {
             entry.ticked = Instant::now();
@@ -439,8 +465,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
         };
         let stream = Box::new(NativeStream {
             config: Arc::as_ptr(&native),
-            stream: Stream::new(Some(Rc::clone(&worker))),
-            worker,
+            stream: Stream::new(Some(worker)),
         });
         Box::into_raw(stream) as ModulePtr
     })
@@ -537,12 +562,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     stream: ModulePtr,
 ) {
     // SAFETY: the caller's contract.
-    unsafe {
-        on_stream(filter, stream, |s, host| {
-            s.stream.on_log(host);
-            s.worker.flush(host);
-        })
-    };
+    unsafe { on_stream(filter, stream, |s, host| s.stream.on_log(host)) };
 }
 
 /// # Safety

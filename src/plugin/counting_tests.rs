@@ -133,3 +133,48 @@ fn replicates_count_only_randomised_requests() {
         &[("x-session-id", b"user-1"), ("x-user-group", b"internal")]
     ));
 }
+
+/// A worker's tally can be flushed by another thread on its behalf (the native
+/// module's main thread does so): its streams' counts wait there, whole, and
+/// leave once.
+#[test]
+fn a_tally_is_flushed_by_another_thread() {
+    let host = MockHost::default()
+        .with_map(MapKind::RequestHeaders, &[("x-session-id", b"user-1")])
+        .with_map(
+            MapKind::ResponseHeaders,
+            &[(":status", b"200"), ("x-agent-tokens", b"812")],
+        );
+    // Not stripped, so that each stream finds the telemetry the mock holds.
+    let json = CONFIG.replace(
+        r#""target": "support-agent","#,
+        r#""target": "support-agent", "telemetry": {"strip": false},"#,
+    );
+    let config = crate::config::PluginConfig::from_json(json.as_bytes()).unwrap();
+    let worker = std::rc::Rc::new(worker::Worker::new(config, &host));
+    for _ in 0..3 {
+        let mut stream = stream::Stream::new(Some(std::rc::Rc::clone(&worker)));
+        stream.on_request_headers(&host);
+        stream.on_response_headers(&host);
+        stream.on_log(&host);
+    }
+    assert_eq!(host.metric(&stat("v2", "rq_total")), None);
+    let tally = worker.shared_tally();
+    let flushed = std::thread::spawn(move || {
+        let main = MockHost::default();
+        let counts = |main: &MockHost| {
+            (
+                main.metric(&stat("v2", "rq_total")),
+                main.metric(&stat("v2", "tokens")),
+            )
+        };
+        tally.lock().unwrap().flush(&main, "support-agent");
+        let first = counts(&main);
+        tally.lock().unwrap().flush(&main, "support-agent");
+        (first, counts(&main))
+    })
+    .join()
+    .unwrap();
+    assert_eq!(flushed.0, (Some(3), Some(3 * 812)));
+    assert_eq!(flushed.1, flushed.0, "a second flush adds nothing");
+}

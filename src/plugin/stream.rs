@@ -178,9 +178,9 @@ impl Stream {
             let details = host.property(&["response", "code_details"]).ok().flatten();
             self.record.upstream_reset = details.is_some_and(|d| d.starts_with(b"upstream_reset"));
         }
-        worker
-            .pending
-            .borrow_mut()
+        let mut tally = worker.tally();
+        tally
+            .counts
             .counters_mut(version, self.record.traffic)
             .record(&self.record);
         // From the request's headers to the stream's end, by two clock reads: no
@@ -189,13 +189,12 @@ impl Stream {
         let millis = (self.started_ns > 0 && now >= self.started_ns)
             .then(|| (now - self.started_ns) / 1_000_000);
         if let Some(replicate) = decision.replicate {
-            worker
-                .pending_replicates
-                .borrow_mut()
+            tally
+                .replicates
                 .counts_mut(version, replicate)
                 .record(&self.record, millis);
         }
-        worker.pending_custom.borrow_mut().record(
+        tally.custom.record(
             version,
             self.record.traffic,
             decision.replicate,
@@ -203,12 +202,10 @@ impl Stream {
             &self.record.report.custom,
         );
         if let Some(millis) = millis {
-            let id = worker.metrics.borrow_mut().latency(
-                host,
-                &worker.config.target,
-                version,
-                self.record.traffic,
-            );
+            let id =
+                tally
+                    .metrics
+                    .latency(host, &worker.config.target, version, self.record.traffic);
             if let Some(id) = id {
                 if host.record_metric(id, millis).is_err() {
                     worker.host_error(host, "record latency");

@@ -1,6 +1,7 @@
 //! What a worker's root context shares with its streams: the configuration, the
 //! route table in force, counts not yet flushed, metric ids. A worker VM runs on one
-//! thread, so `Rc` and `RefCell` suffice.
+//! thread, so `Rc` and `RefCell` suffice; only the tally sits behind a mutex, so
+//! that a native module's main thread can hand it to Envoy while the worker serves.
 
 use super::host::{Host, LogLevel, MetricKind};
 use super::lease::Lease;
@@ -15,6 +16,7 @@ use crate::stats::{
 use crate::sync::{Follow, TableFollower, ROUTES_KEY};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 pub struct Worker {
     pub config: PluginConfig,
@@ -23,10 +25,7 @@ pub struct Worker {
     pub table: RefCell<Rc<RouteTable>>,
     follower: RefCell<TableFollower>,
     ticks: Cell<u32>,
-    pub pending: RefCell<PendingCounts>,
-    pub pending_replicates: RefCell<PendingReplicates>,
-    pub pending_custom: RefCell<PendingCustom>,
-    pub metrics: RefCell<MetricIds>,
+    tally: Arc<Mutex<Tally>>,
     rng: Cell<u64>,
     host_error_logged: Cell<bool>,
     /// Filter-side sync, when the configuration has a `sync` block.
@@ -64,10 +63,7 @@ impl Worker {
             table: RefCell::new(table),
             follower: RefCell::default(),
             ticks: Cell::new(0),
-            pending: RefCell::default(),
-            pending_replicates: RefCell::default(),
-            pending_custom: RefCell::default(),
-            metrics: RefCell::default(),
+            tally: Arc::default(),
             rng: Cell::new(host.now_ms().wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             host_error_logged: Cell::new(false),
             sync,
@@ -166,23 +162,51 @@ impl Worker {
         }
     }
 
+    /// What this worker's streams counted, locked for the caller.
+    pub fn tally(&self) -> MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The tally itself, for a thread that flushes it on the worker's behalf (the
+    /// native module's main thread; the worker then never flushes per stream).
+    pub fn shared_tally(&self) -> Arc<Mutex<Tally>> {
+        Arc::clone(&self.tally)
+    }
+
     /// Adds the pending counts to Envoy's metrics; what fails stays pending.
     pub fn flush(&self, host: &impl Host) {
-        let mut metrics = self.metrics.borrow_mut();
-        let target = &self.config.target;
-        self.pending
-            .borrow_mut()
-            .flush(|version, traffic, counter, value| {
-                let id = metrics.counter(host, target, version, traffic, counter);
-                increment(host, id, value)
-            });
-        self.pending_replicates
-            .borrow_mut()
-            .flush(|version, replicate, slot, value| {
-                let id = metrics.replicate(host, target, version, replicate, slot);
-                increment(host, id, value)
-            });
-        let mut custom = self.pending_custom.borrow_mut();
+        self.tally().flush(host, &self.config.target);
+    }
+}
+
+/// What a worker's streams counted and has not yet handed to the host's metrics,
+/// with the metric ids it has defined.
+#[derive(Default)]
+pub struct Tally {
+    pub counts: PendingCounts,
+    pub replicates: PendingReplicates,
+    pub custom: PendingCustom,
+    pub metrics: MetricIds,
+}
+
+impl Tally {
+    /// Adds the pending counts to the host's metrics (stats of `target`); what
+    /// fails stays pending.
+    pub fn flush(&mut self, host: &impl Host, target: &str) {
+        let Tally {
+            counts,
+            replicates,
+            custom,
+            metrics,
+        } = self;
+        counts.flush(|version, traffic, counter, value| {
+            let id = metrics.counter(host, target, version, traffic, counter);
+            increment(host, id, value)
+        });
+        replicates.flush(|version, replicate, slot, value| {
+            let id = metrics.replicate(host, target, version, replicate, slot);
+            increment(host, id, value)
+        });
         custom.versions.for_each_mut(|version, traffic, counts| {
             counts.flush(|name, field, value| {
                 let stat = stat_name(

@@ -261,6 +261,38 @@ fn missing_session_policies() {
     assert!(d.bucket < BUCKETS);
 }
 
+/// Each header is read by its first value (a session header by its first
+/// non-empty one), however many copies the request carries, wherever they are.
+#[test]
+fn repeated_headers_are_read_by_their_first_value() {
+    let mut c = config();
+    c.force.token_sha256 = Some(sha256_hex(b"s3cret"));
+    let (d, _) = decide(
+        &c,
+        &h(&[
+            ("x-session-id", b"  "),
+            ("x-canary", b"false"),
+            ("x-canary-token", b"s3cret"),
+            ("x-session-id", b"abc"),
+            ("x-canary", b"true"),
+            ("x-canary-token", b"wrong"),
+            ("x-session-id", b"xyz"),
+        ]),
+    );
+    assert_eq!(d.bucket, bucket(b"abc", b"salt-1"));
+    assert!(d.traffic == Traffic::Forced && d.cohort == Cohort::Stable);
+    let (d, edits) = decide(
+        &c,
+        &h(&[
+            ("x-canary-token", b"wrong"),
+            ("x-canary", b"true"),
+            ("x-canary-token", b"s3cret"),
+        ]),
+    );
+    assert!(d.traffic != Traffic::Forced && d.cohort == Cohort::Stable);
+    assert!(removes(&edits, "x-canary") && removes(&edits, "x-canary-token"));
+}
+
 #[test]
 fn cookie_fallback() {
     let mut c = config();

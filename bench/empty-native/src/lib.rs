@@ -8,7 +8,8 @@
 //! With `required edits` (beside that specifier) its hooks make only the header
 //! edits policy-canary is asked to make per request, as Envoy 1.40's ABI allows
 //! them (one call per header): add the version header (`x-agent-policy: v1`) and
-//! remove the seven telemetry headers from the answer.
+//! remove the seven telemetry headers from the answer (its headers or, for a
+//! streamed answer, its trailers).
 
 use std::ffi::{c_char, c_void};
 
@@ -59,6 +60,7 @@ extern "C" {
 /// `envoy_dynamic_module_type_http_header_type` of request and response headers.
 const REQUEST_HEADER: u32 = 0;
 const RESPONSE_HEADER: u32 = 2;
+const RESPONSE_TRAILER: u32 = 3;
 
 fn buffer(bytes: &[u8]) -> Buffer {
     Buffer {
@@ -142,19 +144,37 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     _end_of_stream: bool,
 ) -> u32 {
     if std::ptr::eq(module, &REQUIRED_EDITS) {
-        for name in TELEMETRY {
-            // SAFETY: `filter` is the stream whose hook is running; the buffer outlives the call.
-            unsafe {
-                envoy_dynamic_module_callback_http_set_header(
-                    filter,
-                    RESPONSE_HEADER,
-                    buffer(name),
-                    NO_VALUE,
-                );
-            }
-        }
+        // SAFETY: `filter` is the stream whose hook is running.
+        unsafe { strip_telemetry(filter, RESPONSE_HEADER) };
     }
     0
+}
+
+/// # Safety
+/// `filter` is the stream whose hook Envoy is running.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    filter: Ptr,
+    module: *const u8,
+) -> u32 {
+    if std::ptr::eq(module, &REQUIRED_EDITS) {
+        // SAFETY: `filter` is the stream whose hook is running.
+        unsafe { strip_telemetry(filter, RESPONSE_TRAILER) };
+    }
+    0
+}
+
+/// Removes the seven telemetry headers from map `kind`, one call each.
+///
+/// # Safety
+/// `filter` is the stream whose hook Envoy is running.
+unsafe fn strip_telemetry(filter: Ptr, kind: u32) {
+    for name in TELEMETRY {
+        // SAFETY: the caller's; the buffer outlives the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(filter, kind, buffer(name), NO_VALUE)
+        };
+    }
 }
 
 #[no_mangle]
@@ -178,7 +198,6 @@ nothing! {
     envoy_dynamic_module_on_http_filter_request_body(Ptr, Ptr, bool) -> u32 = 0;
     envoy_dynamic_module_on_http_filter_request_trailers(Ptr, Ptr) -> u32 = 0;
     envoy_dynamic_module_on_http_filter_response_body(Ptr, Ptr, bool) -> u32 = 0;
-    envoy_dynamic_module_on_http_filter_response_trailers(Ptr, Ptr) -> u32 = 0;
     envoy_dynamic_module_on_http_filter_stream_complete(Ptr, Ptr);
     envoy_dynamic_module_on_http_filter_destroy(Ptr);
     envoy_dynamic_module_on_http_filter_http_callout_done(Ptr, Ptr, u64, u32, Ptr, usize, Ptr, usize);

@@ -6,18 +6,40 @@
 //! answers are sent, and the count is dumped. Every thread of Envoy counts, in
 //! user space only: the kernel's share of a request (sockets, epoll) is not in the
 //! count, so a filter's ratio here is an upper bound of its ratio in CPU time.
+//! Plain answers come from a second listener of the same Envoy (its work is in
+//! every row's count); streamed ones from a test backend outside it, whose work
+//! is in none.
 //! Valgrind's CPU has no SHA extensions, so sha256 runs the portable code here
 //! (about 3,500 instructions a request) where this machine's CPU would use them.
 
-use super::{config, native_filter, wasm_filter, CONNECTIONS, PLUGIN};
+use super::{
+    config, native_filter, wasm_filter, with_upstream, CONNECTIONS, PLUGIN, REQUESTS,
+    STREAMED_HEADERS,
+};
 use policy_canary_e2e::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Requests counted per variant (after `WARM_UP` uncounted ones).
-const REQUESTS: u32 = 5_000;
-const WARM_UP: u32 = 1_000;
+/// How one table's requests are answered, and how many are counted (after
+/// `warm_up` uncounted ones).
+struct Load {
+    answer: &'static str,
+    requests: u32,
+    warm_up: u32,
+    headers: Vec<&'static str>,
+}
+
+/// The rows counted on streamed answers too (each costs as much as a plain one).
+const STREAMED_ROWS: [&str; 7] = [
+    "no filter",
+    "empty native module",
+    "native cluster specifier floor (picks the cluster as Envoy picks the route)",
+    "native required edits (the specifier floor + the version header added + seven telemetry headers removed)",
+    "policy-canary, native module",
+    "policy-canary, native module, cluster specifier",
+    "policy-canary",
+];
 
 /// Envoy's own filter stripping the telemetry headers: what the removals cost
 /// without a module.
@@ -115,17 +137,65 @@ pub fn run() {
         let keep: Vec<&str> = keep.split(';').map(str::trim).collect();
         variants.retain(|(name, _, _)| *name == "no filter" || keep.contains(name));
     }
+    // BENCH_CALLGRIND_DIR keeps the dumps there (for `callgrind_annotate`).
+    let temp = TempDir::new("callgrind");
+    let dir = std::env::var_os("BENCH_CALLGRIND_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).expect("BENCH_CALLGRIND_DIR can be created");
+    let plain = Load {
+        answer: "plain answers",
+        requests: REQUESTS,
+        warm_up: REQUESTS / 5,
+        headers: vec!["x-session-id: bench-session-42"],
+    };
+    table(&plain, &variants, None, &dir.join("plain"));
+    // A streamed answer passes through the filter's body hooks 200 times.
+    let backend = Backend::start(
+        &profile_dir().join("test-backend").to_string_lossy(),
+        "streamer",
+    );
+    let mut headers = vec!["x-session-id: bench-session-42"];
+    headers.extend_from_slice(STREAMED_HEADERS);
+    let streamed = Load {
+        answer:
+            "streamed answers (200 chunks, telemetry in trailers, from a test backend over h2c)",
+        requests: REQUESTS / 4,
+        warm_up: REQUESTS / 20,
+        headers,
+    };
+    variants.retain(|(name, _, _)| STREAMED_ROWS.contains(name));
+    table(
+        &streamed,
+        &variants,
+        Some(backend.port),
+        &dir.join("streamed"),
+    );
+}
+
+/// Counts `variants` under `load` and prints their table; `upstream`: the port of
+/// the backend that answers instead of Envoy's own listener.
+fn table(
+    load: &Load,
+    variants: &[(&'static str, Option<String>, String)],
+    upstream: Option<u16>,
+    out: &Path,
+) {
     println!();
     println!(
-        "Instructions per request (callgrind, user space, every Envoy thread), plain answers: 1 worker, {CONNECTIONS} HTTP/1.1 connections, {REQUESTS} requests counted after {WARM_UP}"
+        "Instructions per request (callgrind, user space, every Envoy thread), {}: 1 worker, {CONNECTIONS} HTTP/1.1 connections, {} requests counted after {}",
+        load.answer, load.requests, load.warm_up
     );
-    let dir = TempDir::new("callgrind");
     let counts: Vec<Count> = variants
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(i, (name, filter, route))| {
-            let out = dir.path().join(format!("variant-{i}"));
-            count(name, filter.as_deref(), &route, &out)
+            let text = config(filter.as_deref(), route, free_port());
+            let text = match upstream {
+                Some(port) => with_upstream(&text, port),
+                None => text,
+            };
+            count(name, &text, load, &out.with_extension(i.to_string()))
         })
         .collect();
     let base = counts[0].per_request;
@@ -160,7 +230,7 @@ pub fn run() {
 }
 
 /// Counts one variant's instructions per request; callgrind writes to `out.<pid>…`.
-fn count(name: &'static str, filter: Option<&str>, route: &str, out: &Path) -> Count {
+fn count(name: &'static str, config: &str, load: &Load, out: &Path) -> Count {
     let out_pattern = format!("--callgrind-out-file={}.%p", out.display());
     let envoy = Envoy::start_under(
         &[
@@ -169,14 +239,14 @@ fn count(name: &'static str, filter: Option<&str>, route: &str, out: &Path) -> C
             "--instr-atstart=no",
             &out_pattern,
         ],
-        &config(filter, route, free_port()),
+        config,
         1,
     );
     let pid = envoy.pid().to_string();
-    send(&envoy, WARM_UP);
+    send(&envoy, load.warm_up, &load.headers);
     callgrind_control(&["-i", "on", &pid]);
     callgrind_control(&["-z", &pid]);
-    send(&envoy, REQUESTS);
+    send(&envoy, load.requests, &load.headers);
     callgrind_control(&["-d", &pid]);
     let dump = PathBuf::from(format!("{}.{pid}.1", out.display()));
     let total = wait_for("callgrind's dump", Duration::from_secs(60), || {
@@ -186,17 +256,17 @@ fn count(name: &'static str, filter: Option<&str>, route: &str, out: &Path) -> C
             .and_then(|n| n.trim().parse::<f64>().ok())
     });
     drop(envoy);
-    let per_request = total / f64::from(REQUESTS);
+    let per_request = total / f64::from(load.requests);
     println!("  {name}: {per_request:.0}");
     Count {
         name,
         per_request,
-        hooks: hooks(&dump),
+        hooks: hooks(&dump, load.requests),
     }
 }
 
 /// The module's exported hooks in `dump`, inclusive instructions per request.
-fn hooks(dump: &Path) -> Vec<(String, f64)> {
+fn hooks(dump: &Path, requests: u32) -> Vec<(String, f64)> {
     let out = Command::new("callgrind_annotate")
         .args(["--inclusive=yes", "--threshold=100"])
         .arg(dump)
@@ -210,7 +280,7 @@ fn hooks(dump: &Path) -> Vec<(String, f64)> {
             let function = rest.split("???:").nth(1)?.split(' ').next()?;
             let hook = function.strip_prefix("envoy_dynamic_module_on_")?;
             rest.contains("libpolicy_canary.so")
-                .then(|| (hook.to_string(), count / f64::from(REQUESTS)))
+                .then(|| (hook.to_string(), count / f64::from(requests)))
         })
         .filter(|(_, per_request)| *per_request >= 50.0)
         .collect()
@@ -226,13 +296,17 @@ fn callgrind_control(args: &[&str]) {
     assert!(status.success(), "callgrind_control {args:?}");
 }
 
-/// Sends `requests` plain requests through `envoy`; all must succeed.
-fn send(envoy: &Envoy, requests: u32) {
+/// Sends `requests` requests with `headers` through `envoy`; all must succeed.
+fn send(envoy: &Envoy, requests: u32, headers: &[&str]) {
     let started = Instant::now();
-    let out = Command::new("h2load")
+    let mut h2load = Command::new("h2load");
+    h2load
         .args(["--h1", "-t", "1", "-c", &CONNECTIONS.to_string()])
-        .args(["-n", &requests.to_string()])
-        .args(["-H", "x-session-id: bench-session-42"])
+        .args(["-n", &requests.to_string()]);
+    for header in headers {
+        h2load.args(["-H", header]);
+    }
+    let out = h2load
         .arg(format!("http://127.0.0.1:{}/chat", envoy.port))
         .output()
         .expect("h2load (Debian nghttp2-client)");
