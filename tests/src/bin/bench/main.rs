@@ -480,7 +480,8 @@ fn cpu(answer: Answer) {
 /// given as a multiple of the floor's, and (medians) of the floor's built with its
 /// own exports as policy-canary is. "paired" takes each round's overhead (the
 /// variant minus no filter in that round) before the median, so that a slow round
-/// moves both sides of the difference.
+/// moves both sides of the difference; "× no filter (paired)" likewise takes each
+/// round's own ratio.
 fn print_table(variants: &[Variant]) {
     let floor = variants
         .iter()
@@ -505,9 +506,18 @@ fn print_table(variants: &[Variant]) {
         median(&overheads)
     };
     let floor_paired = paired(&variants[floor]);
+    let paired_ratio = |variant: &Variant| {
+        let ratios: Vec<f64> = variant
+            .samples
+            .iter()
+            .zip(&variants[0].samples)
+            .map(|(v, none)| v / none)
+            .collect();
+        median(&ratios)
+    };
     println!();
-    println!("| variant | median µs/rq | × no filter | overhead ÷ floor's | min µs/rq | × no filter (min) | overhead ÷ floor's (min) | overhead ÷ floor's (paired) | overhead ÷ own-exports floor's |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| variant | median µs/rq | × no filter | overhead ÷ floor's | min µs/rq | × no filter (min) | overhead ÷ floor's (min) | overhead ÷ floor's (paired) | overhead ÷ own-exports floor's | × no filter (paired) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for variant in variants {
         let m = median(&variant.samples);
         let lo = min(&variant.samples);
@@ -519,7 +529,7 @@ fn print_table(variants: &[Variant]) {
             }
         };
         println!(
-            "| {} | {m:.1} | {:.3} | {} | {lo:.1} | {:.3} | {} | {} | {} |",
+            "| {} | {m:.1} | {:.3} | {} | {lo:.1} | {:.3} | {} | {} | {} | {:.3} |",
             variant.name,
             m / base,
             ratio(m - base, floor_overhead),
@@ -527,6 +537,7 @@ fn print_table(variants: &[Variant]) {
             ratio(lo - base_min, floor_overhead_min),
             ratio(paired(variant), floor_paired),
             ratio(m - base, direct_overhead),
+            paired_ratio(variant),
         );
     }
 }
