@@ -4,8 +4,8 @@
 //!
 //! Where the wasm filter has a VM per worker, the module has one `Worker` per
 //! worker thread and configuration (thread-local: the plugin's state is `Rc`),
-//! created on the thread's first stream and ticked by its streams (a table
-//! follows within `FOLLOW_PERIOD` of a stream arriving). A stream's counts go to
+//! created on the thread's first stream, which also has it follow the shared
+//! table (within `FOLLOW_PERIOD` of a stream arriving). A stream's counts go to
 //! its worker's tally as it ends; every `FLUSH_EVERY_TICKS` ticks of a timer
 //! thread the main thread moves each worker's tally into the module's
 //! process-wide stats and hands them to Envoy (each labelled stat update costs
@@ -120,7 +120,7 @@ static NEXT_CONFIG: AtomicU64 = AtomicU64::new(1);
 
 struct ThreadWorker {
     worker: Rc<Worker>,
-    ticked: Instant,
+    followed: Instant,
     /// Its configuration, to drop the worker once Envoy has destroyed it.
     config: Weak<NativeConfig>,
 }
@@ -409,7 +409,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     });
 }
 
-/// This thread's worker for `config`, ticked if a tick is due. Workers of
+/// This thread's worker for `config`, having followed the shared table if that
+/// is due (its counts are the main thread's to flush, never a stream's). Workers of
 /// configurations Envoy has destroyed since (a listener update replaces them)
 /// are dropped first.
 fn thread_worker(config: &Arc<NativeConfig>, host: &NativeHost<'_>) -> Option<Rc<Worker>> {
@@ -432,13 +433,13 @@ fn thread_worker(config: &Arc<NativeConfig>, host: &NativeHost<'_>) -> Option<Rc
                 .push(worker.shared_tally());
             ThreadWorker {
                 worker,
-                ticked: Instant::now(),
+                followed: Instant::now(),
                 config: Arc::downgrade(config),
             }
         });
-        if entry.ticked.elapsed() >= FOLLOW_PERIOD {
-            entry.ticked = Instant::now();
-            entry.worker.on_tick(host);
+        if entry.followed.elapsed() >= FOLLOW_PERIOD {
+            entry.followed = Instant::now();
+            entry.worker.follow(host);
         }
         Some(Rc::clone(&entry.worker))
     })

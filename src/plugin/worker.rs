@@ -168,7 +168,7 @@ impl Worker {
     }
 
     /// The tally itself, for a thread that flushes it on the worker's behalf (the
-    /// native module's main thread; the worker then never flushes per stream).
+    /// native module's main thread; the worker then never flushes it itself).
     pub fn shared_tally(&self) -> Arc<Mutex<Tally>> {
         Arc::clone(&self.tally)
     }

@@ -13,13 +13,13 @@
 //! (about 3,500 instructions a request) where this machine's CPU would use them.
 
 use super::{
-    config, native_filter, wasm_filter, with_upstream, CONNECTIONS, PLUGIN, REQUESTS,
+    config, h2load, native_filter, wasm_filter, with_upstream, CONNECTIONS, PLUGIN, REQUESTS,
     STREAMED_HEADERS,
 };
 use policy_canary_e2e::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How one table's requests are answered, and how many are counted (after
 /// `warm_up` uncounted ones).
@@ -243,10 +243,10 @@ fn count(name: &'static str, config: &str, load: &Load, out: &Path) -> Count {
         1,
     );
     let pid = envoy.pid().to_string();
-    send(&envoy, load.warm_up, &load.headers);
+    h2load(&envoy, load.warm_up, &load.headers, false);
     callgrind_control(&["-i", "on", &pid]);
     callgrind_control(&["-z", &pid]);
-    send(&envoy, load.requests, &load.headers);
+    h2load(&envoy, load.requests, &load.headers, false);
     callgrind_control(&["-d", &pid]);
     let dump = PathBuf::from(format!("{}.{pid}.1", out.display()));
     let total = wait_for("callgrind's dump", Duration::from_secs(60), || {
@@ -294,26 +294,4 @@ fn callgrind_control(args: &[&str]) {
         .status()
         .expect("callgrind_control (Debian valgrind)");
     assert!(status.success(), "callgrind_control {args:?}");
-}
-
-/// Sends `requests` requests with `headers` through `envoy`; all must succeed.
-fn send(envoy: &Envoy, requests: u32, headers: &[&str]) {
-    let started = Instant::now();
-    let mut h2load = Command::new("h2load");
-    h2load
-        .args(["--h1", "-t", "1", "-c", &CONNECTIONS.to_string()])
-        .args(["-n", &requests.to_string()]);
-    for header in headers {
-        h2load.args(["-H", header]);
-    }
-    let out = h2load
-        .arg(format!("http://127.0.0.1:{}/chat", envoy.port))
-        .output()
-        .expect("h2load (Debian nghttp2-client)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("status codes: {requests} 2xx")),
-        "not every request succeeded in {:?}:\n{text}",
-        started.elapsed()
-    );
 }

@@ -174,16 +174,28 @@ fn cpu_ns(pid: u32) -> u64 {
 /// per request.
 fn measure(envoy: &Envoy, requests: u32, headers: &[&str]) -> f64 {
     let before = cpu_ns(envoy.pid());
-    let mut h2load = Command::new("taskset");
-    h2load.args(["-c", "0", "h2load"]).args([
-        "--h1",
-        "-t",
-        "1",
-        "-c",
-        &CONNECTIONS.to_string(),
-        "-n",
-        &requests.to_string(),
-    ]);
+    h2load(envoy, requests, headers, true);
+    let after = cpu_ns(envoy.pid());
+    assert!(
+        after > before,
+        "no CPU time read from /proc/{}/task/*/schedstat (a kernel without scheduler stats?)",
+        envoy.pid()
+    );
+    (after - before) as f64 / 1e3 / f64::from(requests)
+}
+
+/// Sends `requests` HTTP/1.1 requests with `headers` through `envoy` over
+/// `CONNECTIONS` connections with h2load (on core 0 when `pinned`); all must
+/// succeed.
+fn h2load(envoy: &Envoy, requests: u32, headers: &[&str], pinned: bool) {
+    let started = std::time::Instant::now();
+    let mut h2load = Command::new(if pinned { "taskset" } else { "h2load" });
+    if pinned {
+        h2load.args(["-c", "0", "h2load"]);
+    }
+    h2load
+        .args(["--h1", "-t", "1", "-c", &CONNECTIONS.to_string()])
+        .args(["-n", &requests.to_string()]);
     for header in headers {
         h2load.args(["-H", header]);
     }
@@ -191,12 +203,6 @@ fn measure(envoy: &Envoy, requests: u32, headers: &[&str]) -> f64 {
         .arg(format!("http://127.0.0.1:{}/chat", envoy.port))
         .output()
         .expect("h2load (Debian nghttp2-client) is installed by `make bench`");
-    let after = cpu_ns(envoy.pid());
-    assert!(
-        after > before,
-        "no CPU time read from /proc/{}/task/*/schedstat (a kernel without scheduler stats?)",
-        envoy.pid()
-    );
     let text = String::from_utf8_lossy(&out.stdout);
     let ok = text.lines().find_map(|l| {
         l.trim()
@@ -206,8 +212,12 @@ fn measure(envoy: &Envoy, requests: u32, headers: &[&str]) -> f64 {
             .parse::<u32>()
             .ok()
     });
-    assert_eq!(ok, Some(requests), "not every request succeeded:\n{text}");
-    (after - before) as f64 / 1e3 / f64::from(requests)
+    assert_eq!(
+        ok,
+        Some(requests),
+        "not every request succeeded in {:?}:\n{text}",
+        started.elapsed()
+    );
 }
 
 fn median(values: &[f64]) -> f64 {
