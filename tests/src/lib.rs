@@ -865,13 +865,35 @@ impl AnalysisStack {
     }
 }
 
-/// A free loopback port (bound and released: for processes that must keep one port
-/// across restarts, like a controller that Envoy's cluster points at).
+/// A free loopback port, for a process told its port beforehand (an Envoy admin
+/// a controller scrapes, a port kept across restarts).
+///
+/// Chosen below the kernel's ephemeral range: a port found free inside it can be
+/// handed to another process's port-0 listener, or to an outgoing connection (a
+/// controller already scraping this very port), before its owner binds it. Below
+/// the range only another `free_port` can take it: a process-wide counter keeps
+/// one process's ports apart, and the start is spread by pid and time.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral - LOWEST;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = std::process::id().wrapping_mul(7_919) ^ nanos;
+    for _ in 0..span {
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (LOWEST + start.wrapping_add(call) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOWEST}..{ephemeral}")
 }
 
 /// `target/<profile>`, for tests (in `deps/`) and binaries alike.
@@ -1454,5 +1476,21 @@ mod tests {
             let caught = std::panic::catch_unwind(|| assert_refund_regression_breach(wrong));
             assert!(caught.is_err(), "{wrong:?}");
         }
+    }
+
+    #[test]
+    fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+        // A port-0 listener gets an ephemeral port: never one free_port gives.
+        let ephemeral = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        assert!(
+            ports.iter().all(|p| (10_000..ephemeral).contains(p)),
+            "{ports:?}"
+        );
     }
 }

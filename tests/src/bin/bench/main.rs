@@ -34,14 +34,6 @@ struct Variant {
     samples: Vec<f64>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The Envoy config of one variant; `filter` is the HTTP filter YAML, if any.
 fn config(filter: Option<&str>, route: &str, upstream_port: u16) -> String {
     let filters = filter.unwrap_or("");
