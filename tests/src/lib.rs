@@ -874,18 +874,22 @@ impl AnalysisStack {
 /// the range only another `free_port` can take it: a process-wide counter keeps
 /// one process's ports apart, and the start is spread by pid and time.
 pub fn free_port() -> u16 {
-    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     const LOWEST: u32 = 10_000;
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .filter(|low| *low > LOWEST + 1_000)
-        .unwrap_or(32_768);
+    /// The process's ports, in turn from a start spread by pid and time.
+    static RANGE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let (start, ephemeral) = *RANGE.get_or_init(|| {
+        let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+            .filter(|low| (LOWEST + 1_000..=65_535).contains(low))
+            .unwrap_or(32_768);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        (std::process::id().wrapping_mul(7_919) ^ nanos, ephemeral)
+    });
     let span = ephemeral - LOWEST;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let start = std::process::id().wrapping_mul(7_919) ^ nanos;
     for _ in 0..span {
         let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = (LOWEST + start.wrapping_add(call) % span) as u16;
@@ -955,41 +959,28 @@ pub struct Controller {
 
 impl Controller {
     pub fn start(args: &[&str]) -> Controller {
-        let dir = TempDir::new("controller");
-        let state_dir = dir.path().join("state");
-        let mut c = Controller {
-            child: None,
-            // Port 0 at the first start: the controller picks a free one and says
-            // which (a port found free here could be taken before it binds).
-            port: 0,
-            state_dir,
-            token: String::new(),
-            routes_token: std::sync::OnceLock::new(),
-            policies_token: std::sync::OnceLock::new(),
-            signals_token: std::sync::OnceLock::new(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            log: None,
-            _dir: Some(dir),
-        };
-        c.restart();
-        c
+        Self::start_in(args, false)
     }
 
     /// Like `start`, logging at debug level into a file (`log_text`).
     pub fn start_logging(args: &[&str]) -> Controller {
+        Self::start_in(args, true)
+    }
+
+    fn start_in(args: &[&str], logging: bool) -> Controller {
         let dir = TempDir::new("controller");
         let mut c = Controller {
             child: None,
-            // Port 0 at the first start: the controller picks a free one and says
-            // which (a port found free here could be taken before it binds).
-            port: 0,
+            // Below the ephemeral range (see `free_port`): while the controller is
+            // down for a restart, no other process's port-0 listener can take it.
+            port: free_port(),
             state_dir: dir.path().join("state"),
             token: String::new(),
             routes_token: std::sync::OnceLock::new(),
             policies_token: std::sync::OnceLock::new(),
             signals_token: std::sync::OnceLock::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
-            log: Some(dir.path().join("canaryctl.log")),
+            log: logging.then(|| dir.path().join("canaryctl.log")),
             _dir: Some(dir),
         };
         c.restart();
@@ -1004,8 +995,7 @@ impl Controller {
             .unwrap_or_default()
     }
 
-    /// (Re)starts the process on the same port (any free one the first time) and
-    /// state directory.
+    /// (Re)starts the process on its port and state directory.
     pub fn restart(&mut self) {
         self.child = None;
         let mut child = Command::new(canaryctl_bin())
