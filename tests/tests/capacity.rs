@@ -111,8 +111,9 @@ fn a_fleet_of_polls_never_starves_the_operator() {
         r#"{"reason": "fleet full"}"#,
     );
     assert_eq!(rolled["phase"], "rolled_back", "{rolled}");
+    // Well under the polls' 30 s wait, with room for a loaded 2-core machine.
     assert!(
-        asked.elapsed() < Duration::from_secs(1),
+        asked.elapsed() < Duration::from_secs(5),
         "the operator waited {:?}",
         asked.elapsed()
     );

@@ -204,7 +204,8 @@ fn a_slow_client_storm_starves_nobody() {
     .expect("the fifth poll is answered");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("--max-waiting-polls"), "{body}");
-    assert!(asked.elapsed() < Duration::from_secs(2), "refused at once");
+    // At once: well under the 20 s the poll asked to wait.
+    assert!(asked.elapsed() < Duration::from_secs(5), "refused at once");
     controller.post_ok(
         &format!("/v1/rollouts/{id}/resume"),
         r#"{"reason": "calm"}"#,
